@@ -1,0 +1,35 @@
+"""Installs async_grpo: JAX research code for asynchronous GRPO under rollout staleness."""
+
+import setuptools
+
+setuptools.setup(
+    name="async_grpo",
+    version="0.1.0",
+    description=(
+        "JAX research code for asynchronous GRPO under rollout staleness "
+        "(staleness-learning-rate scaling laws)."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["async_grpo", "async_grpo.*", "experiments", "experiments.*"]),
+    install_requires=[
+        "jax>=0.10,<0.12",
+        "flax>=0.12,<0.14",
+        "optax>=0.2.6,<0.3",
+        "orbax-checkpoint>=0.12,<0.14",
+        "numpy>=2.0,<3",
+        "chex>=0.1.90,<0.2",
+        "absl-py>=2.1,<3",
+        "ml_collections>=1.0,<2",
+        "matplotlib>=3.9,<4",
+        "tensorboardX>=2.6,<3",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8,<10",
+            "pytest-xdist>=3.5,<4",
+            "hypothesis>=6.100,<7",
+        ],
+    },
+)
