@@ -1,0 +1,26 @@
+"""Policy models: a Llama-style decoder in Flax NNX, used through split state."""
+
+from async_grpo.models.config import (
+    LLAMA3_ROPE_SCALING,
+    PRESETS,
+    LlamaConfig,
+    RopeScaling,
+    get_config,
+)
+from async_grpo.models.llama import (
+    PARAM_AXES,
+    KVCache,
+    Llama,
+    abstract_model,
+    apply_model,
+    forward,
+    init_model,
+    logical_axes,
+    param_count,
+)
+
+__all__ = [
+    "LLAMA3_ROPE_SCALING", "PRESETS", "LlamaConfig", "RopeScaling", "get_config", "PARAM_AXES",
+    "KVCache", "Llama", "abstract_model", "apply_model", "forward", "init_model", "logical_axes",
+    "param_count",
+]
