@@ -1,0 +1,49 @@
+r"""(S, η, seed) stability map on the exact testbed (async_grpo/testbeds/exact.py).
+
+Launch (from the repository root; this config is the default, so --config may be omitted):
+
+  python -m experiments.exact_sweep --workdir=runs/exact_sweep
+
+  # other policy families / optimizers / staleness models / variants:
+  python -m experiments.exact_sweep --workdir=runs/exact_sweep_mlp --config.testbed.policy=mlp
+  python -m experiments.exact_sweep --workdir=runs/exact_sweep_adam --config.train.optimizer=adam \
+      --config.lr_min=0.005 --config.lr_max=8
+  python -m experiments.exact_sweep --workdir=runs/exact_sweep_sync \
+      --config.train.staleness=sync_interval
+
+Default: linear-softmax policy over fixed random features (8 prompts, V=4, L=3, 64 responses per
+prompt, partial-credit reward), GRPO surrogate (token ratio, PPO clip 0.2, group mean/std
+advantages) plus an exact KL(π_θ‖π_θ0) penalty β=0.1, population-mode H, SGD, fixed lag
+S ∈ {0,1,2,4,8,16}, 21 η on a 2^(1/2) log grid from 0.5 to 512, 5 seeds, T=500 steps, run for two
+variants: "grpo" and the ratio-free "no_ratio" ablation (plain stale policy gradient). Results
+and the numbers this config produced are in docs/exact_testbed.md.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.testbed = ml_collections.ConfigDict(dict(
+      num_prompts=8, vocab_size=4, seq_len=3, policy="linear", feature_dim=16, hidden_dim=32,
+      feature_seed=0, init_scale=0.5, reward="partial", reward_seed=0, sum_modulus=0,
+      clip_eps=0.2, clip_eps_high=-1.0,  # < 0: same as clip_eps
+      std_normalize=True, leave_one_out=False, adv_eps=1e-6,
+      std_ddof=1, ratio_level="token", clip_mode="ppo", kl_coef=0.1))
+  c.train = ml_collections.ConfigDict(dict(
+      num_steps=500, staleness="fixed", geometric_p=0.5, optimizer="sgd", b2=0.999,
+      opt_eps=1e-8, mode="population", group_size=8, collapse_frac=0.5, collapse_warmup=20,
+      collapse_baseline="init", collapse_patience=20))
+  # Comma-separated variants; each is a preset of testbed overrides (see exact_sweep.VARIANTS).
+  c.variants = "grpo,no_ratio"
+  c.lags = "0,1,2,4,8,16"
+  c.lr_min = 0.5
+  c.lr_max = 512.0
+  c.lrs_per_octave = 2
+  c.num_seeds = 5
+  c.b1s = ""                 # SGD momentum / Adam β1, comma-separated (a grid axis); "" = 0 for
+                             # SGD, 0.9 for Adam.
+  c.chunk_size = 128         # cells per compiled chunk; finished chunks are saved and reused.
+  c.x64 = False
+  c.n_boot = 2000
+  return c
