@@ -1,0 +1,149 @@
+"""Metrics: JSON lines + TensorBoard event files, and a progress line with steps/s and ETA.
+
+`MetricsWriter(workdir)` appends one JSON object per `write(step, metrics)` call to
+`<workdir>/metrics.jsonl` (keys: "step", "time" (seconds since the writer opened) and the metric
+names) and writes the same scalars to TensorBoard event files under `<workdir>/tb/` through
+tensorboardX. Values must be scalars (python numbers, numpy/JAX 0-d arrays); non-finite values are
+written as JSON `NaN`/`Infinity` like the `json` module does, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+
+
+def _scalar(v: Any) -> float | int | bool:
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    a = np.asarray(v)
+    if a.size != 1:
+        raise ValueError(f"metric value must be a scalar, got shape {a.shape}")
+    x = a.reshape(()).item()
+    return x if isinstance(x, (int, bool)) else float(x)
+
+
+def to_scalars(metrics: Mapping[str, Any]) -> dict[str, float | int | bool]:
+    """Fetches (device) scalars to host python numbers, one transfer for the whole dict."""
+    import jax  # local: keeps this module importable without initializing JAX
+    host = jax.device_get(dict(metrics))
+    return {k: _scalar(v) for k, v in host.items()}
+
+
+class MetricsWriter:
+    """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard (`<workdir>/tb`)."""
+
+    def __init__(self, workdir: str, *, tensorboard: bool = True, prefix: str = ""):
+        os.makedirs(workdir, exist_ok=True)
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self.prefix = prefix
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._t0 = time.time()
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+            self._tb = SummaryWriter(logdir=os.path.join(workdir, TB_DIR), flush_secs=10)
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        scalars = to_scalars(metrics)
+        rec = {"step": int(step), "time": round(time.time() - self._t0, 3)}
+        rec.update({self.prefix + k: v for k, v in scalars.items()})
+        self._file.write(json.dumps(rec) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(self.prefix + k, float(v), global_step=int(step))
+        return rec
+
+    def flush(self):
+        self._file.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self):
+        if not self._file.closed:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_metrics(workdir_or_file: str) -> list[dict[str, Any]]:
+    """Reads back a metrics.jsonl (path to the file or to its workdir)."""
+    path = workdir_or_file
+    if os.path.isdir(path):
+        path = os.path.join(path, METRICS_FILE)
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Progress:
+    """Progress line "step 120/500 (24%) | 3.1 steps/s | ETA 2m03s | reward 0.41 ...".
+
+    Steps/s is measured over the steps since `start_step` (excluding the first `warmup` steps,
+    which include compilation) so it is an honest throughput figure.
+    """
+
+    def __init__(self, total_steps: int, start_step: int = 0, *, warmup: int = 1):
+        self.total = int(total_steps)
+        self.start = int(start_step)
+        self.warmup = warmup
+        self._t_start = time.time()
+        self._t_warm = None
+        self._warm_step = None
+
+    def steps_per_sec(self, step: int) -> float:
+        now = time.time()
+        if self._t_warm is None:
+            if step - self.start >= self.warmup:
+                self._t_warm, self._warm_step = now, step
+            done = step - self.start
+            dt = now - self._t_start
+            return done / dt if dt > 0 and done > 0 else float("nan")
+        done = step - self._warm_step
+        dt = now - self._t_warm
+        if done <= 0 or dt <= 0:
+            done, dt = step - self.start, now - self._t_start
+        return done / dt if dt > 0 and done > 0 else float("nan")
+
+    def line(self, step: int, metrics: Mapping[str, Any] | None = None,
+             keys: tuple[str, ...] | None = None) -> str:
+        """`step` = number of steps completed."""
+        sps = self.steps_per_sec(step)
+        eta = (self.total - step) / sps if sps and math.isfinite(sps) and sps > 0 else float("nan")
+        pct = 100.0 * step / self.total if self.total else 100.0
+        parts = [f"step {step}/{self.total} ({pct:.0f}%)", f"{sps:.2f} steps/s",
+                 f"elapsed {_fmt_duration(time.time() - self._t_start)}",
+                 f"ETA {_fmt_duration(eta)}"]
+        if metrics:
+            for k in (keys or tuple(metrics)):
+                if k in metrics:
+                    v = metrics[k]
+                    parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+        return " | ".join(parts)

@@ -1,0 +1,139 @@
+"""Rollout generation (sampling + host-side rewards) and held-out evaluation.
+
+`Rollouts.generate_batch(params, version, key, problems)` is the unit an asynchronous generator
+thread will call: it only reads `params` (never the optimizer), returns a `RolloutBatch` tagged
+with the `version` of the parameters that produced it, and does reward computation on the host.
+Each problem is repeated `group_size` times, contiguously: rows [g*G, (g+1)*G) are group g.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from async_grpo import sampling
+from async_grpo.tasks import CharTokenizer, Problem, Task
+
+
+@dataclasses.dataclass
+class RolloutBatch:
+    """A generated, rewarded batch. `arrays` is the pytree `train_step` consumes."""
+    arrays: dict[str, Any]          # prompt_tokens, prompt_lengths, response_tokens, response_mask,
+                                    # behavior_logp, rewards
+    version: int                    # params version that generated it (lag = step - version)
+    stats: dict[str, float]         # host-side rollout statistics (reward, lengths, malformed, ...)
+    problems: list[Problem]
+    responses: list[str]
+
+
+class Rollouts:
+    """Samples `group_size` responses per problem with the policy and scores them with the task."""
+
+    def __init__(self, graphdef, task: Task, tokenizer: CharTokenizer, *, group_size: int,
+                 max_prompt_len: int, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None):
+        if group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (GRPO normalizes rewards within a group of "
+                             f"responses to the same prompt), got {group_size}")
+        self.graphdef = graphdef
+        self.task = task
+        self.tokenizer = tokenizer
+        self.group_size = group_size
+        self.max_prompt_len = max_prompt_len
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+
+    def encode_prompts(self, problems: Sequence[Problem]):
+        texts = [p.prompt for p in problems]
+        try:
+            return self.tokenizer.batch_encode(texts, max_len=self.max_prompt_len, add_bos=True)
+        except ValueError as e:
+            raise ValueError(f"prompt too long for the configured prompt budget: {e}") from e
+
+    def generate_batch(self, params, version: int, key: jax.Array,
+                       problems: Sequence[Problem]) -> RolloutBatch:
+        g = self.group_size
+        prompt_tokens, prompt_lengths = self.encode_prompts(problems)
+        sb = sampling.sample(
+            self.graphdef, params, jnp.asarray(prompt_tokens), jnp.asarray(prompt_lengths), key,
+            max_new_tokens=self.max_new_tokens, eos_id=self.tokenizer.eos_id,
+            pad_id=self.tokenizer.pad_id, temperature=self.temperature, top_k=self.top_k,
+            top_p=self.top_p, params_version=version, num_samples=g)
+        resp_tokens, resp_lengths, eos = jax.device_get(
+            (sb.response_tokens, sb.response_lengths, sb.eos_reached))
+        responses = self.tokenizer.batch_decode(resp_tokens, resp_lengths)
+        repeated = [p for p in problems for _ in range(g)]
+        rewards, score_stats = self.task.score_batch(repeated, responses)
+        grouped = rewards.reshape(-1, g)
+        stats = {
+            "reward": float(rewards.mean()),
+            "correct_frac": score_stats["correct_frac"],
+            "malformed_frac": score_stats["malformed_frac"],
+            "response_length": float(np.mean(resp_lengths)),
+            "truncated_frac": float(np.mean(~eos)),
+            # Groups whose rewards are all equal carry no GRPO signal.
+            "zero_signal_groups": float(np.mean(grouped.max(1) == grouped.min(1))),
+            "pass_at_group": float(np.mean(grouped.max(1) > 0)),
+        }
+        arrays = {
+            "prompt_tokens": sb.prompt_tokens,
+            "prompt_lengths": sb.prompt_lengths,
+            "response_tokens": sb.response_tokens,
+            "response_mask": sb.response_mask,
+            "behavior_logp": sb.behavior_logp,
+            "rewards": jnp.asarray(rewards),
+        }
+        return RolloutBatch(arrays=arrays, version=int(version), stats=stats,
+                            problems=list(problems), responses=responses)
+
+
+def evaluate(graphdef, params, task: Task, tokenizer: CharTokenizer,
+             problems: Sequence[Problem], *, max_prompt_len: int, max_new_tokens: int,
+             batch_size: int = 256, greedy: bool = True, temperature: float = 1.0,
+             key: jax.Array | None = None) -> dict[str, float]:
+    """Accuracy of the policy on `problems` (greedy decoding unless greedy=False)."""
+    key = jax.random.key(0) if key is None else key
+    correct, malformed, lengths = 0.0, 0.0, []
+    n = len(problems)
+    for i, start in enumerate(range(0, n, batch_size)):
+        chunk = list(problems[start:start + batch_size])
+        pad = batch_size - len(chunk)      # fixed shapes: one compilation for every chunk
+        texts = [p.prompt for p in chunk] + [chunk[0].prompt] * pad
+        toks, lens = tokenizer.batch_encode(texts, max_len=max_prompt_len, add_bos=True)
+        sb = sampling.sample(
+            graphdef, params, jnp.asarray(toks), jnp.asarray(lens), jax.random.fold_in(key, i),
+            max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+            temperature=0.0 if greedy else temperature)
+        rt, rl = jax.device_get((sb.response_tokens, sb.response_lengths))
+        responses = tokenizer.batch_decode(rt[:len(chunk)], rl[:len(chunk)])
+        _, st = task.score_batch(chunk, responses)
+        correct += st["correct_frac"] * len(chunk)
+        malformed += st["malformed_frac"] * len(chunk)
+        lengths.extend(np.asarray(rl[:len(chunk)]).tolist())
+    return {"accuracy": correct / max(n, 1), "malformed_frac": malformed / max(n, 1),
+            "response_length": float(np.mean(lengths)) if lengths else 0.0}
+
+
+def evaluate_heldout(config, graphdef, params, task: Task, tokenizer: CharTokenizer,
+                     problems: Sequence[Problem], *, max_prompt_len: int, max_new_tokens: int,
+                     temperature: float = 1.0) -> dict[str, float]:
+    """Held-out metrics as config.eval asks: "heldout/<k>" with greedy decoding if
+    `eval.greedy` (else one sample at `temperature`), and "heldout_sampled/<k>" (one sample per
+    problem at `temperature`, fixed key) if `eval.sampled`."""
+    ec = config.eval
+    kw = dict(max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens,
+              batch_size=int(ec.batch_size), temperature=temperature,
+              key=jax.random.key(int(ec.seed)))
+    out = {f"heldout/{k}": v for k, v in evaluate(
+        graphdef, params, task, tokenizer, problems, greedy=bool(ec.greedy), **kw).items()}
+    if ec.get("sampled", False) and ec.greedy:
+        out.update({f"heldout_sampled/{k}": v for k, v in evaluate(
+            graphdef, params, task, tokenizer, problems, greedy=False, **kw).items()})
+    return out

@@ -1,0 +1,77 @@
+"""Metrics writer (JSONL + TensorBoard), progress line, and orbax checkpoint helpers."""
+
+import glob
+import json
+import math
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from async_grpo import checkpoint as ckpt_lib
+from async_grpo import metrics as metrics_lib
+
+
+def test_writer_jsonl_and_tensorboard(tmp_path):
+    wd = str(tmp_path / "run")
+    with metrics_lib.MetricsWriter(wd) as w:
+        w.write(1, {"reward": jnp.float32(0.5), "n": 3, "flag": True, "acc": np.array([0.25])})
+        w.write(2, {"reward": 0.75, "nan": float("nan")})
+    recs = metrics_lib.read_metrics(wd)
+    assert [r["step"] for r in recs] == [1, 2]
+    assert recs[0]["reward"] == 0.5 and recs[0]["n"] == 3 and recs[0]["acc"] == 0.25
+    assert recs[0]["flag"] is True and "time" in recs[0]
+    assert math.isnan(recs[1]["nan"])
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        assert len([json.loads(line) for line in f]) == 2
+    assert glob.glob(os.path.join(wd, "tb", "events.out.tfevents.*"))
+    # Appends on reopen (resume).
+    with metrics_lib.MetricsWriter(wd, tensorboard=False) as w:
+        w.write(3, {"reward": 1.0})
+    assert [r["step"] for r in metrics_lib.read_metrics(wd)] == [1, 2, 3]
+
+
+def test_writer_rejects_non_scalars(tmp_path):
+    with metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False) as w:
+        with pytest.raises(ValueError, match="scalar"):
+            w.write(0, {"x": np.zeros(3)})
+
+
+def test_progress_line():
+    p = metrics_lib.Progress(100, start_step=10, warmup=0)
+    line = p.line(10, {"reward": 0.5, "step_name": "x"}, keys=("reward",))
+    assert line.startswith("step 10/100 (10%)") and "steps/s" in line and "ETA" in line
+    assert "reward 0.5" in line and "step_name" not in line
+    assert metrics_lib._fmt_duration(3725) == "1h02m05s"
+    assert metrics_lib._fmt_duration(65) == "1m05s"
+    assert metrics_lib._fmt_duration(float("nan")) == "?"
+
+
+def test_checkpoint_keep_n_restore_and_meta(tmp_path):
+    d = str(tmp_path / "ckpt")
+    params = {"layers": {0: {"w": jnp.ones((2, 3))}, 1: {"w": jnp.zeros((2, 3))}}, "b": jnp.arange(4)}
+    m = ckpt_lib.make_manager(d, max_to_keep=2)
+    for step in (1, 2, 3):
+        ckpt_lib.save(m, step, {"params": jax_scale(params, step), "opt_state": {"count": step}},
+                      meta={"step": step, "note": "x"})
+    assert m.all_steps() == [2, 3]
+    # No leftover temporary directories: every entry is a finished step.
+    assert sorted(os.listdir(d)) == ["2", "3"]
+    step, items = ckpt_lib.restore(m, {"params": params}, with_meta=True)
+    m.close()
+    assert step == 3 and items["meta"] == {"step": 3, "note": "x"}
+    np.testing.assert_array_equal(items["params"]["layers"][0]["w"], 3 * np.ones((2, 3)))
+    assert ckpt_lib.latest_step(d) == 3
+    assert ckpt_lib.latest_step(str(tmp_path / "none")) is None
+    _, items = ckpt_lib.load_latest(d, {"params": ckpt_lib.abstract(params)})
+    np.testing.assert_array_equal(items["params"]["b"], 3 * np.arange(4))
+    with pytest.raises(FileNotFoundError, match="no SFT checkpoint found in"):
+        ckpt_lib.load_latest(str(tmp_path / "none"), {"params": params}, what="SFT checkpoint")
+    with pytest.raises(ValueError, match="reserved"):
+        ckpt_lib.save(ckpt_lib.make_manager(d), 9, {"meta": params})
+
+
+def jax_scale(tree, s):
+    import jax  # pylint: disable=import-outside-toplevel
+    return jax.tree.map(lambda x: x * s, tree)
