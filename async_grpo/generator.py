@@ -123,6 +123,7 @@ class RolloutGenerator:
         self._store, self._policy, self._generate_fn = store, policy, generate_fn
         self._start_step, self._end_step = start_step, end_step
         self._expected_step = start_step  # the next step the learner takes, in order
+        self._position = start_step  # the next step the generator thread starts
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._error: Optional[str] = None
@@ -153,6 +154,7 @@ class RolloutGenerator:
             for step in range(self._start_step, self._end_step):
                 latest = self._store.wait_for(self._policy.required_version(step), self._stop)
                 version = self._policy.choose_version(step, latest)
+                self._position = step + 1
                 batch = self._generate_fn(self._store.get(version), version, step)
                 self._put(VersionedBatch(step=step, version=version, batch=batch))
         except GeneratorStopped:
@@ -160,6 +162,15 @@ class RolloutGenerator:
         except BaseException:  # pylint: disable=broad-except
             self._error = traceback.format_exc()
             self._stop.set()
+
+    @property
+    def position(self) -> int:
+        """The next step the generator starts (batches before it are done or in flight)."""
+        return self._position
+
+    def pending(self) -> int:
+        """Finished batches waiting in the queue for the learner."""
+        return self._queue.qsize()
 
     def next(self, timeout: Optional[float] = None) -> VersionedBatch:
         """Returns the next batch in step order; raises `GeneratorError` if the thread failed."""
