@@ -58,98 +58,98 @@ print("RESULT", float(s["J_final"][0]), time.time() - t0)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  lags = [int(s) for s in _LAGS.value]
-  lrs = [float(x) for x in _LRS.value]
-  seeds = list(range(_SEEDS.value))
-  import jax  # pylint: disable=g-import-not-at-top
-  from async_grpo.testbeds import exact as ex  # pylint: disable=g-import-not-at-top
-  from async_grpo.testbeds import exact_configs as xc  # pylint: disable=g-import-not-at-top
-  from experiments.configs import exact_sweep as cfg_mod  # pylint: disable=g-import-not-at-top
-  c = cfg_mod.get_config()
-  with c.unlocked():
-    c.train.num_steps = _STEPS.value
-  cells = ex.make_cells(lrs, seeds, lags, [0.0], max_lag_cap=max(lags))  # validates first
-  tb = ex.make_testbed(xc.testbed_config(c, "grpo"))
-  tc = xc.train_config(c, max(lags))
-  n = len(cells["lr"])
-  rows = {}
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    lags = [int(s) for s in _LAGS.value]
+    lrs = [float(x) for x in _LRS.value]
+    seeds = list(range(_SEEDS.value))
+    import jax  # pylint: disable=g-import-not-at-top
+    from async_grpo.testbeds import exact as ex  # pylint: disable=g-import-not-at-top
+    from async_grpo.testbeds import exact_configs as xc  # pylint: disable=g-import-not-at-top
+    from experiments.configs import exact_sweep as cfg_mod  # pylint: disable=g-import-not-at-top
+    c = cfg_mod.get_config()
+    with c.unlocked():
+        c.train.num_steps = _STEPS.value
+    cells = ex.make_cells(lrs, seeds, lags, [0.0], max_lag_cap=max(lags))  # validates first
+    tb = ex.make_testbed(xc.testbed_config(c, "grpo"))
+    tc = xc.train_config(c, max(lags))
+    n = len(cells["lr"])
+    rows = {}
 
-  # Vmapped grid, compile included, then excluded.
-  t0 = time.time()
-  _, s_grid = ex.run_cells(tb, tc, cells, keep_metrics=("J",))
-  rows["grid (compile incl.)"] = time.time() - t0
-  reps = []
-  for _ in range(3):  # best of 3: the compiled run is short, so take the least-disturbed one
+    # Vmapped grid, compile included, then excluded.
     t0 = time.time()
-    ex.run_cells(tb, tc, cells, keep_metrics=("J",))
-    reps.append(time.time() - t0)
-  rows["grid (compile excl., best of 3)"] = min(reps)
+    _, s_grid = ex.run_cells(tb, tc, cells, keep_metrics=("J",))
+    rows["grid (compile incl.)"] = time.time() - t0
+    reps = []
+    for _ in range(3):  # best of 3: the compiled run is short, so take the least-disturbed one
+        t0 = time.time()
+        ex.run_cells(tb, tc, cells, keep_metrics=("J",))
+        reps.append(time.time() - t0)
+    rows["grid (compile excl., best of 3)"] = min(reps)
 
-  one = [{k: v[i] for k, v in ex._cell_arrays(cells).items()} for i in range(n)]  # pylint: disable=protected-access
+    one = [{k: v[i] for k, v in ex._cell_arrays(cells).items()} for i in range(n)]  # pylint: disable=protected-access
 
-  def keep_j(fn):
-    return lambda cell: fn(cell)[1]["J_final"]
+    def keep_j(fn):
+        return lambda cell: fn(cell)[1]["J_final"]
 
-  # Sequential, each cell its own jitted run (compiles every time).
-  t0 = time.time()
-  j_seq = []
-  for cell in one:
-    f = jax.jit(keep_j(ex.make_train(tb, tc)))
-    j_seq.append(float(f(cell)))
-  rows["seq, 1 process (compile incl.)"] = time.time() - t0
-  # Sequential, compile once beforehand.
-  f = jax.jit(keep_j(ex.make_train(tb, tc)))
-  f(one[0]).block_until_ready()
-  reps = []
-  for _ in range(3):
+    # Sequential, each cell its own jitted run (compiles every time).
     t0 = time.time()
+    j_seq = []
     for cell in one:
-      f(cell).block_until_ready()
-    reps.append(time.time() - t0)
-  rows["seq, 1 process (compile excl., best of 3)"] = min(reps)
-  diff = np.abs(np.array(j_seq) - s_grid["J_final"])
-  max_diff = float(np.max(diff))
-  stable = ~s_grid["collapsed"]
-  max_diff_stable = float(np.max(diff[stable])) if stable.any() else float("nan")
+        f = jax.jit(keep_j(ex.make_train(tb, tc)))
+        j_seq.append(float(f(cell)))
+    rows["seq, 1 process (compile incl.)"] = time.time() - t0
+    # Sequential, compile once beforehand.
+    f = jax.jit(keep_j(ex.make_train(tb, tc)))
+    f(one[0]).block_until_ready()
+    reps = []
+    for _ in range(3):
+        t0 = time.time()
+        for cell in one:
+            f(cell).block_until_ready()
+        reps.append(time.time() - t0)
+    rows["seq, 1 process (compile excl., best of 3)"] = min(reps)
+    diff = np.abs(np.array(j_seq) - s_grid["J_final"])
+    max_diff = float(np.max(diff))
+    stable = ~s_grid["collapsed"]
+    max_diff_stable = float(np.max(diff[stable])) if stable.any() else float("nan")
 
-  # One process per cell, on a few cells, extrapolated.
-  k = max(1, min(_SUB.value, n))
-  t0 = time.time()
-  for i in range(k):
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(_STEPS.value), str(cells["lr"][i]),
-         str(cells["seed"][i]), str(cells["max_lag"][i]), str(max(lags))],
-        cwd=_ROOT, capture_output=True, text=True, check=True,
-        env={**os.environ, "PYTHONPATH": _ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")})
-    assert "RESULT" in out.stdout, out.stderr[-2000:]
-  per_proc = (time.time() - t0) / k
-  rows[f"1 process per cell (measured on {k}, x{n})"] = per_proc * n
+    # One process per cell, on a few cells, extrapolated.
+    k = max(1, min(_SUB.value, n))
+    t0 = time.time()
+    for i in range(k):
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(_STEPS.value), str(cells["lr"][i]),
+             str(cells["seed"][i]), str(cells["max_lag"][i]), str(max(lags))],
+            cwd=_ROOT, capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONPATH": _ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")})
+        assert "RESULT" in out.stdout, out.stderr[-2000:]
+    per_proc = (time.time() - t0) / k
+    rows[f"1 process per cell (measured on {k}, x{n})"] = per_proc * n
 
-  base = rows["grid (compile incl.)"]
-  # Like with like: each way is compared with the grid under the same compile treatment.
-  ref = {name: rows["grid (compile excl., best of 3)"] if "excl." in name else base
-         for name in rows}
-  print(f"exact-testbed grid: {n} cells x {_STEPS.value} steps ({len(lags)} S x {len(lrs)} η x "
-        f"{len(seeds)} seeds); {platform.platform()}, {os.cpu_count()} CPUs; "
-        f"load avg {os.getloadavg()[0]:.1f}")
-  print(f"{'mode':<44} {'wall s':>9} {'grid speed-up':>14}")
-  for name, t in rows.items():
-    print(f"{name:<44} {t:>9.2f} {t / ref[name]:>13.1f}x")
-  print("(grid speed-up = this row's time / the grid's time with the same compile treatment)")
-  print(f"max |J_final(seq) − J_final(grid)|: {max_diff_stable:.2e} over the "
-        f"{int(stable.sum())} non-collapsed cells, {max_diff:.2e} over all (float32 rounding "
-        "of the batched vs unbatched ops, amplified in chaotic cells at the stability edge)")
-  if _WORKDIR.value:
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    with open(os.path.join(_WORKDIR.value, "bench.json"), "w") as fh:
-      json.dump({"cells": n, "num_steps": _STEPS.value, "wall_s": rows,
-                 "grid_speedup": {k2: v / ref[k2] for k2, v in rows.items()},
-                 "machine": platform.platform(), "cpu_count": os.cpu_count(),
-                 "load_avg_1m": os.getloadavg()[0], "max_abs_diff": max_diff,
-                 "max_abs_diff_non_collapsed": max_diff_stable}, fh, indent=2)
+    base = rows["grid (compile incl.)"]
+    # Like with like: each way is compared with the grid under the same compile treatment.
+    ref = {name: rows["grid (compile excl., best of 3)"] if "excl." in name else base
+           for name in rows}
+    print(f"exact-testbed grid: {n} cells x {_STEPS.value} steps ({len(lags)} S x {len(lrs)} η x "
+          f"{len(seeds)} seeds); {platform.platform()}, {os.cpu_count()} CPUs; "
+          f"load avg {os.getloadavg()[0]:.1f}")
+    print(f"{'mode':<44} {'wall s':>9} {'grid speed-up':>14}")
+    for name, t in rows.items():
+        print(f"{name:<44} {t:>9.2f} {t / ref[name]:>13.1f}x")
+    print("(grid speed-up = this row's time / the grid's time with the same compile treatment)")
+    print(f"max |J_final(seq) − J_final(grid)|: {max_diff_stable:.2e} over the "
+          f"{int(stable.sum())} non-collapsed cells, {max_diff:.2e} over all (float32 rounding "
+          "of the batched vs unbatched ops, amplified in chaotic cells at the stability edge)")
+    if _WORKDIR.value:
+        os.makedirs(_WORKDIR.value, exist_ok=True)
+        with open(os.path.join(_WORKDIR.value, "bench.json"), "w") as fh:
+            json.dump({"cells": n, "num_steps": _STEPS.value, "wall_s": rows,
+                       "grid_speedup": {k2: v / ref[k2] for k2, v in rows.items()},
+                       "machine": platform.platform(), "cpu_count": os.cpu_count(),
+                       "load_avg_1m": os.getloadavg()[0], "max_abs_diff": max_diff,
+                       "max_abs_diff_non_collapsed": max_diff_stable}, fh, indent=2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -69,151 +69,151 @@ _DATASHEET = {"H200": (989.0, 67.0), "H100": (989.0, 67.0), "A100": (312.0, 19.5
 
 
 def tune_glibc_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = 2 << 30) -> bool:
-  """Keeps large freed blocks in glibc's heap instead of returning them to the OS (Linux only).
+    """Keeps large freed blocks in glibc's heap instead of returning them to the OS (Linux only).
 
-  Same effect as launching with MALLOC_MMAP_THRESHOLD_=... MALLOC_TRIM_THRESHOLD_=...
-  """
-  import ctypes  # pylint: disable=g-import-not-at-top
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-  except OSError:
-    return False
-  m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-  return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(
-      libc.mallopt(m_trim_threshold, trim_threshold))
+    Same effect as launching with MALLOC_MMAP_THRESHOLD_=... MALLOC_TRIM_THRESHOLD_=...
+    """
+    import ctypes  # pylint: disable=g-import-not-at-top
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(
+        libc.mallopt(m_trim_threshold, trim_threshold))
 
 
 def _machine() -> str:
-  dev = jax.devices()[0]
-  if dev.platform == "cpu":
-    model = platform.processor() or "cpu"
-    try:
-      out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-      model = next((l.split(":", 1)[1].strip() for l in out.splitlines()
-                    if l.startswith("Model name")), model)
-    except OSError:
-      pass
-    return f"CPU {model}, {os.cpu_count()} cores"
-  return f"{jax.device_count()}x {dev.device_kind}"
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        model = platform.processor() or "cpu"
+        try:
+            out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+            model = next((l.split(":", 1)[1].strip() for l in out.splitlines()
+                          if l.startswith("Model name")), model)
+        except OSError:
+            pass
+        return f"CPU {model}, {os.cpu_count()} cores"
+    return f"{jax.device_count()}x {dev.device_kind}"
 
 
 def _measured_matmul_tflops(n: int = 2048, reps: int = 5) -> float:
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(reps):
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
-  return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        f(a).block_until_ready()
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
 def _peak(dtype: str) -> tuple[float, str]:
-  if _PEAK.value:
-    return _PEAK.value, "--peak_tflops"
-  dev = jax.devices()[0]
-  for kind, (bf16, f32) in _DATASHEET.items():
-    if kind in dev.device_kind:
-      return (bf16 if dtype == "bfloat16" else f32), f"datasheet {kind} {dtype}"
-  if dev.platform == "cpu":
-    return _measured_matmul_tflops(), "measured f32 2048^3 matmul"
-  return float("nan"), "unknown"
+    if _PEAK.value:
+        return _PEAK.value, "--peak_tflops"
+    dev = jax.devices()[0]
+    for kind, (bf16, f32) in _DATASHEET.items():
+        if kind in dev.device_kind:
+            return (bf16 if dtype == "bfloat16" else f32), f"datasheet {kind} {dtype}"
+    if dev.platform == "cpu":
+        return _measured_matmul_tflops(), "measured f32 2048^3 matmul"
+    return float("nan"), "unknown"
 
 
 def _attn_flops(cfg, length: int) -> int:
-  return cfg.n_layers * length * cfg.n_heads * cfg.head_dim
+    return cfg.n_layers * length * cfg.n_heads * cfg.head_dim
 
 
 def bench_learner(cfg, graphdef, params, peak):
-  b, t = _BATCH.value, _SEQ.value
-  tx = optax.adamw(1e-4, weight_decay=0.01)
-  opt_state = tx.init(params)
+    b, t = _BATCH.value, _SEQ.value
+    tx = optax.adamw(1e-4, weight_decay=0.01)
+    opt_state = tx.init(params)
 
-  def loss_fn(p, tokens):
-    logits = models.forward(graphdef, p, tokens[:, :-1])
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], axis=-1)
-    return -jnp.mean(logp)
+    def loss_fn(p, tokens):
+        logits = models.forward(graphdef, p, tokens[:, :-1])
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], axis=-1)
+        return -jnp.mean(logp)
 
-  def step(p, o, tokens):
-    loss, grads = jax.value_and_grad(loss_fn)(p, tokens)
-    updates, o = tx.update(grads, o, p)
-    return optax.apply_updates(p, updates), o, loss
+    def step(p, o, tokens):
+        loss, grads = jax.value_and_grad(loss_fn)(p, tokens)
+        updates, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), o, loss
 
-  step = jax.jit(step, donate_argnums=(0, 1))
-  tokens = jax.random.randint(jax.random.key(1), (b, t + 1), 0, cfg.vocab_size, jnp.int32)
-  t0 = time.perf_counter()
-  params, opt_state, loss = step(params, opt_state, tokens)
-  loss.block_until_ready()
-  compile_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  for _ in range(_STEPS.value):
+    step = jax.jit(step, donate_argnums=(0, 1))
+    tokens = jax.random.randint(jax.random.key(1), (b, t + 1), 0, cfg.vocab_size, jnp.int32)
+    t0 = time.perf_counter()
     params, opt_state, loss = step(params, opt_state, tokens)
-  loss.block_until_ready()
-  dt = (time.perf_counter() - t0) / _STEPS.value
-  tok_s = b * t / dt
-  flops_tok = 6 * cfg.matmul_params() + 12 * _attn_flops(cfg, t)
-  tflops = tok_s * flops_tok / 1e12
-  return dict(what=f"learner step B={b} T={t}", time=f"{dt * 1e3:.0f} ms",
-              tok_s=tok_s, tflops=tflops, mfu=tflops / peak, compile=compile_s)
+    loss.block_until_ready()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(_STEPS.value):
+        params, opt_state, loss = step(params, opt_state, tokens)
+    loss.block_until_ready()
+    dt = (time.perf_counter() - t0) / _STEPS.value
+    tok_s = b * t / dt
+    flops_tok = 6 * cfg.matmul_params() + 12 * _attn_flops(cfg, t)
+    tflops = tok_s * flops_tok / 1e12
+    return dict(what=f"learner step B={b} T={t}", time=f"{dt * 1e3:.0f} ms",
+                tok_s=tok_s, tflops=tflops, mfu=tflops / peak, compile=compile_s)
 
 
 def bench_sampler(cfg, graphdef, params, peak, new_tokens):
-  rng = np.random.default_rng(0)
-  n_p, p = _PROMPTS.value, _PROMPT_LEN.value
-  lengths = rng.integers(max(1, p // 2), p + 1, n_p).astype(np.int32)
-  prompts = rng.integers(0, cfg.vocab_size, (n_p, p)).astype(np.int32)
-  kw = dict(max_new_tokens=new_tokens, eos_id=None, pad_id=0, temperature=1.0,
-            num_samples=_NUM_SAMPLES.value)
-  t0 = time.perf_counter()
-  jax.block_until_ready(
-      sampling.sample(graphdef, params, prompts, lengths, jax.random.key(0), **kw))
-  compile_s = time.perf_counter() - t0
-  times = []
-  for r in range(_SAMPLE_REPEATS.value):
+    rng = np.random.default_rng(0)
+    n_p, p = _PROMPTS.value, _PROMPT_LEN.value
+    lengths = rng.integers(max(1, p // 2), p + 1, n_p).astype(np.int32)
+    prompts = rng.integers(0, cfg.vocab_size, (n_p, p)).astype(np.int32)
+    kw = dict(max_new_tokens=new_tokens, eos_id=None, pad_id=0, temperature=1.0,
+              num_samples=_NUM_SAMPLES.value)
     t0 = time.perf_counter()
     jax.block_until_ready(
-        sampling.sample(graphdef, params, prompts, lengths, jax.random.key(r + 1), **kw))
-    times.append(time.perf_counter() - t0)
-  dt = float(np.median(times))
-  rows = n_p * _NUM_SAMPLES.value
-  tok_s = rows * new_tokens / dt
-  # Decode FLOPs only (the shared prefill adds 2·N·n_p·P, small here): forward matmuls plus
-  # attention over all P + new_tokens cache slots.
-  flops_tok = 2 * cfg.matmul_params() + 4 * _attn_flops(cfg, p + new_tokens)
-  tflops = tok_s * flops_tok / 1e12
-  return dict(what=f"sampler {n_p}x{_NUM_SAMPLES.value} rows, P={p}, {new_tokens} new",
-              time=f"{dt * 1e3:.0f} ms", tok_s=tok_s, tflops=tflops, mfu=tflops / peak,
-              compile=compile_s)
+        sampling.sample(graphdef, params, prompts, lengths, jax.random.key(0), **kw))
+    compile_s = time.perf_counter() - t0
+    times = []
+    for r in range(_SAMPLE_REPEATS.value):
+        t0 = time.perf_counter()
+        jax.block_until_ready(
+            sampling.sample(graphdef, params, prompts, lengths, jax.random.key(r + 1), **kw))
+        times.append(time.perf_counter() - t0)
+    dt = float(np.median(times))
+    rows = n_p * _NUM_SAMPLES.value
+    tok_s = rows * new_tokens / dt
+    # Decode FLOPs only (the shared prefill adds 2·N·n_p·P, small here): forward matmuls plus
+    # attention over all P + new_tokens cache slots.
+    flops_tok = 2 * cfg.matmul_params() + 4 * _attn_flops(cfg, p + new_tokens)
+    tflops = tok_s * flops_tok / 1e12
+    return dict(what=f"sampler {n_p}x{_NUM_SAMPLES.value} rows, P={p}, {new_tokens} new",
+                time=f"{dt * 1e3:.0f} ms", tok_s=tok_s, tflops=tflops, mfu=tflops / peak,
+                compile=compile_s)
 
 
 def main(argv):
-  del argv
-  if _TUNE_MALLOC.value:
-    print(f"glibc mallopt tuning applied: {tune_glibc_malloc()}")
-  overrides = dict(dtype=_DTYPE.value, attention_impl=_ATTN.value)
-  if _VOCAB.value:
-    overrides["vocab_size"] = _VOCAB.value
-  cfg = models.get_config(_PRESET.value, **overrides)
-  graphdef, params = models.init_model(cfg, 0)
-  peak, peak_src = _peak(cfg.dtype)
-  print(f"machine: {_machine()}; jax {jax.__version__}; backend {jax.default_backend()}")
-  print(f"model: {_PRESET.value} ({models.param_count(params) / 1e6:.2f}M params, "
-        f"{cfg.matmul_params() / 1e6:.2f}M in matmuls), compute {cfg.dtype}, params "
-        f"{cfg.param_dtype}, attention {cfg.attention_impl}")
-  print(f"peak for MFU: {peak:.3f} TFLOP/s ({peak_src})")
-  rows = []
-  if not _SKIP_LEARNER.value:
-    rows.append(bench_learner(cfg, graphdef, params, peak))
-    graphdef, params = models.init_model(cfg, 0)  # the learner donated its parameters
-  if not _SKIP_SAMPLER.value:
-    for n in _NEW.value:
-      rows.append(bench_sampler(cfg, graphdef, params, peak, int(n)))
-  print()
-  print("| what | time / call | tokens/s | TFLOP/s | MFU | compile (s) |")
-  print("|---|---|---|---|---|---|")
-  for r in rows:
-    print(f"| {r['what']} | {r['time']} | {r['tok_s']:,.0f} | {r['tflops']:.4f} | "
-          f"{100 * r['mfu']:.1f}% | {r['compile']:.1f} |")
+    del argv
+    if _TUNE_MALLOC.value:
+        print(f"glibc mallopt tuning applied: {tune_glibc_malloc()}")
+    overrides = dict(dtype=_DTYPE.value, attention_impl=_ATTN.value)
+    if _VOCAB.value:
+        overrides["vocab_size"] = _VOCAB.value
+    cfg = models.get_config(_PRESET.value, **overrides)
+    graphdef, params = models.init_model(cfg, 0)
+    peak, peak_src = _peak(cfg.dtype)
+    print(f"machine: {_machine()}; jax {jax.__version__}; backend {jax.default_backend()}")
+    print(f"model: {_PRESET.value} ({models.param_count(params) / 1e6:.2f}M params, "
+          f"{cfg.matmul_params() / 1e6:.2f}M in matmuls), compute {cfg.dtype}, params "
+          f"{cfg.param_dtype}, attention {cfg.attention_impl}")
+    print(f"peak for MFU: {peak:.3f} TFLOP/s ({peak_src})")
+    rows = []
+    if not _SKIP_LEARNER.value:
+        rows.append(bench_learner(cfg, graphdef, params, peak))
+        graphdef, params = models.init_model(cfg, 0)  # the learner donated its parameters
+    if not _SKIP_SAMPLER.value:
+        for n in _NEW.value:
+            rows.append(bench_sampler(cfg, graphdef, params, peak, int(n)))
+    print()
+    print("| what | time / call | tokens/s | TFLOP/s | MFU | compile (s) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['what']} | {r['time']} | {r['tok_s']:,.0f} | {r['tflops']:.4f} | "
+              f"{100 * r['mfu']:.1f}% | {r['compile']:.1f} |")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

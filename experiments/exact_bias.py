@@ -44,212 +44,212 @@ plan = xc.bias_plan
 
 
 def trajectories(p) -> dict:
-  from async_grpo.testbeds import exact as ex  # pylint: disable=g-import-not-at-top
-  tb = ex.make_testbed(p["testbed"])
-  cells = ex.make_cells(p["lrs"], p["seeds"], p["lags"], [p["b1"]],
-                        max_lag_cap=p["train"].max_lag_cap)
-  m, _ = ex.run_cells(tb, p["train"], cells)
-  t_steps = p["train"].num_steps
-  rep = lambda a: np.repeat(np.asarray(a)[:, None], t_steps, 1)  # noqa: E731
-  out = {"S": rep(cells["max_lag"]), "lr": rep(cells["lr"]), "seed": rep(cells["seed"]),
-         "step": np.broadcast_to(np.arange(t_steps), m["lag"].shape)}
-  for k in ("lag", "delta_norm", "delta_rel", "drift_cycle", "clip_frac", "h_on_norm",
-            "cos_stale", "cos_onpolicy", "J", "update_norm"):
-    out[k] = m[k]
-  return {k: np.asarray(v).reshape(-1) for k, v in out.items()}
+    from async_grpo.testbeds import exact as ex  # pylint: disable=g-import-not-at-top
+    tb = ex.make_testbed(p["testbed"])
+    cells = ex.make_cells(p["lrs"], p["seeds"], p["lags"], [p["b1"]],
+                          max_lag_cap=p["train"].max_lag_cap)
+    m, _ = ex.run_cells(tb, p["train"], cells)
+    t_steps = p["train"].num_steps
+    rep = lambda a: np.repeat(np.asarray(a)[:, None], t_steps, 1)  # noqa: E731
+    out = {"S": rep(cells["max_lag"]), "lr": rep(cells["lr"]), "seed": rep(cells["seed"]),
+           "step": np.broadcast_to(np.arange(t_steps), m["lag"].shape)}
+    for k in ("lag", "delta_norm", "delta_rel", "drift_cycle", "clip_frac", "h_on_norm",
+              "cos_stale", "cos_onpolicy", "J", "update_norm"):
+        out[k] = m[k]
+    return {k: np.asarray(v).reshape(-1) for k, v in out.items()}
 
 
 def controlled(p, c) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  from async_grpo.testbeds import exact as ex  # pylint: disable=g-import-not-at-top
-  tb = ex.make_testbed(p["testbed"])
-  theta = ex.init_params(tb, jax.random.split(jax.random.PRNGKey(0))[0])
-  opt = ex.make_optimizer(p["train"], c.anchor_lr, p["b1"])
-  state = opt.init(theta)
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import optax  # pylint: disable=g-import-not-at-top
+    from async_grpo.testbeds import exact as ex  # pylint: disable=g-import-not-at-top
+    tb = ex.make_testbed(p["testbed"])
+    theta = ex.init_params(tb, jax.random.split(jax.random.PRNGKey(0))[0])
+    opt = ex.make_optimizer(p["train"], c.anchor_lr, p["b1"])
+    state = opt.init(theta)
 
-  @jax.jit
-  def step(th, st):
-    upd, st = opt.update(ex.population_H(tb, th, th), st, th)
-    return optax.apply_updates(th, upd), st
+    @jax.jit
+    def step(th, st):
+        upd, st = opt.update(ex.population_H(tb, th, th), st, th)
+        return optax.apply_updates(th, upd), st
 
-  anchors = {}
-  for t in range(max(p["anchors"]) + 1):
-    if t in p["anchors"]:
-      anchors[t] = theta
-    theta, state = step(theta, state)
-  flat0, unravel = jax.flatten_util.ravel_pytree(theta)
-  radii = np.geomspace(c.r_min, c.r_max, c.num_radii)
+    anchors = {}
+    for t in range(max(p["anchors"]) + 1):
+        if t in p["anchors"]:
+            anchors[t] = theta
+        theta, state = step(theta, state)
+    flat0, unravel = jax.flatten_util.ravel_pytree(theta)
+    radii = np.geomspace(c.r_min, c.r_max, c.num_radii)
 
-  @jax.jit
-  def measure(th, v, r):
-    phi = unravel(jax.flatten_util.ravel_pytree(th)[0] - r * v)
-    d = ex.bias_diagnostics(tb, th, phi)
-    _, aux = ex.population_loss(tb, th, phi)
-    return d["delta_norm"], d["delta_rel"], aux["clip_frac"], d["drift"]
+    @jax.jit
+    def measure(th, v, r):
+        phi = unravel(jax.flatten_util.ravel_pytree(th)[0] - r * v)
+        d = ex.bias_diagnostics(tb, th, phi)
+        _, aux = ex.population_loss(tb, th, phi)
+        return d["delta_norm"], d["delta_rel"], aux["clip_frac"], d["drift"]
 
-  rows = {k: [] for k in ("anchor_step", "direction", "r", "delta_norm", "delta_rel",
-                          "clip_frac", "drift")}
-  rng = np.random.default_rng(1)
-  for t, th in anchors.items():
-    for k in range(c.num_directions):
-      v = rng.normal(size=flat0.shape)
-      v = jnp.asarray(v / np.linalg.norm(v), flat0.dtype)
-      dn, dr, cf, dist = jax.vmap(lambda r, th=th, v=v: measure(th, v, r))(
-          jnp.asarray(radii, flat0.dtype))
-      rows["anchor_step"] += [t] * len(radii)
-      rows["direction"] += [k] * len(radii)
-      rows["r"] += list(radii)
-      for name, arr in (("delta_norm", dn), ("delta_rel", dr), ("clip_frac", cf),
-                        ("drift", dist)):
-        rows[name] += list(np.asarray(arr))
-  return {k: np.asarray(v) for k, v in rows.items()}
+    rows = {k: [] for k in ("anchor_step", "direction", "r", "delta_norm", "delta_rel",
+                            "clip_frac", "drift")}
+    rng = np.random.default_rng(1)
+    for t, th in anchors.items():
+        for k in range(c.num_directions):
+            v = rng.normal(size=flat0.shape)
+            v = jnp.asarray(v / np.linalg.norm(v), flat0.dtype)
+            dn, dr, cf, dist = jax.vmap(lambda r, th=th, v=v: measure(th, v, r))(
+                jnp.asarray(radii, flat0.dtype))
+            rows["anchor_step"] += [t] * len(radii)
+            rows["direction"] += [k] * len(radii)
+            rows["r"] += list(radii)
+            for name, arr in (("delta_norm", dn), ("delta_rel", dr), ("clip_frac", cf),
+                              ("drift", dist)):
+                rows[name] += list(np.asarray(arr))
+    return {k: np.asarray(v) for k, v in rows.items()}
 
 
 def analyse(traj, ctrl, tol) -> dict:
-  from async_grpo.testbeds import exact_analysis as xa  # pylint: disable=g-import-not-at-top
-  res = {}
-  # Trajectories: stale steps only; small-drift regime = no token clipped.
-  stale = traj["lag"] > 0
-  small = stale & (traj["clip_frac"] == 0)
-  x_seta = traj["lag"] * traj["lr"]
-  res["traj"] = {
-      "n_stale_steps": int(stale.sum()), "n_small_drift_steps": int(small.sum()),
-      "vs_s_eta_small": xa.fit_through_origin(x_seta[small], traj["delta_norm"][small]),
-      "vs_drift_small": xa.fit_through_origin(traj["drift_cycle"][small],
-                                              traj["delta_norm"][small]),
-      "rel_vs_drift_small": xa.fit_through_origin(traj["drift_cycle"][small],
-                                                  traj["delta_rel"][small]),
-      "loglog_slope_vs_s_eta_small": xa.loglog_slope(x_seta[small], traj["delta_norm"][small]),
-      "loglog_slope_vs_drift_small": xa.loglog_slope(traj["drift_cycle"][small],
-                                                     traj["delta_norm"][small]),
-      "vs_s_eta_all": xa.fit_through_origin(x_seta[stale], traj["delta_norm"][stale]),
-      "vs_drift_all": xa.fit_through_origin(traj["drift_cycle"][stale],
-                                            traj["delta_norm"][stale]),
-  }
-  clipped = stale & (traj["clip_frac"] > 0)
-  res["traj"]["clip_onset_drift_p05"] = (float(np.quantile(traj["drift_cycle"][clipped], 0.05))
-                                         if clipped.any() else None)
-  res["traj"]["clip_onset_s_eta_min"] = float(x_seta[clipped].min()) if clipped.any() else None
-  res["traj"]["frac_stale_steps_clipped"] = float(clipped.sum() / max(1, stale.sum()))
-  # Controlled pairs: per (anchor, direction) series.
-  series = []
-  for t in np.unique(ctrl["anchor_step"]):
-    for k in np.unique(ctrl["direction"]):
-      sel = (ctrl["anchor_step"] == t) & (ctrl["direction"] == k)
-      r, dn, cf = ctrl["r"][sel], ctrl["delta_norm"][sel], ctrl["clip_frac"][sel]
-      clip_r = float(r[cf > 0].min()) if (cf > 0).any() else None
-      sm = r < (clip_r if clip_r is not None else np.inf)
-      fit = xa.fit_through_origin(r[sm], dn[sm])
-      # Linearity reference: the slope at the smallest radii (the derivative of δ in φ).
-      c0 = float(np.median(dn[:5] / r[:5]))
-      brk = xa.linearity_break(r, dn, c0, tol=tol)
-      series.append({"anchor_step": int(t), "direction": int(k), "slope_small": fit["slope"],
-                     "r2_small": fit["r2"], "n_small": fit["n"],
-                     "loglog_slope_small": xa.loglog_slope(r[sm], dn[sm]),
-                     "slope_at_zero": c0, "linearity_break_r": brk, "clip_onset_r": clip_r})
-  res["controlled"] = series
-  return res
+    from async_grpo.testbeds import exact_analysis as xa  # pylint: disable=g-import-not-at-top
+    res = {}
+    # Trajectories: stale steps only; small-drift regime = no token clipped.
+    stale = traj["lag"] > 0
+    small = stale & (traj["clip_frac"] == 0)
+    x_seta = traj["lag"] * traj["lr"]
+    res["traj"] = {
+        "n_stale_steps": int(stale.sum()), "n_small_drift_steps": int(small.sum()),
+        "vs_s_eta_small": xa.fit_through_origin(x_seta[small], traj["delta_norm"][small]),
+        "vs_drift_small": xa.fit_through_origin(traj["drift_cycle"][small],
+                                                traj["delta_norm"][small]),
+        "rel_vs_drift_small": xa.fit_through_origin(traj["drift_cycle"][small],
+                                                    traj["delta_rel"][small]),
+        "loglog_slope_vs_s_eta_small": xa.loglog_slope(x_seta[small], traj["delta_norm"][small]),
+        "loglog_slope_vs_drift_small": xa.loglog_slope(traj["drift_cycle"][small],
+                                                       traj["delta_norm"][small]),
+        "vs_s_eta_all": xa.fit_through_origin(x_seta[stale], traj["delta_norm"][stale]),
+        "vs_drift_all": xa.fit_through_origin(traj["drift_cycle"][stale],
+                                              traj["delta_norm"][stale]),
+    }
+    clipped = stale & (traj["clip_frac"] > 0)
+    res["traj"]["clip_onset_drift_p05"] = (float(np.quantile(traj["drift_cycle"][clipped], 0.05))
+                                           if clipped.any() else None)
+    res["traj"]["clip_onset_s_eta_min"] = float(x_seta[clipped].min()) if clipped.any() else None
+    res["traj"]["frac_stale_steps_clipped"] = float(clipped.sum() / max(1, stale.sum()))
+    # Controlled pairs: per (anchor, direction) series.
+    series = []
+    for t in np.unique(ctrl["anchor_step"]):
+        for k in np.unique(ctrl["direction"]):
+            sel = (ctrl["anchor_step"] == t) & (ctrl["direction"] == k)
+            r, dn, cf = ctrl["r"][sel], ctrl["delta_norm"][sel], ctrl["clip_frac"][sel]
+            clip_r = float(r[cf > 0].min()) if (cf > 0).any() else None
+            sm = r < (clip_r if clip_r is not None else np.inf)
+            fit = xa.fit_through_origin(r[sm], dn[sm])
+            # Linearity reference: the slope at the smallest radii (the derivative of δ in φ).
+            c0 = float(np.median(dn[:5] / r[:5]))
+            brk = xa.linearity_break(r, dn, c0, tol=tol)
+            series.append({"anchor_step": int(t), "direction": int(k), "slope_small": fit["slope"],
+                           "r2_small": fit["r2"], "n_small": fit["n"],
+                           "loglog_slope_small": xa.loglog_slope(r[sm], dn[sm]),
+                           "slope_at_zero": c0, "linearity_break_r": brk, "clip_onset_r": clip_r})
+    res["controlled"] = series
+    return res
 
 
 def _plot(traj, ctrl, res, stem):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
-  for s in series_iter(ctrl):
-    t, k, r, dn, cf = s
-    line, = ax[0].plot(r, dn, "-", lw=1, label=f"θ@{t}, v{k}" if k == 0 else None)
-    if (cf > 0).any():
-      ax[0].axvline(r[cf > 0].min(), color=line.get_color(), ls=":", lw=0.8)
-  ax[0].plot([], [], "k:", label="clip onset")
-  ax[0].set_xscale("log")
-  ax[0].set_yscale("log")
-  ax[0].set_xlabel("‖θ − φ‖ (controlled: φ = θ − r·v)")
-  ax[0].set_ylabel("‖δ‖")
-  ax[0].legend(fontsize=7)
-  ax[0].set_title("controlled pairs")
-  stale = traj["lag"] > 0
-  small = stale & (traj["clip_frac"] == 0)
-  x = traj["lag"] * traj["lr"]
-  for a, xs, lab, key in ((ax[1], x, "s·η", "vs_s_eta_small"),
-                          (ax[2], traj["drift_cycle"], "‖θ_t − φ_t‖", "vs_drift_small")):
-    a.scatter(xs[stale & ~small], traj["delta_norm"][stale & ~small], s=3, c="tab:red",
-              alpha=0.3, label="clipped tokens present")
-    a.scatter(xs[small], traj["delta_norm"][small], s=3, c="tab:blue", alpha=0.3,
-              label="no clipping (small drift)")
-    fit = res["traj"][key]
-    xx = np.geomspace(max(xs[stale].min(), 1e-6), xs[stale].max(), 50)
-    a.plot(xx, fit["slope"] * xx, "k--", label=f"fit c={fit['slope']:.3g}, R²={fit['r2']:.2f}")
-    a.set_xscale("log")
-    a.set_yscale("log")
-    a.set_xlabel(lab + " (trajectories)")
-    a.set_ylabel("‖δ_t‖")
-    a.legend(fontsize=7)
-  ax[1].set_title("‖δ‖ vs s·η")
-  ax[2].set_title("‖δ‖ vs within-cycle drift")
-  fig.tight_layout()
-  fig.savefig(stem + ".png", dpi=120)
-  fig.savefig(stem + ".pdf")
-  plt.close(fig)
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
+    for s in series_iter(ctrl):
+        t, k, r, dn, cf = s
+        line, = ax[0].plot(r, dn, "-", lw=1, label=f"θ@{t}, v{k}" if k == 0 else None)
+        if (cf > 0).any():
+            ax[0].axvline(r[cf > 0].min(), color=line.get_color(), ls=":", lw=0.8)
+    ax[0].plot([], [], "k:", label="clip onset")
+    ax[0].set_xscale("log")
+    ax[0].set_yscale("log")
+    ax[0].set_xlabel("‖θ − φ‖ (controlled: φ = θ − r·v)")
+    ax[0].set_ylabel("‖δ‖")
+    ax[0].legend(fontsize=7)
+    ax[0].set_title("controlled pairs")
+    stale = traj["lag"] > 0
+    small = stale & (traj["clip_frac"] == 0)
+    x = traj["lag"] * traj["lr"]
+    for a, xs, lab, key in ((ax[1], x, "s·η", "vs_s_eta_small"),
+                            (ax[2], traj["drift_cycle"], "‖θ_t − φ_t‖", "vs_drift_small")):
+        a.scatter(xs[stale & ~small], traj["delta_norm"][stale & ~small], s=3, c="tab:red",
+                  alpha=0.3, label="clipped tokens present")
+        a.scatter(xs[small], traj["delta_norm"][small], s=3, c="tab:blue", alpha=0.3,
+                  label="no clipping (small drift)")
+        fit = res["traj"][key]
+        xx = np.geomspace(max(xs[stale].min(), 1e-6), xs[stale].max(), 50)
+        a.plot(xx, fit["slope"] * xx, "k--", label=f"fit c={fit['slope']:.3g}, R²={fit['r2']:.2f}")
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xlabel(lab + " (trajectories)")
+        a.set_ylabel("‖δ_t‖")
+        a.legend(fontsize=7)
+    ax[1].set_title("‖δ‖ vs s·η")
+    ax[2].set_title("‖δ‖ vs within-cycle drift")
+    fig.tight_layout()
+    fig.savefig(stem + ".png", dpi=120)
+    fig.savefig(stem + ".pdf")
+    plt.close(fig)
 
 
 def series_iter(ctrl):
-  for t in np.unique(ctrl["anchor_step"]):
-    for k in np.unique(ctrl["direction"]):
-      sel = (ctrl["anchor_step"] == t) & (ctrl["direction"] == k)
-      yield int(t), int(k), ctrl["r"][sel], ctrl["delta_norm"][sel], ctrl["clip_frac"][sel]
+    for t in np.unique(ctrl["anchor_step"]):
+        for k in np.unique(ctrl["direction"]):
+            sel = (ctrl["anchor_step"] == t) & (ctrl["direction"] == k)
+            yield int(t), int(k), ctrl["r"][sel], ctrl["delta_norm"][sel], ctrl["clip_frac"][sel]
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required.")
-  c = _CONFIG.value
-  try:
-    p = plan(c)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.flatten_util  # pylint: disable=g-import-not-at-top,unused-import
-  if c.x64:
-    jax.config.update("jax_enable_x64", True)
-  from async_grpo.testbeds import exact_analysis as xa  # pylint: disable=g-import-not-at-top
-  workdir = _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
-  t0 = time.time()
-  traj = trajectories(p)
-  t_traj = time.time() - t0
-  ctrl = controlled(p, c)
-  res = analyse(traj, ctrl, c.linear_tol)
-  res.update(config=json.loads(c.to_json()), testbed=dataclasses.asdict(p["testbed"]),
-             machine=platform.platform(), cpu_count=os.cpu_count(),
-             wall_s=time.time() - t0, wall_traj_s=t_traj)
-  xa.write_csv_atomic(os.path.join(workdir, "trajectory.csv"), traj)
-  xa.write_csv_atomic(os.path.join(workdir, "controlled.csv"), ctrl)
-  xa.write_json_atomic(os.path.join(workdir, "bias.json"), res)
-  _plot(traj, ctrl, res, os.path.join(workdir, "bias"))
-  tr = res["traj"]
-  print("Trajectories (small-drift regime = stale steps with no clipped token: "
-        f"{tr['n_small_drift_steps']} of {tr['n_stale_steps']}):")
-  for key, lab in (("vs_s_eta_small", "‖δ‖ vs s·η       "), ("vs_drift_small", "‖δ‖ vs ‖θ−φ‖     "),
-                   ("vs_s_eta_all", "‖δ‖ vs s·η (all) "), ("vs_drift_all", "‖δ‖ vs ‖θ−φ‖ (all)")):
-    f = tr[key]
-    print(f"  {lab}: slope {f['slope']:.4g}, R² {f['r2']:.3f} (n={f['n']})")
-  print(f"  log-log slope vs s·η {tr['loglog_slope_vs_s_eta_small']:.3f}, vs drift "
-        f"{tr['loglog_slope_vs_drift_small']:.3f}; clipping starts at s·η ≥ "
-        f"{tr['clip_onset_s_eta_min']}, drift p05 {tr['clip_onset_drift_p05']}")
-  print("Controlled pairs (φ = θ − r·v):")
-  print(f"  {'anchor':>6} {'dir':>3} {'slope':>10} {'R2':>7} {'loglog':>7} {'break r':>10} "
-        f"{'clip r':>10}")
-  for s in res["controlled"]:
-    print(f"  {s['anchor_step']:>6} {s['direction']:>3} {s['slope_small']:>10.4g} "
-          f"{s['r2_small']:>7.4f} {s['loglog_slope_small']:>7.3f} "
-          f"{s['linearity_break_r']:>10.3g} {s['clip_onset_r'] or float('nan'):>10.3g}")
-  print(f"wall time {res['wall_s']:.1f}s; results in {workdir}")
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required.")
+    c = _CONFIG.value
+    try:
+        p = plan(c)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.flatten_util  # pylint: disable=g-import-not-at-top,unused-import
+    if c.x64:
+        jax.config.update("jax_enable_x64", True)
+    from async_grpo.testbeds import exact_analysis as xa  # pylint: disable=g-import-not-at-top
+    workdir = _WORKDIR.value
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.time()
+    traj = trajectories(p)
+    t_traj = time.time() - t0
+    ctrl = controlled(p, c)
+    res = analyse(traj, ctrl, c.linear_tol)
+    res.update(config=json.loads(c.to_json()), testbed=dataclasses.asdict(p["testbed"]),
+               machine=platform.platform(), cpu_count=os.cpu_count(),
+               wall_s=time.time() - t0, wall_traj_s=t_traj)
+    xa.write_csv_atomic(os.path.join(workdir, "trajectory.csv"), traj)
+    xa.write_csv_atomic(os.path.join(workdir, "controlled.csv"), ctrl)
+    xa.write_json_atomic(os.path.join(workdir, "bias.json"), res)
+    _plot(traj, ctrl, res, os.path.join(workdir, "bias"))
+    tr = res["traj"]
+    print("Trajectories (small-drift regime = stale steps with no clipped token: "
+          f"{tr['n_small_drift_steps']} of {tr['n_stale_steps']}):")
+    for key, lab in (("vs_s_eta_small", "‖δ‖ vs s·η       "), ("vs_drift_small", "‖δ‖ vs ‖θ−φ‖     "),
+                     ("vs_s_eta_all", "‖δ‖ vs s·η (all) "), ("vs_drift_all", "‖δ‖ vs ‖θ−φ‖ (all)")):
+        f = tr[key]
+        print(f"  {lab}: slope {f['slope']:.4g}, R² {f['r2']:.3f} (n={f['n']})")
+    print(f"  log-log slope vs s·η {tr['loglog_slope_vs_s_eta_small']:.3f}, vs drift "
+          f"{tr['loglog_slope_vs_drift_small']:.3f}; clipping starts at s·η ≥ "
+          f"{tr['clip_onset_s_eta_min']}, drift p05 {tr['clip_onset_drift_p05']}")
+    print("Controlled pairs (φ = θ − r·v):")
+    print(f"  {'anchor':>6} {'dir':>3} {'slope':>10} {'R2':>7} {'loglog':>7} {'break r':>10} "
+          f"{'clip r':>10}")
+    for s in res["controlled"]:
+        print(f"  {s['anchor_step']:>6} {s['direction']:>3} {s['slope_small']:>10.4g} "
+              f"{s['r2_small']:>7.4f} {s['loglog_slope_small']:>7.3f} "
+              f"{s['linearity_break_r']:>10.3g} {s['clip_onset_r'] or float('nan'):>10.3g}")
+    print(f"wall time {res['wall_s']:.1f}s; results in {workdir}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

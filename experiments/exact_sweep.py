@@ -41,234 +41,234 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 plan = xc.sweep_plan
 
 def _fingerprint(c, variant) -> str:
-  d = json.loads(c.to_json())
-  d["variant"] = variant
-  return json.dumps(d, sort_keys=True)
+    d = json.loads(c.to_json())
+    d["variant"] = variant
+    return json.dumps(d, sort_keys=True)
 
 
 def run_variant(c, p, variant: str, workdir: str) -> dict:
-  from async_grpo.testbeds import exact as ex  # pylint: disable=g-import-not-at-top
-  from async_grpo.testbeds import exact_analysis as xa  # pylint: disable=g-import-not-at-top
-  vdir = os.path.join(workdir, variant)
-  cdir = os.path.join(vdir, "chunks")
-  os.makedirs(cdir, exist_ok=True)
-  fp_path = os.path.join(vdir, "config_fingerprint.json")
-  fp = _fingerprint(c, variant)
-  if os.path.exists(fp_path):
-    with open(fp_path) as f:
-      if f.read() != fp:
-        raise app.UsageError(f"{vdir} holds results of a different config; use a new "
-                             "--workdir or delete it.")
-  else:
-    xa._atomic_write(fp_path, fp)  # pylint: disable=protected-access
+    from async_grpo.testbeds import exact as ex  # pylint: disable=g-import-not-at-top
+    from async_grpo.testbeds import exact_analysis as xa  # pylint: disable=g-import-not-at-top
+    vdir = os.path.join(workdir, variant)
+    cdir = os.path.join(vdir, "chunks")
+    os.makedirs(cdir, exist_ok=True)
+    fp_path = os.path.join(vdir, "config_fingerprint.json")
+    fp = _fingerprint(c, variant)
+    if os.path.exists(fp_path):
+        with open(fp_path) as f:
+            if f.read() != fp:
+                raise app.UsageError(f"{vdir} holds results of a different config; use a new "
+                                     "--workdir or delete it.")
+    else:
+        xa._atomic_write(fp_path, fp)  # pylint: disable=protected-access
 
-  tb = ex.make_testbed(p["testbeds"][variant])
-  tc = p["train"]
-  cells = ex.make_cells(p["lrs"], p["seeds"], p["lags"], p["b1s"], max_lag_cap=tc.max_lag_cap)
-  n = len(cells["lr"])
-  chunk_times = []
+    tb = ex.make_testbed(p["testbeds"][variant])
+    tc = p["train"]
+    cells = ex.make_cells(p["lrs"], p["seeds"], p["lags"], p["b1s"], max_lag_cap=tc.max_lag_cap)
+    n = len(cells["lr"])
+    chunk_times = []
 
-  def chunk_path(i):
-    return os.path.join(cdir, f"chunk_{i:05d}.npz")
+    def chunk_path(i):
+        return os.path.join(cdir, f"chunk_{i:05d}.npz")
 
-  def skip_chunk(i):
-    if not os.path.exists(chunk_path(i)):
-      return None
-    z = np.load(chunk_path(i))
-    return ({k[2:]: z[k] for k in z.files if k.startswith("m_")},
-            {k[2:]: z[k] for k in z.files if k.startswith("s_")})
+    def skip_chunk(i):
+        if not os.path.exists(chunk_path(i)):
+            return None
+        z = np.load(chunk_path(i))
+        return ({k[2:]: z[k] for k in z.files if k.startswith("m_")},
+                {k[2:]: z[k] for k in z.files if k.startswith("s_")})
 
-  t_last = [time.time()]
+    t_last = [time.time()]
 
-  def on_chunk(i, m, s):
-    tmp = chunk_path(i) + ".tmp.npz"
-    np.savez(tmp, **{f"m_{k}": v for k, v in m.items()}, **{f"s_{k}": v for k, v in s.items()})
-    os.replace(tmp, chunk_path(i))
-    now = time.time()
-    chunk_times.append(now - t_last[0])
-    t_last[0] = now
-    logging.info("%s: chunk %d (%d cells) done in %.1fs", variant, i, len(s["J_final"]),
-                 chunk_times[-1])
+    def on_chunk(i, m, s):
+        tmp = chunk_path(i) + ".tmp.npz"
+        np.savez(tmp, **{f"m_{k}": v for k, v in m.items()}, **{f"s_{k}": v for k, v in s.items()})
+        os.replace(tmp, chunk_path(i))
+        now = time.time()
+        chunk_times.append(now - t_last[0])
+        t_last[0] = now
+        logging.info("%s: chunk %d (%d cells) done in %.1fs", variant, i, len(s["J_final"]),
+                     chunk_times[-1])
 
-  t0 = time.time()
-  _, summ = ex.run_cells_chunked(tb, tc, cells, chunk_size=min(c.chunk_size, n),
-                                 keep_metrics=("J",), on_chunk=on_chunk, skip_chunk=skip_chunk)
-  wall = time.time() - t0
+    t0 = time.time()
+    _, summ = ex.run_cells_chunked(tb, tc, cells, chunk_size=min(c.chunk_size, n),
+                                   keep_metrics=("J",), on_chunk=on_chunk, skip_chunk=skip_chunk)
+    wall = time.time() - t0
 
-  xa.write_csv_atomic(os.path.join(vdir, "cells.csv"), {
-      "S": cells["max_lag"], "lr": cells["lr"], "seed": cells["seed"], "b1": cells["b1"],
-      "J_init": summ["J_init"], "J_final": summ["J_final"], "J_best": summ["J_best"],
-      "collapse_step": summ["collapse_step"], "collapsed": summ["collapsed"].astype(int)})
+    xa.write_csv_atomic(os.path.join(vdir, "cells.csv"), {
+        "S": cells["max_lag"], "lr": cells["lr"], "seed": cells["seed"], "b1": cells["b1"],
+        "J_init": summ["J_init"], "J_final": summ["J_final"], "J_best": summ["J_best"],
+        "collapse_step": summ["collapse_step"], "collapsed": summ["collapsed"].astype(int)})
 
-  lags, lrs, seeds, b1s = p["lags"], np.array(p["lrs"]), p["seeds"], p["b1s"]
-  shape = (len(lags), len(lrs), len(seeds), len(b1s))
-  collapsed = summ["collapsed"].reshape(shape)
-  t_col = summ["collapse_step"].reshape(shape).astype(float)
-  j_final = summ["J_final"].reshape(shape)
-  j_best = summ["J_best"].reshape(shape)
-  per_b1 = []
-  for bi, b1 in enumerate(b1s):
-    eta, censor = xa.eta_max_per_seed(lrs, collapsed[..., bi])
-    fit = xa.bootstrap_alpha(lags, eta, n_boot=c.n_boot)
-    lr_full = np.broadcast_to(lrs[None, :, None], collapsed[..., bi].shape)
-    col = collapsed[..., bi]
-    warm = tc.collapse_warmup  # a collapse flagged at the warm-up's end has an unknown time
-    law_all = xa.collapse_time_law(lr_full[col], t_col[..., bi][col], min_step=warm)
-    law_per_s = {}
-    for i, s in enumerate(lags):
-      ci = col[i]
-      law_per_s[str(s)] = xa.collapse_time_law(lr_full[i][ci], t_col[i, ..., bi][ci],
-                                               min_step=warm)
-    per_b1.append({
-        "b1": b1,
-        "eta_max": {str(s): eta[i].tolist() for i, s in enumerate(lags)},
-        "eta_max_censor": {str(s): censor[i].tolist() for i, s in enumerate(lags)},
-        "eta_max_geomean": {str(s): float(np.exp(np.log(eta[i]).mean()))
+    lags, lrs, seeds, b1s = p["lags"], np.array(p["lrs"]), p["seeds"], p["b1s"]
+    shape = (len(lags), len(lrs), len(seeds), len(b1s))
+    collapsed = summ["collapsed"].reshape(shape)
+    t_col = summ["collapse_step"].reshape(shape).astype(float)
+    j_final = summ["J_final"].reshape(shape)
+    j_best = summ["J_best"].reshape(shape)
+    per_b1 = []
+    for bi, b1 in enumerate(b1s):
+        eta, censor = xa.eta_max_per_seed(lrs, collapsed[..., bi])
+        fit = xa.bootstrap_alpha(lags, eta, n_boot=c.n_boot)
+        lr_full = np.broadcast_to(lrs[None, :, None], collapsed[..., bi].shape)
+        col = collapsed[..., bi]
+        warm = tc.collapse_warmup  # a collapse flagged at the warm-up's end has an unknown time
+        law_all = xa.collapse_time_law(lr_full[col], t_col[..., bi][col], min_step=warm)
+        law_per_s = {}
+        for i, s in enumerate(lags):
+            ci = col[i]
+            law_per_s[str(s)] = xa.collapse_time_law(lr_full[i][ci], t_col[i, ..., bi][ci],
+                                                     min_step=warm)
+        per_b1.append({
+            "b1": b1,
+            "eta_max": {str(s): eta[i].tolist() for i, s in enumerate(lags)},
+            "eta_max_censor": {str(s): censor[i].tolist() for i, s in enumerate(lags)},
+            "eta_max_geomean": {str(s): float(np.exp(np.log(eta[i]).mean()))
+                                for i, s in enumerate(lags)},
+            "collapse_frac": {str(s): collapsed[i, :, :, bi].mean(1).tolist()
+                              for i, s in enumerate(lags)},
+            "J_final_mean": {str(s): np.nanmean(j_final[i, :, :, bi], 1).tolist()
+                             for i, s in enumerate(lags)},
+            "J_best_mean": {str(s): np.nanmean(j_best[i, :, :, bi], 1).tolist()
                             for i, s in enumerate(lags)},
-        "collapse_frac": {str(s): collapsed[i, :, :, bi].mean(1).tolist()
-                          for i, s in enumerate(lags)},
-        "J_final_mean": {str(s): np.nanmean(j_final[i, :, :, bi], 1).tolist()
-                         for i, s in enumerate(lags)},
-        "J_best_mean": {str(s): np.nanmean(j_best[i, :, :, bi], 1).tolist()
-                        for i, s in enumerate(lags)},
-        "alpha_fit_S_ge_1": fit,
-        "collapse_time_law": {"all": law_all, "per_S": law_per_s},
-    })
-  result = {"variant": variant, "testbed": dataclasses.asdict(p["testbeds"][variant]),
-            "train": dataclasses.asdict(tc),
-            "lags": lags, "lrs": lrs.tolist(), "seeds": seeds, "num_cells": n,
-            "wall_s": wall, "chunk_s": chunk_times, "results": per_b1}
-  xa.write_json_atomic(os.path.join(vdir, "summary.json"), result)
-  try:
-    _plot(result, collapsed, t_col, os.path.join(vdir, "phase"))
-  except Exception as e:  # pylint: disable=broad-except
-    logging.warning("plotting failed: %s", e)
-  return result
+            "alpha_fit_S_ge_1": fit,
+            "collapse_time_law": {"all": law_all, "per_S": law_per_s},
+        })
+    result = {"variant": variant, "testbed": dataclasses.asdict(p["testbeds"][variant]),
+              "train": dataclasses.asdict(tc),
+              "lags": lags, "lrs": lrs.tolist(), "seeds": seeds, "num_cells": n,
+              "wall_s": wall, "chunk_s": chunk_times, "results": per_b1}
+    xa.write_json_atomic(os.path.join(vdir, "summary.json"), result)
+    try:
+        _plot(result, collapsed, t_col, os.path.join(vdir, "phase"))
+    except Exception as e:  # pylint: disable=broad-except
+        logging.warning("plotting failed: %s", e)
+    return result
 
 
 def _plot(result, collapsed, t_col, stem):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  lags, lrs = result["lags"], np.array(result["lrs"])
-  r = result["results"][0]
-  fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
-  frac = collapsed[..., 0].mean(2)  # [nS, E]
-  im = ax[0].pcolormesh(np.arange(len(lrs) + 1) - 0.5, np.arange(len(lags) + 1) - 0.5, frac,
-                        cmap="Reds", vmin=0, vmax=1, shading="flat")
-  ax[0].set_xticks(range(len(lrs))[::2], [f"{x:.3g}" for x in lrs[::2]], rotation=60)
-  ax[0].set_yticks(range(len(lags)), [str(s) for s in lags])
-  for i, s in enumerate(lags):
-    e = np.array(r["eta_max"][str(s)])
-    ax[0].plot(np.interp(np.log(e), np.log(lrs), np.arange(len(lrs))), np.full(e.shape, i),
-               "k|", ms=12)
-  ax[0].set_xlabel("η")
-  ax[0].set_ylabel("S (max lag)")
-  ax[0].set_title(f"{result['variant']}: collapsed fraction (|: η_max of each seed)", fontsize=10)
-  fig.colorbar(im, ax=ax[0])
-  s_pos = np.array([s for s in lags if s >= 1])
-  for k in range(len(result["seeds"])):
-    ax[1].plot(s_pos, [r["eta_max"][str(s)][k] for s in s_pos], "o", color="0.6", ms=4)
-  gm = np.array([r["eta_max_geomean"][str(s)] for s in s_pos])
-  ax[1].plot(s_pos, gm, "ko-", label="geo-mean over seeds")
-  fit = r["alpha_fit_S_ge_1"]
-  if np.isfinite(fit["alpha"]):
-    ax[1].plot(s_pos, np.exp(fit["log_c"]) * s_pos ** (-fit["alpha"]), "r--",
-               label=f"S^-α, α={fit['alpha']:.2f} [{fit['ci'][0]:.2f}, {fit['ci'][1]:.2f}]")
-    ax[1].plot(s_pos, gm[0] * s_pos[0] / s_pos, ":", color="b", label="1/S reference")
-  if "0" in r["eta_max_geomean"]:
-    ax[1].axhline(r["eta_max_geomean"]["0"], color="g", ls="-.", label="S=0")
-  ax[1].set_xscale("log", base=2)
-  ax[1].set_yscale("log")
-  ax[1].set_xlabel("S")
-  ax[1].set_ylabel("η_max")
-  ax[1].legend(fontsize=8)
-  ax[1].set_title("η_max(S) (censored cells at the grid edge)")
-  cmap = plt.get_cmap("viridis")
-  warm = result["train"]["collapse_warmup"]
-  late_x, late_y = [], []
-  for i, s in enumerate(lags):
-    col = collapsed[i, :, :, 0]
-    lr_full = np.broadcast_to(lrs[:, None], col.shape)
-    x, y = lr_full[col], t_col[i, :, :, 0][col]
-    late = y > warm
-    color = cmap(i / max(1, len(lags) - 1))
-    ax[2].plot(x[late], y[late] + 1, "o", ms=4, color=color, label=f"S={s}")
-    ax[2].plot(x[~late], y[~late] + 1, "o", ms=4, mfc="none", color=color)
-    late_x += list(x[late])
-    late_y += list(y[late] + 1)
-  if late_x:
-    k = np.exp(np.mean(np.log(np.array(late_x) * np.array(late_y))))
-    ax[2].plot(lrs, k / lrs, "k:", label="t·η = const")
-  if collapsed[..., 0].any():
-    ax[2].axhline(warm + 1, color="0.5", lw=0.8, ls="--")
-    ax[2].set_xscale("log")
-    ax[2].set_yscale("log")
-    ax[2].set_ylim(bottom=max(1, warm / 2))
-  else:
-    ax[2].text(0.5, 0.5, "no collapsed cell", ha="center", transform=ax[2].transAxes)
-  ax[2].set_xlabel("η")
-  ax[2].set_ylabel("collapse step + 1")
-  ax[2].legend(fontsize=7, ncol=2)
-  ax[2].set_title("collapse step (hollow: flagged at the warm-up end)", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(stem + ".png", dpi=120)
-  fig.savefig(stem + ".pdf")
-  plt.close(fig)
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    lags, lrs = result["lags"], np.array(result["lrs"])
+    r = result["results"][0]
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
+    frac = collapsed[..., 0].mean(2)  # [nS, E]
+    im = ax[0].pcolormesh(np.arange(len(lrs) + 1) - 0.5, np.arange(len(lags) + 1) - 0.5, frac,
+                          cmap="Reds", vmin=0, vmax=1, shading="flat")
+    ax[0].set_xticks(range(len(lrs))[::2], [f"{x:.3g}" for x in lrs[::2]], rotation=60)
+    ax[0].set_yticks(range(len(lags)), [str(s) for s in lags])
+    for i, s in enumerate(lags):
+        e = np.array(r["eta_max"][str(s)])
+        ax[0].plot(np.interp(np.log(e), np.log(lrs), np.arange(len(lrs))), np.full(e.shape, i),
+                   "k|", ms=12)
+    ax[0].set_xlabel("η")
+    ax[0].set_ylabel("S (max lag)")
+    ax[0].set_title(f"{result['variant']}: collapsed fraction (|: η_max of each seed)", fontsize=10)
+    fig.colorbar(im, ax=ax[0])
+    s_pos = np.array([s for s in lags if s >= 1])
+    for k in range(len(result["seeds"])):
+        ax[1].plot(s_pos, [r["eta_max"][str(s)][k] for s in s_pos], "o", color="0.6", ms=4)
+    gm = np.array([r["eta_max_geomean"][str(s)] for s in s_pos])
+    ax[1].plot(s_pos, gm, "ko-", label="geo-mean over seeds")
+    fit = r["alpha_fit_S_ge_1"]
+    if np.isfinite(fit["alpha"]):
+        ax[1].plot(s_pos, np.exp(fit["log_c"]) * s_pos ** (-fit["alpha"]), "r--",
+                   label=f"S^-α, α={fit['alpha']:.2f} [{fit['ci'][0]:.2f}, {fit['ci'][1]:.2f}]")
+        ax[1].plot(s_pos, gm[0] * s_pos[0] / s_pos, ":", color="b", label="1/S reference")
+    if "0" in r["eta_max_geomean"]:
+        ax[1].axhline(r["eta_max_geomean"]["0"], color="g", ls="-.", label="S=0")
+    ax[1].set_xscale("log", base=2)
+    ax[1].set_yscale("log")
+    ax[1].set_xlabel("S")
+    ax[1].set_ylabel("η_max")
+    ax[1].legend(fontsize=8)
+    ax[1].set_title("η_max(S) (censored cells at the grid edge)")
+    cmap = plt.get_cmap("viridis")
+    warm = result["train"]["collapse_warmup"]
+    late_x, late_y = [], []
+    for i, s in enumerate(lags):
+        col = collapsed[i, :, :, 0]
+        lr_full = np.broadcast_to(lrs[:, None], col.shape)
+        x, y = lr_full[col], t_col[i, :, :, 0][col]
+        late = y > warm
+        color = cmap(i / max(1, len(lags) - 1))
+        ax[2].plot(x[late], y[late] + 1, "o", ms=4, color=color, label=f"S={s}")
+        ax[2].plot(x[~late], y[~late] + 1, "o", ms=4, mfc="none", color=color)
+        late_x += list(x[late])
+        late_y += list(y[late] + 1)
+    if late_x:
+        k = np.exp(np.mean(np.log(np.array(late_x) * np.array(late_y))))
+        ax[2].plot(lrs, k / lrs, "k:", label="t·η = const")
+    if collapsed[..., 0].any():
+        ax[2].axhline(warm + 1, color="0.5", lw=0.8, ls="--")
+        ax[2].set_xscale("log")
+        ax[2].set_yscale("log")
+        ax[2].set_ylim(bottom=max(1, warm / 2))
+    else:
+        ax[2].text(0.5, 0.5, "no collapsed cell", ha="center", transform=ax[2].transAxes)
+    ax[2].set_xlabel("η")
+    ax[2].set_ylabel("collapse step + 1")
+    ax[2].legend(fontsize=7, ncol=2)
+    ax[2].set_title("collapse step (hollow: flagged at the warm-up end)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(stem + ".png", dpi=120)
+    fig.savefig(stem + ".pdf")
+    plt.close(fig)
 
 
 def summary_table(results: list[dict]) -> str:
-  lines = []
-  for res in results:
-    for r in res["results"]:
-      fit = r["alpha_fit_S_ge_1"]
-      lines.append(f"variant={res['variant']} b1={r['b1']} cells={res['num_cells']} "
-                   f"wall={res['wall_s']:.1f}s")
-      lines.append(f"  {'S':>3} {'eta_max(geo)':>12} {'[min, max] over seeds':>24} "
-                   f"{'censored':>8} {'collapsed':>9} {'late':>5} {'med t*eta':>10} "
-                   f"{'t~eta^b':>8}")
-      for s in res["lags"]:
-        e = np.array(r["eta_max"][str(s)])
-        cens = np.array(r["eta_max_censor"][str(s)])
-        law = r["collapse_time_law"]["per_S"][str(s)]
-        frac = float(np.mean(r["collapse_frac"][str(s)]))
-        lines.append(f"  {s:>3} {r['eta_max_geomean'][str(s)]:>12.4g} "
-                     f"{f'[{e.min():.3g}, {e.max():.3g}]':>24} {int((cens != 0).sum()):>8d} "
-                     f"{frac:>9.2f} {law['n']:>5d} {law['median_t_eta']:>10.4g} "
-                     f"{law['slope']:>8.2f}")
-      law = r["collapse_time_law"]["all"]
-      lines.append(f"  collapse-time law over {law['n']} late collapses (after the warm-up): "
-                   f"t ~ eta^{law['slope']:.2f} (R^2 {law['r2']:.2f}; t*eta=const means -1)")
-      lines.append(f"  fit eta_max ∝ S^-alpha (S>=1): alpha = {fit['alpha']:.3f}, "
-                   f"95% bootstrap CI over seeds [{fit['ci'][0]:.3f}, {fit['ci'][1]:.3f}], "
-                   f"R^2 = {fit['r2']:.3f}")
-  return "\n".join(lines)
+    lines = []
+    for res in results:
+        for r in res["results"]:
+            fit = r["alpha_fit_S_ge_1"]
+            lines.append(f"variant={res['variant']} b1={r['b1']} cells={res['num_cells']} "
+                         f"wall={res['wall_s']:.1f}s")
+            lines.append(f"  {'S':>3} {'eta_max(geo)':>12} {'[min, max] over seeds':>24} "
+                         f"{'censored':>8} {'collapsed':>9} {'late':>5} {'med t*eta':>10} "
+                         f"{'t~eta^b':>8}")
+            for s in res["lags"]:
+                e = np.array(r["eta_max"][str(s)])
+                cens = np.array(r["eta_max_censor"][str(s)])
+                law = r["collapse_time_law"]["per_S"][str(s)]
+                frac = float(np.mean(r["collapse_frac"][str(s)]))
+                lines.append(f"  {s:>3} {r['eta_max_geomean'][str(s)]:>12.4g} "
+                             f"{f'[{e.min():.3g}, {e.max():.3g}]':>24} {int((cens != 0).sum()):>8d} "
+                             f"{frac:>9.2f} {law['n']:>5d} {law['median_t_eta']:>10.4g} "
+                             f"{law['slope']:>8.2f}")
+            law = r["collapse_time_law"]["all"]
+            lines.append(f"  collapse-time law over {law['n']} late collapses (after the warm-up): "
+                         f"t ~ eta^{law['slope']:.2f} (R^2 {law['r2']:.2f}; t*eta=const means -1)")
+            lines.append(f"  fit eta_max ∝ S^-alpha (S>=1): alpha = {fit['alpha']:.3f}, "
+                         f"95% bootstrap CI over seeds [{fit['ci'][0]:.3f}, {fit['ci'][1]:.3f}], "
+                         f"R^2 = {fit['r2']:.3f}")
+    return "\n".join(lines)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required.")
-  c = _CONFIG.value
-  try:
-    p = plan(c)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  if c.x64:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update("jax_enable_x64", True)
-  workdir = _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
-  t0 = time.time()
-  results = [run_variant(c, p, v, workdir) for v in p["variants"]]
-  from async_grpo.testbeds import exact_analysis as xa  # pylint: disable=g-import-not-at-top
-  xa.write_json_atomic(os.path.join(workdir, "summary.json"), {
-      "config": json.loads(c.to_json()), "machine": platform.platform(),
-      "cpu_count": os.cpu_count(), "total_wall_s": time.time() - t0, "variants": results})
-  print(summary_table(results))
-  print(f"total wall time {time.time() - t0:.1f}s; results in {workdir}")
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required.")
+    c = _CONFIG.value
+    try:
+        p = plan(c)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    if c.x64:
+        import jax  # pylint: disable=g-import-not-at-top
+        jax.config.update("jax_enable_x64", True)
+    workdir = _WORKDIR.value
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.time()
+    results = [run_variant(c, p, v, workdir) for v in p["variants"]]
+    from async_grpo.testbeds import exact_analysis as xa  # pylint: disable=g-import-not-at-top
+    xa.write_json_atomic(os.path.join(workdir, "summary.json"), {
+        "config": json.loads(c.to_json()), "machine": platform.platform(),
+        "cpu_count": os.cpu_count(), "total_wall_s": time.time() - t0, "variants": results})
+    print(summary_table(results))
+    print(f"total wall time {time.time() - t0:.1f}s; results in {workdir}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -14,14 +14,14 @@ from async_grpo.testbeds import exact as ex
 
 
 def _flat(tree):
-  return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
+    return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
 
 
 def _perturb(tree, key, scale):
-  leaves, treedef = jax.tree.flatten(tree)
-  keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(
-      treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -31,54 +31,54 @@ def _perturb(tree, key, scale):
 
 @pytest.mark.parametrize("policy", ex.POLICIES)
 def test_probabilities_are_normalized_and_rewards_in_range(policy):
-  with jax.enable_x64(True):
-    tb = ex.make_testbed(ex.TestbedConfig(num_prompts=3, vocab_size=3, seq_len=3, policy=policy))
-    theta = ex.init_params(tb, jax.random.PRNGKey(1))
-    p = np.asarray(ex.probs(tb, theta))
-    assert p.shape == (3, 27)
-    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=0, atol=1e-12)
-    assert tb.rewards.min() >= 0 and tb.rewards.max() <= 1
-    assert len({tuple(s) for s in tb.seqs}) == 27
+    with jax.enable_x64(True):
+        tb = ex.make_testbed(ex.TestbedConfig(num_prompts=3, vocab_size=3, seq_len=3, policy=policy))
+        theta = ex.init_params(tb, jax.random.PRNGKey(1))
+        p = np.asarray(ex.probs(tb, theta))
+        assert p.shape == (3, 27)
+        np.testing.assert_allclose(p.sum(-1), 1.0, rtol=0, atol=1e-12)
+        assert tb.rewards.min() >= 0 and tb.rewards.max() <= 1
+        assert len({tuple(s) for s in tb.seqs}) == 27
 
 
 @pytest.mark.parametrize("policy,reward", [("tabular", "exact"), ("linear", "partial"),
                                            ("mlp", "sum_mod")])
 def test_grad_objective_matches_central_finite_differences(policy, reward):
-  with jax.enable_x64(True):
-    cfg = ex.TestbedConfig(num_prompts=2, vocab_size=3, seq_len=2, policy=policy, reward=reward,
-                           feature_dim=4, hidden_dim=5, init_scale=1.0, kl_coef=0.3)
-    tb = ex.make_testbed(cfg)
-    theta = ex.init_params(tb, jax.random.PRNGKey(0))
-    ref = _perturb(theta, jax.random.PRNGKey(5), 0.5)
-    g = _flat(ex.grad_objective(tb, theta, ref))
-    flat, unravel = jax.flatten_util.ravel_pytree(theta)
-    j = jax.jit(lambda v: ex.objective(tb, unravel(v), ref))
-    h = 1e-5
-    eye = np.eye(flat.size)
-    fd = np.array([(j(flat + h * e) - j(flat - h * e)) / (2 * h) for e in eye])
-    rel = np.linalg.norm(fd - g) / np.linalg.norm(g)
-    assert rel < 1e-6, rel
+    with jax.enable_x64(True):
+        cfg = ex.TestbedConfig(num_prompts=2, vocab_size=3, seq_len=2, policy=policy, reward=reward,
+                               feature_dim=4, hidden_dim=5, init_scale=1.0, kl_coef=0.3)
+        tb = ex.make_testbed(cfg)
+        theta = ex.init_params(tb, jax.random.PRNGKey(0))
+        ref = _perturb(theta, jax.random.PRNGKey(5), 0.5)
+        g = _flat(ex.grad_objective(tb, theta, ref))
+        flat, unravel = jax.flatten_util.ravel_pytree(theta)
+        j = jax.jit(lambda v: ex.objective(tb, unravel(v), ref))
+        h = 1e-5
+        eye = np.eye(flat.size)
+        fd = np.array([(j(flat + h * e) - j(flat - h * e)) / (2 * h) for e in eye])
+        rel = np.linalg.norm(fd - g) / np.linalg.norm(g)
+        assert rel < 1e-6, rel
 
 
 def test_on_policy_mapping_is_a_reweighted_grad_J():
-  """Unclipped at θ = φ: −H(θ, θ) = (1/(P·L)) Σ_x ∇J_x(θ) / (σ_θ(x) + eps), not ∇J itself."""
-  with jax.enable_x64(True):
-    tb = ex.make_testbed(ex.TestbedConfig(num_prompts=3, vocab_size=3, seq_len=2,
-                                          policy="linear", init_scale=1.5))
-    theta = ex.init_params(tb, jax.random.PRNGKey(2))
-    h = _flat(ex.population_H(tb, theta, theta))
-    r = ex.rewards(tb)
-    sd = np.sqrt(np.asarray((ex.probs(tb, theta) * (r - (ex.probs(tb, theta) * r).sum(-1,
-                 keepdims=True)) ** 2).sum(-1)))
+    """Unclipped at θ = φ: −H(θ, θ) = (1/(P·L)) Σ_x ∇J_x(θ) / (σ_θ(x) + eps), not ∇J itself."""
+    with jax.enable_x64(True):
+        tb = ex.make_testbed(ex.TestbedConfig(num_prompts=3, vocab_size=3, seq_len=2,
+                                              policy="linear", init_scale=1.5))
+        theta = ex.init_params(tb, jax.random.PRNGKey(2))
+        h = _flat(ex.population_H(tb, theta, theta))
+        r = ex.rewards(tb)
+        sd = np.sqrt(np.asarray((ex.probs(tb, theta) * (r - (ex.probs(tb, theta) * r).sum(-1,
+                     keepdims=True)) ** 2).sum(-1)))
 
-    def weighted_j(th):
-      jx = (ex.probs(tb, th) * r).sum(-1)  # [P]
-      return (jx / (sd + tb.cfg.adv_eps)).sum() / (tb.cfg.num_prompts * tb.cfg.seq_len)
+        def weighted_j(th):
+            jx = (ex.probs(tb, th) * r).sum(-1)  # [P]
+            return (jx / (sd + tb.cfg.adv_eps)).sum() / (tb.cfg.num_prompts * tb.cfg.seq_len)
 
-    np.testing.assert_allclose(-h, _flat(jax.grad(weighted_j)(theta)), rtol=1e-10, atol=1e-14)
-    g = _flat(ex.grad_objective(tb, theta))
-    cos = float(np.dot(-h, g) / np.linalg.norm(h) / np.linalg.norm(g))
-    assert 0.5 < cos < 1 - 1e-6  # a reweighting: aligned but visibly not ∇J
+        np.testing.assert_allclose(-h, _flat(jax.grad(weighted_j)(theta)), rtol=1e-10, atol=1e-14)
+        g = _flat(ex.grad_objective(tb, theta))
+        cos = float(np.dot(-h, g) / np.linalg.norm(h) / np.linalg.norm(g))
+        assert 0.5 < cos < 1 - 1e-6  # a reweighting: aligned but visibly not ∇J
 
 
 # ------------------------------------------------------------------------------------------------
@@ -90,84 +90,84 @@ def test_on_policy_mapping_is_a_reweighted_grad_J():
                                        dict(std_normalize=False, clip_eps_high=0.28),
                                        dict(clip_mode="none")])
 def test_population_loss_equals_library_surrogate_with_exact_weights(overrides):
-  """Population L(θ;φ) = the library surrogate on the whole enumeration with advantages scaled
-  by π_φ(y|x)·B/P (the PPO objective is positively homogeneous in A), clipping active."""
-  from async_grpo import losses
-  with jax.enable_x64(True):
-    tb = ex.make_testbed(ex.TestbedConfig(num_prompts=3, vocab_size=3, seq_len=2,
-                                          policy="linear", **overrides))
-    phi = ex.init_params(tb, jax.random.PRNGKey(0))
-    theta = _perturb(phi, jax.random.PRNGKey(1), 0.4)
-    p, n = tb.cfg.num_prompts, tb.cfg.num_responses
+    """Population L(θ;φ) = the library surrogate on the whole enumeration with advantages scaled
+    by π_φ(y|x)·B/P (the PPO objective is positively homogeneous in A), clipping active."""
+    from async_grpo import losses
+    with jax.enable_x64(True):
+        tb = ex.make_testbed(ex.TestbedConfig(num_prompts=3, vocab_size=3, seq_len=2,
+                                              policy="linear", **overrides))
+        phi = ex.init_params(tb, jax.random.PRNGKey(0))
+        theta = _perturb(phi, jax.random.PRNGKey(1), 0.4)
+        p, n = tb.cfg.num_prompts, tb.cfg.num_responses
 
-    def lib_loss(th):
-      lp = ex.token_logp(tb, th).reshape(p * n, -1)
-      blp = jax.lax.stop_gradient(ex.token_logp(tb, phi)).reshape(p * n, -1)
-      w = jnp.exp(blp.sum(-1).reshape(p, n))
-      adv = ex.population_advantages(tb, w) * w * (p * n / p)
-      return ex.library_surrogate(tb.cfg, lp, blp, None, jnp.ones_like(lp), n,
-                                  advantages=adv.reshape(-1))
+        def lib_loss(th):
+            lp = ex.token_logp(tb, th).reshape(p * n, -1)
+            blp = jax.lax.stop_gradient(ex.token_logp(tb, phi)).reshape(p * n, -1)
+            w = jnp.exp(blp.sum(-1).reshape(p, n))
+            adv = ex.population_advantages(tb, w) * w * (p * n / p)
+            return ex.library_surrogate(tb.cfg, lp, blp, None, jnp.ones_like(lp), n,
+                                        advantages=adv.reshape(-1))
 
-    (l_lib, met), g_lib = jax.jit(jax.value_and_grad(lib_loss, has_aux=True))(theta)
-    (l_pop, _), g_pop = jax.jit(lambda th: ex.population_loss_and_H(tb, th, phi))(theta)
-    if overrides.get("clip_mode") != "none":
-      assert float(met["clip_frac"]) > 0  # the clip is active somewhere
-    np.testing.assert_allclose(float(l_pop), float(l_lib), rtol=1e-10)
-    np.testing.assert_allclose(_flat(g_pop), _flat(g_lib), rtol=1e-9, atol=1e-13)
-    assert losses is not None
+        (l_lib, met), g_lib = jax.jit(jax.value_and_grad(lib_loss, has_aux=True))(theta)
+        (l_pop, _), g_pop = jax.jit(lambda th: ex.population_loss_and_H(tb, th, phi))(theta)
+        if overrides.get("clip_mode") != "none":
+            assert float(met["clip_frac"]) > 0  # the clip is active somewhere
+        np.testing.assert_allclose(float(l_pop), float(l_lib), rtol=1e-10)
+        np.testing.assert_allclose(_flat(g_pop), _flat(g_lib), rtol=1e-9, atol=1e-13)
+        assert losses is not None
 
 
 def _expected_sampled_H(tb, theta, phi, group_size):
-  return jax.jit(ex.expected_sampled_H, static_argnums=(0, 3))(tb, theta, phi, group_size)
+    return jax.jit(ex.expected_sampled_H, static_argnums=(0, 3))(tb, theta, phi, group_size)
 
 
 @pytest.mark.parametrize("clip_mode,scale", [("none", 0.5), ("ppo", 0.02)])
 def test_sampled_mode_is_unbiased_with_loo_and_no_std(clip_mode, scale):
-  """E[H_sampled] = H_population exactly (every group enumerated) with leave-one-out advantages,
-  no std normalization, when no token is clipped (clip off, or θ within the clip band of φ)."""
-  with jax.enable_x64(True):
-    tb = ex.make_testbed(ex.TestbedConfig(num_prompts=2, vocab_size=2, seq_len=2, policy="mlp",
-                                          hidden_dim=4, init_scale=1.0, std_normalize=False,
-                                          leave_one_out=True, clip_mode=clip_mode))
-    phi = ex.init_params(tb, jax.random.PRNGKey(3))
-    theta = _perturb(phi, jax.random.PRNGKey(4), scale)
-    for g in (3,):
-      e_h = _flat(_expected_sampled_H(tb, theta, phi, g))
-      h_pop = _flat(ex.population_H(tb, theta, phi))
-      np.testing.assert_allclose(e_h, h_pop, rtol=1e-9, atol=1e-13)
+    """E[H_sampled] = H_population exactly (every group enumerated) with leave-one-out advantages,
+    no std normalization, when no token is clipped (clip off, or θ within the clip band of φ)."""
+    with jax.enable_x64(True):
+        tb = ex.make_testbed(ex.TestbedConfig(num_prompts=2, vocab_size=2, seq_len=2, policy="mlp",
+                                              hidden_dim=4, init_scale=1.0, std_normalize=False,
+                                              leave_one_out=True, clip_mode=clip_mode))
+        phi = ex.init_params(tb, jax.random.PRNGKey(3))
+        theta = _perturb(phi, jax.random.PRNGKey(4), scale)
+        for g in (3,):
+            e_h = _flat(_expected_sampled_H(tb, theta, phi, g))
+            h_pop = _flat(ex.population_H(tb, theta, phi))
+            np.testing.assert_allclose(e_h, h_pop, rtol=1e-9, atol=1e-13)
 
 
 def test_sampled_mode_with_active_clip_is_biased_even_with_loo():
-  """Beyond the clip band the sign of the sampled advantage decides which side clips, so even
-  leave-one-out advantages leave a finite-G gap (documented, not hidden)."""
-  with jax.enable_x64(True):
-    tb = ex.make_testbed(ex.TestbedConfig(num_prompts=2, vocab_size=2, seq_len=2, policy="mlp",
-                                          hidden_dim=4, init_scale=1.0, std_normalize=False,
-                                          leave_one_out=True))
-    phi = ex.init_params(tb, jax.random.PRNGKey(3))
-    theta = _perturb(phi, jax.random.PRNGKey(4), 0.8)
-    _, aux = ex.population_loss(tb, theta, phi)
-    assert float(aux["clip_frac"]) > 0.01
-    e_h = _flat(_expected_sampled_H(tb, theta, phi, 3))
-    h_pop = _flat(ex.population_H(tb, theta, phi))
-    assert np.linalg.norm(e_h - h_pop) / np.linalg.norm(h_pop) > 1e-3
+    """Beyond the clip band the sign of the sampled advantage decides which side clips, so even
+    leave-one-out advantages leave a finite-G gap (documented, not hidden)."""
+    with jax.enable_x64(True):
+        tb = ex.make_testbed(ex.TestbedConfig(num_prompts=2, vocab_size=2, seq_len=2, policy="mlp",
+                                              hidden_dim=4, init_scale=1.0, std_normalize=False,
+                                              leave_one_out=True))
+        phi = ex.init_params(tb, jax.random.PRNGKey(3))
+        theta = _perturb(phi, jax.random.PRNGKey(4), 0.8)
+        _, aux = ex.population_loss(tb, theta, phi)
+        assert float(aux["clip_frac"]) > 0.01
+        e_h = _flat(_expected_sampled_H(tb, theta, phi, 3))
+        h_pop = _flat(ex.population_H(tb, theta, phi))
+        assert np.linalg.norm(e_h - h_pop) / np.linalg.norm(h_pop) > 1e-3
 
 
 def test_finite_group_bias_with_std_normalization_shrinks_with_G():
-  """GRPO (group mean and std) sampled mode is biased for finite G; the gap decays with G."""
-  with jax.enable_x64(True):
-    tb = ex.make_testbed(ex.TestbedConfig(num_prompts=2, vocab_size=2, seq_len=2, policy="mlp",
-                                          hidden_dim=4, init_scale=1.0, reward="partial"))
-    phi = ex.init_params(tb, jax.random.PRNGKey(3))
-    theta = _perturb(phi, jax.random.PRNGKey(4), 0.02)  # inside the clip band
-    h_pop = _flat(ex.population_H(tb, theta, phi))
-    gaps = []
-    for g in (2, 4, 6):
-      e_h = _flat(_expected_sampled_H(tb, theta, phi, g))
-      gaps.append(np.linalg.norm(e_h - h_pop) / np.linalg.norm(h_pop))
-    assert gaps[0] > 0.05, gaps
-    assert all(b < a for a, b in zip(gaps, gaps[1:])), gaps
-    assert gaps[-1] < 0.5 * gaps[0], gaps
+    """GRPO (group mean and std) sampled mode is biased for finite G; the gap decays with G."""
+    with jax.enable_x64(True):
+        tb = ex.make_testbed(ex.TestbedConfig(num_prompts=2, vocab_size=2, seq_len=2, policy="mlp",
+                                              hidden_dim=4, init_scale=1.0, reward="partial"))
+        phi = ex.init_params(tb, jax.random.PRNGKey(3))
+        theta = _perturb(phi, jax.random.PRNGKey(4), 0.02)  # inside the clip band
+        h_pop = _flat(ex.population_H(tb, theta, phi))
+        gaps = []
+        for g in (2, 4, 6):
+            e_h = _flat(_expected_sampled_H(tb, theta, phi, g))
+            gaps.append(np.linalg.norm(e_h - h_pop) / np.linalg.norm(h_pop))
+        assert gaps[0] > 0.05, gaps
+        assert all(b < a for a, b in zip(gaps, gaps[1:])), gaps
+        assert gaps[-1] < 0.5 * gaps[0], gaps
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,103 +179,103 @@ _SMALL = dict(num_prompts=3, vocab_size=3, seq_len=2, policy="linear", feature_d
 
 @pytest.mark.parametrize("staleness", ex.STALENESS_MODELS)
 def test_recorded_lags_follow_the_staleness_model_and_delta_vanishes_at_S0(staleness):
-  tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
-  tc = ex.TrainConfig(num_steps=40, staleness=staleness, max_lag_cap=5, geometric_p=0.3)
-  cells = ex.make_cells([0.05], [0, 1], [0, 1, 3, 5], [0.9], max_lag_cap=5)
-  m, _ = ex.run_cells(tb, tc, cells)
-  t = np.arange(tc.num_steps)
-  for i, s_max in enumerate(cells["max_lag"]):
-    lag = m["lag"][i]
-    if staleness == "fixed":
-      np.testing.assert_array_equal(lag, np.minimum(t, s_max))
-    elif staleness == "sync_interval":
-      np.testing.assert_array_equal(lag, t % s_max if s_max > 0 else 0 * t)
-    else:
-      assert np.all(lag >= 0) and np.all(lag <= np.minimum(t, s_max))
-      if s_max >= 3:
-        assert len(np.unique(lag[s_max:])) >= 3  # really random, covers several values
-    zero = lag == 0
-    assert np.all(m["delta_norm"][i][zero] == 0)
-    assert np.all(m["drift_cycle"][i][zero] == 0)
-    if s_max > 0:
-      assert np.all(m["drift_cycle"][i][~zero] > 0)
-  assert np.all(m["delta_norm"][cells["max_lag"] == 0] == 0)
+    tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
+    tc = ex.TrainConfig(num_steps=40, staleness=staleness, max_lag_cap=5, geometric_p=0.3)
+    cells = ex.make_cells([0.05], [0, 1], [0, 1, 3, 5], [0.9], max_lag_cap=5)
+    m, _ = ex.run_cells(tb, tc, cells)
+    t = np.arange(tc.num_steps)
+    for i, s_max in enumerate(cells["max_lag"]):
+        lag = m["lag"][i]
+        if staleness == "fixed":
+            np.testing.assert_array_equal(lag, np.minimum(t, s_max))
+        elif staleness == "sync_interval":
+            np.testing.assert_array_equal(lag, t % s_max if s_max > 0 else 0 * t)
+        else:
+            assert np.all(lag >= 0) and np.all(lag <= np.minimum(t, s_max))
+            if s_max >= 3:
+                assert len(np.unique(lag[s_max:])) >= 3  # really random, covers several values
+        zero = lag == 0
+        assert np.all(m["delta_norm"][i][zero] == 0)
+        assert np.all(m["drift_cycle"][i][zero] == 0)
+        if s_max > 0:
+            assert np.all(m["drift_cycle"][i][~zero] > 0)
+    assert np.all(m["delta_norm"][cells["max_lag"] == 0] == 0)
 
 
 @pytest.mark.parametrize("staleness,optimizer", [("fixed", "adam"), ("sync_interval", "sgd"),
                                                  ("random_geometric", "adam")])
 def test_scan_matches_a_python_reference_loop(staleness, optimizer):
-  """The ring buffer hands the learner exactly θ_{t−s_t} (checked against an explicit history)."""
-  with jax.enable_x64(True):
-    tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
-    tc = ex.TrainConfig(num_steps=14, staleness=staleness, optimizer=optimizer, max_lag_cap=4,
-                        diagnostics=False)
-    lr, b1, s_max, seed = 0.3, 0.5, 3, 7
-    cells = ex.make_cells([lr], [seed], [s_max], [b1], max_lag_cap=4)
-    m, s = ex.run_cells(tb, tc, cells)
-    theta = ex.init_params(tb, jax.random.split(jax.random.PRNGKey(seed))[0])
-    opt = ex.make_optimizer(tc, lr, b1)
-    state, hist = opt.init(theta), []
+    """The ring buffer hands the learner exactly θ_{t−s_t} (checked against an explicit history)."""
+    with jax.enable_x64(True):
+        tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
+        tc = ex.TrainConfig(num_steps=14, staleness=staleness, optimizer=optimizer, max_lag_cap=4,
+                            diagnostics=False)
+        lr, b1, s_max, seed = 0.3, 0.5, 3, 7
+        cells = ex.make_cells([lr], [seed], [s_max], [b1], max_lag_cap=4)
+        m, s = ex.run_cells(tb, tc, cells)
+        theta = ex.init_params(tb, jax.random.split(jax.random.PRNGKey(seed))[0])
+        opt = ex.make_optimizer(tc, lr, b1)
+        state, hist = opt.init(theta), []
 
-    @jax.jit
-    def step(theta, phi, state):
-      upd, state = opt.update(ex.population_H(tb, theta, phi), state, theta)
-      return optax.apply_updates(theta, upd), state, ex.objective(tb, theta)
+        @jax.jit
+        def step(theta, phi, state):
+            upd, state = opt.update(ex.population_H(tb, theta, phi), state, theta)
+            return optax.apply_updates(theta, upd), state, ex.objective(tb, theta)
 
-    for t in range(tc.num_steps):
-      hist.append(theta)
-      lag = int(m["lag"][0][t])
-      assert 0 <= lag <= min(t, s_max)
-      theta, state, j = step(theta, hist[t - lag], state)
-      np.testing.assert_allclose(float(j), m["J"][0][t], rtol=1e-10)
-    np.testing.assert_allclose(float(ex.objective(tb, theta)), s["J_final"][0], rtol=1e-10)
+        for t in range(tc.num_steps):
+            hist.append(theta)
+            lag = int(m["lag"][0][t])
+            assert 0 <= lag <= min(t, s_max)
+            theta, state, j = step(theta, hist[t - lag], state)
+            np.testing.assert_allclose(float(j), m["J"][0][t], rtol=1e-10)
+        np.testing.assert_allclose(float(ex.objective(tb, theta)), s["J_final"][0], rtol=1e-10)
 
 
 def test_vmapped_grid_equals_each_cell_alone():
-  with jax.enable_x64(True):
-    tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
-    tc = ex.TrainConfig(num_steps=12, staleness="random_uniform", max_lag_cap=4)
-    cells = ex.make_cells([0.03, 0.3], [0, 1], [0, 4], [0.9], max_lag_cap=4)
-    m, s = ex.run_cells(tb, tc, cells)
-    train = jax.jit(ex.make_train(tb, tc))
-    for i in range(len(cells["lr"])):
-      one = {k: v[i] for k, v in ex._cell_arrays(cells).items()}
-      mi, si = train(one)
-      for k in ("J", "lag", "delta_norm", "drift_cycle", "update_norm"):
-        np.testing.assert_allclose(m[k][i], np.asarray(mi[k]), rtol=1e-9, atol=1e-12)
-      np.testing.assert_allclose(s["J_final"][i], float(si["J_final"]), rtol=1e-9)
-    # Chunked execution (padded last chunk) gives the same numbers, and a resumed run that
-    # recomputes only the lost last chunk reproduces them.
-    saved = {}
-    mc, sc = ex.run_cells_chunked(tb, tc, cells, chunk_size=3, keep_metrics=("J",),
-                                  on_chunk=lambda i, mm, ss: saved.__setitem__(i, (mm, ss)))
-    np.testing.assert_allclose(mc["J"], m["J"], rtol=1e-12)
-    np.testing.assert_array_equal(sc["collapse_step"], s["collapse_step"])
-    assert sorted(saved) == [0, 1, 2]
-    recomputed = []
-    mr, _ = ex.run_cells_chunked(
-        tb, tc, cells, chunk_size=3, keep_metrics=("J",),
-        skip_chunk=lambda i: saved[i] if i < 2 else None,
-        on_chunk=lambda i, mm, ss: recomputed.append(i))
-    assert recomputed == [2]
-    np.testing.assert_array_equal(mr["J"], mc["J"])
+    with jax.enable_x64(True):
+        tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
+        tc = ex.TrainConfig(num_steps=12, staleness="random_uniform", max_lag_cap=4)
+        cells = ex.make_cells([0.03, 0.3], [0, 1], [0, 4], [0.9], max_lag_cap=4)
+        m, s = ex.run_cells(tb, tc, cells)
+        train = jax.jit(ex.make_train(tb, tc))
+        for i in range(len(cells["lr"])):
+            one = {k: v[i] for k, v in ex._cell_arrays(cells).items()}
+            mi, si = train(one)
+            for k in ("J", "lag", "delta_norm", "drift_cycle", "update_norm"):
+                np.testing.assert_allclose(m[k][i], np.asarray(mi[k]), rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(s["J_final"][i], float(si["J_final"]), rtol=1e-9)
+        # Chunked execution (padded last chunk) gives the same numbers, and a resumed run that
+        # recomputes only the lost last chunk reproduces them.
+        saved = {}
+        mc, sc = ex.run_cells_chunked(tb, tc, cells, chunk_size=3, keep_metrics=("J",),
+                                      on_chunk=lambda i, mm, ss: saved.__setitem__(i, (mm, ss)))
+        np.testing.assert_allclose(mc["J"], m["J"], rtol=1e-12)
+        np.testing.assert_array_equal(sc["collapse_step"], s["collapse_step"])
+        assert sorted(saved) == [0, 1, 2]
+        recomputed = []
+        mr, _ = ex.run_cells_chunked(
+            tb, tc, cells, chunk_size=3, keep_metrics=("J",),
+            skip_chunk=lambda i: saved[i] if i < 2 else None,
+            on_chunk=lambda i, mm, ss: recomputed.append(i))
+        assert recomputed == [2]
+        np.testing.assert_array_equal(mr["J"], mc["J"])
 
 
 def test_sampled_mode_training_runs_through_the_library():
-  tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
-  tc = ex.TrainConfig(num_steps=20, mode="sampled", group_size=4, max_lag_cap=2,
-                      diagnostics=False)
-  m, s = ex.run_cells(tb, tc, ex.make_cells([0.05], [0, 1], [2], [0.9], max_lag_cap=2))
-  assert np.all(np.isfinite(m["J"])) and np.all(np.isfinite(m["h_used_norm"]))
-  assert np.all(m["cos_sampled_pop"] < 1.0)  # sampling noise and finite-G bias are visible
-  assert np.all(s["J_final"] > s["J_init"])
+    tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
+    tc = ex.TrainConfig(num_steps=20, mode="sampled", group_size=4, max_lag_cap=2,
+                        diagnostics=False)
+    m, s = ex.run_cells(tb, tc, ex.make_cells([0.05], [0, 1], [2], [0.9], max_lag_cap=2))
+    assert np.all(np.isfinite(m["J"])) and np.all(np.isfinite(m["h_used_norm"]))
+    assert np.all(m["cos_sampled_pop"] < 1.0)  # sampling noise and finite-G bias are visible
+    assert np.all(s["J_final"] > s["J_init"])
 
 
 def test_collapse_flag_catches_non_finite_and_drops():
-  tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
-  tc = ex.TrainConfig(num_steps=20, optimizer="sgd", max_lag_cap=0, collapse_warmup=0)
-  _, s = ex.run_cells(tb, tc, ex.make_cells([1e30], [0], [0], [0.0], max_lag_cap=0))
-  assert s["collapsed"][0] and s["collapse_step"][0] >= 0
+    tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
+    tc = ex.TrainConfig(num_steps=20, optimizer="sgd", max_lag_cap=0, collapse_warmup=0)
+    _, s = ex.run_cells(tb, tc, ex.make_cells([1e30], [0], [0], [0.0], max_lag_cap=0))
+    assert s["collapsed"][0] and s["collapse_step"][0] >= 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,11 +293,11 @@ def test_collapse_flag_catches_non_finite_and_drops():
     (dict(lrs=[0.1], seeds=[0], lags=[9], max_lag_cap=4), "exceeds the ring-buffer cap"),
 ])
 def test_bad_grids_fail_before_compiling(kwargs, match, monkeypatch):
-  def no_jit(*a, **k):
-    raise AssertionError("compiled before validating")
-  monkeypatch.setattr(jax, "jit", no_jit)
-  with pytest.raises(ValueError, match=match):
-    ex.make_cells(**kwargs)
+    def no_jit(*a, **k):
+        raise AssertionError("compiled before validating")
+    monkeypatch.setattr(jax, "jit", no_jit)
+    with pytest.raises(ValueError, match=match):
+        ex.make_cells(**kwargs)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -308,36 +308,36 @@ def test_bad_grids_fail_before_compiling(kwargs, match, monkeypatch):
     (dict(clip_eps=1.5), "clip_eps"),
 ])
 def test_bad_testbed_configs_fail_clearly(kwargs, match):
-  with pytest.raises(ValueError, match=match):
-    ex.TestbedConfig(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        ex.TestbedConfig(**kwargs)
 
 
 def test_bad_train_configs_fail_clearly():
-  with pytest.raises(ValueError, match="staleness"):
-    ex.TrainConfig(staleness="lifo")
-  with pytest.raises(ValueError, match="max_lag_cap"):
-    ex.TrainConfig(max_lag_cap=-1)
-  tb = ex.make_testbed(ex.TestbedConfig(**_SMALL, ratio_level="no_ratio"))
-  with pytest.raises(ValueError, match="population-mode ablation"):
-    ex.make_train(tb, ex.TrainConfig(mode="sampled"))
+    with pytest.raises(ValueError, match="staleness"):
+        ex.TrainConfig(staleness="lifo")
+    with pytest.raises(ValueError, match="max_lag_cap"):
+        ex.TrainConfig(max_lag_cap=-1)
+    tb = ex.make_testbed(ex.TestbedConfig(**_SMALL, ratio_level="no_ratio"))
+    with pytest.raises(ValueError, match="population-mode ablation"):
+        ex.make_train(tb, ex.TrainConfig(mode="sampled"))
 
 
 def test_surrogate_settings_from_library_variants():
-  assert ex.surrogate_settings_from_loss("rloo")["leave_one_out"]
-  assert ex.surrogate_settings_from_loss("gspo")["ratio_level"] == "sequence_geomean"
-  ex.TestbedConfig(**_SMALL, **ex.surrogate_settings_from_loss("dr_grpo"))
-  with pytest.raises(ValueError, match="no exact population form"):
-    ex.surrogate_settings_from_loss("tis")
-  assert math.isfinite(ex.MAX_RESPONSES_PER_PROMPT)
+    assert ex.surrogate_settings_from_loss("rloo")["leave_one_out"]
+    assert ex.surrogate_settings_from_loss("gspo")["ratio_level"] == "sequence_geomean"
+    ex.TestbedConfig(**_SMALL, **ex.surrogate_settings_from_loss("dr_grpo"))
+    with pytest.raises(ValueError, match="no exact population form"):
+        ex.surrogate_settings_from_loss("tis")
+    assert math.isfinite(ex.MAX_RESPONSES_PER_PROMPT)
 
 
 def test_run_cells_validates_hand_made_cells_before_compiling(monkeypatch):
-  tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
-  cells = {"lr": np.array([0.1]), "seed": np.array([0]), "max_lag": np.array([-2]),
-           "b1": np.array([0.9])}
+    tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
+    cells = {"lr": np.array([0.1]), "seed": np.array([0]), "max_lag": np.array([-2]),
+             "b1": np.array([0.9])}
 
-  def no_jit(*a, **k):
-    raise AssertionError("compiled before validating")
-  monkeypatch.setattr(jax, "jit", no_jit)
-  with pytest.raises(ValueError, match="S must be an integer >= 0"):
-    ex.run_cells(tb, ex.TrainConfig(max_lag_cap=4), cells)
+    def no_jit(*a, **k):
+        raise AssertionError("compiled before validating")
+    monkeypatch.setattr(jax, "jit", no_jit)
+    with pytest.raises(ValueError, match="S must be an integer >= 0"):
+        ex.run_cells(tb, ex.TrainConfig(max_lag_cap=4), cells)

@@ -17,17 +17,17 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _no_jit(monkeypatch):
-  def no_jit(*a, **k):
-    raise AssertionError("compiled before validating")
-  monkeypatch.setattr(jax, "jit", no_jit)
+    def no_jit(*a, **k):
+        raise AssertionError("compiled before validating")
+    monkeypatch.setattr(jax, "jit", no_jit)
 
 
 def test_default_plans_are_valid():
-  p = xc.sweep_plan(sweep_cfg.get_config())
-  assert p["lags"] == [0, 1, 2, 4, 8, 16] and len(p["seeds"]) >= 3
-  assert p["lrs"][0] == 0.5 and abs(p["lrs"][-1] - 512) < 1e-9
-  assert p["train"].max_lag_cap == 16
-  xc.bias_plan(bias_cfg.get_config())
+    p = xc.sweep_plan(sweep_cfg.get_config())
+    assert p["lags"] == [0, 1, 2, 4, 8, 16] and len(p["seeds"]) >= 3
+    assert p["lrs"][0] == 0.5 and abs(p["lrs"][-1] - 512) < 1e-9
+    assert p["train"].max_lag_cap == 16
+    xc.bias_plan(bias_cfg.get_config())
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -46,12 +46,12 @@ def test_default_plans_are_valid():
     ("train.staleness", "lifo", "Unknown staleness"),
 ])
 def test_sweep_plan_rejects_bad_flags_before_compiling(field, value, match, monkeypatch):
-  c = sweep_cfg.get_config()
-  node, _, leaf = field.rpartition(".")
-  setattr(c[node] if node else c, leaf, value)
-  _no_jit(monkeypatch)
-  with pytest.raises(ValueError, match=match):
-    xc.sweep_plan(c)
+    c = sweep_cfg.get_config()
+    node, _, leaf = field.rpartition(".")
+    setattr(c[node] if node else c, leaf, value)
+    _no_jit(monkeypatch)
+    with pytest.raises(ValueError, match=match):
+        xc.sweep_plan(c)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -62,82 +62,82 @@ def test_sweep_plan_rejects_bad_flags_before_compiling(field, value, match, monk
     ("r_min", 0.0, "r_min"),
 ])
 def test_bias_plan_rejects_bad_flags_before_compiling(field, value, match, monkeypatch):
-  c = bias_cfg.get_config()
-  setattr(c, field, value)
-  _no_jit(monkeypatch)
-  with pytest.raises(ValueError, match=match):
-    xc.bias_plan(c)
+    c = bias_cfg.get_config()
+    setattr(c, field, value)
+    _no_jit(monkeypatch)
+    with pytest.raises(ValueError, match=match):
+        xc.bias_plan(c)
 
 
 def test_eta_max_and_bootstrap_recover_a_known_exponent():
-  lrs = 2.0 ** np.arange(-4, 8, 0.5)
-  lags = [0, 1, 2, 4, 8, 16]
-  rng = np.random.default_rng(0)
-  true = {s: 64.0 / max(s, 0.5) for s in lags}  # η_max = 64/S, S=0 -> 128
-  collapsed = np.zeros((len(lags), len(lrs), 5), bool)
-  for i, s in enumerate(lags):
-    for k in range(5):
-      thr = true[s] * 2.0 ** rng.uniform(-0.4, 0.4)
-      collapsed[i, :, k] = lrs > thr
-  collapsed[0, :, 0] = False  # one censored (never collapsed) cell
-  eta, censor = xa.eta_max_per_seed(lrs, collapsed)
-  assert censor[0, 0] == 1 and eta[0, 0] == lrs[-1]
-  assert np.all(censor[1:] == 0)
-  fit = xa.bootstrap_alpha(lags, eta, n_boot=300)
-  assert abs(fit["alpha"] - 1.0) < 0.15
-  assert fit["ci"][0] <= fit["alpha"] <= fit["ci"][1]
-  collapsed[3, 0, 2] = True
-  eta, censor = xa.eta_max_per_seed(lrs, collapsed)
-  assert censor[3, 2] == -1
+    lrs = 2.0 ** np.arange(-4, 8, 0.5)
+    lags = [0, 1, 2, 4, 8, 16]
+    rng = np.random.default_rng(0)
+    true = {s: 64.0 / max(s, 0.5) for s in lags}  # η_max = 64/S, S=0 -> 128
+    collapsed = np.zeros((len(lags), len(lrs), 5), bool)
+    for i, s in enumerate(lags):
+        for k in range(5):
+            thr = true[s] * 2.0 ** rng.uniform(-0.4, 0.4)
+            collapsed[i, :, k] = lrs > thr
+    collapsed[0, :, 0] = False  # one censored (never collapsed) cell
+    eta, censor = xa.eta_max_per_seed(lrs, collapsed)
+    assert censor[0, 0] == 1 and eta[0, 0] == lrs[-1]
+    assert np.all(censor[1:] == 0)
+    fit = xa.bootstrap_alpha(lags, eta, n_boot=300)
+    assert abs(fit["alpha"] - 1.0) < 0.15
+    assert fit["ci"][0] <= fit["alpha"] <= fit["ci"][1]
+    collapsed[3, 0, 2] = True
+    eta, censor = xa.eta_max_per_seed(lrs, collapsed)
+    assert censor[3, 2] == -1
 
 
 def test_collapse_time_law_and_linear_fits():
-  lrs = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
-  law = xa.collapse_time_law(lrs, 400.0 / lrs - 1.0, min_step=5)
-  assert abs(law["slope"] + 1.0) < 1e-9 and abs(law["median_t_eta"] - 400.0) < 1e-9
-  law = xa.collapse_time_law(lrs, np.array([3, 3, 50, 25, 12]), min_step=5)
-  assert law["n"] == 3 and law["n_censored"] == 2
-  x = np.geomspace(1e-4, 1.0, 30)
-  y = 3.0 * x * (1 + 0.5 * (x > 0.1))
-  f = xa.fit_through_origin(x[x < 0.05], y[x < 0.05])
-  assert abs(f["slope"] - 3.0) < 1e-12 and f["r2"] > 0.999999
-  brk = xa.linearity_break(x, y, 3.0, tol=0.1)
-  assert 0.1 < brk <= x[x > 0.1][0] + 1e-12
-  assert abs(xa.loglog_slope(x, y[:1] * 0 + x ** 2) - 2) < 1e-9
+    lrs = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    law = xa.collapse_time_law(lrs, 400.0 / lrs - 1.0, min_step=5)
+    assert abs(law["slope"] + 1.0) < 1e-9 and abs(law["median_t_eta"] - 400.0) < 1e-9
+    law = xa.collapse_time_law(lrs, np.array([3, 3, 50, 25, 12]), min_step=5)
+    assert law["n"] == 3 and law["n_censored"] == 2
+    x = np.geomspace(1e-4, 1.0, 30)
+    y = 3.0 * x * (1 + 0.5 * (x > 0.1))
+    f = xa.fit_through_origin(x[x < 0.05], y[x < 0.05])
+    assert abs(f["slope"] - 3.0) < 1e-12 and f["r2"] > 0.999999
+    brk = xa.linearity_break(x, y, 3.0, tol=0.1)
+    assert 0.1 < brk <= x[x > 0.1][0] + 1e-12
+    assert abs(xa.loglog_slope(x, y[:1] * 0 + x ** 2) - 2) < 1e-9
 
 
 def _run(args, **kw):
-  env = {**os.environ, "PYTHONPATH": _ROOT, "JAX_PLATFORMS": "cpu"}
-  return subprocess.run([sys.executable, "-m", *args], cwd=_ROOT, env=env, capture_output=True,
-                        text=True, timeout=300, **kw)
+    env = {**os.environ, "PYTHONPATH": _ROOT, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=_ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, **kw)
 
 
 def test_sweep_binary_bad_flag_fails_with_a_clear_message(tmp_path):
-  out = _run(["experiments.exact_sweep", f"--workdir={tmp_path}", "--config.lags=0,-4"])
-  assert out.returncode != 0
-  assert "Staleness S must be an integer >= 0, got -4" in out.stderr + out.stdout
-  assert not os.path.exists(tmp_path / "grpo" / "chunks")
+    out = _run(["experiments.exact_sweep", f"--workdir={tmp_path}", "--config.lags=0,-4"])
+    assert out.returncode != 0
+    assert "Staleness S must be an integer >= 0, got -4" in out.stderr + out.stdout
+    assert not os.path.exists(tmp_path / "grpo" / "chunks")
 
 
 @pytest.mark.slow
 def test_sweep_binary_end_to_end_and_resume(tmp_path):
-  flags_ = [f"--workdir={tmp_path}", "--config.train.num_steps=25", "--config.lags=0,2",
-            "--config.lr_min=4", "--config.lr_max=64", "--config.lrs_per_octave=1",
-            "--config.num_seeds=2", "--config.chunk_size=8", "--config.variants=no_ratio",
-            "--config.train.collapse_warmup=2", "--config.train.collapse_patience=2",
-            "--config.n_boot=50"]
-  out = _run(["experiments.exact_sweep", *flags_])
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert "fit eta_max" in out.stdout
-  for f in ("summary.json", "no_ratio/cells.csv", "no_ratio/summary.json", "no_ratio/phase.png",
-            "no_ratio/phase.pdf"):
-    assert os.path.exists(tmp_path / f), f
-  chunks = sorted(os.listdir(tmp_path / "no_ratio" / "chunks"))
-  assert len(chunks) == 3  # 2 S x 5 η x 2 seeds = 20 cells in chunks of 8
-  before = (tmp_path / "no_ratio" / "cells.csv").read_text()
-  os.remove(tmp_path / "no_ratio" / "chunks" / chunks[-1])  # as if killed during the last chunk
-  out = _run(["experiments.exact_sweep", *flags_])
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert (tmp_path / "no_ratio" / "cells.csv").read_text() == before
-  out = _run(["experiments.exact_sweep", *flags_[:-1], "--config.n_boot=51"])
-  assert out.returncode != 0 and "different config" in out.stderr + out.stdout
+    flags_ = [f"--workdir={tmp_path}", "--config.train.num_steps=25", "--config.lags=0,2",
+              "--config.lr_min=4", "--config.lr_max=64", "--config.lrs_per_octave=1",
+              "--config.num_seeds=2", "--config.chunk_size=8", "--config.variants=no_ratio",
+              "--config.train.collapse_warmup=2", "--config.train.collapse_patience=2",
+              "--config.n_boot=50"]
+    out = _run(["experiments.exact_sweep", *flags_])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "fit eta_max" in out.stdout
+    for f in ("summary.json", "no_ratio/cells.csv", "no_ratio/summary.json", "no_ratio/phase.png",
+              "no_ratio/phase.pdf"):
+        assert os.path.exists(tmp_path / f), f
+    chunks = sorted(os.listdir(tmp_path / "no_ratio" / "chunks"))
+    assert len(chunks) == 3  # 2 S x 5 η x 2 seeds = 20 cells in chunks of 8
+    before = (tmp_path / "no_ratio" / "cells.csv").read_text()
+    os.remove(tmp_path / "no_ratio" / "chunks" / chunks[-1])  # as if killed during the last chunk
+    out = _run(["experiments.exact_sweep", *flags_])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "no_ratio" / "cells.csv").read_text() == before
+    out = _run(["experiments.exact_sweep", *flags_[:-1], "--config.n_boot=51"])
+    assert out.returncode != 0 and "different config" in out.stderr + out.stdout

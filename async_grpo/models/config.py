@@ -25,38 +25,38 @@ _ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-  """Llama-3 frequency-dependent RoPE scaling (HF `rope_scaling={"rope_type": "llama3", ...}`).
+    """Llama-3 frequency-dependent RoPE scaling (HF `rope_scaling={"rope_type": "llama3", ...}`).
 
-  With base inverse frequencies `f_i = θ^(-2i/d)` and wavelengths `λ_i = 2π / f_i`, and
-  `λ_lo = L_orig / low_freq_factor`, `λ_hi = L_orig / high_freq_factor`::
+    With base inverse frequencies `f_i = θ^(-2i/d)` and wavelengths `λ_i = 2π / f_i`, and
+    `λ_lo = L_orig / low_freq_factor`, `λ_hi = L_orig / high_freq_factor`::
 
-      f_i' = f_i                                    if λ_i < λ_hi   (high frequencies kept)
-      f_i' = f_i / factor                           if λ_i > λ_lo   (low frequencies stretched)
-      f_i' = (1 - s_i) f_i / factor + s_i f_i       otherwise,
-                                                    s_i = (L_orig/λ_i - low) / (high - low)
+        f_i' = f_i                                    if λ_i < λ_hi   (high frequencies kept)
+        f_i' = f_i / factor                           if λ_i > λ_lo   (low frequencies stretched)
+        f_i' = (1 - s_i) f_i / factor + s_i f_i       otherwise,
+                                                      s_i = (L_orig/λ_i - low) / (high - low)
 
-  Attributes:
-    factor: stretch of the low frequencies (32 for Llama-3.2).
-    low_freq_factor: 1 for Llama-3.2.
-    high_freq_factor: 4 for Llama-3.2.
-    original_max_position_embeddings: `L_orig`, 8192 for Llama-3.2.
-  """
+    Attributes:
+      factor: stretch of the low frequencies (32 for Llama-3.2).
+      low_freq_factor: 1 for Llama-3.2.
+      high_freq_factor: 4 for Llama-3.2.
+      original_max_position_embeddings: `L_orig`, 8192 for Llama-3.2.
+    """
 
-  factor: float = 32.0
-  low_freq_factor: float = 1.0
-  high_freq_factor: float = 4.0
-  original_max_position_embeddings: int = 8192
+    factor: float = 32.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
 
-  def __post_init__(self):
-    if not self.factor > 0:
-      raise ValueError(f"RopeScaling.factor must be > 0, got {self.factor}")
-    if not self.high_freq_factor > self.low_freq_factor > 0:
-      raise ValueError(
-          "RopeScaling needs high_freq_factor > low_freq_factor > 0, got "
-          f"high_freq_factor={self.high_freq_factor}, low_freq_factor={self.low_freq_factor}")
-    if self.original_max_position_embeddings < 1:
-      raise ValueError("RopeScaling.original_max_position_embeddings must be >= 1, got "
-                       f"{self.original_max_position_embeddings}")
+    def __post_init__(self):
+        if not self.factor > 0:
+            raise ValueError(f"RopeScaling.factor must be > 0, got {self.factor}")
+        if not self.high_freq_factor > self.low_freq_factor > 0:
+            raise ValueError(
+                "RopeScaling needs high_freq_factor > low_freq_factor > 0, got "
+                f"high_freq_factor={self.high_freq_factor}, low_freq_factor={self.low_freq_factor}")
+        if self.original_max_position_embeddings < 1:
+            raise ValueError("RopeScaling.original_max_position_embeddings must be >= 1, got "
+                             f"{self.original_max_position_embeddings}")
 
 
 LLAMA3_ROPE_SCALING = RopeScaling()
@@ -64,102 +64,102 @@ LLAMA3_ROPE_SCALING = RopeScaling()
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
-  """Shape and numerics of a decoder-only Llama-style transformer.
+    """Shape and numerics of a decoder-only Llama-style transformer.
 
-  Attributes:
-    vocab_size: number of token ids.
-    d_model: residual stream width.
-    n_layers: number of decoder blocks.
-    n_heads: query heads.
-    n_kv_heads: key/value heads (grouped-query attention); must divide `n_heads`.
-    head_dim: width of one attention head (need not equal d_model / n_heads); must be even (RoPE).
-    mlp_dim: hidden width of the SwiGLU MLP.
-    max_seq_len: longest sequence (prompt + response) the model accepts.
-    rope_theta: RoPE base θ.
-    norm_eps: RMSNorm epsilon.
-    tie_embeddings: if True the output projection is the transposed token embedding.
-    dtype: compute dtype, "float32" or "bfloat16". Norms, RoPE, attention softmax and the output
-      logits are always computed in float32.
-    param_dtype: storage dtype of the parameters (float32 by default, also under bf16 compute).
-    rope_scaling: optional Llama-3 RoPE frequency scaling (set for the Llama-3.2 presets).
-    init_std: standard deviation of the normal initializer of all matrices (HF initializer_range).
-    attention_impl: "einsum" (explicit grouped einsum, exact float32 on CPU; the default), or
-      "xla"/"cudnn" to route through `jax.nn.dot_product_attention` (cudnn = fused flash attention
-      on NVIDIA GPUs, bf16 only).
-  """
-
-  vocab_size: int
-  d_model: int
-  n_layers: int
-  n_heads: int
-  n_kv_heads: int
-  head_dim: int
-  mlp_dim: int
-  max_seq_len: int
-  rope_theta: float = 10_000.0
-  norm_eps: float = 1e-5
-  tie_embeddings: bool = True
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  rope_scaling: RopeScaling | None = None
-  init_std: float = 0.02
-  attention_impl: str = "einsum"
-
-  def __post_init__(self):
-    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                 "mlp_dim", "max_seq_len"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"LlamaConfig.{name} must be a positive int, got {value!r}")
-    if self.n_heads % self.n_kv_heads:
-      raise ValueError(f"LlamaConfig.n_kv_heads={self.n_kv_heads} must divide "
-                       f"n_heads={self.n_heads} (grouped-query attention)")
-    if self.head_dim % 2:
-      raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}")
-    for name in ("dtype", "param_dtype"):
-      if getattr(self, name) not in _DTYPES:
-        raise ValueError(
-            f"LlamaConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
-    if self.attention_impl not in _ATTENTION_IMPLS:
-      raise ValueError(f"LlamaConfig.attention_impl must be one of {_ATTENTION_IMPLS}, "
-                       f"got {self.attention_impl!r}")
-    if not (self.rope_theta > 0 and self.norm_eps > 0 and self.init_std > 0):
-      raise ValueError("LlamaConfig.rope_theta, norm_eps and init_std must be > 0, got "
-                       f"{self.rope_theta}, {self.norm_eps}, {self.init_std}")
-    if isinstance(self.rope_scaling, dict):  # accept HF-style dicts
-      fields = {f.name for f in dataclasses.fields(RopeScaling)}
-      object.__setattr__(self, "rope_scaling", RopeScaling(
-          **{k: v for k, v in self.rope_scaling.items() if k in fields}))
-    if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
-      raise ValueError(f"LlamaConfig.rope_scaling must be None, a RopeScaling or a dict, "
-                       f"got {self.rope_scaling!r}")
-
-  @property
-  def compute_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
-
-  @property
-  def params_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.param_dtype)
-
-  @property
-  def q_per_kv(self) -> int:
-    """Query heads sharing one key/value head."""
-    return self.n_heads // self.n_kv_heads
-
-  def num_params(self) -> int:
-    """Closed-form parameter count (equals `param_count(init_model(cfg, 0)[1])`)."""
-    d, h, k, hd, m, v = (self.d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.mlp_dim,
-                         self.vocab_size)
-    per_layer = d * hd * (2 * h + 2 * k) + 3 * d * m + 2 * d
-    return v * d * (1 if self.tie_embeddings else 2) + self.n_layers * per_layer + d
-
-  def matmul_params(self) -> int:
-    """Parameters that take part in a matmul per token (excludes an untied input embedding table).
-
-    This is the `N` in the usual `6·N·tokens` training-FLOPs estimate.
+    Attributes:
+      vocab_size: number of token ids.
+      d_model: residual stream width.
+      n_layers: number of decoder blocks.
+      n_heads: query heads.
+      n_kv_heads: key/value heads (grouped-query attention); must divide `n_heads`.
+      head_dim: width of one attention head (need not equal d_model / n_heads); must be even (RoPE).
+      mlp_dim: hidden width of the SwiGLU MLP.
+      max_seq_len: longest sequence (prompt + response) the model accepts.
+      rope_theta: RoPE base θ.
+      norm_eps: RMSNorm epsilon.
+      tie_embeddings: if True the output projection is the transposed token embedding.
+      dtype: compute dtype, "float32" or "bfloat16". Norms, RoPE, attention softmax and the output
+        logits are always computed in float32.
+      param_dtype: storage dtype of the parameters (float32 by default, also under bf16 compute).
+      rope_scaling: optional Llama-3 RoPE frequency scaling (set for the Llama-3.2 presets).
+      init_std: standard deviation of the normal initializer of all matrices (HF initializer_range).
+      attention_impl: "einsum" (explicit grouped einsum, exact float32 on CPU; the default), or
+        "xla"/"cudnn" to route through `jax.nn.dot_product_attention` (cudnn = fused flash attention
+        on NVIDIA GPUs, bf16 only).
     """
-    return self.num_params() - (0 if self.tie_embeddings else self.vocab_size * self.d_model)
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    max_seq_len: int
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    rope_scaling: RopeScaling | None = None
+    init_std: float = 0.02
+    attention_impl: str = "einsum"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                     "mlp_dim", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"LlamaConfig.{name} must be a positive int, got {value!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"LlamaConfig.n_kv_heads={self.n_kv_heads} must divide "
+                             f"n_heads={self.n_heads} (grouped-query attention)")
+        if self.head_dim % 2:
+            raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ValueError(
+                    f"LlamaConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
+        if self.attention_impl not in _ATTENTION_IMPLS:
+            raise ValueError(f"LlamaConfig.attention_impl must be one of {_ATTENTION_IMPLS}, "
+                             f"got {self.attention_impl!r}")
+        if not (self.rope_theta > 0 and self.norm_eps > 0 and self.init_std > 0):
+            raise ValueError("LlamaConfig.rope_theta, norm_eps and init_std must be > 0, got "
+                             f"{self.rope_theta}, {self.norm_eps}, {self.init_std}")
+        if isinstance(self.rope_scaling, dict):  # accept HF-style dicts
+            fields = {f.name for f in dataclasses.fields(RopeScaling)}
+            object.__setattr__(self, "rope_scaling", RopeScaling(
+                **{k: v for k, v in self.rope_scaling.items() if k in fields}))
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ValueError(f"LlamaConfig.rope_scaling must be None, a RopeScaling or a dict, "
+                             f"got {self.rope_scaling!r}")
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def params_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    @property
+    def q_per_kv(self) -> int:
+        """Query heads sharing one key/value head."""
+        return self.n_heads // self.n_kv_heads
+
+    def num_params(self) -> int:
+        """Closed-form parameter count (equals `param_count(init_model(cfg, 0)[1])`)."""
+        d, h, k, hd, m, v = (self.d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.mlp_dim,
+                             self.vocab_size)
+        per_layer = d * hd * (2 * h + 2 * k) + 3 * d * m + 2 * d
+        return v * d * (1 if self.tie_embeddings else 2) + self.n_layers * per_layer + d
+
+    def matmul_params(self) -> int:
+        """Parameters that take part in a matmul per token (excludes an untied input embedding table).
+
+        This is the `N` in the usual `6·N·tokens` training-FLOPs estimate.
+        """
+        return self.num_params() - (0 if self.tie_embeddings else self.vocab_size * self.d_model)
 
 
 PRESETS: dict[str, LlamaConfig] = {
@@ -186,16 +186,16 @@ PRESETS: dict[str, LlamaConfig] = {
 
 
 def get_config(preset: str, **overrides: Any) -> LlamaConfig:
-  """Returns preset `preset` with fields replaced by `overrides`.
+    """Returns preset `preset` with fields replaced by `overrides`.
 
-  Raises:
-    ValueError: unknown preset or override field (the message lists the valid ones), or an invalid
-      resulting configuration.
-  """
-  if preset not in PRESETS:
-    raise ValueError(f"Unknown model preset {preset!r}; valid presets: {list(PRESETS)}")
-  fields = {f.name for f in dataclasses.fields(LlamaConfig)}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(f"Unknown LlamaConfig field(s) {unknown}; valid fields: {sorted(fields)}")
-  return dataclasses.replace(PRESETS[preset], **overrides)
+    Raises:
+      ValueError: unknown preset or override field (the message lists the valid ones), or an invalid
+        resulting configuration.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown model preset {preset!r}; valid presets: {list(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(LlamaConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"Unknown LlamaConfig field(s) {unknown}; valid fields: {sorted(fields)}")
+    return dataclasses.replace(PRESETS[preset], **overrides)

@@ -70,16 +70,16 @@ _MASK_VALUE = float(np.finfo(np.float32).min)
 
 
 def _param(rngs: nnx.Rngs, init, shape, axes: tuple[str, ...], cfg: LlamaConfig) -> nnx.Param:
-  # eager_sharding=False: the logical names are metadata only; the learner maps them onto a mesh
-  # (e.g. `jax.jit(..., out_shardings=...)` built from `logical_axes`).
-  return nnx.Param(init(rngs.params(), shape, cfg.params_dtype), out_sharding=axes,
-                   eager_sharding=False)
+    # eager_sharding=False: the logical names are metadata only; the learner maps them onto a mesh
+    # (e.g. `jax.jit(..., out_shardings=...)` built from `logical_axes`).
+    return nnx.Param(init(rngs.params(), shape, cfg.params_dtype), out_sharding=axes,
+                     eager_sharding=False)
 
 
 def _precision(dtype) -> jax.lax.Precision:
-  # Float32 compute means float32 matmuls (no TF32 / bf16 passes on accelerators): the sampler
-  # and learner log-probs must agree to ~1e-6.
-  return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+    # Float32 compute means float32 matmuls (no TF32 / bf16 passes on accelerators): the sampler
+    # and learner log-probs must agree to ~1e-6.
+    return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else jax.lax.Precision.DEFAULT
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,46 +88,46 @@ def _precision(dtype) -> jax.lax.Precision:
 
 
 def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
-  """Inverse frequencies `f_i = θ^(-2i/Dh)`, i < Dh/2, with optional Llama-3 scaling (float32).
+    """Inverse frequencies `f_i = θ^(-2i/Dh)`, i < Dh/2, with optional Llama-3 scaling (float32).
 
-  Computed in numpy float32 exactly as HF does in torch float32, so positions map to the same
-  angles as the reference implementation.
-  """
-  dim = cfg.head_dim
-  inv_freq = 1.0 / (np.float32(cfg.rope_theta) **
-                    (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)))
-  inv_freq = inv_freq.astype(np.float32)
-  rs = cfg.rope_scaling
-  if rs is not None:
-    low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
-    high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    scaled = np.where(wavelen > low_wavelen, inv_freq / rs.factor, inv_freq)
-    smooth = ((rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) /
-              (rs.high_freq_factor - rs.low_freq_factor))
-    smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
-    is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    inv_freq = np.where(is_medium, smoothed, scaled).astype(np.float32)
-  return inv_freq
+    Computed in numpy float32 exactly as HF does in torch float32, so positions map to the same
+    angles as the reference implementation.
+    """
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (np.float32(cfg.rope_theta) **
+                      (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)))
+    inv_freq = inv_freq.astype(np.float32)
+    rs = cfg.rope_scaling
+    if rs is not None:
+        low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
+        high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / rs.factor, inv_freq)
+        smooth = ((rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) /
+                  (rs.high_freq_factor - rs.low_freq_factor))
+        smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
+        is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = np.where(is_medium, smoothed, scaled).astype(np.float32)
+    return inv_freq
 
 
 def rope_sin_cos(positions: Array, inv_freq: np.ndarray) -> tuple[Array, Array]:
-  """`sin, cos` of shape [B, T, Dh] for integer positions [B, T] ("rotate_half" layout)."""
-  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)
-  return jnp.sin(angles), jnp.cos(angles)
+    """`sin, cos` of shape [B, T, Dh] for integer positions [B, T] ("rotate_half" layout)."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.sin(angles), jnp.cos(angles)
 
 
 def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
-  """Rotates x [B, T, heads, Dh]: `x·cos + rotate_half(x)·sin`, rotate_half([a, b]) = [-b, a].
+    """Rotates x [B, T, heads, Dh]: `x·cos + rotate_half(x)·sin`, rotate_half([a, b]) = [-b, a].
 
-  Pair (x_j, x_{j+Dh/2}) is rotated by angle `pos · f_j`. Computed in float32.
-  """
-  xf = x.astype(jnp.float32)
-  x1, x2 = jnp.split(xf, 2, axis=-1)
-  rotated = jnp.concatenate([-x2, x1], axis=-1)
-  out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
-  return out.astype(x.dtype)
+    Pair (x_j, x_{j+Dh/2}) is rotated by angle `pos · f_j`. Computed in float32.
+    """
+    xf = x.astype(jnp.float32)
+    x1, x2 = jnp.split(xf, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,39 +137,39 @@ def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
 
 @flax.struct.dataclass
 class KVCache:
-  """Functional key/value cache with `S` slots shared by all rows of a batch.
+    """Functional key/value cache with `S` slots shared by all rows of a batch.
 
-  Calling the model with a cache writes the `T` new keys/values into slots
-  `[index, index + T)` of every row and attends each new query at slot `index + i` to slots
-  `j <= index + i` with `valid[b, j]`. Rows of different lengths are handled by the caller through
-  `valid` (left padding) and per-row `positions`; slots are storage, positions are RoPE angles.
+    Calling the model with a cache writes the `T` new keys/values into slots
+    `[index, index + T)` of every row and attends each new query at slot `index + i` to slots
+    `j <= index + i` with `valid[b, j]`. Rows of different lengths are handled by the caller through
+    `valid` (left padding) and per-row `positions`; slots are storage, positions are RoPE angles.
 
-  Attributes:
-    k: per layer, keys [B, n_kv_heads, S, head_dim] (compute dtype, RoPE already applied). Heads
-      before slots is the layout the attention dots consume, so decoding never transposes the
-      cache.
-    v: per layer, values [B, n_kv_heads, S, head_dim].
-    valid: [B, S] bool, slot holds a real (non-pad) token.
-    index: int32 scalar, next slot to write.
-  """
+    Attributes:
+      k: per layer, keys [B, n_kv_heads, S, head_dim] (compute dtype, RoPE already applied). Heads
+        before slots is the layout the attention dots consume, so decoding never transposes the
+        cache.
+      v: per layer, values [B, n_kv_heads, S, head_dim].
+      valid: [B, S] bool, slot holds a real (non-pad) token.
+      index: int32 scalar, next slot to write.
+    """
 
-  k: tuple[Array, ...]
-  v: tuple[Array, ...]
-  valid: Array
-  index: Array
+    k: tuple[Array, ...]
+    v: tuple[Array, ...]
+    valid: Array
+    index: Array
 
-  @classmethod
-  def init(cls, cfg: LlamaConfig, batch_size: int, num_slots: int) -> "KVCache":
-    shape = (batch_size, cfg.n_kv_heads, num_slots, cfg.head_dim)
-    zeros = lambda: jnp.zeros(shape, cfg.compute_dtype)  # noqa: E731
-    return cls(k=tuple(zeros() for _ in range(cfg.n_layers)),
-               v=tuple(zeros() for _ in range(cfg.n_layers)),
-               valid=jnp.zeros((batch_size, num_slots), jnp.bool_),
-               index=jnp.zeros((), jnp.int32))
+    @classmethod
+    def init(cls, cfg: LlamaConfig, batch_size: int, num_slots: int) -> "KVCache":
+        shape = (batch_size, cfg.n_kv_heads, num_slots, cfg.head_dim)
+        zeros = lambda: jnp.zeros(shape, cfg.compute_dtype)  # noqa: E731
+        return cls(k=tuple(zeros() for _ in range(cfg.n_layers)),
+                   v=tuple(zeros() for _ in range(cfg.n_layers)),
+                   valid=jnp.zeros((batch_size, num_slots), jnp.bool_),
+                   index=jnp.zeros((), jnp.int32))
 
-  @property
-  def num_slots(self) -> int:
-    return self.valid.shape[1]
+    @property
+    def num_slots(self) -> int:
+        return self.valid.shape[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,219 +178,219 @@ class KVCache:
 
 
 class RMSNorm(nnx.Module):
-  """`y = scale · x / sqrt(mean(x²) + eps)`, normalized in float32 (HF LlamaRMSNorm)."""
+    """`y = scale · x / sqrt(mean(x²) + eps)`, normalized in float32 (HF LlamaRMSNorm)."""
 
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, name: str):
-    self.eps = cfg.norm_eps
-    self.scale = _param(rngs, nnx.initializers.ones, (cfg.d_model,), PARAM_AXES[(name, "scale")],
-                        cfg)
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, name: str):
+        self.eps = cfg.norm_eps
+        self.scale = _param(rngs, nnx.initializers.ones, (cfg.d_model,), PARAM_AXES[(name, "scale")],
+                            cfg)
 
-  def __call__(self, x: Array) -> Array:
-    xf = x.astype(jnp.float32)
-    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-    return xf.astype(x.dtype) * self.scale[...].astype(x.dtype)
+    def __call__(self, x: Array) -> Array:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return xf.astype(x.dtype) * self.scale[...].astype(x.dtype)
 
 
 class Embedder(nnx.Module):
-  """Token embedding table [V, D] (HF `embed_tokens.weight`)."""
+    """Token embedding table [V, D] (HF `embed_tokens.weight`)."""
 
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-    self.embedding = _param(rngs, nnx.initializers.normal(cfg.init_std),
-                            (cfg.vocab_size, cfg.d_model),
-                            PARAM_AXES[("embed_tokens", "embedding")], cfg)
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.embedding = _param(rngs, nnx.initializers.normal(cfg.init_std),
+                                (cfg.vocab_size, cfg.d_model),
+                                PARAM_AXES[("embed_tokens", "embedding")], cfg)
 
 
 class Proj(nnx.Module):
-  """A bias-free projection whose kernel is contracted with the input by an einsum."""
+    """A bias-free projection whose kernel is contracted with the input by an einsum."""
 
-  def __init__(self, cfg: LlamaConfig, shape: tuple[int, ...], *, rngs: nnx.Rngs, name: str):
-    self.kernel = _param(rngs, nnx.initializers.normal(cfg.init_std), shape,
-                         PARAM_AXES[(name, "kernel")], cfg)
-    self.dtype = cfg.compute_dtype
+    def __init__(self, cfg: LlamaConfig, shape: tuple[int, ...], *, rngs: nnx.Rngs, name: str):
+        self.kernel = _param(rngs, nnx.initializers.normal(cfg.init_std), shape,
+                             PARAM_AXES[(name, "kernel")], cfg)
+        self.dtype = cfg.compute_dtype
 
-  def __call__(self, eq: str, x: Array) -> Array:
-    return jnp.einsum(eq, x, self.kernel[...].astype(self.dtype),
-                      precision=_precision(self.dtype))
+    def __call__(self, eq: str, x: Array) -> Array:
+        return jnp.einsum(eq, x, self.kernel[...].astype(self.dtype),
+                          precision=_precision(self.dtype))
 
 
 class Attention(nnx.Module):
-  """Grouped-query self-attention with RoPE and an optional KV cache.
+    """Grouped-query self-attention with RoPE and an optional KV cache.
 
-  Query head `h` uses key/value head `h // G`, G = H/K (HF `repeat_kv` order); instead of
-  repeating K/V, queries are reshaped to [B, K, G, T, Dh] and contracted per kv head:
+    Query head `h` uses key/value head `h // G`, G = H/K (HF `repeat_kv` order); instead of
+    repeating K/V, queries are reshaped to [B, K, G, T, Dh] and contracted per kv head:
 
-      A[b,k,g,t,s] = softmax_s( q[b,k,g,t]·k[b,k,s] / sqrt(Dh)  masked to -inf where ¬mask[b,t,s] )
-      out[b,t,(k,g)] = Σ_s A[b,k,g,t,s] v[b,k,s]
+        A[b,k,g,t,s] = softmax_s( q[b,k,g,t]·k[b,k,s] / sqrt(Dh)  masked to -inf where ¬mask[b,t,s] )
+        out[b,t,(k,g)] = Σ_s A[b,k,g,t,s] v[b,k,s]
 
-  Masked logits use the float32 minimum instead of -inf, so a fully masked (pad) query row yields
-  a finite, ignored output instead of NaN.
-  """
+    Masked logits use the float32 minimum instead of -inf, so a fully masked (pad) query row yields
+    a finite, ignored output instead of NaN.
+    """
 
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-    d, h, k, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    self.q_proj = Proj(cfg, (d, h, hd), rngs=rngs, name="q_proj")
-    self.k_proj = Proj(cfg, (d, k, hd), rngs=rngs, name="k_proj")
-    self.v_proj = Proj(cfg, (d, k, hd), rngs=rngs, name="v_proj")
-    self.o_proj = Proj(cfg, (h, hd, d), rngs=rngs, name="o_proj")
-    self.n_kv_heads, self.q_per_kv, self.head_dim = k, cfg.q_per_kv, hd
-    self.dtype = cfg.compute_dtype
-    self.impl = cfg.attention_impl
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        d, h, k, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = Proj(cfg, (d, h, hd), rngs=rngs, name="q_proj")
+        self.k_proj = Proj(cfg, (d, k, hd), rngs=rngs, name="k_proj")
+        self.v_proj = Proj(cfg, (d, k, hd), rngs=rngs, name="v_proj")
+        self.o_proj = Proj(cfg, (h, hd, d), rngs=rngs, name="o_proj")
+        self.n_kv_heads, self.q_per_kv, self.head_dim = k, cfg.q_per_kv, hd
+        self.dtype = cfg.compute_dtype
+        self.impl = cfg.attention_impl
 
-  def __call__(self, x, sin, cos, mask, kv: tuple[Array, Array] | None = None,
-               index: Array | None = None):
-    """x [B, T, D]; mask [B, T, S] bool; kv: cached (k, v) [B, K, S, Dh] written at `index`."""
-    q = apply_rope(self.q_proj("btd,dhk->bthk", x), sin, cos)
-    k = apply_rope(self.k_proj("btd,dhk->bthk", x), sin, cos).transpose(0, 2, 1, 3)
-    v = self.v_proj("btd,dhk->bhtk", x)
-    if kv is not None:
-      k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, 0, index, 0))
-      v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, 0, index, 0))
-    out = self._attend(q, k, v, mask)
-    return self.o_proj("bthk,hkd->btd", out), (k, v)
+    def __call__(self, x, sin, cos, mask, kv: tuple[Array, Array] | None = None,
+                 index: Array | None = None):
+        """x [B, T, D]; mask [B, T, S] bool; kv: cached (k, v) [B, K, S, Dh] written at `index`."""
+        q = apply_rope(self.q_proj("btd,dhk->bthk", x), sin, cos)
+        k = apply_rope(self.k_proj("btd,dhk->bthk", x), sin, cos).transpose(0, 2, 1, 3)
+        v = self.v_proj("btd,dhk->bhtk", x)
+        if kv is not None:
+            k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, 0, index, 0))
+            v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, 0, index, 0))
+        out = self._attend(q, k, v, mask)
+        return self.o_proj("bthk,hkd->btd", out), (k, v)
 
-  def _attend(self, q, k, v, mask):
-    """q [B, T, H, Dh], k/v [B, K, S, Dh], mask [B, T, S] -> [B, T, H, Dh]."""
-    b, t, h, hd = q.shape
-    if self.impl != "einsum":
-      return jax.nn.dot_product_attention(
-          q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask=mask[:, None],
-          implementation=None if self.impl == "xla" else self.impl)
-    prec = _precision(self.dtype)
-    q = q * jnp.asarray(hd**-0.5, q.dtype)
-    q = q.reshape(b, t, self.n_kv_heads, self.q_per_kv, hd).transpose(0, 2, 3, 1, 4)
-    if t == 1:
-      # Decoding: B·K tiny [G, Dh] x [Dh, S] matmuls are slow as batched dots on CPU (~7x here);
-      # broadcast-multiply-reduce fuses into one pass over the cache, the memory-bound optimum.
-      logits = jnp.sum(q.astype(jnp.float32) * k[:, :, None].astype(jnp.float32), axis=-1)
-      logits = logits[:, :, :, None]  # [B, K, G, 1, S]
-    else:
-      logits = jnp.einsum("bkgtd,bksd->bkgts", q, k, precision=prec,
-                          preferred_element_type=jnp.float32)
-    logits = jnp.where(mask[:, None, None], logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1)
-    if t == 1:
-      out = jnp.sum(probs[:, :, :, 0, :, None] * v[:, :, None].astype(jnp.float32), axis=-2)
-      out = out[:, :, :, None].astype(v.dtype)  # [B, K, G, 1, Dh]
-    else:
-      out = jnp.einsum("bkgts,bksd->bkgtd", probs.astype(v.dtype), v, precision=prec)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+    def _attend(self, q, k, v, mask):
+        """q [B, T, H, Dh], k/v [B, K, S, Dh], mask [B, T, S] -> [B, T, H, Dh]."""
+        b, t, h, hd = q.shape
+        if self.impl != "einsum":
+            return jax.nn.dot_product_attention(
+                q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask=mask[:, None],
+                implementation=None if self.impl == "xla" else self.impl)
+        prec = _precision(self.dtype)
+        q = q * jnp.asarray(hd**-0.5, q.dtype)
+        q = q.reshape(b, t, self.n_kv_heads, self.q_per_kv, hd).transpose(0, 2, 3, 1, 4)
+        if t == 1:
+            # Decoding: B·K tiny [G, Dh] x [Dh, S] matmuls are slow as batched dots on CPU (~7x here);
+            # broadcast-multiply-reduce fuses into one pass over the cache, the memory-bound optimum.
+            logits = jnp.sum(q.astype(jnp.float32) * k[:, :, None].astype(jnp.float32), axis=-1)
+            logits = logits[:, :, :, None]  # [B, K, G, 1, S]
+        else:
+            logits = jnp.einsum("bkgtd,bksd->bkgts", q, k, precision=prec,
+                                preferred_element_type=jnp.float32)
+        logits = jnp.where(mask[:, None, None], logits, _MASK_VALUE)
+        probs = jax.nn.softmax(logits, axis=-1)
+        if t == 1:
+            out = jnp.sum(probs[:, :, :, 0, :, None] * v[:, :, None].astype(jnp.float32), axis=-2)
+            out = out[:, :, :, None].astype(v.dtype)  # [B, K, G, 1, Dh]
+        else:
+            out = jnp.einsum("bkgts,bksd->bkgtd", probs.astype(v.dtype), v, precision=prec)
+        return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
 class MLP(nnx.Module):
-  """SwiGLU: `down(silu(gate(x)) · up(x))`."""
+    """SwiGLU: `down(silu(gate(x)) · up(x))`."""
 
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-    self.gate_proj = Proj(cfg, (cfg.d_model, cfg.mlp_dim), rngs=rngs, name="gate_proj")
-    self.up_proj = Proj(cfg, (cfg.d_model, cfg.mlp_dim), rngs=rngs, name="up_proj")
-    self.down_proj = Proj(cfg, (cfg.mlp_dim, cfg.d_model), rngs=rngs, name="down_proj")
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.gate_proj = Proj(cfg, (cfg.d_model, cfg.mlp_dim), rngs=rngs, name="gate_proj")
+        self.up_proj = Proj(cfg, (cfg.d_model, cfg.mlp_dim), rngs=rngs, name="up_proj")
+        self.down_proj = Proj(cfg, (cfg.mlp_dim, cfg.d_model), rngs=rngs, name="down_proj")
 
-  def __call__(self, x: Array) -> Array:
-    h = jax.nn.silu(self.gate_proj("btd,df->btf", x)) * self.up_proj("btd,df->btf", x)
-    return self.down_proj("btf,fd->btd", h)
+    def __call__(self, x: Array) -> Array:
+        h = jax.nn.silu(self.gate_proj("btd,df->btf", x)) * self.up_proj("btd,df->btf", x)
+        return self.down_proj("btf,fd->btd", h)
 
 
 class DecoderLayer(nnx.Module):
-  """Pre-norm block: `x += Attn(RMSNorm(x)); x += MLP(RMSNorm(x))`."""
+    """Pre-norm block: `x += Attn(RMSNorm(x)); x += MLP(RMSNorm(x))`."""
 
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-    self.input_layernorm = RMSNorm(cfg, rngs=rngs, name="input_layernorm")
-    self.self_attn = Attention(cfg, rngs=rngs)
-    self.post_attention_layernorm = RMSNorm(cfg, rngs=rngs, name="post_attention_layernorm")
-    self.mlp = MLP(cfg, rngs=rngs)
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg, rngs=rngs, name="input_layernorm")
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg, rngs=rngs, name="post_attention_layernorm")
+        self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, sin, cos, mask, kv=None, index=None):
-    attn, kv = self.self_attn(self.input_layernorm(x), sin, cos, mask, kv, index)
-    x = x + attn
-    return x + self.mlp(self.post_attention_layernorm(x)), kv
+    def __call__(self, x, sin, cos, mask, kv=None, index=None):
+        attn, kv = self.self_attn(self.input_layernorm(x), sin, cos, mask, kv, index)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
 class Llama(nnx.Module):
-  """Decoder-only Llama-style language model.
+    """Decoder-only Llama-style language model.
 
-  Use it through split state (`init_model` / `forward`); calling the module directly is the same
-  computation.
-  """
-
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-    self.config = cfg
-    self.embed_tokens = Embedder(cfg, rngs=rngs)
-    self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
-    self.norm = RMSNorm(cfg, rngs=rngs, name="norm")
-    if not cfg.tie_embeddings:
-      self.lm_head = Proj(cfg, (cfg.d_model, cfg.vocab_size), rngs=rngs, name="lm_head")
-
-  def hidden_states(self, tokens: Array, positions: Array | None = None, *,
-                    input_mask: Array | None = None, segment_ids: Array | None = None,
-                    attn_mask: Array | None = None, cache: KVCache | None = None):
-    """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache (or None).
-
-    Args:
-      tokens: [B, T] int token ids.
-      positions: [B, T] int RoPE positions; default `arange(T)` (offset by `cache.index` when a
-        cache is given).
-      input_mask: [B, T] bool, False for pad tokens: they are never attended to as keys (their
-        own outputs are garbage and must be ignored by the caller).
-      segment_ids: [B, T] int, attention only within equal ids (sequence packing). No cache.
-      attn_mask: [B, T, S] bool, extra mask AND-ed with the causal one (S = T, or cache slots).
-      cache: a `KVCache`; the new tokens go into slots `[cache.index, cache.index + T)`.
+    Use it through split state (`init_model` / `forward`); calling the module directly is the same
+    computation.
     """
-    cfg = self.config
-    b, t = tokens.shape
-    if positions is None:
-      offset = 0 if cache is None else cache.index
-      positions = jnp.broadcast_to(offset + jnp.arange(t, dtype=jnp.int32), (b, t))
-    if input_mask is None:
-      input_mask = jnp.ones((b, t), jnp.bool_)
-    if cache is None:
-      q_slot = k_slot = jnp.arange(t)
-      key_valid = input_mask
-      index = None
-    else:
-      if segment_ids is not None:
-        raise ValueError("segment_ids are not supported together with a KV cache")
-      index = cache.index
-      q_slot = index + jnp.arange(t)
-      k_slot = jnp.arange(cache.num_slots)
-      key_valid = jax.lax.dynamic_update_slice(cache.valid, input_mask.astype(jnp.bool_),
-                                               (0, index))
-    mask = (k_slot[None, :] <= q_slot[:, None])[None] & key_valid[:, None, :].astype(jnp.bool_)
-    if segment_ids is not None:
-      mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-    if attn_mask is not None:
-      mask = mask & attn_mask.astype(jnp.bool_)
 
-    sin, cos = rope_sin_cos(positions, rope_inv_freq(cfg))
-    x = jnp.take(self.embed_tokens.embedding[...], tokens, axis=0).astype(cfg.compute_dtype)
-    new_k, new_v = [], []
-    for i, layer in enumerate(self.layers):
-      kv = None if cache is None else (cache.k[i], cache.v[i])
-      x, (k, v) = layer(x, sin, cos, mask, kv, index)
-      new_k.append(k)
-      new_v.append(v)
-    x = self.norm(x)
-    if cache is None:
-      return x, None
-    return x, KVCache(k=tuple(new_k), v=tuple(new_v), valid=key_valid, index=index + t)
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        self.embed_tokens = Embedder(cfg, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.norm = RMSNorm(cfg, rngs=rngs, name="norm")
+        if not cfg.tie_embeddings:
+            self.lm_head = Proj(cfg, (cfg.d_model, cfg.vocab_size), rngs=rngs, name="lm_head")
 
-  def logits(self, hidden: Array) -> Array:
-    """Float32 logits [..., V] from final hidden states (f32 accumulation under bf16)."""
-    cfg = self.config
-    dt, prec = cfg.compute_dtype, _precision(cfg.compute_dtype)
-    if cfg.tie_embeddings:
-      w = self.embed_tokens.embedding[...].astype(dt)
-      return jnp.einsum("...d,vd->...v", hidden, w, precision=prec,
-                        preferred_element_type=jnp.float32)
-    return jnp.einsum("...d,dv->...v", hidden, self.lm_head.kernel[...].astype(dt),
-                      precision=prec, preferred_element_type=jnp.float32)
+    def hidden_states(self, tokens: Array, positions: Array | None = None, *,
+                      input_mask: Array | None = None, segment_ids: Array | None = None,
+                      attn_mask: Array | None = None, cache: KVCache | None = None):
+        """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache (or None).
 
-  def __call__(self, tokens: Array, positions: Array | None = None, *,
-               attn_mask: Array | None = None, input_mask: Array | None = None,
-               segment_ids: Array | None = None, cache: KVCache | None = None):
-    """Logits [B, T, V] float32; `(logits, new_cache)` when a cache is given."""
-    h, new_cache = self.hidden_states(tokens, positions, input_mask=input_mask,
-                                      segment_ids=segment_ids, attn_mask=attn_mask, cache=cache)
-    logits = self.logits(h)
-    return logits if cache is None else (logits, new_cache)
+        Args:
+          tokens: [B, T] int token ids.
+          positions: [B, T] int RoPE positions; default `arange(T)` (offset by `cache.index` when a
+            cache is given).
+          input_mask: [B, T] bool, False for pad tokens: they are never attended to as keys (their
+            own outputs are garbage and must be ignored by the caller).
+          segment_ids: [B, T] int, attention only within equal ids (sequence packing). No cache.
+          attn_mask: [B, T, S] bool, extra mask AND-ed with the causal one (S = T, or cache slots).
+          cache: a `KVCache`; the new tokens go into slots `[cache.index, cache.index + T)`.
+        """
+        cfg = self.config
+        b, t = tokens.shape
+        if positions is None:
+            offset = 0 if cache is None else cache.index
+            positions = jnp.broadcast_to(offset + jnp.arange(t, dtype=jnp.int32), (b, t))
+        if input_mask is None:
+            input_mask = jnp.ones((b, t), jnp.bool_)
+        if cache is None:
+            q_slot = k_slot = jnp.arange(t)
+            key_valid = input_mask
+            index = None
+        else:
+            if segment_ids is not None:
+                raise ValueError("segment_ids are not supported together with a KV cache")
+            index = cache.index
+            q_slot = index + jnp.arange(t)
+            k_slot = jnp.arange(cache.num_slots)
+            key_valid = jax.lax.dynamic_update_slice(cache.valid, input_mask.astype(jnp.bool_),
+                                                     (0, index))
+        mask = (k_slot[None, :] <= q_slot[:, None])[None] & key_valid[:, None, :].astype(jnp.bool_)
+        if segment_ids is not None:
+            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        if attn_mask is not None:
+            mask = mask & attn_mask.astype(jnp.bool_)
+
+        sin, cos = rope_sin_cos(positions, rope_inv_freq(cfg))
+        x = jnp.take(self.embed_tokens.embedding[...], tokens, axis=0).astype(cfg.compute_dtype)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x, (k, v) = layer(x, sin, cos, mask, kv, index)
+            new_k.append(k)
+            new_v.append(v)
+        x = self.norm(x)
+        if cache is None:
+            return x, None
+        return x, KVCache(k=tuple(new_k), v=tuple(new_v), valid=key_valid, index=index + t)
+
+    def logits(self, hidden: Array) -> Array:
+        """Float32 logits [..., V] from final hidden states (f32 accumulation under bf16)."""
+        cfg = self.config
+        dt, prec = cfg.compute_dtype, _precision(cfg.compute_dtype)
+        if cfg.tie_embeddings:
+            w = self.embed_tokens.embedding[...].astype(dt)
+            return jnp.einsum("...d,vd->...v", hidden, w, precision=prec,
+                              preferred_element_type=jnp.float32)
+        return jnp.einsum("...d,dv->...v", hidden, self.lm_head.kernel[...].astype(dt),
+                          precision=prec, preferred_element_type=jnp.float32)
+
+    def __call__(self, tokens: Array, positions: Array | None = None, *,
+                 attn_mask: Array | None = None, input_mask: Array | None = None,
+                 segment_ids: Array | None = None, cache: KVCache | None = None):
+        """Logits [B, T, V] float32; `(logits, new_cache)` when a cache is given."""
+        h, new_cache = self.hidden_states(tokens, positions, input_mask=input_mask,
+                                          segment_ids=segment_ids, attn_mask=attn_mask, cache=cache)
+        logits = self.logits(h)
+        return logits if cache is None else (logits, new_cache)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,83 +399,83 @@ class Llama(nnx.Module):
 
 
 def _split(cfg: LlamaConfig, key: Array):
-  graphdef, state = nnx.split(Llama(cfg, rngs=nnx.Rngs(params=key)), nnx.Param)
-  return graphdef, nnx.to_pure_dict(state)
+    graphdef, state = nnx.split(Llama(cfg, rngs=nnx.Rngs(params=key)), nnx.Param)
+    return graphdef, nnx.to_pure_dict(state)
 
 
 def init_model(cfg: LlamaConfig, seed: int | Array) -> tuple[nnx.GraphDef, Params]:
-  """Builds the model and splits it: `(graphdef, params)`.
+    """Builds the model and splits it: `(graphdef, params)`.
 
-  `params` is a nested dict of arrays (`nnx.to_pure_dict` of the `nnx.Param` state; layer indices
-  are int keys); `nnx.merge(graphdef, params)` rebuilds the module, with the logical-axis metadata
-  coming from the graphdef. Initialization runs under `jax.jit`.
-  """
-  key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
-  return _init_jit(cfg, key)
+    `params` is a nested dict of arrays (`nnx.to_pure_dict` of the `nnx.Param` state; layer indices
+    are int keys); `nnx.merge(graphdef, params)` rebuilds the module, with the logical-axis metadata
+    coming from the graphdef. Initialization runs under `jax.jit`.
+    """
+    key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
+    return _init_jit(cfg, key)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init_jit(cfg: LlamaConfig, key: Array):
-  return _split(cfg, key)
+    return _split(cfg, key)
 
 
 def abstract_model(cfg: LlamaConfig) -> tuple[nnx.GraphDef, Params]:
-  """`(graphdef, params)` with `jax.ShapeDtypeStruct` leaves; allocates nothing."""
-  return jax.eval_shape(lambda k: _split(cfg, k), jax.random.key(0))
+    """`(graphdef, params)` with `jax.ShapeDtypeStruct` leaves; allocates nothing."""
+    return jax.eval_shape(lambda k: _split(cfg, k), jax.random.key(0))
 
 
 def apply_model(graphdef: nnx.GraphDef, params: Params) -> Llama:
-  """Merges split state back into a `Llama` (cheap; call inside the jitted function)."""
-  return nnx.merge(graphdef, params)
+    """Merges split state back into a `Llama` (cheap; call inside the jitted function)."""
+    return nnx.merge(graphdef, params)
 
 
 def forward(graphdef: nnx.GraphDef, params: Params, tokens: Array, positions: Array | None = None,
             *, input_mask: Array | None = None, segment_ids: Array | None = None,
             attn_mask: Array | None = None) -> Array:
-  """Teacher-forced logits [B, T, V] float32. Pure and jittable, differentiable in `params`.
+    """Teacher-forced logits [B, T, V] float32. Pure and jittable, differentiable in `params`.
 
-  Causal attention; `input_mask` [B, T] excludes pad keys (not needed for right padding, which
-  causality already hides), `segment_ids` [B, T] restricts attention to equal ids (packing),
-  `attn_mask` [B, T, T] is AND-ed in. `positions` defaults to `arange(T)`.
-  """
-  model = nnx.merge(graphdef, params)
-  return model(tokens, positions, input_mask=input_mask, segment_ids=segment_ids,
-               attn_mask=attn_mask)
+    Causal attention; `input_mask` [B, T] excludes pad keys (not needed for right padding, which
+    causality already hides), `segment_ids` [B, T] restricts attention to equal ids (packing),
+    `attn_mask` [B, T, T] is AND-ed in. `positions` defaults to `arange(T)`.
+    """
+    model = nnx.merge(graphdef, params)
+    return model(tokens, positions, input_mask=input_mask, segment_ids=segment_ids,
+                 attn_mask=attn_mask)
 
 
 def param_count(params: Params) -> int:
-  """Number of scalars in a parameter pytree (arrays or `jax.ShapeDtypeStruct`s)."""
-  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))
+    """Number of scalars in a parameter pytree (arrays or `jax.ShapeDtypeStruct`s)."""
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
 def _path_names(path) -> list[str]:
-  names = []
-  for entry in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(entry, attr):
-        names.append(str(getattr(entry, attr)))
-        break
-  return names
+    names = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                names.append(str(getattr(entry, attr)))
+                break
+    return names
 
 
 def logical_axes(params: Params) -> Any:
-  """Logical axis names of every parameter: same tree as `params`, each leaf a tuple of names.
+    """Logical axis names of every parameter: same tree as `params`, each leaf a tuple of names.
 
-  Names: "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp". They are derived from the
-  parameter path, so this works on concrete, abstract and converted parameter trees. Use with
-  `jax.tree.map(fn, params, logical_axes(params))` (tuples sit where `params` has leaves), or with
-  `is_leaf=lambda x: isinstance(x, tuple)` when mapping over the axes alone.
-  """
+    Names: "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp". They are derived from the
+    parameter path, so this works on concrete, abstract and converted parameter trees. Use with
+    `jax.tree.map(fn, params, logical_axes(params))` (tuples sit where `params` has leaves), or with
+    `is_leaf=lambda x: isinstance(x, tuple)` when mapping over the axes alone.
+    """
 
-  def axes(path, leaf):
-    names = [n for n in _path_names(path) if n != "value"]
-    key = tuple(names[-2:])
-    if key not in PARAM_AXES:
-      raise ValueError(f"No logical axes known for parameter {'/'.join(names)}")
-    result = PARAM_AXES[key]
-    if len(result) != len(leaf.shape):
-      raise ValueError(f"Parameter {'/'.join(names)} has shape {leaf.shape} but logical axes "
-                       f"{result}")
-    return result
+    def axes(path, leaf):
+        names = [n for n in _path_names(path) if n != "value"]
+        key = tuple(names[-2:])
+        if key not in PARAM_AXES:
+            raise ValueError(f"No logical axes known for parameter {'/'.join(names)}")
+        result = PARAM_AXES[key]
+        if len(result) != len(leaf.shape):
+            raise ValueError(f"Parameter {'/'.join(names)} has shape {leaf.shape} but logical axes "
+                             f"{result}")
+        return result
 
-  return jax.tree_util.tree_map_with_path(axes, params)
+    return jax.tree_util.tree_map_with_path(axes, params)

@@ -18,19 +18,19 @@ from experiments.configs import exact_sweep
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.testbed = exact_sweep.get_config().testbed
-  c.train = ml_collections.ConfigDict(dict(
-      num_steps=200, staleness="fixed", optimizer="sgd", b1=0.0, b2=0.999, opt_eps=1e-8))
-  c.traj_lags = "1,2,4,8"
-  c.traj_lrs = "0.25,0.5,1,2,4,8"
-  c.traj_seeds = 2
-  c.anchor_lr = 1.0            # on-policy run that provides the controlled-pair anchors θ.
-  c.anchor_steps = "0,50,200"
-  c.num_directions = 3
-  c.r_min = 1e-5
-  c.r_max = 10.0
-  c.num_radii = 41
-  c.linear_tol = 0.1           # linearity "breaks" where ‖δ‖/(slope·x) leaves [1 − tol, 1 + tol].
-  c.x64 = True
-  return c
+    c = ml_collections.ConfigDict()
+    c.testbed = exact_sweep.get_config().testbed
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=200, staleness="fixed", optimizer="sgd", b1=0.0, b2=0.999, opt_eps=1e-8))
+    c.traj_lags = "1,2,4,8"
+    c.traj_lrs = "0.25,0.5,1,2,4,8"
+    c.traj_seeds = 2
+    c.anchor_lr = 1.0            # on-policy run that provides the controlled-pair anchors θ.
+    c.anchor_steps = "0,50,200"
+    c.num_directions = 3
+    c.r_min = 1e-5
+    c.r_max = 10.0
+    c.num_radii = 41
+    c.linear_tol = 0.1           # linearity "breaks" where ‖δ‖/(slope·x) leaves [1 − tol, 1 + tol].
+    c.x64 = True
+    return c

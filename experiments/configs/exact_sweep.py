@@ -23,27 +23,27 @@ import ml_collections
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.testbed = ml_collections.ConfigDict(dict(
-      num_prompts=8, vocab_size=4, seq_len=3, policy="linear", feature_dim=16, hidden_dim=32,
-      feature_seed=0, init_scale=0.5, reward="partial", reward_seed=0, sum_modulus=0,
-      clip_eps=0.2, clip_eps_high=-1.0,  # < 0: same as clip_eps
-      std_normalize=True, leave_one_out=False, adv_eps=1e-6,
-      std_ddof=1, ratio_level="token", clip_mode="ppo", kl_coef=0.1))
-  c.train = ml_collections.ConfigDict(dict(
-      num_steps=500, staleness="fixed", geometric_p=0.5, optimizer="sgd", b2=0.999,
-      opt_eps=1e-8, mode="population", group_size=8, collapse_frac=0.5, collapse_warmup=20,
-      collapse_baseline="init", collapse_patience=20))
-  # Comma-separated variants; each is a preset of testbed overrides (see exact_sweep.VARIANTS).
-  c.variants = "grpo,no_ratio"
-  c.lags = "0,1,2,4,8,16"
-  c.lr_min = 0.5
-  c.lr_max = 512.0
-  c.lrs_per_octave = 2
-  c.num_seeds = 5
-  c.b1s = ""                 # SGD momentum / Adam β1, comma-separated (a grid axis); "" = 0 for
-                             # SGD, 0.9 for Adam.
-  c.chunk_size = 128         # cells per compiled chunk; finished chunks are saved and reused.
-  c.x64 = False
-  c.n_boot = 2000
-  return c
+    c = ml_collections.ConfigDict()
+    c.testbed = ml_collections.ConfigDict(dict(
+        num_prompts=8, vocab_size=4, seq_len=3, policy="linear", feature_dim=16, hidden_dim=32,
+        feature_seed=0, init_scale=0.5, reward="partial", reward_seed=0, sum_modulus=0,
+        clip_eps=0.2, clip_eps_high=-1.0,  # < 0: same as clip_eps
+        std_normalize=True, leave_one_out=False, adv_eps=1e-6,
+        std_ddof=1, ratio_level="token", clip_mode="ppo", kl_coef=0.1))
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=500, staleness="fixed", geometric_p=0.5, optimizer="sgd", b2=0.999,
+        opt_eps=1e-8, mode="population", group_size=8, collapse_frac=0.5, collapse_warmup=20,
+        collapse_baseline="init", collapse_patience=20))
+    # Comma-separated variants; each is a preset of testbed overrides (see exact_sweep.VARIANTS).
+    c.variants = "grpo,no_ratio"
+    c.lags = "0,1,2,4,8,16"
+    c.lr_min = 0.5
+    c.lr_max = 512.0
+    c.lrs_per_octave = 2
+    c.num_seeds = 5
+    c.b1s = ""                 # SGD momentum / Adam β1, comma-separated (a grid axis); "" = 0 for
+                               # SGD, 0.9 for Adam.
+    c.chunk_size = 128         # cells per compiled chunk; finished chunks are saved and reused.
+    c.x64 = False
+    c.n_boot = 2000
+    return c
