@@ -31,20 +31,28 @@ def summarize(workdir: str) -> dict:
                         metrics_lib.read_metrics(workdir) if "heldout/accuracy" in r]}
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv=None) -> dict[str, dict]:
+    """Draws the figure; returns each run's summary (keyed by its label)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("workdirs", nargs="+")
     ap.add_argument("--out", default="staleness.png")
     ap.add_argument("--smooth", type=int, default=10)
-    args = ap.parse_args()
+    ap.add_argument("--labels", default="", help="comma-separated labels (default: dir names)")
+    args = ap.parse_args(argv)
+    labels = args.labels.split(",") if args.labels else [
+        os.path.basename(os.path.normpath(wd)) for wd in args.workdirs]
+    if len(labels) != len(args.workdirs):
+        ap.error(f"{len(labels)} labels for {len(args.workdirs)} workdirs")
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / len(args.workdirs)
-    for i, wd in enumerate(args.workdirs):
-        s = summarize(wd)
-        name = os.path.basename(os.path.normpath(wd))
+    out = {}
+    for i, (wd, name) in enumerate(zip(args.workdirs, labels)):
+        s = out[name] = summarize(wd)
+        if not s["steps"]:
+            raise SystemExit(f"{wd}: no rollout/reward records in its metrics.jsonl")
         r = np.asarray(s["reward"])
         k = max(1, min(args.smooth, len(r)))
         ax1.plot(s["steps"][k - 1:], np.convolve(r, np.ones(k) / k, "valid"), label=name)
@@ -57,7 +65,9 @@ def main():
     ax2.set_xlabel("realized lag (steps)"), ax2.set_ylabel("fraction of steps"), ax2.legend()
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
+    plt.close(fig)
     print("wrote", args.out)
+    return out
 
 
 if __name__ == "__main__":

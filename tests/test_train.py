@@ -164,11 +164,69 @@ def test_missing_sft_checkpoint_and_staleness(tmp_path):
         GRPOTrainer(tiny_config(), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no SFT checkpoint found at config.init_from"):
         GRPOTrainer(tiny_config(init_from=str(tmp_path / "nope")), str(tmp_path))
-    with pytest.raises(NotImplementedError, match="'fixed' with max_lag=2 is not implemented yet"):
-        check_staleness(tiny_config(**{"staleness.policy": "fixed", "staleness.max_lag": 2}))
     with pytest.raises(ValueError, match="(?i)unknown staleness policy 'async'"):
         check_staleness(tiny_config(**{"staleness.policy": "async"}))
     assert check_staleness(tiny_config()) == ("sync", 0)
+    for policy in ("fixed", "sync_interval", "bounded_async"):
+        cfg = tiny_config(**{"staleness.policy": policy, "staleness.max_lag": 4})
+        assert check_staleness(cfg) == (policy, 4)
+    with pytest.raises(ValueError, match="'sync' policy has max_lag 0"):
+        check_staleness(tiny_config(**{"staleness.max_lag": 2}))
+    with pytest.raises(ValueError, match="max_lag must be an integer >= 0"):
+        check_staleness(tiny_config(**{"staleness.policy": "fixed", "staleness.max_lag": -1}))
+    bad_publish = [("fixed", 2, 2, "every version must be published"),
+                   ("sync_interval", 4, 3, "must divide it"),
+                   ("bounded_async", 1, 3, "must be <= S \\+ 1 = 2")]
+    for policy, lag, k, msg in bad_publish:
+        with pytest.raises(ValueError, match=msg):
+            check_staleness(tiny_config(**{"staleness.policy": policy, "staleness.max_lag": lag,
+                                           "staleness.publish_every": k}))
+    # The trainer itself accepts every policy (the engine runs them).
+    GRPOTrainer(tiny_config(**{"init_from": _random_init(tmp_path / "init"),
+                               "staleness.policy": "fixed", "staleness.max_lag": 2}),
+                str(tmp_path / "run"))
+
+
+def _random_init(path) -> str:
+    """A random tiny model saved as the "SFT checkpoint" (matches TINY's model)."""
+    from async_grpo import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+    _, _, params = _tiny_model()
+    with ckpt_lib.make_manager(os.path.join(str(path), "checkpoints")) as m:
+        ckpt_lib.save(m, 1, {"params": params})
+    return str(path)
+
+
+def test_train_binary_fixed_staleness_end_to_end(tmp_path):
+    """experiments.train with staleness fixed S=2: the engine runs it, lags 0,1,2,2 logged."""
+    init, rl_dir = _random_init(tmp_path / "init"), str(tmp_path / "grpo")
+    log = _run("experiments.train", rl_dir, f"--config.init_from={init}",
+               "--config.staleness.policy=fixed", "--config.staleness.max_lag=2",
+               "--config.staleness.queue_size=2", "--config.rl.steps=4",
+               "--config.rl.eval_every=0", "--config.diagnostics.bias_every=2")
+    assert "steps/s" in log
+    recs = metrics_lib.read_metrics(rl_dir)
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    assert [r["lag"] for r in recs] == [0, 1, 2, 2]
+    lag_keys = {"lag", "version", "lag/min", "lag/mean", "lag/max", "lag/frac_0", "lag/frac_1",
+                "lag/frac_2", "lag/frac_over", "drift/within_cycle", "drift/cumulative",
+                "drift/version_gap"}
+    for r in recs:
+        assert lag_keys <= set(r), lag_keys - set(r)
+        assert r["version"] == r["step"] - 1 - r["lag"] and r["lag/max"] == r["lag"]
+        assert r[f"lag/frac_{r['lag']}"] == 1.0
+    assert {"bias/norm", "bias/rel"} <= set(recs[0]) and {"bias/norm"} <= set(recs[2])
+    _check_finite(recs, TRAIN_KEYS | lag_keys | {"bias/norm", "update_norm"})
+    assert sorted(os.listdir(os.path.join(rl_dir, "checkpoints"))) == ["2", "4"]
+
+
+def test_base_config_has_the_engine_defaults():
+    from async_grpo.rl import engine  # pylint: disable=import-outside-toplevel
+    c = addition.get_config()
+    before = c.to_dict()
+    engine.add_engine_defaults(c)
+    assert c.to_dict() == before   # common.py already holds every engine field
+    s = engine.EngineSettings.from_config(c)
+    assert s == engine.EngineSettings(policy=s.policy)   # and the same defaults
 
 
 @pytest.mark.parametrize("name", ["addition", "multiplication", "countdown", "reverse"])

@@ -45,6 +45,7 @@ from absl import logging
 
 from async_grpo import checkpoint as ckpt_lib
 from async_grpo import diagnostics as diag_lib
+from async_grpo import distributed
 from async_grpo import metrics as metrics_lib
 from async_grpo import sharding as sharding_lib
 from async_grpo.generator import ParamStore, RolloutGenerator
@@ -174,8 +175,11 @@ class AsyncEngine:
     def fresh_batch(self, params, step: int):
         """An on-policy batch for the prompts of `step` (own key: never the training sample)."""
         key = jax.random.fold_in(jax.random.fold_in(self.trainer.base_key, 3), step)
-        return self.trainer.rollouts.generate_batch(params, step, key,
-                                                    self.trainer.problems_for_step(step))
+        problems = self.trainer.problems_for_step(step)
+        if jax.process_count() > 1:
+            problems = distributed.process_share(problems)
+            key = jax.random.fold_in(key, jax.process_index())
+        return self.trainer.rollouts.generate_batch(params, step, key, problems)
 
     # --- state -----------------------------------------------------------------------------------
     def _meta(self, step, store, gen_position, detector, extra=None):
@@ -196,6 +200,8 @@ class AsyncEngine:
     def save(self, manager, step, params, opt_state, aux, store, gen_position, detector,
              extra=None):
         history = {str(v): store.get(v) for v in store.versions()}
+        if self.learner.multiprocess:   # process-local snapshots -> global arrays for orbax
+            history = {v: self.learner.place_params(p) for v, p in history.items()}
         items = {"params": params, "opt_state": opt_state, "history": history}
         if aux:
             items["aux"] = aux
@@ -255,7 +261,11 @@ class AsyncEngine:
             detector.load_state(meta.get("collapse"))
             logging.info("resuming from %s step %d (history versions %s)", manager.directory,
                          start, sorted(history))
-        _truncate_metrics(workdir, start)
+        # With several processes, process 0 writes the run's metrics; the others write theirs
+        # (their own rollout share's stats) under <workdir>/process_<i>.
+        metrics_dir = (workdir if jax.process_index() == 0 else
+                       os.path.join(workdir, f"process_{jax.process_index()}"))
+        _truncate_metrics(metrics_dir, start)
         store = ParamStore()
         for v in sorted(history):
             store.publish(v, L.snapshot(history[v]))
@@ -265,7 +275,7 @@ class AsyncEngine:
                if rc.get("log_ref_kl", True) or t.loss_fn.config.get("kl_coef", 0) else None)
         ref = theta0 if ref is not None else None
 
-        writer = metrics_lib.MetricsWriter(workdir)
+        writer = metrics_lib.MetricsWriter(metrics_dir)
         progress = metrics_lib.Progress(total, start)
         eval_every, ckpt_every = int(rc.eval_every), int(rc.checkpoint_every)
         log_every = int(cfg.log_every)
@@ -371,14 +381,9 @@ def _truncate_metrics(workdir: str, step: int) -> None:
 
 
 def build_trainer(config, workdir: str):
-    """A `GRPOTrainer` for `config` whatever its staleness policy (the engine implements it)."""
+    """The `GRPOTrainer` for `config` (any staleness policy; kept for older callers)."""
     from async_grpo.rl.loop import GRPOTrainer  # pylint: disable=import-outside-toplevel
-    sync_cfg = config.copy_and_resolve_references()
-    with sync_cfg.unlocked():
-        sync_cfg.staleness.policy, sync_cfg.staleness.max_lag = "sync", 0
-    trainer = GRPOTrainer(sync_cfg, workdir)
-    trainer.config = config
-    return trainer
+    return GRPOTrainer(config, workdir)
 
 
 def add_engine_defaults(c) -> None:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from async_grpo import distributed
 from async_grpo import losses, models
 from async_grpo import sharding as sharding_lib
 from async_grpo.rl.step import _masked_mean, _score, loss_needs_ref
@@ -188,6 +189,10 @@ class Learner:
         self.td_loss_fn = losses.make_loss("total_derivative", **dict(td_loss_kwargs or {}))
         self.track_cosines = track_cosines
         self._step_cache: dict[Any, Callable] = {}
+        self.multiprocess = len({d.process_index for d in mesh.devices.flat}) > 1
+        if self.multiprocess and gen_mesh is not None:
+            raise ValueError("A separate generator mesh is not supported with several processes "
+                             "(each process generates its share on its own devices).")
         self._diag = None
         self.param_shardings = None
 
@@ -211,6 +216,12 @@ class Learner:
             return lambda p: copy(jax.device_put(p, shardings))
         self._copy_to_gen = copier(self.gen_shardings)
         self._copy_to_learner = copier(self.param_shardings)
+        if self.multiprocess:
+            # Several processes: params are placed from full host copies, and each process's
+            # generator samples its share of the batch with a process-local copy (a collective:
+            # every process publishes the same versions in the same order).
+            self._copy_to_learner = lambda p: distributed.to_global(p, self.param_shardings)
+            self._copy_to_gen = distributed.to_local
         self._dist = jax.jit(lambda a, b: optax.tree.norm(jax.tree.map(jnp.subtract, a, b)))
         return self
 
@@ -239,7 +250,7 @@ class Learner:
 
     def distance(self, a, b) -> jax.Array:
         """‖a − b‖ (global L2 over the tree); `b` is resharded to `a`'s shardings if needed."""
-        if self.gen_mesh is not self.mesh:
+        if self.gen_mesh is not self.mesh or self.multiprocess:
             b = self._copy_to_learner(b)
         return self._dist(a, b)
 
@@ -248,13 +259,19 @@ class Learner:
                 for k, v in arrays.items()}
 
     def place_batch(self, arrays):
+        """The batch on the mesh's batch axes; with several processes `arrays` holds this
+        process's rows and the global batch is their concatenation in process order."""
         arrays = {k: v for k, v in arrays.items()}
         b = next(iter(arrays.values())).shape[0]
+        if self.multiprocess:
+            b *= jax.process_count()
         n = math_prod_batch_axes(self.mesh, self.rules)
         if b % n:
             raise ValueError(f"The batch of {b} rows does not divide over the {n} devices of the "
                              f"mesh's batch axes {dict(self.mesh.shape)}; make "
                              "rl.prompts_per_step × rl.group_size a multiple of it.")
+        if self.multiprocess:
+            return distributed.global_batch(arrays, self.batch_shardings(arrays))
         return jax.device_put(arrays, self.batch_shardings(arrays))
 
     # --- the update ------------------------------------------------------------------------------

@@ -56,7 +56,32 @@ def get_base_config() -> ml_collections.ConfigDict:
         "lr": 1e-4, "warmup_steps": 10, "schedule": "constant",
         "b1": 0.9, "b2": 0.99, "weight_decay": 0.0, "grad_clip": 1.0})
 
-    # Which parameter version generates each batch (async_grpo.staleness). This trainer is
-    # synchronous: only policy="sync" with max_lag=0 is implemented.
-    c.staleness = ml_collections.ConfigDict({"policy": "sync", "max_lag": 0})
+    # The asynchronous engine (async_grpo.rl.engine; docs/async_engine.md).
+    c.rl.grad_mode = "surrogate"     # surrogate | total_derivative | corrected
+    c.rl.td_coef = 1.0               # corrected: grad of (1 - c) L_sur + c L_td
+    c.rl.td_loss_kwargs = ml_collections.ConfigDict()  # total-derivative loss settings
+
+    # Which parameter version generates each batch (async_grpo.staleness): "sync" (max_lag 0),
+    # "fixed" (batch t from exactly theta_(t-S)), "sync_interval" (refresh every S steps) or
+    # "bounded_async" (newest version, lag <= S). publish_every: the learner publishes theta every
+    # k updates (fixed needs 1; sync_interval k | S; bounded_async k <= S + 1). queue_size:
+    # finished batches that may wait for the learner.
+    c.staleness = ml_collections.ConfigDict({"policy": "sync", "max_lag": 0, "publish_every": 1,
+                                             "queue_size": 1})
+
+    # Learner mesh (params/opt state sharded by logical axes, batch on data x fsdp); num_devices:
+    # use the first n devices (0 = all); generator_devices: the last m of them form a separate
+    # generator mesh (0 = shared).
+    c.mesh = ml_collections.ConfigDict({"axes": "data=-1,fsdp=1,tensor=1", "num_devices": 0,
+                                        "generator_devices": 0})
+
+    # Per-step diagnostics: gradient/update cosines, exact drift from the held snapshot, and every
+    # bias_every steps (0 = off) a fresh on-policy batch to measure the staleness bias.
+    c.diagnostics = ml_collections.ConfigDict({"cosines": True, "exact_drift": True,
+                                               "bias_every": 0})
+
+    # Collapse detector (async_grpo.diagnostics.CollapseConfig; each criterion off at 0).
+    c.collapse = ml_collections.ConfigDict({
+        "warmup_steps": 10, "reward_frac": 0.0, "reward_ema": 0.9, "kl_max": 0.0,
+        "kl_key": "loss/kl_behavior_k3", "entropy_min": 0.0, "stop": True})
     return c
