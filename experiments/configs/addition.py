@@ -22,7 +22,7 @@ def get_config():
     c.sft.eval_every = 100
     c.sft.batch_size = 64
     # GRPO: 64 prompts x 8 samples per step, lr 5e-5 constant, k3 KL to the SFT policy (0.04).
-    c.rl.steps = 300
+    c.rl.steps = 500
     c.rl.prompts_per_step = 64
     c.rl.group_size = 8
     c.rl.eval_every = 50
