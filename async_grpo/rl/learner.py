@@ -35,7 +35,7 @@ import optax
 from async_grpo import distributed
 from async_grpo import losses, models
 from async_grpo import sharding as sharding_lib
-from async_grpo.rl.step import _masked_mean, _score, loss_needs_ref
+from async_grpo.rl.step import _score, loss_needs_ref, step_metrics
 
 GRAD_MODES = ("surrogate", "total_derivative", "corrected")
 
@@ -96,7 +96,6 @@ def learner_step(graphdef, params, opt_state, aux, batch, ref_params, *, optimiz
                  td_loss_fn, td_weight: float, group_size: int, temperature: float,
                  track_cosines: bool):
     """One update. -> (params, opt_state, aux, metrics). See the module docstring."""
-    mask = batch["response_mask"]
     ref_logp = None
     if ref_params is not None:
         ref_logp = jax.lax.stop_gradient(_score(graphdef, ref_params, batch, temperature)[0])
@@ -111,18 +110,8 @@ def learner_step(graphdef, params, opt_state, aux, batch, ref_params, *, optimiz
     params = keep(new_params, params)
     opt_state = keep(new_opt_state, opt_state)
 
-    metrics = {f"loss/{k}": v for k, v in m.items()}
-    metrics["loss"] = loss
+    metrics = step_metrics(m, loss, grads, updates, logp, entropy, batch, ref_logp)
     metrics["finite"] = finite
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["update_norm"] = optax.tree.norm(updates)
-    metrics["entropy"] = _masked_mean(entropy, mask)
-    metrics["response_length"] = jnp.mean(jnp.sum(mask, axis=1).astype(jnp.float32))
-    metrics["reward"] = jnp.mean(batch["rewards"])
-    if ref_logp is not None:
-        log_ratio = ref_logp - jax.lax.stop_gradient(logp)
-        metrics["kl_ref_k1"] = _masked_mean(-log_ratio, mask)
-        metrics["kl_ref_k3"] = _masked_mean(jnp.expm1(log_ratio) - log_ratio, mask)
     if track_cosines:
         metrics["cos/consecutive_grads"] = _cos(grads, aux["prev_grad"])
         metrics["cos/consecutive_updates"] = _cos(updates, aux["prev_update"])

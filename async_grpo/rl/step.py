@@ -65,7 +65,14 @@ def train_step(graphdef, params, opt_state, batch: dict[str, jax.Array], ref_par
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
 
-    metrics = {f"loss/{k}": v for k, v in m.items()}
+    metrics = step_metrics(m, loss, grads, updates, logp, entropy, batch, ref_logp)
+    return params, opt_state, metrics
+
+
+def step_metrics(loss_metrics, loss, grads, updates, logp, entropy, batch, ref_logp):
+    """The per-step metrics shared by `train_step` and the engine's sharded learner step."""
+    mask = batch["response_mask"]
+    metrics = {f"loss/{k}": v for k, v in loss_metrics.items()}
     metrics["loss"] = loss
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["update_norm"] = optax.tree.norm(updates)
@@ -76,7 +83,7 @@ def train_step(graphdef, params, opt_state, batch: dict[str, jax.Array], ref_par
         log_ratio = ref_logp - jax.lax.stop_gradient(logp)     # log pi_ref / pi_theta on samples
         metrics["kl_ref_k1"] = _masked_mean(-log_ratio, mask)
         metrics["kl_ref_k3"] = _masked_mean(jnp.expm1(log_ratio) - log_ratio, mask)
-    return params, opt_state, metrics
+    return metrics
 
 
 def loss_needs_ref(loss_fn) -> bool:
