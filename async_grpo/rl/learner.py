@@ -92,16 +92,21 @@ def _objective(graphdef, p, batch, ref_logp, *, loss_fn, td_loss_fn, td_weight, 
     return total, (m, logp, entropy)
 
 
+def _bind_objective(graphdef, batch, ref_params, **kw):
+    """-> (objective of params for `batch`, the reference log-probs it uses or None)."""
+    ref_logp = None
+    if ref_params is not None:
+        ref_logp = jax.lax.stop_gradient(_score(graphdef, ref_params, batch, kw["temperature"])[0])
+    return functools.partial(_objective, graphdef, batch=batch, ref_logp=ref_logp, **kw), ref_logp
+
+
 def learner_step(graphdef, params, opt_state, aux, batch, ref_params, *, optimizer, loss_fn,
                  td_loss_fn, td_weight: float, group_size: int, temperature: float,
                  track_cosines: bool):
     """One update. -> (params, opt_state, aux, metrics). See the module docstring."""
-    ref_logp = None
-    if ref_params is not None:
-        ref_logp = jax.lax.stop_gradient(_score(graphdef, ref_params, batch, temperature)[0])
-    obj = functools.partial(_objective, graphdef, batch=batch, ref_logp=ref_logp,
-                            loss_fn=loss_fn, td_loss_fn=td_loss_fn, td_weight=td_weight,
-                            group_size=group_size, temperature=temperature)
+    obj, ref_logp = _bind_objective(graphdef, batch, ref_params, loss_fn=loss_fn,
+                                    td_loss_fn=td_loss_fn, td_weight=td_weight,
+                                    group_size=group_size, temperature=temperature)
     (loss, (m, logp, entropy)), grads = jax.value_and_grad(obj, has_aux=True)(params)
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
@@ -129,12 +134,9 @@ def gradient_diagnostics(graphdef, params, stale, fresh, ref_params, *, loss_fn,
     cosines). Both are single-batch estimates, so the bias norm includes sampling noise.
     """
     def grad(batch, weight):
-        ref_logp = None
-        if ref_params is not None:
-            ref_logp = jax.lax.stop_gradient(_score(graphdef, ref_params, batch, temperature)[0])
-        obj = functools.partial(_objective, graphdef, batch=batch, ref_logp=ref_logp,
-                                loss_fn=loss_fn, td_loss_fn=td_loss_fn, td_weight=weight,
-                                group_size=group_size, temperature=temperature)
+        obj, _ = _bind_objective(graphdef, batch, ref_params, loss_fn=loss_fn,
+                                 td_loss_fn=td_loss_fn, td_weight=weight,
+                                 group_size=group_size, temperature=temperature)
         return jax.grad(lambda p: obj(p)[0])(params)
 
     g_stale, g_fresh = grad(stale, 0.0), grad(fresh, 0.0)
