@@ -32,6 +32,33 @@ def test_writer_jsonl_and_tensorboard(tmp_path):
     assert [r["step"] for r in metrics_lib.read_metrics(wd)] == [1, 2, 3]
 
 
+def _read_events(logdir):
+    """(step, tag, value) of every scalar in the TFRecord event files under `logdir`."""
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    out = []
+    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos < len(data):   # record: u64 length, u32 crc, payload, u32 crc
+            n = int.from_bytes(data[pos:pos + 8], "little")
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            pos += 12 + n + 4
+            out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    return out
+
+
+def test_tensorboard_scalars_read_back(tmp_path):
+    wd = str(tmp_path / "run")
+    with metrics_lib.MetricsWriter(wd, prefix="p/") as w:
+        w.write(1, {"a": 0.5, "b": 2})
+        w.write(2, {"a": 0.25, "nan": float("nan")})
+    events = _read_events(os.path.join(wd, "tb"))
+    assert [e for e in events if e[1] != "p/nan"] == [(1, "p/a", 0.5), (1, "p/b", 2.0),
+                                                      (2, "p/a", 0.25)]
+    assert [(s, t) for s, t, v in events if math.isnan(v)] == [(2, "p/nan")]
+
+
 def test_writer_rejects_non_scalars(tmp_path):
     with metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False) as w:
         with pytest.raises(ValueError, match="scalar"):
