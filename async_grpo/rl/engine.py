@@ -307,9 +307,9 @@ class AsyncEngine:
                     batch = vb.batch
                     rec: dict[str, Any] = {}
                     # Drifts are read before the update donates θ_t.
-                    if s.exact_drift and vb.version in store.versions():
-                        rec["drift/within_cycle"] = L.distance(params, store.get(vb.version))
-                    rec["drift/cumulative"] = L._dist(params, theta0)
+                    behavior = (store.get(vb.version) if s.exact_drift and
+                                vb.version in store.versions() else None)
+                    rec.update(L.drifts(params, behavior, theta0))
                     if s.bias_every and step % s.bias_every == 0:
                         fresh = self.fresh_batch(L.snapshot(params), step)
                         rec.update(L.diagnostics(params, batch.arrays, fresh.arrays, ref))

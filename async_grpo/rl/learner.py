@@ -213,7 +213,11 @@ class Learner:
             # every process publishes the same versions in the same order).
             self._copy_to_learner = lambda p: distributed.to_global(p, self.param_shardings)
             self._copy_to_gen = distributed.to_local
-        self._dist = jax.jit(lambda a, b: optax.tree.norm(jax.tree.map(jnp.subtract, a, b)))
+        dist = lambda a, b: optax.tree.norm(jax.tree.map(jnp.subtract, a, b))
+        self._dist = jax.jit(dist)
+        self._drifts = jax.jit(lambda p, phi, p0: {
+            "drift/cumulative": dist(p, p0),
+            **({} if phi is None else {"drift/within_cycle": dist(p, phi)})})
         return self
 
     def place_params(self, params):
@@ -244,6 +248,13 @@ class Learner:
         if self.gen_mesh is not self.mesh or self.multiprocess:
             b = self._copy_to_learner(b)
         return self._dist(a, b)
+
+    def drifts(self, params, behavior, theta0) -> dict[str, jax.Array]:
+        """{"drift/cumulative": ‖θ − θ_0‖, "drift/within_cycle": ‖θ − φ‖} in one jitted call;
+        `behavior` (φ) may be None (then only the cumulative drift) or on the generator mesh."""
+        if behavior is not None and (self.gen_mesh is not self.mesh or self.multiprocess):
+            behavior = self._copy_to_learner(behavior)
+        return self._drifts(params, behavior, theta0)
 
     def batch_shardings(self, arrays):
         return {k: sharding_lib.batch_sharding(self.mesh, np.ndim(v), self.rules)
