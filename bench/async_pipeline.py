@@ -1,95 +1,173 @@
 r"""Wall time per step of the async engine against its jitted parts measured alone.
 
-  python -m bench.async_pipeline --steps=20 --prompts=8 --group=8
+  python -m bench.async_pipeline             # tiny model, addition, 32 prompts x 8, CPU
+  python -m bench.async_pipeline --config.model.preset=small --config.rl.prompts_per_step=64 \
+      --blocks=5 --json_out=/tmp/async_pipeline.json
 
-Builds the tiny addition setup (random init, no SFT needed), then measures:
-  * sampling + reward: `trainer.generate_fn` alone (the generator thread's unit of work),
-  * learner step: `Learner.step` alone (sharded, donated, blocked on its result),
-  * the engine: `AsyncEngine.run()` per step, for S = 0 (sequential: ideal = sum of the parts)
-    and fixed S = 1 (pipelined: ideal = the larger part, when they run on separate resources).
-Overhead = engine time per step / ideal − 1. Prints a table; first steps (compilation) dropped.
+The config is experiments/configs/addition.py with the bench defaults of `get_config()` below
+(any field can be overridden with --config.x=y). The model starts from a random init of the
+configured preset (or from --config.init_from=DIR, an SFT workdir), so no checkpoint is needed.
+
+The measurement runs in blocks of `rl.steps` steps, each block in turn:
+  * parts alone: the synchronous loop done by hand, each part timed and blocked on its result:
+    sampling + reward = `trainer.generate_fn(θ_t, t, t)` (what the generator thread runs), and
+    learner step = `Learner.step` (sharded, donated) with its metrics fetched to the host (the
+    engine needs them every step). This is the same computation as the engine with S = 0.
+  * the engine, `AsyncEngine.run()` with `fixed` S = 0 (sequential: ideal = sampling + learner)
+  * and with S = 1 (pipelined; on a device that runs both at once the ideal would be the larger
+    part; on a CPU the two share the cores). Per-step time = differences of the logged `wall_s`.
+The same learner and engines are reused (compiled once, in an uncounted first block). Each
+quantity is the median over a block's steps after `--skip`; the table gives the median over
+blocks and the [min, max]. Short interleaved blocks pair every engine measurement with a parts
+measurement taken seconds apart, which matters on a shared machine whose speed drifts.
+Overhead = engine per step / (sampling + learner) − 1: what the engine adds (thread hand-off,
+parameter snapshot, drift norms, lag statistics, metrics to host, JSONL + TensorBoard, collapse
+detector). Evaluation and checkpoints are off (periodic; timed in their own metrics).
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
-import sys
+import statistics
 import tempfile
 import time
 
 import jax
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from async_grpo import metrics as metrics_lib  # noqa: E402
-from async_grpo.rl import engine  # noqa: E402
-from tests.test_async_engine import config, dense_rewards, make_init  # noqa: E402
-
-
-def _time(fn, n):
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n
+from async_grpo import checkpoint as ckpt_lib
+from async_grpo import metrics as metrics_lib
+from async_grpo import models
+from async_grpo.rl import build, engine
+from async_grpo.staleness import StalenessPolicy
+from experiments.configs import addition
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--group", type=int, default=8)
-    args = ap.parse_args()
-    tmp = tempfile.mkdtemp()
-    make_init(os.path.join(tmp, "init"))
-    base = {"rl.steps": args.steps, "rl.prompts_per_step": args.prompts,
-            "rl.group_size": args.group, "diagnostics.cosines": True}
+def get_config():
+    c = addition.get_config()
+    engine.add_engine_defaults(c)
+    c.model.preset = "tiny"
+    c.rl.prompts_per_step = 32
+    c.rl.group_size = 8
+    c.rl.steps = 20                 # steps per block
+    c.rl.eval_every = 0
+    c.rl.checkpoint_every = 0
+    c.log_every = 1
+    return c
 
-    class P:  # a pathlib-like tmp for config()
-        def __truediv__(self, x):
-            return os.path.join(tmp, x)
 
-    cfg = config(P(), **base)
-    trainer = dense_rewards(engine.build_trainer(cfg, os.path.join(tmp, "parts")))
-    eng = engine.AsyncEngine(trainer)
-    L = eng.learner
-    params = L.place_params(trainer.ref_params)
-    gen_s = _time(lambda: trainer.generate_fn(params, 0, 0), 5)
-    batch = trainer.generate_fn(params, 0, 0).arrays
-    state = [L.place_params(trainer.ref_params), None, None]
-    state[1], state[2] = L.init_opt_state(state[0]), L.init_aux(state[0])
-    ref = L.place_params(trainer.ref_params)
+_CONFIG = config_flags.DEFINE_config_dict("config", get_config())
+_BLOCKS = flags.DEFINE_integer("blocks", 10, "Measured blocks (parts, S=0, S=1 in turn each).")
+_SKIP = flags.DEFINE_integer("skip", 2, "Leading steps of each run dropped from its median.")
+_JSON_OUT = flags.DEFINE_string("json_out", "", "Also write the results as JSON here.")
 
-    def learn():
-        p, o, a, m = L.step(state[0], state[1], state[2], batch, ref)
-        jax.block_until_ready(m)
-        state[:] = [p, o, a]
 
-    learn_s = _time(learn, 5)
-    rows = [("sampling + reward (alone)", gen_s, None), ("learner step (alone)", learn_s, None)]
-    for name, kw, ideal in [("engine S=0 (sequential)", {"staleness.policy": "fixed",
-                                                         "staleness.max_lag": 0},
-                             gen_s + learn_s),
-                            ("engine fixed S=1 (pipelined)", {"staleness.policy": "fixed",
-                                                              "staleness.max_lag": 1},
-                             max(gen_s, learn_s))]:
-        wd = os.path.join(tmp, name.split()[1].replace("=", ""))
-        tr = dense_rewards(engine.build_trainer(config(P(), **base, **kw), wd))
+def random_init(config, path: str) -> str:
+    """Saves a random init of `config.model` as the checkpoint the trainer starts from."""
+    model_cfg = build.build_model_config(config, build.build_tokenizer(config))
+    _, params = models.init_model(model_cfg, int(config.seed))
+    with ckpt_lib.make_manager(os.path.join(path, "checkpoints")) as m:
+        ckpt_lib.save(m, 1, {"params": params})
+    return path
+
+
+def parts_alone(trainer, learner, steps: int) -> tuple[list[float], list[float]]:
+    """Per-step seconds of sampling + reward and of the learner step, run one after the other."""
+    params = learner.place_params(trainer.ref_params)
+    theta0 = learner.place_params(trainer.ref_params)
+    opt_state, aux = learner.init_opt_state(params), learner.init_aux(params)
+    gen_s, learn_s = [], []
+    for t in range(steps):
         t0 = time.perf_counter()
-        engine.AsyncEngine(tr).run()
-        recs = metrics_lib.read_metrics(wd)
-        walls = np.diff([r["wall_s"] for r in recs])[2:]
-        rows.append((name, float(np.mean(walls)), ideal))
-        del t0
-    print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}; tiny model; "
-          f"batch {args.prompts}x{args.group}; {args.steps} steps")
-    print(f"{'part':32s} {'s/step':>10s} {'ideal':>10s} {'overhead':>9s}")
-    for name, t, ideal in rows:
-        ov = "" if ideal is None else f"{100 * (t / ideal - 1):+.1f}%"
-        print(f"{name:32s} {t:10.4f} {'' if ideal is None else f'{ideal:10.4f}':>10s} {ov:>9s}")
+        batch = trainer.generate_fn(params, t, t)       # host-side rewards: already on host
+        t1 = time.perf_counter()
+        params, opt_state, aux, m = learner.step(params, opt_state, aux, batch.arrays, theta0)
+        metrics_lib.to_scalars(m)                        # blocks on the update
+        t2 = time.perf_counter()
+        gen_s.append(t1 - t0)
+        learn_s.append(t2 - t1)
+    return gen_s, learn_s
+
+
+def make_engine(trainer, max_lag: int):
+    """An `AsyncEngine` with `fixed` S = max_lag (reused across runs: compiled once)."""
+    settings = engine.EngineSettings.from_config(trainer.config)
+    settings.policy = StalenessPolicy("fixed", max_lag)
+    return engine.AsyncEngine(trainer, settings=settings)
+
+
+def engine_steps(eng, workdir: str) -> tuple[list[float], list[float]]:
+    """Per-step wall seconds of `eng.run()` into a fresh `workdir`, and the generator thread's own
+    time per batch (`rollout/generate_s`)."""
+    eng.trainer.workdir = workdir
+    eng.run()
+    recs = metrics_lib.read_metrics(workdir)
+    return (np.diff([0.0] + [r["wall_s"] for r in recs]).tolist(),
+            [r["rollout/generate_s"] for r in recs])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cfg, skip, blocks = _CONFIG.value, _SKIP.value, _BLOCKS.value
+    steps = int(cfg.rl.steps)
+    if steps <= skip + 2:
+        raise app.UsageError(f"--config.rl.steps={steps} must exceed --skip={skip} by at least 3.")
+    if blocks < 1:
+        raise app.UsageError(f"--blocks must be >= 1, got {blocks}.")
+    tmp = tempfile.mkdtemp(prefix="async_pipeline_")
+    if not cfg.init_from:
+        with cfg.unlocked():
+            cfg.init_from = random_init(cfg, os.path.join(tmp, "init"))
+    trainer = engine.build_trainer(cfg, os.path.join(tmp, "unused"))
+    engines = {0: make_engine(trainer, 0), 1: make_engine(trainer, 1)}
+    med = lambda xs: statistics.median(xs[skip:])
+    rows: dict[str, list[float]] = {k: [] for k in (
+        "sampling + reward (alone)", "learner step (alone)", "sum of parts",
+        "engine S=0", "engine S=0 overhead", "engine S=1", "engine S=1 generator",
+        "engine S=1 vs sum", "engine S=1 vs max")}
+    for b in range(-1, blocks):          # block -1 compiles everything and is not counted
+        gen_s, learn_s = parts_alone(trainer, engines[0].learner, steps)
+        g, l = med(gen_s), med(learn_s)
+        total = med([a + b for a, b in zip(gen_s, learn_s)])
+        s0, _ = engine_steps(engines[0], os.path.join(tmp, f"s0_{b}"))
+        s1, s1_gen = engine_steps(engines[1], os.path.join(tmp, f"s1_{b}"))
+        e0, e1 = med(s0), med(s1)
+        if b < 0:
+            continue
+        for k, v in (("sampling + reward (alone)", g), ("learner step (alone)", l),
+                     ("sum of parts", total), ("engine S=0", e0),
+                     ("engine S=0 overhead", e0 / total - 1), ("engine S=1", e1),
+                     ("engine S=1 generator", med(s1_gen)),
+                     ("engine S=1 vs sum", e1 / total - 1),
+                     ("engine S=1 vs max", e1 / max(g, l) - 1)):
+            rows[k].append(v)
+        print(f"block {b}: parts {1e3 * g:.1f} + {1e3 * l:.1f} ms, engine S=0 {1e3 * e0:.1f} ms "
+              f"({100 * (e0 / total - 1):+.1f}%), S=1 {1e3 * e1:.1f} ms", flush=True)
+
+    dev = jax.devices()[0]
+    print(f"\ndevice: {dev.platform} {dev.device_kind} x{len(jax.devices())}; model "
+          f"{cfg.model.preset}; batch {cfg.rl.prompts_per_step}x{cfg.rl.group_size}; {blocks} "
+          f"blocks of {steps} steps (median of steps {skip}..{steps - 1} in each block): median "
+          "over blocks [min, max]")
+    print(f"| {'':28s} | {'per step':>28s} |")
+    print(f"|{'-' * 30}|{'-' * 30}|")
+    for k, v in rows.items():
+        m, lo, hi = statistics.median(v), min(v), max(v)
+        if "overhead" in k or " vs " in k:
+            cell = f"{100 * m:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        else:
+            cell = f"{1e3 * m:.1f} ms [{1e3 * lo:.1f}, {1e3 * hi:.1f}]"
+        print(f"| {k:28s} | {cell:>28s} |")
+    if _JSON_OUT.value:
+        with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
+            json.dump({"device": f"{dev.platform} {dev.device_kind} x{len(jax.devices())}",
+                       "config": cfg.to_dict(), "skip": skip, "seconds_or_fraction": rows}, f,
+                      indent=1, default=str)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)
