@@ -17,6 +17,7 @@ selects the gloo collectives (the only CPU implementation that works across proc
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, Optional, Sequence
 
 import jax
@@ -103,3 +104,24 @@ def to_local(tree, device=None):
     device = device or jax.local_devices()[0]
     host = multihost_utils.process_allgather(tree, tiled=True)
     return jax.device_put(host, device)
+
+
+def gather_host_stats(stats: Mapping[str, float],
+                      version: int) -> tuple[dict[str, float], np.ndarray]:
+    """Global rollout statistics from every process's share (a collective: all processes call it
+    at the same point with the same keys).
+
+    Returns (the mean over processes of each statistic, the generating version of each process's
+    share in process order). Shares are equal (`process_share` splits the prompts evenly), so the
+    mean of the per-process means is the global mean.
+    """
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    keys = sorted(stats)
+    local = np.asarray([float(stats[k]) for k in keys] + [float(version)], np.float32)
+    table = np.asarray(multihost_utils.process_allgather(local))   # [processes, keys + 1]
+    if table.shape != (jax.process_count(), len(keys) + 1):
+        raise AssertionError(f"Processes disagree on the rollout statistics: {table.shape} vs "
+                             f"{len(keys) + 1} keys {keys}.")
+    means = table[:, :-1].mean(axis=0)
+    return ({k: float(v) for k, v in zip(keys, means)},
+            np.rint(table[:, -1]).astype(np.int64))

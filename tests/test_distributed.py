@@ -164,4 +164,12 @@ def test_train_binary_two_processes(tmp_path):
     other = metrics_lib.read_metrics(os.path.join(workdir, "process_1"))
     assert [r["step"] for r in other] == [1, 2, 3, 4]
     assert [r["loss"] for r in other] == [r["loss"] for r in recs]   # one global update
+    # Rollout statistics are global means of the two shares, the same in both streams.
+    for r0, r1 in zip(recs, other):
+        for key in ("reward", "response_length", "truncated_frac"):
+            assert r0[f"rollout/{key}"] == r1[f"rollout/{key}"]
+            mean = (r0[f"rollout_local/{key}"] + r1[f"rollout_local/{key}"]) / 2
+            assert abs(r0[f"rollout/{key}"] - mean) < 1e-5, (key, r0, r1)
+    assert any(r0["rollout_local/response_length"] != r1["rollout_local/response_length"]
+               for r0, r1 in zip(recs, other))
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3", "4"]

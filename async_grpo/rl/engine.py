@@ -262,7 +262,8 @@ class AsyncEngine:
             logging.info("resuming from %s step %d (history versions %s)", manager.directory,
                          start, sorted(history))
         # With several processes, process 0 writes the run's metrics; the others write theirs
-        # (their own rollout share's stats) under <workdir>/process_<i>.
+        # under <workdir>/process_<i>. All hold the same global values; "rollout_local/*" are
+        # each process's own share.
         metrics_dir = (workdir if jax.process_index() == 0 else
                        os.path.join(workdir, f"process_{jax.process_index()}"))
         _truncate_metrics(metrics_dir, start)
@@ -321,12 +322,18 @@ class AsyncEngine:
                     rec.update(m)
                     rec = metrics_lib.to_scalars(rec)
                     t2 = time.time()
-                    versions = np.full(batch.arrays["rewards"].shape[0], vb.version)
-                    rec.update(diag_lib.lag_stats(step, versions, s.policy.max_lag))
-                    rec.update({f"rollout/{k}": v for k, v in batch.stats.items()})
+                    rows = batch.arrays["rewards"].shape[0]
+                    stats, share_versions = batch.stats, np.asarray([vb.version])
+                    if jax.process_count() > 1:   # global means; each share's own kept apart
+                        rec.update({f"rollout_local/{k}": v for k, v in stats.items()})
+                        stats, share_versions = distributed.gather_host_stats(stats, vb.version)
+                    rec.update(diag_lib.lag_stats(step, np.repeat(share_versions, rows),
+                                                  s.policy.max_lag))
+                    rec.update({f"rollout/{k}": v for k, v in stats.items()})
+                    version = int(share_versions.min())   # the oldest share's, if they differ
                     rec.update({
-                        "lag": vb.lag, "version": vb.version,
-                        "drift/version_gap": vb.lag, "generator/dropped": 0,
+                        "lag": step - version, "version": version,
+                        "drift/version_gap": step - version, "generator/dropped": 0,
                         "generator/queued": gen.pending(), "time/wait_s": t1 - t0,
                         "time/train_s": t2 - t1, "time/step_s": t2 - t0,
                         "steps_per_sec": progress.steps_per_sec(done),
