@@ -214,7 +214,6 @@ class Learner:
             self._copy_to_learner = lambda p: distributed.to_global(p, self.param_shardings)
             self._copy_to_gen = distributed.to_local
         dist = lambda a, b: optax.tree.norm(jax.tree.map(jnp.subtract, a, b))
-        self._dist = jax.jit(dist)
         self._drifts = jax.jit(lambda p, phi, p0: {
             "drift/cumulative": dist(p, p0),
             **({} if phi is None else {"drift/within_cycle": dist(p, phi)})})
@@ -242,12 +241,6 @@ class Learner:
     def snapshot(self, params):
         """A copy of `params` on the generator's shardings: safe to publish before donation."""
         return self._copy_to_gen(params)
-
-    def distance(self, a, b) -> jax.Array:
-        """‖a − b‖ (global L2 over the tree); `b` is resharded to `a`'s shardings if needed."""
-        if self.gen_mesh is not self.mesh or self.multiprocess:
-            b = self._copy_to_learner(b)
-        return self._dist(a, b)
 
     def drifts(self, params, behavior, theta0) -> dict[str, jax.Array]:
         """{"drift/cumulative": ‖θ − θ_0‖, "drift/within_cycle": ‖θ − φ‖} in one jitted call;
