@@ -202,7 +202,9 @@ class AsyncEngine:
         history = {str(v): store.get(v) for v in store.versions()}
         if self.learner.multiprocess:   # process-local snapshots -> global arrays for orbax
             history = {v: self.learner.place_params(p) for v, p in history.items()}
-        items = {"params": params, "opt_state": opt_state, "history": history}
+        items = {"params": params, "opt_state": opt_state}
+        if history:   # empty after the last step of some policies (orbax rejects empty items)
+            items["history"] = history
         if aux:
             items["aux"] = aux
         ckpt_lib.save(manager, step, items,
@@ -318,7 +320,7 @@ class AsyncEngine:
                     done = step + 1
                     if done < total and done % s.publish_every == 0:
                         store.publish(done, L.snapshot(params))
-                    store.release_below(vb.version)
+                    store.release_below(s.policy.oldest_needed(done, vb.version))
                     rec.update(m)
                     rec = metrics_lib.to_scalars(rec)
                     t2 = time.time()
