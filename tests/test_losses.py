@@ -242,6 +242,26 @@ def test_grpo_gradient_hand(jit):
 
 
 @JIT
+def test_no_ratio_hand(jit):
+    # ratio_level "none": f = A·log π_θ, no ratio. Base case, seq-mean-token-mean:
+    #   row 0 (A=+1, n=3): (log 1.5 + log 0.5 + 0)/3 = −0.0958940;  row 1 (A=−1, n=2):
+    #   −(log 1.1 + log 0.9)/2 = 0.0050252.  loss = −(−0.0958940 + 0.0050252)/2 = 0.0454344.
+    # ∂loss/∂logp = −A/(n_i·2): row 0 −1/6 on its 3 tokens, row 1 +1/4 on its 2 tokens.
+    loss, grad, _ = _run(jit, functools.partial(L.grpo_surrogate, ratio_level="none",
+                                                clip_mode="none"), *BASE)
+    _close(loss, 0.0454344)
+    _close(grad, [[-1 / 6, -1 / 6, -1 / 6], [0.25, 0.25, 0.0]])
+    # At π_θ = π_b its gradient is the token-ratio one (ρ = 1).
+    on = (np.zeros((2, 3)), np.zeros((2, 3)), BASE_ADV, BASE_MASK)
+    _, g_none, _ = _run(jit, functools.partial(L.grpo_surrogate, ratio_level="none",
+                                               clip_mode="none"), *on)
+    _, g_tok, _ = _run(jit, functools.partial(L.grpo_surrogate, clip_mode="none"), *on)
+    _close(g_none, g_tok)
+    with pytest.raises(ValueError, match="ratio_level 'none'.*clip_mode 'none'"):
+        _run(jit, functools.partial(L.grpo_surrogate, ratio_level="none"), *BASE)
+
+
+@JIT
 def test_dual_clip_hand(jit):
     # One row, A = −1, ρ = [4, 2], token-mean, ε = 0.2, c = 3.
     #   PPO : min(−4, −1.2) = −4, min(−2, −1.2) = −2 → loss 3; grad −A·ρ/2 = [2, 1]

@@ -17,7 +17,8 @@ import pytest
 import async_grpo.losses as L
 
 B, T, G = 6, 5, 3  # the shape of test_losses_invariants.py (shared eager caches)
-VARIANTS = ["cispo", "dapo", "decoupled_ppo", "dr_grpo", "geo_rs", "grpo", "gspo", "mis", "pg",
+VARIANTS = ["cispo", "dapo", "decoupled_ppo", "dr_grpo", "geo_rs", "grpo", "gspo", "mis",
+            "no_ratio", "pg",
             "rloo", "tis", "total_derivative"]
 
 # Options that are not the default of any registered variant, exercised through overrides.
