@@ -1,16 +1,23 @@
-"""Host-side run diagnostics: realized-lag statistics and a configurable collapse detector.
+"""Run diagnostics shared by the pipeline and the simulator: realized-lag statistics (host) and
+the cosine of two pytrees (jittable).
 
 The gradient-level diagnostics (norms, cosines, staleness bias) are computed inside jitted
-functions in `async_grpo.rl.learner`; this module holds what is bookkeeping on the host.
+functions in `async_grpo.rl.learner` and `async_grpo.simulate`; the collapse definition is
+`async_grpo.collapse`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Any, Mapping, Optional
-
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+
+
+def tree_cosine(a, b) -> jax.Array:
+    """cos(a, b) of two pytrees as flattened vectors; 0 when either is zero."""
+    den = optax.tree.norm(a) * optax.tree.norm(b)
+    return jnp.where(den > 0, optax.tree.vdot(a, b) / jnp.where(den > 0, den, 1.0), 0.0)
 
 
 def lag_stats(step: int, versions, max_lag: int) -> dict[str, float]:
@@ -33,82 +40,3 @@ def lag_stats(step: int, versions, max_lag: int) -> dict[str, float]:
         out[f"lag/frac_{k}"] = float(counts[k])
     out["lag/frac_over"] = float(counts[max_lag + 1])
     return out
-
-
-@dataclasses.dataclass
-class CollapseConfig:
-    """What counts as a collapse (each criterion off when 0 / None).
-
-    * non-finite loss, gradient or parameters (always on);
-    * `reward_frac`: after `warmup_steps`, the smoothed reward (EMA with `reward_ema`) falls below
-      `reward_frac` × its running best (the best of the EMA since warm-up began);
-    * `kl_max`: a KL metric (`kl_key`, default KL(behavior‖current) k3) above this value;
-    * `entropy_min`: the policy entropy below this value (after warm-up).
-    `stop`: stop the run at the collapse step (else record it and continue).
-    """
-
-    warmup_steps: int = 10
-    reward_frac: float = 0.0
-    reward_ema: float = 0.9
-    kl_max: float = 0.0
-    kl_key: str = "loss/kl_behavior_k3"
-    entropy_min: float = 0.0
-    stop: bool = True
-
-    @classmethod
-    def from_config(cls, cfg: Optional[Mapping[str, Any]]) -> "CollapseConfig":
-        cfg = dict(cfg or {})
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(cfg) - fields
-        if unknown:
-            raise ValueError(f"Unknown collapse settings {sorted(unknown)}; valid: {sorted(fields)}.")
-        return cls(**cfg)
-
-
-class CollapseDetector:
-    """Feeds on per-step metrics; `update` returns the reason of the first collapse, else None."""
-
-    def __init__(self, config: CollapseConfig):
-        self.config = config
-        self.ema: Optional[float] = None
-        self.best: float = -math.inf
-        self.collapse_step: Optional[int] = None
-        self.reason: Optional[str] = None
-
-    def state(self) -> dict[str, Any]:
-        return {"ema": self.ema, "best": self.best if math.isfinite(self.best) else None,
-                "collapse_step": self.collapse_step, "reason": self.reason}
-
-    def load_state(self, state: Optional[Mapping[str, Any]]) -> None:
-        if not state:
-            return
-        self.ema = state.get("ema")
-        best = state.get("best")
-        self.best = -math.inf if best is None else float(best)
-        self.collapse_step, self.reason = state.get("collapse_step"), state.get("reason")
-
-    def update(self, step: int, metrics: Mapping[str, Any]) -> Optional[str]:
-        c = self.config
-        reason = None
-        finite = metrics.get("finite", True)
-        values = [v for k, v in metrics.items() if k in ("loss", "grad_norm", "update_norm")]
-        if not finite or any(not math.isfinite(float(v)) for v in values):
-            reason = "non_finite"
-        reward = metrics.get("reward")
-        if reward is not None and math.isfinite(float(reward)):
-            r = float(reward)
-            self.ema = r if self.ema is None else c.reward_ema * self.ema + (1 - c.reward_ema) * r
-            if step >= c.warmup_steps:
-                self.best = max(self.best, self.ema)
-                if (reason is None and c.reward_frac > 0 and self.best > 0
-                        and self.ema < c.reward_frac * self.best):
-                    reason = (f"reward_ema {self.ema:.4g} < {c.reward_frac} x best "
-                              f"{self.best:.4g}")
-        if reason is None and c.kl_max > 0 and float(metrics.get(c.kl_key, 0.0)) > c.kl_max:
-            reason = f"{c.kl_key} {float(metrics[c.kl_key]):.4g} > {c.kl_max}"
-        if (reason is None and c.entropy_min > 0 and step >= c.warmup_steps
-                and "entropy" in metrics and float(metrics["entropy"]) < c.entropy_min):
-            reason = f"entropy {float(metrics['entropy']):.4g} < {c.entropy_min}"
-        if reason is not None and self.collapse_step is None:
-            self.collapse_step, self.reason = step, reason
-        return reason

@@ -27,7 +27,13 @@ import sys
 import time
 
 from absl import app, flags
+import jax
 import numpy as np
+
+from async_grpo import simulate
+from async_grpo.testbeds import exact as ex
+from async_grpo.testbeds import exact_configs as xc
+from experiments.configs import exact_sweep as cfg_mod
 
 _STEPS = flags.DEFINE_integer("num_steps", 300, "Training steps per cell.")
 _LAGS = flags.DEFINE_list("lags", ["0", "2", "8"], "S values.")
@@ -63,10 +69,6 @@ def main(argv):
     lags = [int(s) for s in _LAGS.value]
     lrs = [float(x) for x in _LRS.value]
     seeds = list(range(_SEEDS.value))
-    import jax  # pylint: disable=g-import-not-at-top
-    from async_grpo.testbeds import exact as ex  # pylint: disable=g-import-not-at-top
-    from async_grpo.testbeds import exact_configs as xc  # pylint: disable=g-import-not-at-top
-    from experiments.configs import exact_sweep as cfg_mod  # pylint: disable=g-import-not-at-top
     c = cfg_mod.get_config()
     with c.unlocked():
         c.train.num_steps = _STEPS.value
@@ -87,7 +89,7 @@ def main(argv):
         reps.append(time.time() - t0)
     rows["grid (compile excl., best of 3)"] = min(reps)
 
-    one = [{k: v[i] for k, v in ex._cell_arrays(cells).items()} for i in range(n)]  # pylint: disable=protected-access
+    one = [{k: v[i] for k, v in simulate.cell_arrays(cells).items()} for i in range(n)]
 
     def keep_j(fn):
         return lambda cell: fn(cell)[1]["J_final"]

@@ -31,6 +31,14 @@ from absl import app, flags
 from ml_collections import config_flags
 import numpy as np
 
+import jax
+import jax.flatten_util  # pylint: disable=unused-import
+import jax.numpy as jnp
+import optax
+
+from async_grpo import files
+from async_grpo.testbeds import exact as ex
+from async_grpo.testbeds import exact_analysis as xa
 from async_grpo.testbeds import exact_configs as xc
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
@@ -44,7 +52,6 @@ plan = xc.bias_plan
 
 
 def trajectories(p) -> dict:
-    from async_grpo.testbeds import exact as ex  # pylint: disable=g-import-not-at-top
     tb = ex.make_testbed(p["testbed"])
     cells = ex.make_cells(p["lrs"], p["seeds"], p["lags"], [p["b1"]],
                           max_lag_cap=p["train"].max_lag_cap)
@@ -60,10 +67,6 @@ def trajectories(p) -> dict:
 
 
 def controlled(p, c) -> dict:
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    import optax  # pylint: disable=g-import-not-at-top
-    from async_grpo.testbeds import exact as ex  # pylint: disable=g-import-not-at-top
     tb = ex.make_testbed(p["testbed"])
     theta = ex.init_params(tb, jax.random.split(jax.random.PRNGKey(0))[0])
     opt = ex.make_optimizer(p["train"], c.anchor_lr, p["b1"])
@@ -108,7 +111,6 @@ def controlled(p, c) -> dict:
 
 
 def analyse(traj, ctrl, tol) -> dict:
-    from async_grpo.testbeds import exact_analysis as xa  # pylint: disable=g-import-not-at-top
     res = {}
     # Trajectories: stale steps only; small-drift regime = no token clipped.
     stale = traj["lag"] > 0
@@ -212,11 +214,8 @@ def main(argv):
         p = plan(c)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.flatten_util  # pylint: disable=g-import-not-at-top,unused-import
     if c.x64:
         jax.config.update("jax_enable_x64", True)
-    from async_grpo.testbeds import exact_analysis as xa  # pylint: disable=g-import-not-at-top
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
@@ -227,9 +226,9 @@ def main(argv):
     res.update(config=json.loads(c.to_json()), testbed=dataclasses.asdict(p["testbed"]),
                machine=platform.platform(), cpu_count=os.cpu_count(),
                wall_s=time.time() - t0, wall_traj_s=t_traj)
-    xa.write_csv_atomic(os.path.join(workdir, "trajectory.csv"), traj)
-    xa.write_csv_atomic(os.path.join(workdir, "controlled.csv"), ctrl)
-    xa.write_json_atomic(os.path.join(workdir, "bias.json"), res)
+    files.write_csv_atomic(os.path.join(workdir, "trajectory.csv"), traj)
+    files.write_csv_atomic(os.path.join(workdir, "controlled.csv"), ctrl)
+    files.write_json_atomic(os.path.join(workdir, "bias.json"), res)
     _plot(traj, ctrl, res, os.path.join(workdir, "bias"))
     tr = res["traj"]
     print("Trajectories (small-drift regime = stale steps with no clipped token: "

@@ -5,8 +5,9 @@ r"""(S, η, seed) stability map of asynchronous GRPO on the exact testbed.
 
 (The config defaults to experiments/configs/exact_sweep.py; its docstring lists more launches.)
 
-For each variant (a preset of surrogate settings, `exact_configs.VARIANTS`) the whole
-(S, η, seed[, b1]) grid is run by ONE compiled program (`exact.run_cells_chunked`: vmap over cells, lax.scan over steps),
+For each variant (a registered loss of `async_grpo.losses`, e.g. grpo, no_ratio, dapo, gspo) the
+whole (S, η, seed[, b1]) grid is run by ONE compiled program (`exact.run_cells_chunked`: vmap over
+cells, lax.scan over steps),
 in fixed-size chunks. Every finished chunk is saved to <workdir>/<variant>/chunks/ (atomic
 rename), so a killed sweep loses at most the chunk in flight; rerunning with the same workdir
 and config reuses the saved chunks (a different config in the same workdir is refused).
@@ -26,9 +27,13 @@ import platform
 import time
 
 from absl import app, flags, logging
+import jax
 from ml_collections import config_flags
 import numpy as np
 
+from async_grpo import files
+from async_grpo.testbeds import exact as ex
+from async_grpo.testbeds import exact_analysis as xa
 from async_grpo.testbeds import exact_configs as xc
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
@@ -47,8 +52,6 @@ def _fingerprint(c, variant) -> str:
 
 
 def run_variant(c, p, variant: str, workdir: str) -> dict:
-    from async_grpo.testbeds import exact as ex  # pylint: disable=g-import-not-at-top
-    from async_grpo.testbeds import exact_analysis as xa  # pylint: disable=g-import-not-at-top
     vdir = os.path.join(workdir, variant)
     cdir = os.path.join(vdir, "chunks")
     os.makedirs(cdir, exist_ok=True)
@@ -60,7 +63,7 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
                 raise app.UsageError(f"{vdir} holds results of a different config; use a new "
                                      "--workdir or delete it.")
     else:
-        xa._atomic_write(fp_path, fp)  # pylint: disable=protected-access
+        files.write_text_atomic(fp_path, fp)
 
     tb = ex.make_testbed(p["testbeds"][variant])
     tc = p["train"]
@@ -81,9 +84,8 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
     t_last = [time.time()]
 
     def on_chunk(i, m, s):
-        tmp = chunk_path(i) + ".tmp.npz"
-        np.savez(tmp, **{f"m_{k}": v for k, v in m.items()}, **{f"s_{k}": v for k, v in s.items()})
-        os.replace(tmp, chunk_path(i))
+        files.save_npz_atomic(chunk_path(i), **{f"m_{k}": v for k, v in m.items()},
+                              **{f"s_{k}": v for k, v in s.items()})
         now = time.time()
         chunk_times.append(now - t_last[0])
         t_last[0] = now
@@ -95,7 +97,7 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
                                    keep_metrics=("J",), on_chunk=on_chunk, skip_chunk=skip_chunk)
     wall = time.time() - t0
 
-    xa.write_csv_atomic(os.path.join(vdir, "cells.csv"), {
+    files.write_csv_atomic(os.path.join(vdir, "cells.csv"), {
         "S": cells["max_lag"], "lr": cells["lr"], "seed": cells["seed"], "b1": cells["b1"],
         "J_init": summ["J_init"], "J_final": summ["J_final"], "J_best": summ["J_best"],
         "collapse_step": summ["collapse_step"], "collapsed": summ["collapsed"].astype(int)})
@@ -112,7 +114,7 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
         fit = xa.bootstrap_alpha(lags, eta, n_boot=c.n_boot)
         lr_full = np.broadcast_to(lrs[None, :, None], collapsed[..., bi].shape)
         col = collapsed[..., bi]
-        warm = tc.collapse_warmup  # a collapse flagged at the warm-up's end has an unknown time
+        warm = tc.collapse.warmup  # a collapse flagged at the warm-up's end has an unknown time
         law_all = xa.collapse_time_law(lr_full[col], t_col[..., bi][col], min_step=warm)
         law_per_s = {}
         for i, s in enumerate(lags):
@@ -135,10 +137,11 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
             "collapse_time_law": {"all": law_all, "per_S": law_per_s},
         })
     result = {"variant": variant, "testbed": dataclasses.asdict(p["testbeds"][variant]),
-              "train": dataclasses.asdict(tc),
+              "surrogate": p["testbeds"][variant].surrogate, "train": dataclasses.asdict(tc),
+              "collapse_rules": tc.collapse.describe(),
               "lags": lags, "lrs": lrs.tolist(), "seeds": seeds, "num_cells": n,
               "wall_s": wall, "chunk_s": chunk_times, "results": per_b1}
-    xa.write_json_atomic(os.path.join(vdir, "summary.json"), result)
+    files.write_json_atomic(os.path.join(vdir, "summary.json"), result)
     try:
         _plot(result, collapsed, t_col, os.path.join(vdir, "phase"))
     except Exception as e:  # pylint: disable=broad-except
@@ -185,7 +188,7 @@ def _plot(result, collapsed, t_col, stem):
     ax[1].legend(fontsize=8)
     ax[1].set_title("η_max(S) (censored cells at the grid edge)")
     cmap = plt.get_cmap("viridis")
-    warm = result["train"]["collapse_warmup"]
+    warm = result["train"]["collapse"]["warmup"]
     late_x, late_y = [], []
     for i, s in enumerate(lags):
         col = collapsed[i, :, :, 0]
@@ -256,14 +259,12 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     if c.x64:
-        import jax  # pylint: disable=g-import-not-at-top
         jax.config.update("jax_enable_x64", True)
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
     results = [run_variant(c, p, v, workdir) for v in p["variants"]]
-    from async_grpo.testbeds import exact_analysis as xa  # pylint: disable=g-import-not-at-top
-    xa.write_json_atomic(os.path.join(workdir, "summary.json"), {
+    files.write_json_atomic(os.path.join(workdir, "summary.json"), {
         "config": json.loads(c.to_json()), "machine": platform.platform(),
         "cpu_count": os.cpu_count(), "total_wall_s": time.time() - t0, "variants": results})
     print(summary_table(results))

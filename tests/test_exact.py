@@ -10,6 +10,10 @@ import numpy as np
 import optax
 import pytest
 
+from async_grpo import collapse as collapse_lib
+from async_grpo import losses
+from async_grpo import simulate
+from async_grpo import staleness as staleness_lib
 from async_grpo.testbeds import exact as ex
 
 
@@ -81,21 +85,48 @@ def test_on_policy_mapping_is_a_reweighted_grad_J():
         assert 0.5 < cos < 1 - 1e-6  # a reweighting: aligned but visibly not ∇J
 
 
+@pytest.mark.parametrize("seq_len", [1, 2, 3])
+def test_staleness_bias_with_frozen_statistics_vanishes_only_for_one_token(seq_len):
+    """Unclipped token ratio, advantage statistics frozen at θ: δ ≡ 0 for L = 1 (the ratio turns
+    π_φ(y) into π_θ(y)), but for L ≥ 2 the prefix and suffix of each token are still drawn from
+    π_φ, so δ is first order in ‖θ − φ‖: ‖δ‖/r tends to a nonzero constant as r → 0."""
+    with jax.enable_x64(True):
+        tb = ex.make_testbed(ex.TestbedConfig(
+            num_prompts=3, vocab_size=3, seq_len=seq_len, policy="linear", init_scale=1.0,
+            loss="grpo", loss_kwargs={"clip_mode": "none"}))
+        theta = ex.init_params(tb, jax.random.PRNGKey(0))
+        flat, unravel = jax.flatten_util.ravel_pytree(theta)
+        v = np.random.default_rng(0).normal(size=flat.shape)
+        v = jnp.asarray(v / np.linalg.norm(v))
+        h_on = _flat(ex.population_H(tb, theta, theta))
+
+        def delta(r):
+            phi = unravel(flat - r * v)
+            return np.linalg.norm(_flat(ex.population_H(tb, theta, phi, stats_from=theta)) - h_on)
+
+        ratios = [delta(r) / r for r in (1e-2, 1e-3, 1e-4)]
+        if seq_len == 1:
+            assert max(delta(r) for r in (1e-2, 0.3, 1.0)) < 1e-12
+        else:
+            assert ratios[-1] > 1e-3 * np.linalg.norm(h_on), ratios
+            np.testing.assert_allclose(ratios[1:], ratios[-1], rtol=2e-2)
+
+
 # ------------------------------------------------------------------------------------------------
 # Population mode vs the loss library and vs sampled mode.
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides", [dict(), dict(ratio_level="sequence_geomean"),
-                                       dict(std_normalize=False, clip_eps_high=0.28),
-                                       dict(clip_mode="none")])
-def test_population_loss_equals_library_surrogate_with_exact_weights(overrides):
+@pytest.mark.parametrize("loss,overrides", [
+    ("grpo", dict()), ("gspo", dict(clip_eps=0.2, clip_eps_high=None)),
+    ("dr_grpo", dict(clip_eps_high=0.28)), ("pg", dict()), ("no_ratio", dict())])
+def test_population_loss_equals_library_surrogate_with_exact_weights(loss, overrides):
     """Population L(θ;φ) = the library surrogate on the whole enumeration with advantages scaled
     by π_φ(y|x)·B/P (the PPO objective is positively homogeneous in A), clipping active."""
-    from async_grpo import losses
     with jax.enable_x64(True):
         tb = ex.make_testbed(ex.TestbedConfig(num_prompts=3, vocab_size=3, seq_len=2,
-                                              policy="linear", **overrides))
+                                              policy="linear", loss=loss, loss_kwargs=overrides))
+        sur = tb.cfg.surrogate
         phi = ex.init_params(tb, jax.random.PRNGKey(0))
         theta = _perturb(phi, jax.random.PRNGKey(1), 0.4)
         p, n = tb.cfg.num_prompts, tb.cfg.num_responses
@@ -105,30 +136,35 @@ def test_population_loss_equals_library_surrogate_with_exact_weights(overrides):
             blp = jax.lax.stop_gradient(ex.token_logp(tb, phi)).reshape(p * n, -1)
             w = jnp.exp(blp.sum(-1).reshape(p, n))
             adv = ex.population_advantages(tb, w) * w * (p * n / p)
-            return ex.library_surrogate(tb.cfg, lp, blp, None, jnp.ones_like(lp), n,
-                                        advantages=adv.reshape(-1))
+            return losses.grpo_surrogate(
+                lp, blp, adv.reshape(-1), jnp.ones_like(lp), clip_eps=sur["clip_eps"],
+                clip_eps_high=sur["clip_eps_high"], clip_mode=sur["clip_mode"],
+                ratio_level=sur["ratio_level"], aggregation=sur["aggregation"],
+                normalizer=sur["normalizer"])
 
         (l_lib, met), g_lib = jax.jit(jax.value_and_grad(lib_loss, has_aux=True))(theta)
         (l_pop, _), g_pop = jax.jit(lambda th: ex.population_loss_and_H(tb, th, phi))(theta)
-        if overrides.get("clip_mode") != "none":
+        if sur["clip_mode"] != "none":
             assert float(met["clip_frac"]) > 0  # the clip is active somewhere
         np.testing.assert_allclose(float(l_pop), float(l_lib), rtol=1e-10)
         np.testing.assert_allclose(_flat(g_pop), _flat(g_lib), rtol=1e-9, atol=1e-13)
-        assert losses is not None
 
 
 def _expected_sampled_H(tb, theta, phi, group_size):
     return jax.jit(ex.expected_sampled_H, static_argnums=(0, 3))(tb, theta, phi, group_size)
 
 
-@pytest.mark.parametrize("clip_mode,scale", [("none", 0.5), ("ppo", 0.02)])
-def test_sampled_mode_is_unbiased_with_loo_and_no_std(clip_mode, scale):
+@pytest.mark.parametrize("loss,clip_mode,scale", [("grpo", "none", 0.5), ("grpo", "ppo", 0.02),
+                                                   ("no_ratio", "none", 0.5)])
+def test_sampled_mode_is_unbiased_with_loo_and_no_std(loss, clip_mode, scale):
     """E[H_sampled] = H_population exactly (every group enumerated) with leave-one-out advantages,
-    no std normalization, when no token is clipped (clip off, or θ within the clip band of φ)."""
+    no std normalization, when no token is clipped (clip off, or θ within the clip band of φ);
+    also for the ratio-free stale policy gradient."""
     with jax.enable_x64(True):
-        tb = ex.make_testbed(ex.TestbedConfig(num_prompts=2, vocab_size=2, seq_len=2, policy="mlp",
-                                              hidden_dim=4, init_scale=1.0, std_normalize=False,
-                                              leave_one_out=True, clip_mode=clip_mode))
+        tb = ex.make_testbed(ex.TestbedConfig(
+            num_prompts=2, vocab_size=2, seq_len=2, policy="mlp", hidden_dim=4, init_scale=1.0,
+            loss=loss, loss_kwargs=dict(std_normalize=False, leave_one_out=True,
+                                        clip_mode=clip_mode)))
         phi = ex.init_params(tb, jax.random.PRNGKey(3))
         theta = _perturb(phi, jax.random.PRNGKey(4), scale)
         for g in (3,):
@@ -141,9 +177,9 @@ def test_sampled_mode_with_active_clip_is_biased_even_with_loo():
     """Beyond the clip band the sign of the sampled advantage decides which side clips, so even
     leave-one-out advantages leave a finite-G gap (documented, not hidden)."""
     with jax.enable_x64(True):
-        tb = ex.make_testbed(ex.TestbedConfig(num_prompts=2, vocab_size=2, seq_len=2, policy="mlp",
-                                              hidden_dim=4, init_scale=1.0, std_normalize=False,
-                                              leave_one_out=True))
+        tb = ex.make_testbed(ex.TestbedConfig(
+            num_prompts=2, vocab_size=2, seq_len=2, policy="mlp", hidden_dim=4, init_scale=1.0,
+            loss_kwargs=dict(std_normalize=False, leave_one_out=True)))
         phi = ex.init_params(tb, jax.random.PRNGKey(3))
         theta = _perturb(phi, jax.random.PRNGKey(4), 0.8)
         _, aux = ex.population_loss(tb, theta, phi)
@@ -177,7 +213,7 @@ def test_finite_group_bias_with_std_normalization_shrinks_with_G():
 _SMALL = dict(num_prompts=3, vocab_size=3, seq_len=2, policy="linear", feature_dim=6)
 
 
-@pytest.mark.parametrize("staleness", ex.STALENESS_MODELS)
+@pytest.mark.parametrize("staleness", staleness_lib.SCHEDULED)
 def test_recorded_lags_follow_the_staleness_model_and_delta_vanishes_at_S0(staleness):
     tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
     tc = ex.TrainConfig(num_steps=40, staleness=staleness, max_lag_cap=5, geometric_p=0.3)
@@ -186,7 +222,9 @@ def test_recorded_lags_follow_the_staleness_model_and_delta_vanishes_at_S0(stale
     t = np.arange(tc.num_steps)
     for i, s_max in enumerate(cells["max_lag"]):
         lag = m["lag"][i]
-        if staleness == "fixed":
+        if staleness == "sync":
+            np.testing.assert_array_equal(lag, 0 * t)
+        elif staleness == "fixed":
             np.testing.assert_array_equal(lag, np.minimum(t, s_max))
         elif staleness == "sync_interval":
             np.testing.assert_array_equal(lag, t % s_max if s_max > 0 else 0 * t)
@@ -239,7 +277,7 @@ def test_vmapped_grid_equals_each_cell_alone():
         m, s = ex.run_cells(tb, tc, cells)
         train = jax.jit(ex.make_train(tb, tc))
         for i in range(len(cells["lr"])):
-            one = {k: v[i] for k, v in ex._cell_arrays(cells).items()}
+            one = {k: v[i] for k, v in simulate.cell_arrays(cells).items()}
             mi, si = train(one)
             for k in ("J", "lag", "delta_norm", "drift_cycle", "update_norm"):
                 np.testing.assert_allclose(m[k][i], np.asarray(mi[k]), rtol=1e-9, atol=1e-12)
@@ -273,9 +311,11 @@ def test_sampled_mode_training_runs_through_the_library():
 
 def test_collapse_flag_catches_non_finite_and_drops():
     tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
-    tc = ex.TrainConfig(num_steps=20, optimizer="sgd", max_lag_cap=0, collapse_warmup=0)
+    rules = collapse_lib.CollapseRules(metric="J", drop_frac=0.5, baseline="init", warmup=0)
+    tc = ex.TrainConfig(num_steps=20, optimizer="sgd", max_lag_cap=0, collapse=rules)
     _, s = ex.run_cells(tb, tc, ex.make_cells([1e30], [0], [0], [0.0], max_lag_cap=0))
     assert s["collapsed"][0] and s["collapse_step"][0] >= 0
+    assert collapse_lib.reason_name(s["collapse_reason"][0]) in ("non_finite", "drop")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -305,7 +345,12 @@ def test_bad_grids_fail_before_compiling(kwargs, match, monkeypatch):
     (dict(vocab_size=64, seq_len=2), "too many to enumerate"),
     (dict(vocab_size=1), "vocab_size must be >= 2"),
     (dict(policy="transformer"), "Unknown policy"),
-    (dict(clip_eps=1.5), "clip_eps"),
+    (dict(loss_kwargs={"clip_eps": 1.5}), "clip_eps"),
+    (dict(loss="tis"), "no exact population form"),
+    (dict(loss="cispo"), "no exact population form"),
+    (dict(loss="total_derivative"), "not a GRPO-family surrogate"),
+    (dict(loss="grpo", loss_kwargs={"kl_coef": 0.1}), "the testbed's KL term is exact"),
+    (dict(loss="nope"), "Unknown loss 'nope'"),
 ])
 def test_bad_testbed_configs_fail_clearly(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -317,18 +362,20 @@ def test_bad_train_configs_fail_clearly():
         ex.TrainConfig(staleness="lifo")
     with pytest.raises(ValueError, match="max_lag_cap"):
         ex.TrainConfig(max_lag_cap=-1)
-    tb = ex.make_testbed(ex.TestbedConfig(**_SMALL, ratio_level="no_ratio"))
-    with pytest.raises(ValueError, match="population-mode ablation"):
-        ex.make_train(tb, ex.TrainConfig(mode="sampled"))
+    with pytest.raises(ValueError, match="bounded_async.*random_uniform"):
+        ex.TrainConfig(staleness="bounded_async")
 
 
-def test_surrogate_settings_from_library_variants():
-    assert ex.surrogate_settings_from_loss("rloo")["leave_one_out"]
-    assert ex.surrogate_settings_from_loss("gspo")["ratio_level"] == "sequence_geomean"
-    ex.TestbedConfig(**_SMALL, **ex.surrogate_settings_from_loss("dr_grpo"))
-    with pytest.raises(ValueError, match="no exact population form"):
-        ex.surrogate_settings_from_loss("tis")
-    assert math.isfinite(ex.MAX_RESPONSES_PER_PROMPT)
+def test_surrogate_is_spelled_by_the_loss_registry():
+    assert ex.TestbedConfig(**_SMALL, loss="rloo").surrogate["leave_one_out"]
+    assert ex.TestbedConfig(**_SMALL, loss="gspo").ratio_level == "sequence_geomean"
+    assert ex.TestbedConfig(**_SMALL, loss="no_ratio").ratio_level == "none"
+    # Aggregation constants at fixed length L = 2: token sum = 2 × token mean.
+    assert ex.TestbedConfig(**_SMALL, loss="rloo").aggregation_scale == 2.0
+    assert ex.TestbedConfig(**_SMALL, loss="dr_grpo").aggregation_scale == 1.0
+    cfg = ex.TestbedConfig(**_SMALL, loss="dapo", loss_kwargs={"clip_eps_high": 0.3})
+    assert cfg.loss_kwargs == (("clip_eps_high", 0.3),) and hash(cfg) == hash(
+        ex.TestbedConfig(**_SMALL, loss="dapo", loss_kwargs=(("clip_eps_high", 0.3),)))
 
 
 def test_run_cells_validates_hand_made_cells_before_compiling(monkeypatch):

@@ -3,6 +3,8 @@
 import threading
 import time
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from async_grpo import generator as gen
@@ -67,7 +69,7 @@ def _run_toy_learner(policy, num_steps, *, queue_size=2, learner_sleep=0.0, gen_
             lags.append(item.lag)
             time.sleep(learner_sleep)
             store.publish(t + 1, t + 1)
-            store.release_below(policy.required_version(t + 1))
+            store.release_below(policy.oldest_needed(t + 1, item.version))
     return lags
 
 
@@ -147,3 +149,46 @@ def test_param_store_rejects_old_versions_and_unknown_gets():
     stop.set()
     with pytest.raises(gen.GeneratorStopped):
         store.wait_for(2, stop)
+
+
+@pytest.mark.parametrize("name", staleness.SCHEDULED)
+def test_one_schedule_on_the_host_and_in_jit(name):
+    """`scheduled_lag` gives the same lags with Python ints (the threaded pipeline) and traced
+    arrays (the simulator's scan, vmapped over S); the policy's host versions follow it."""
+    s_values = [0] if name == "sync" else [0, 1, 3]
+    keys = jax.random.split(jax.random.PRNGKey(0), 25)
+    traced = jax.jit(jax.vmap(jax.vmap(
+        lambda t, s, k: staleness.scheduled_lag(name, t, s, k, geometric_p=0.3),
+        (0, None, 0)), (None, 0, None)))(jnp.arange(25), jnp.asarray(s_values), keys)
+    for i, s in enumerate(s_values):
+        host = [staleness.scheduled_lag(name, t, s, keys[t], geometric_p=0.3) for t in range(25)]
+        assert host == traced[i].tolist()
+        assert all(0 <= lag <= min(t, s) for t, lag in enumerate(host))
+        p = staleness.StalenessPolicy(name, s, geometric_p=0.3)
+        assert [p.required_version(t) for t in range(25)] == [t - p.lag(t) for t in range(25)]
+
+
+@pytest.mark.parametrize("name", staleness.RANDOM)
+def test_random_policies_are_seeded_schedules(name):
+    p = staleness.StalenessPolicy(name, 4, seed=1)
+    lags = [p.lag(t) for t in range(40)]
+    assert lags == [p.lag(t) for t in range(40)]          # recomputable (resume)
+    assert lags != [staleness.StalenessPolicy(name, 4, seed=2).lag(t) for t in range(40)]
+    assert all(0 <= lag <= min(t, 4) for t, lag in enumerate(lags)) and len(set(lags)) >= 3
+    assert p.deterministic and not p.monotone
+    assert p.oldest_needed(10, 9) == 6                       # any of θ_6..θ_9 may come back
+    assert p.choose_version(10, latest=10) == 10 - p.lag(10)
+    with pytest.raises(ValueError, match="every version must be published"):
+        staleness.check_publish_every(p, 2)
+    # Through the generator thread: exactly the schedule, whatever the timing.
+    got = _run_toy_learner(p, 20, queue_size=3, gen_sleep=0.002)
+    assert got == lags[:20]
+
+
+def test_bounded_async_has_no_schedule():
+    with pytest.raises(ValueError, match="bounded_async.*random_uniform"):
+        staleness.scheduled_lag("bounded_async", 3, 2)
+    with pytest.raises(ValueError, match="bounded_async.*random_uniform"):
+        staleness.StalenessPolicy("bounded_async", 2).lag(3)
+    with pytest.raises(ValueError, match="geometric_p must be in"):
+        staleness.StalenessPolicy("random_geometric", 2, geometric_p=0.0)

@@ -24,27 +24,32 @@ Setting and notation (the names in parentheses are the ones used in code)
 
 Learner, behavior policy and staleness
 * Learner parameters θ_t; behavior parameters φ_t = θ_{t−s_t} with lag 0 ≤ s_t ≤ S. A *cycle* is
-  the span between two refreshes of the behavior policy. Staleness models (`staleness`):
-  ``fixed`` s_t = min(t, S); ``sync_interval`` behavior refreshed every S steps, s_t = t mod S
-  (lag cycles 0…S−1; S ∈ {0, 1} is synchronous); ``random_uniform`` s_t ~ U{0..S} and
-  ``random_geometric`` P(s_t = k) ∝ (1−p)^k, both capped at min(t, S) and seeded.
+  the span between two refreshes of the behavior policy. The lag schedule is a staleness policy
+  of `async_grpo.staleness` (`TrainConfig.staleness`: ``fixed`` s_t = min(t, S);
+  ``sync_interval`` s_t = t mod S; ``random_uniform``, ``random_geometric``; ``sync``), the same
+  vocabulary as the asynchronous pipeline.
 
 Objects
 * Population objective J(θ) := (1/P) Σ_x Σ_y π_θ(y|x) r(x, y) − β KL(π_θ(·|x) ‖ π_ref(·|x))
   (`objective`; β = `kl_coef`, default 0, π_ref = θ_0 in training). Its total derivative ∇J(θ)
   (`grad_objective`) is autodiff through the enumeration, i.e. through the sampling distribution.
-* GRPO surrogate with the sampling distribution frozen at π_φ, in POPULATION mode
-  (`population_loss`):
-      L(θ; φ) = −(1/P) Σ_x Σ_y π_φ(y|x) · (1/L) Σ_l min(ρ_l A, clip(ρ_l, 1−ε, 1+ε_high) A)
+* The surrogate is a registered loss variant of `async_grpo.losses` (`TestbedConfig.loss`, e.g.
+  "grpo", "dapo", "gspo", "pg", "no_ratio", plus `loss_kwargs` overrides): the same spelling as
+  `make_loss` and the pipeline's `rl.loss`. Its KL settings are not used: the testbed's KL term
+  is exact (β = `kl_coef` below). In POPULATION mode (`population_loss`) the sampling
+  distribution is frozen at π_φ and every expectation is a sum:
+      L(θ; φ) = −(1/P) Σ_x Σ_y π_φ(y|x) · c · (1/L) Σ_l min(ρ_l A, clip(ρ_l, 1−ε, 1+ε_high) A)
                 + β KL(π_θ ‖ π_ref),
-  ρ_l = π_θ(y_l | x, y_{<l}) / π_φ(y_l | x, y_{<l}) (``ratio_level="token"``; ``"sequence_geomean"``
-  uses the GSPO ratio exp(mean_l log ρ_l); ``"no_ratio"`` is a population-only ablation,
-  A·(1/L)Σ_l log π_θ, i.e. a plain stale policy gradient with no importance ratio;
-  ``clip_mode="none"`` drops the clip, ρ·A) and A = (r − μ_φ(x)) / (σ_φ(x) + eps) with μ_φ, σ_φ the
-  mean and std of r under π_φ(·|x) (``std_normalize=False``: A = r − μ_φ(x)).
-  In SAMPLED mode (`sampled_loss`) the same surrogate is evaluated on G responses per prompt drawn
-  from π_φ, exactly as the learner sees them, through `async_grpo.losses.group_advantages` and
-  `async_grpo.losses.grpo_surrogate` with the same settings.
+  ρ_l = π_θ(y_l | x, y_{<l}) / π_φ(y_l | x, y_{<l}) (ratio level "token"; "sequence_geomean"
+  uses the GSPO ratio exp(mean_l log ρ_l); "none" (`no_ratio`) is A·(1/L)Σ_l log π_θ, a plain
+  stale policy gradient; clip "none" drops the clip, ρ·A), A = (r − μ_φ(x)) / (σ_φ(x) + eps)
+  with μ_φ, σ_φ the mean and std of r under π_φ(·|x) (no std normalization: A = r − μ_φ(x);
+  leave-one-out has no population form beyond its G/(G−1) factor, which is dropped), and c the
+  constant factor of the variant's aggregation at fixed length L (1 for the token means, L for
+  a token sum, L/normalizer for Dr. GRPO's). Variants without an exact population form (TIS,
+  MIS, dual clip, CISPO, decoupled PPO, the product sequence ratio) are refused with a clear
+  error. In SAMPLED mode (`sampled_loss`) the variant itself (`async_grpo.losses.make_loss`) is
+  evaluated on G responses per prompt drawn from π_φ, exactly as the learner sees them.
 * Surrogate-gradient mapping H(θ, φ) := ∇_θ L(θ; φ) (`population_H`, `sampled_H`), φ held fixed.
   SIGN CONVENTION: L is a loss to MINIMIZE, so H points uphill on the loss and −H is the ascent
   direction on J. Every cosine against ∇J in this module is taken with −H:
@@ -56,23 +61,24 @@ Objects
   ‖θ_{t+1} − θ_t‖ = ‖u_t‖ (the paper's G_upd·η), consecutive-update cosine cos(u_t, u_{t−1}).
   Norms are Euclidean norms over all parameters (the flattened pytree).
 
-Why staleness can be benign here (measured, not assumed; see docs/exact_testbed.md): with a token
-ratio and no clipping, −H(θ, φ) = E_{π_θ}[A_φ ∇ log π_θ]/L, the ON-policy gradient with stale
-advantage statistics, so δ comes only from σ_φ ≠ σ_θ (linear in ‖θ − φ‖) until ratios leave the
-clip band, after which the clip removes gradient terms. The ratio-free ablation is the classic
-delayed gradient.
+Where δ comes from. With a token ratio and no clipping, the gradient of position l is
+Σ_y π_φ(y_{<l}) π_θ(y_l | y_{<l}) π_φ(y_{>l} | y_{≤l}) A_φ(y) ∇log π_θ(y_l | y_{<l}): the ratio
+turns only token l's own factor into π_θ; the prefix y_{<l} and the suffix y_{>l} are still drawn
+from π_φ, and the suffix enters through A(y). So −H(θ, φ) is the on-policy gradient with stale
+advantage statistics ONLY for one-token responses (L = 1); for L ≥ 2 δ is first order in
+‖θ − φ‖ even with the statistics frozen (`population_loss(..., stats_from=θ)`; both facts are
+tested in tests/test_exact.py). Past the clip onset the clip removes gradient terms. The
+ratio-free ablation (`no_ratio`) is the classic delayed gradient.
 
-Training (`make_train`): the whole run is one jitted program: `lax.scan` over T steps, a ring
-buffer of the last S_max + 1 iterates for the behavior policy (S is a traced value ≤ S_max), optax
-SGD(momentum b1) or Adam(b1) through `optax.inject_hyperparams` with traced η and b1. The same
-function is `vmap`ped over cells (η, seed, S, b1) so a whole grid compiles once (`run_grid`).
-The seed sets θ_0's initialization, the random lags and the sampled-mode draws; the random
-features and reward targets are fixed by `feature_seed` / `reward_seed` in the config.
-Collapse: after `collapse_warmup` steps, J_t < thr for `collapse_patience` consecutive steps
-(thr = J_0 + frac·(max_{s≤t} J_s − J_0) with ``collapse_baseline="init"``, the default, or
-frac·max_{s≤t} J_s with ``"zero"``), or any non-finite J or θ; the collapse step is the first
-step of that streak. Patience separates a sustained drop from the period-2 zig-zag that stale
-clipped updates often show while J still improves.
+Training (`make_train`) is an instance of the generic stale-gradient simulator
+(`async_grpo.simulate`): the update mapping is H (population or sampled), the objective is J, and
+the whole run is one jitted `lax.scan` with a ring buffer of the last S_max + 1 iterates, optax
+SGD(momentum b1) or Adam(b1) through `optax.inject_hyperparams` with traced η and b1, `vmap`ped
+over cells (η, seed, S, b1) so a whole grid compiles once (`run_cells`). The seed sets θ_0's
+initialization, the random lags and the sampled-mode draws; the random features and reward
+targets are fixed by `feature_seed` / `reward_seed`. Collapse is the project's one definition
+(`async_grpo.collapse`), by default a sustained drop of J: after `warmup` steps,
+J_t < J_0 + ½·(max_{s≤t} J_s − J_0) for `patience` consecutive steps, or any non-finite J or θ.
 """
 
 from __future__ import annotations
@@ -88,19 +94,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from async_grpo import collapse as collapse_lib
+from async_grpo import losses
+from async_grpo import simulate
+from async_grpo import staleness as staleness_lib
+from async_grpo.diagnostics import tree_cosine
+
 MAX_RESPONSES_PER_PROMPT = 1024
 MAX_PROMPTS = 512
-MAX_LAG_CAP = 256
-MAX_STEPS = 1_000_000
 
 POLICIES = ("tabular", "linear", "mlp")
 REWARDS = ("exact", "partial", "sum_mod")
-RATIO_LEVELS = ("token", "sequence_geomean", "no_ratio")
-CLIP_MODES = ("ppo", "none")
-STALENESS_MODELS = ("fixed", "sync_interval", "random_uniform", "random_geometric")
+# The loss library's settings that the population mode can express exactly.
+POPULATION_RATIO_LEVELS = ("token", "sequence_geomean", "none")
+POPULATION_CLIP_MODES = ("ppo", "none")
 OPTIMIZERS = ("sgd", "adam")
 MODES = ("population", "sampled")
-COLLAPSE_BASELINES = ("zero", "init")
 
 Params = Any
 
@@ -112,7 +121,12 @@ Params = Any
 
 @dataclasses.dataclass(frozen=True)
 class TestbedConfig:
-    """Static description of an exact testbed (task, policy family, surrogate settings)."""
+    """Static description of an exact testbed (task, policy family, surrogate, KL).
+
+    `loss` names a registered variant of `async_grpo.losses` and `loss_kwargs` overrides its
+    settings (a dict or (key, value) pairs; stored as a sorted tuple so the config stays
+    hashable). The variant's KL settings are not used (the testbed's KL is exact: `kl_coef`).
+    """
 
     num_prompts: int = 8
     vocab_size: int = 4
@@ -125,23 +139,69 @@ class TestbedConfig:
     reward: str = "partial"
     reward_seed: int = 0
     sum_modulus: int = 0
-    # Surrogate settings, shared by population and sampled mode.
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None
-    std_normalize: bool = True
-    leave_one_out: bool = False
-    adv_eps: float = 1e-6
-    std_ddof: int = 1              # sampled mode only (the population std has no ddof).
-    ratio_level: str = "token"
-    clip_mode: str = "ppo"
+    loss: str = "grpo"
+    loss_kwargs: Any = ()
     kl_coef: float = 0.0
 
     def __post_init__(self):
+        items = self.loss_kwargs.items() if isinstance(self.loss_kwargs, Mapping) else \
+            self.loss_kwargs
+        object.__setattr__(self, "loss_kwargs", tuple(sorted(dict(items).items())))
         validate_testbed_config(self)
 
     @property
     def num_responses(self) -> int:
         return self.vocab_size ** self.seq_len
+
+    @functools.cached_property
+    def surrogate(self) -> dict:
+        """The loss variant's full settings (`losses.loss_config`), KL turned off."""
+        return surrogate_settings(self.loss, dict(self.loss_kwargs))
+
+    # The settings the population mode reads.
+    clip_eps = property(lambda self: self.surrogate["clip_eps"])
+    clip_eps_high = property(lambda self: self.surrogate["clip_eps_high"])
+    clip_mode = property(lambda self: self.surrogate["clip_mode"])
+    ratio_level = property(lambda self: self.surrogate["ratio_level"])
+    std_normalize = property(lambda self: self.surrogate["std_normalize"])
+    adv_eps = property(lambda self: self.surrogate["adv_eps"])
+
+    @property
+    def aggregation_scale(self) -> float:
+        """The factor c by which the variant's aggregation differs from the per-sequence token
+        mean when every response has exactly L real tokens."""
+        agg, length = self.surrogate["aggregation"], self.seq_len
+        if agg == "seq-mean-token-sum":
+            return float(length)
+        if agg == "seq-mean-token-sum-norm":
+            return length / float(self.surrogate["normalizer"] or length)
+        return 1.0
+
+
+def surrogate_settings(loss: str, loss_kwargs: Mapping[str, Any] | None = None) -> dict:
+    """`losses.loss_config(loss, **loss_kwargs)` with the KL off, checked for an exact population
+    form; raises ValueError naming what the population mode cannot express."""
+    loss_kwargs = dict(loss_kwargs or {})
+    kl_keys = sorted(k for k in loss_kwargs if k.startswith("kl_"))
+    if kl_keys:
+        raise ValueError(f"loss_kwargs {kl_keys}: the testbed's KL term is exact; set the "
+                         "testbed's kl_coef instead.")
+    c = losses.loss_config(loss, **loss_kwargs)
+    if c["kind"] != "surrogate":
+        raise ValueError(f"Loss {loss!r} is not a GRPO-family surrogate (kind {c['kind']!r}); "
+                         f"the exact testbed needs one of the surrogate variants.")
+    unsupported = [k for k in ("tis_cap", "mis_low", "mis_high", "mis_veto") if c[k] is not None]
+    if c["requires_proximal"]:
+        unsupported.append("requires_proximal")
+    if (c["clip_mode"] not in POPULATION_CLIP_MODES or c["ratio_level"] not in
+            POPULATION_RATIO_LEVELS or unsupported):
+        raise ValueError(
+            f"Loss {loss!r} (clip_mode={c['clip_mode']!r}, ratio_level={c['ratio_level']!r}"
+            f"{', ' + ', '.join(unsupported) if unsupported else ''}) has no exact population form "
+            f"in this testbed; it supports clip_mode in {list(POPULATION_CLIP_MODES)}, ratio_level "
+            f"in {list(POPULATION_RATIO_LEVELS)} and no TIS/MIS/proximal policy.")
+    c["kl_coef"] = 0.0
+    return c
 
 
 def _is_int(v) -> bool:
@@ -168,20 +228,15 @@ def validate_testbed_config(cfg: TestbedConfig) -> None:
         raise ValueError(f"Unknown policy {cfg.policy!r}; valid: {list(POLICIES)}.")
     if cfg.reward not in REWARDS:
         raise ValueError(f"Unknown reward {cfg.reward!r}; valid: {list(REWARDS)}.")
-    if cfg.ratio_level not in RATIO_LEVELS:
-        raise ValueError(f"Unknown ratio_level {cfg.ratio_level!r}; valid: {list(RATIO_LEVELS)}.")
-    if cfg.clip_mode not in CLIP_MODES:
-        raise ValueError(f"Unknown clip_mode {cfg.clip_mode!r}; valid: {list(CLIP_MODES)}.")
-    if cfg.std_ddof not in (0, 1):
-        raise ValueError(f"std_ddof must be 0 or 1, got {cfg.std_ddof!r}.")
     if not _is_int(cfg.sum_modulus) or cfg.sum_modulus < 0 or cfg.sum_modulus == 1:
         raise ValueError(f"sum_modulus must be 0 (use vocab_size) or >= 2, got {cfg.sum_modulus!r}.")
-    if not 0 < cfg.clip_eps < 1:
-        raise ValueError(f"clip_eps must be in (0, 1), got {cfg.clip_eps}.")
-    if cfg.clip_eps_high is not None and not cfg.clip_eps_high > 0:
-        raise ValueError(f"clip_eps_high must be > 0 or None, got {cfg.clip_eps_high}.")
-    if not cfg.adv_eps >= 0:
-        raise ValueError(f"adv_eps must be >= 0, got {cfg.adv_eps}.")
+    sur = cfg.surrogate   # validates the loss name, overrides and the population form
+    if not 0 < sur["clip_eps"] < 1:
+        raise ValueError(f"clip_eps must be in (0, 1), got {sur['clip_eps']}.")
+    if sur["clip_eps_high"] is not None and not sur["clip_eps_high"] > 0:
+        raise ValueError(f"clip_eps_high must be > 0 or None, got {sur['clip_eps_high']}.")
+    if not sur["adv_eps"] >= 0:
+        raise ValueError(f"adv_eps must be >= 0, got {sur['adv_eps']}.")
     if not cfg.kl_coef >= 0:
         raise ValueError(f"kl_coef must be >= 0, got {cfg.kl_coef}.")
     if not (math.isfinite(cfg.init_scale) and cfg.init_scale >= 0):
@@ -193,7 +248,7 @@ class TrainConfig:
     """Static settings of a training run (everything that fixes shapes or control flow)."""
 
     num_steps: int = 300
-    staleness: str = "fixed"
+    staleness: str = "fixed"       # a scheduled policy of async_grpo.staleness
     max_lag_cap: int = 16          # S_max: ring-buffer size S_max + 1; every cell needs S <= S_max.
     geometric_p: float = 0.5       # for random_geometric: P(s = k) ∝ (1 − p)^k.
     optimizer: str = "adam"
@@ -202,40 +257,29 @@ class TrainConfig:
     mode: str = "population"       # which H drives training; δ etc. are always population-exact.
     group_size: int = 8            # G for sampled mode.
     diagnostics: bool = True       # compute H(θ,θ), ∇J, δ and the cosines each step.
-    collapse_frac: float = 0.5
-    collapse_warmup: int = 10
-    collapse_baseline: str = "init"
-    collapse_patience: int = 1     # consecutive bad steps needed (non-finite counts at once).
+    collapse: collapse_lib.CollapseRules = simulate.default_collapse()
 
     def __post_init__(self):
         validate_train_config(self)
 
 
 def validate_train_config(tc: TrainConfig) -> None:
-    if not _is_int(tc.num_steps) or not 1 <= tc.num_steps <= MAX_STEPS:
-        raise ValueError(f"num_steps must be an integer in [1, {MAX_STEPS}], got {tc.num_steps!r}.")
-    if tc.staleness not in STALENESS_MODELS:
-        raise ValueError(f"Unknown staleness model {tc.staleness!r}; valid: {list(STALENESS_MODELS)}.")
-    if not _is_int(tc.max_lag_cap) or not 0 <= tc.max_lag_cap <= MAX_LAG_CAP:
-        raise ValueError(f"max_lag_cap (S_max) must be an integer in [0, {MAX_LAG_CAP}], "
+    if not _is_int(tc.num_steps) or not 1 <= tc.num_steps <= simulate.MAX_STEPS:
+        raise ValueError(f"num_steps must be an integer in [1, {simulate.MAX_STEPS}], "
+                         f"got {tc.num_steps!r}.")
+    staleness_lib.check_policy_name(tc.staleness, scheduled_only=True)
+    if not _is_int(tc.max_lag_cap) or not 0 <= tc.max_lag_cap <= simulate.MAX_LAG_CAP:
+        raise ValueError(f"max_lag_cap (S_max) must be an integer in [0, {simulate.MAX_LAG_CAP}], "
                          f"got {tc.max_lag_cap!r}.")
-    if not 0 < tc.geometric_p <= 1:
-        raise ValueError(f"geometric_p must be in (0, 1], got {tc.geometric_p}.")
+    staleness_lib.check_geometric_p(tc.geometric_p)
     if tc.optimizer not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {tc.optimizer!r}; valid: {list(OPTIMIZERS)}.")
     if tc.mode not in MODES:
         raise ValueError(f"Unknown mode {tc.mode!r}; valid: {list(MODES)}.")
     if not _is_int(tc.group_size) or tc.group_size < 2:
         raise ValueError(f"group_size must be an integer >= 2, got {tc.group_size!r}.")
-    if not 0 < tc.collapse_frac < 1:
-        raise ValueError(f"collapse_frac must be in (0, 1), got {tc.collapse_frac}.")
-    if not _is_int(tc.collapse_warmup) or tc.collapse_warmup < 0:
-        raise ValueError(f"collapse_warmup must be an integer >= 0, got {tc.collapse_warmup!r}.")
-    if not _is_int(tc.collapse_patience) or tc.collapse_patience < 1:
-        raise ValueError(f"collapse_patience must be an integer >= 1, got {tc.collapse_patience!r}.")
-    if tc.collapse_baseline not in COLLAPSE_BASELINES:
-        raise ValueError(f"Unknown collapse_baseline {tc.collapse_baseline!r}; "
-                         f"valid: {list(COLLAPSE_BASELINES)}.")
+    if not isinstance(tc.collapse, collapse_lib.CollapseRules):
+        raise ValueError(f"collapse must be a CollapseRules, got {tc.collapse!r}.")
     if not 0 <= tc.b2 < 1:
         raise ValueError(f"b2 must be in [0, 1), got {tc.b2}.")
 
@@ -441,20 +485,26 @@ def population_advantages(tb: Testbed, weights: jax.Array) -> jax.Array:
 def per_sequence_objective(cfg: TestbedConfig, logp: jax.Array, behavior_logp: jax.Array,
                            adv: jax.Array, log_weight: jax.Array | None = None
                            ) -> tuple[jax.Array, jax.Array]:
-    """Clipped per-sequence objective w·(1/L) Σ_l min(ρ_l A, clip(ρ_l) A) and the clip indicator.
+    """Clipped per-sequence objective w·c·(1/L) Σ_l min(ρ_l A, clip(ρ_l) A) and the clip indicator.
 
-    logp, behavior_logp: [..., L]; adv: [...]; log_weight: [...] (log w, default 0 i.e. w = 1).
-    The weight enters in log space, w·ρ = exp(log w + log ρ), and the clip acts on log ρ, so a
-    token with π_φ ≈ 0 and π_θ ≫ π_φ contributes its finite value π_θ·A instead of 0·∞ = NaN.
-    Returns (weighted objective [...], clipped fraction [...]); a token counts as clipped when the
-    clip branch is active (its gradient is zero).
+    logp, behavior_logp: [..., L]; adv: [...]; log_weight: [...] (log w, default 0 i.e. w = 1);
+    c = `cfg.aggregation_scale`. The weight enters in log space, w·ρ = exp(log w + log ρ), and
+    the clip acts on log ρ, so a token with π_φ ≈ 0 and π_θ ≫ π_φ contributes its finite value
+    π_θ·A instead of 0·∞ = NaN. Returns (weighted objective [...], clipped fraction [...]); a token
+    counts as clipped when the clip branch is active (its gradient is zero).
     """
+    obj, clipped = _per_sequence_objective(cfg, logp, behavior_logp, adv, log_weight)
+    scale = cfg.aggregation_scale
+    return (obj if scale == 1.0 else scale * obj), clipped
+
+
+def _per_sequence_objective(cfg, logp, behavior_logp, adv, log_weight):
     lo, hi = 1.0 - cfg.clip_eps, 1.0 + (cfg.clip_eps_high if cfg.clip_eps_high is not None
                                        else cfg.clip_eps)
     a = adv[..., None]
     lw = jnp.zeros(adv.shape, logp.dtype) if log_weight is None else log_weight
     w = jnp.exp(lw)[..., None]
-    if cfg.ratio_level == "no_ratio":
+    if cfg.ratio_level == "none":
         return (w * a * logp).mean(-1), jnp.zeros(adv.shape, logp.dtype)
     log_ratio = logp - behavior_logp
     if cfg.ratio_level == "sequence_geomean":
@@ -469,14 +519,20 @@ def per_sequence_objective(cfg: TestbedConfig, logp: jax.Array, behavior_logp: j
     return obj.mean(-1), is_clipped.astype(logp.dtype).mean(-1)
 
 
-def population_loss(tb: Testbed, theta: Params, phi: Params,
-                    ref: Params | None = None) -> tuple[jax.Array, dict]:
-    """L(θ; φ) in population mode (exact π_φ weights, φ frozen); returns (loss, aux)."""
+def population_loss(tb: Testbed, theta: Params, phi: Params, ref: Params | None = None, *,
+                    stats_from: Params | None = None) -> tuple[jax.Array, dict]:
+    """L(θ; φ) in population mode (exact π_φ weights, φ frozen); returns (loss, aux).
+
+    `stats_from` (default φ) is the policy whose reward mean and std normalize the advantages:
+    pass θ to freeze the statistics at the learner's own, which isolates the part of the
+    staleness bias that comes from the sampling distribution itself.
+    """
     lp_theta = token_logp(tb, theta)
     lp_phi = jax.lax.stop_gradient(token_logp(tb, phi))
     lw = lp_phi.sum(-1)
     w = jnp.exp(lw)
-    adv = jax.lax.stop_gradient(population_advantages(tb, w))
+    w_stats = w if stats_from is None else jnp.exp(seq_logp(tb, stats_from))
+    adv = jax.lax.stop_gradient(population_advantages(tb, w_stats))
     obj, clip_frac = per_sequence_objective(tb.cfg, lp_theta, lp_phi, adv, lw)
     loss = -obj.sum(-1).mean()
     if ref is not None and tb.cfg.kl_coef > 0:
@@ -484,9 +540,10 @@ def population_loss(tb: Testbed, theta: Params, phi: Params,
     return loss, {"clip_frac": (w * clip_frac).sum(-1).mean()}
 
 
-def population_H(tb: Testbed, theta: Params, phi: Params, ref: Params | None = None) -> Params:
+def population_H(tb: Testbed, theta: Params, phi: Params, ref: Params | None = None, *,
+                 stats_from: Params | None = None) -> Params:
     """H(θ, φ) = ∇_θ L(θ; φ) in population mode."""
-    return jax.grad(lambda th: population_loss(tb, th, phi, ref)[0])(theta)
+    return jax.grad(lambda th: population_loss(tb, th, phi, ref, stats_from=stats_from)[0])(theta)
 
 
 def population_loss_and_H(tb, theta, phi, ref=None):
@@ -515,27 +572,17 @@ def sampled_batch(tb: Testbed, theta: Params, phi: Params, idx: jax.Array):
     return lp_theta, lp_phi, r, jnp.ones_like(lp_theta)
 
 
-def library_surrogate(cfg: TestbedConfig, logp, behavior_logp, rewards_, mask, group_size: int,
-                      advantages=None):
-    """The loss library's GRPO surrogate with the testbed's settings: (loss, metrics)."""
-    from async_grpo import losses  # pylint: disable=g-import-not-at-top
-    if advantages is None:
-        advantages = losses.group_advantages(rewards_, group_size, std_normalize=cfg.std_normalize,
-                                             leave_one_out=cfg.leave_one_out, eps=cfg.adv_eps,
-                                             std_ddof=cfg.std_ddof)
-    advantages = jax.lax.stop_gradient(advantages)
-    return losses.grpo_surrogate(logp, behavior_logp, advantages, mask, clip_eps=cfg.clip_eps,
-                                 clip_eps_high=cfg.clip_eps_high, clip_mode=cfg.clip_mode,
-                                 ratio_level=cfg.ratio_level, aggregation="seq-mean-token-mean")
+@functools.lru_cache(maxsize=64)
+def library_loss(cfg: TestbedConfig):
+    """The testbed's loss variant from the library (KL off: the testbed adds the exact KL)."""
+    return losses.make_loss(cfg.loss, **dict(cfg.loss_kwargs), kl_coef=0.0)
 
 
 def sampled_loss(tb: Testbed, theta: Params, phi: Params, idx: jax.Array,
                  ref: Params | None = None) -> jax.Array:
     """L(θ; φ) on the sampled groups `idx` [P, G], computed by the loss library."""
-    if tb.cfg.ratio_level == "no_ratio":
-        raise ValueError("ratio_level='no_ratio' is a population-mode ablation only.")
     logp, beh, r, mask = sampled_batch(tb, theta, phi, idx)
-    loss, _ = library_surrogate(tb.cfg, logp, beh, r, mask, idx.shape[1])
+    loss, _ = library_loss(tb.cfg)(logp, beh, r, mask, group_size=idx.shape[1])
     if ref is not None and tb.cfg.kl_coef > 0:
         loss = loss + tb.cfg.kl_coef * kl_to_ref(tb, theta, ref)
     return loss
@@ -550,80 +597,50 @@ def sampled_H(tb: Testbed, theta: Params, phi: Params, idx: jax.Array,
 MAX_ENUMERATED_GROUPS = 1 << 20
 
 
-def expected_sampled_H(tb: Testbed, theta: Params, phi: Params, group_size: int) -> Params:
-    """E[H_sampled(θ, φ)] over every ordered group of G responses per prompt, by exact enumeration.
+def expected_group_gradient(tb: Testbed, theta: Params, phi: Params, group_size: int,
+                            loss_fn: Callable | None = None, ref: Params | None = None) -> Params:
+    """E[∇_θ loss] over every ordered group of G responses per prompt from π_φ, enumerated.
 
-    Prompts are independent and the sampled loss is a mean over prompts, so
-    E[H] = Σ_x Σ_{y_1..y_G} Π_i π_φ(y_i|x) · ∇_θ (1/P)·L_x(θ; y_1..y_G). Needs N^G ≤ 2^20.
-    Comparing it with `population_H` isolates the finite-G bias of the group statistics.
+    `loss_fn(logp, behavior_logp, rewards, mask, group_size=G, ref_logp=...)` is any library loss
+    (default: the testbed's own, `library_loss`); `ref` (optional) gives its `ref_logp`. Prompts
+    are independent and the loss is a mean over prompts, so E = Σ_x Σ_{y_1..y_G} Π_i π_φ(y_i|x) ·
+    ∇_θ (1/P)·L_x(θ; y_1..y_G). Needs N^G ≤ 2^20.
     """
     p, n = tb.cfg.num_prompts, tb.cfg.num_responses
     if n ** group_size > MAX_ENUMERATED_GROUPS:
         raise ValueError(f"{n}**{group_size} groups is too many to enumerate "
                          f"(max {MAX_ENUMERATED_GROUPS}).")
+    loss_fn = library_loss(tb.cfg) if loss_fn is None else loss_fn
     groups = jnp.asarray(np.array(list(itertools.product(range(n), repeat=group_size)),
                                   dtype=np.int32))
 
-    def prompt_group_H(x, grp):
+    def prompt_group_grad(x, grp):
         def loss(th):
             lp = token_logp(tb, th)[x, grp]
             blp = jax.lax.stop_gradient(token_logp(tb, phi))[x, grp]
+            kw = {} if ref is None else {"ref_logp": token_logp(tb, ref)[x, grp]}
             r = rewards(tb)[x, grp]
-            return library_surrogate(tb.cfg, lp, blp, r, jnp.ones_like(lp), group_size)[0] / p
+            return loss_fn(lp, blp, r, jnp.ones_like(lp), group_size=group_size, **kw)[0] / p
         return jax.grad(loss)(theta)
 
     w = jnp.exp(seq_logp(tb, phi)[:, groups].sum(-1))  # [P, #groups]: P(ordered group | x)
-    hs = jax.vmap(jax.vmap(prompt_group_H, (None, 0)), (0, None))(jnp.arange(p), groups)
+    hs = jax.vmap(jax.vmap(prompt_group_grad, (None, 0)), (0, None))(jnp.arange(p), groups)
     return jax.tree.map(lambda h: jnp.tensordot(w, h, axes=2), hs)
 
 
-def surrogate_settings_from_loss(name: str) -> dict:
-    """TestbedConfig surrogate fields equivalent to the library variant `name` (KL dropped).
-
-    Raises ValueError for variants the population mode cannot express exactly (TIS, MIS, dual
-    clip, CISPO, decoupled PPO, total_derivative, the product sequence ratio). The aggregation is
-    irrelevant here (fixed length L: all aggregations agree up to a constant factor).
-    """
-    from async_grpo import losses  # pylint: disable=g-import-not-at-top
-    c = losses.loss_config(name)
-    if c["kind"] != "surrogate":
-        raise ValueError(f"Loss {name!r} is not a GRPO-family surrogate.")
-    unsupported = [k for k in ("tis_cap", "mis_low", "mis_high", "mis_veto") if c[k] is not None]
-    if c["clip_mode"] not in CLIP_MODES or c["ratio_level"] not in RATIO_LEVELS or unsupported \
-        or c["requires_proximal"]:
-        raise ValueError(f"Loss {name!r} (clip_mode={c['clip_mode']}, ratio_level={c['ratio_level']}"
-                         f", {unsupported}) has no exact population form in this testbed.")
-    return dict(std_normalize=c["std_normalize"], leave_one_out=c["leave_one_out"],
-                adv_eps=c["adv_eps"], std_ddof=c["std_ddof"], clip_eps=c["clip_eps"],
-                clip_eps_high=c["clip_eps_high"], clip_mode=c["clip_mode"],
-                ratio_level=c["ratio_level"])
+def expected_sampled_H(tb: Testbed, theta: Params, phi: Params, group_size: int) -> Params:
+    """E[H_sampled(θ, φ)] (KL off) by exact enumeration; compared with `population_H` it
+    isolates the finite-G bias of the group statistics."""
+    return expected_group_gradient(tb, theta, phi, group_size)
 
 
 # ----------------------------------------------------------------------------------------------
-# Pytree algebra.
+# Diagnostics and training (an instance of async_grpo.simulate).
 # ----------------------------------------------------------------------------------------------
 
 
-def tree_dot(a, b) -> jax.Array:
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def tree_norm(a) -> jax.Array:
-    return jnp.sqrt(tree_dot(a, a))
-
-
-def tree_sub(a, b):
-    return jax.tree.map(jnp.subtract, a, b)
-
-
-def tree_cos(a, b) -> jax.Array:
-    """cos(a, b); 0 when either is zero."""
-    den = tree_norm(a) * tree_norm(b)
-    return jnp.where(den > 0, tree_dot(a, b) / jnp.where(den > 0, den, 1.0), 0.0)
-
-
-def tree_neg(a):
-    return jax.tree.map(jnp.negative, a)
+def _neg(tree):
+    return jax.tree.map(jnp.negative, tree)
 
 
 def bias_diagnostics(tb: Testbed, theta: Params, phi: Params, ref: Params | None = None) -> dict:
@@ -631,39 +648,16 @@ def bias_diagnostics(tb: Testbed, theta: Params, phi: Params, ref: Params | None
     h_stale = population_H(tb, theta, phi, ref)
     h_on = population_H(tb, theta, theta, ref)
     g = grad_objective(tb, theta, ref)
-    delta = tree_sub(h_stale, h_on)
-    dn, hn = tree_norm(delta), tree_norm(h_on)
+    delta = optax.tree.sub(h_stale, h_on)
+    dn, hn = optax.tree.norm(delta), optax.tree.norm(h_on)
     return {"delta_norm": dn, "delta_rel": dn / jnp.maximum(hn, 1e-30),
-            "h_on_norm": hn, "h_stale_norm": tree_norm(h_stale), "grad_j_norm": tree_norm(g),
-            "cos_stale": tree_cos(tree_neg(h_stale), g), "cos_onpolicy": tree_cos(tree_neg(h_on), g),
-            "drift": tree_norm(tree_sub(theta, phi))}
+            "h_on_norm": hn, "h_stale_norm": optax.tree.norm(h_stale),
+            "grad_j_norm": optax.tree.norm(g), "cos_stale": tree_cosine(_neg(h_stale), g),
+            "cos_onpolicy": tree_cosine(_neg(h_on), g),
+            "drift": optax.tree.norm(optax.tree.sub(theta, phi))}
 
-
-# ----------------------------------------------------------------------------------------------
-# Training: one jitted program per run, vmapped over cells.
-# ----------------------------------------------------------------------------------------------
 
 CELL_KEYS = ("lr", "seed", "max_lag", "b1")
-
-
-def lag_at(tc: TrainConfig, t: jax.Array, s_max: jax.Array, key: jax.Array) -> jax.Array:
-    """The lag s_t of the staleness model `tc.staleness` (S = `s_max`, traced)."""
-    t = jnp.asarray(t, jnp.int32)
-    s_max = jnp.asarray(s_max, jnp.int32)
-    if tc.staleness == "fixed":
-        return jnp.minimum(t, s_max)
-    if tc.staleness == "sync_interval":
-        return jnp.where(s_max > 0, t % jnp.maximum(s_max, 1), 0)
-    if tc.staleness == "random_uniform":
-        s = jax.random.randint(key, (), 0, s_max + 1)
-    else:
-        # Geometric on {0, 1, ...}: floor(log U / log(1 − p)).
-        if tc.geometric_p >= 1:
-            s = jnp.zeros((), jnp.int32)
-        else:
-            u = jax.random.uniform(key, (), minval=1e-12, maxval=1.0)
-            s = jnp.floor(jnp.log(u) / math.log1p(-tc.geometric_p)).astype(jnp.int32)
-    return jnp.minimum(jnp.minimum(s, s_max), t)
 
 
 def make_optimizer(tc: TrainConfig, lr, b1) -> optax.GradientTransformation:
@@ -672,94 +666,56 @@ def make_optimizer(tc: TrainConfig, lr, b1) -> optax.GradientTransformation:
     return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=b1, b2=tc.b2, eps=tc.opt_eps)
 
 
+def update_fn(tb: Testbed, tc: TrainConfig):
+    """The testbed's update mapping for the simulator: (θ, φ, key, ctx) -> (H, metrics).
+
+    H is the population H(θ, φ) or, in sampled mode, the sampled H on G fresh responses per
+    prompt from π_φ. Metrics: the population loss, its clip fraction, the entropy, ‖H_pop‖, ‖∇J‖,
+    cos(−H_pop, ∇J) and, with diagnostics, δ and cos(−H(θ,θ), ∇J) (module docstring).
+    """
+    use_ref = tb.cfg.kl_coef > 0
+
+    def update(theta, phi, key, ctx):
+        ref = ctx.theta0 if use_ref else None
+        (loss_pop, aux), h_pop = population_loss_and_H(tb, theta, phi, ref)
+        g = grad_objective(tb, theta, ref)
+        m = {"loss_pop": loss_pop, "clip_frac": aux["clip_frac"], "entropy": entropy(tb, theta),
+             "h_pop_norm": optax.tree.norm(h_pop), "grad_j_norm": optax.tree.norm(g),
+             "cos_stale": tree_cosine(_neg(h_pop), g)}
+        h_used = h_pop
+        if tc.mode == "sampled":
+            idx = sample_responses(tb, key, phi, tc.group_size)
+            h_used = sampled_H(tb, theta, phi, idx, ref)
+            m["h_used_norm"] = optax.tree.norm(h_used)
+            m["cos_sampled_pop"] = tree_cosine(h_used, h_pop)
+        if tc.diagnostics:
+            h_on = population_H(tb, theta, theta, ref)
+            dn, hn = optax.tree.norm(optax.tree.sub(h_pop, h_on)), optax.tree.norm(h_on)
+            m.update(delta_norm=dn, delta_rel=dn / jnp.maximum(hn, 1e-30), h_on_norm=hn,
+                     cos_onpolicy=tree_cosine(_neg(h_on), g))
+        return h_used, m
+
+    return update
+
+
+@functools.lru_cache(maxsize=64)
 def make_train(tb: Testbed, tc: TrainConfig) -> Callable[[Mapping[str, jax.Array]], tuple]:
     """Returns train(cell) -> (per-step metrics {name: [T]}, summary {name: scalar}).
 
     `cell` maps "lr", "seed", "max_lag" (S) and "b1" to scalars (traced; vmap over them). For SGD,
-    b1 is the heavy-ball momentum (0 = plain SGD); for Adam it is β1.
+    b1 is the heavy-ball momentum (0 = plain SGD); for Adam it is β1. See `async_grpo.simulate`
+    for the metrics every run records (lag, J, drifts, update norm and cosine, collapse).
     """
     validate_train_config(tc)
-    if tc.mode == "sampled" and tb.cfg.ratio_level == "no_ratio":
-        raise ValueError("ratio_level='no_ratio' is a population-mode ablation; use mode='population'.")
-    k_ring = tc.max_lag_cap + 1
+    fdtype = jnp.result_type(float)
     use_ref = tb.cfg.kl_coef > 0
-
-    def train(cell):
-        lr = jnp.asarray(cell["lr"], _fdtype())
-        b1 = jnp.asarray(cell["b1"], _fdtype())
-        s_max = jnp.asarray(cell["max_lag"], jnp.int32)
-        key = jax.random.PRNGKey(jnp.asarray(cell["seed"], jnp.uint32))
-        k_init, k_run = jax.random.split(key)
-        theta0 = init_params(tb, k_init)
-        ref = theta0 if use_ref else None
-        opt = make_optimizer(tc, lr, b1)
-        ring = jax.tree.map(lambda x: jnp.broadcast_to(x, (k_ring,) + x.shape), theta0)
-        zeros = jax.tree.map(jnp.zeros_like, theta0)
-        j0 = objective(tb, theta0, ref)
-        carry0 = dict(theta=theta0, opt_state=opt.init(theta0), ring=ring, key=k_run, prev_u=zeros,
-                      jmax=j0, collapse_step=jnp.asarray(-1, jnp.int32),
-                      bad_streak=jnp.asarray(0, jnp.int32))
-
-        def step(carry, t):
-            theta = carry["theta"]
-            key, k_lag, k_samp = jax.random.split(carry["key"], 3)
-            ring = jax.tree.map(lambda r, x: r.at[t % k_ring].set(x), carry["ring"], theta)
-            lag = lag_at(tc, t, s_max, k_lag)
-            phi = jax.tree.map(lambda r: r[(t - lag) % k_ring], ring)
-            (loss_pop, aux), h_pop = population_loss_and_H(tb, theta, phi, ref)
-            j, g = jax.value_and_grad(lambda th: objective(tb, th, ref))(theta)
-            m = {"lag": lag, "J": j, "loss_pop": loss_pop, "clip_frac": aux["clip_frac"],
-                 "entropy": entropy(tb, theta), "h_pop_norm": tree_norm(h_pop),
-                 "grad_j_norm": tree_norm(g), "cos_stale": tree_cos(tree_neg(h_pop), g)}
-            if tc.mode == "sampled":
-                idx = sample_responses(tb, k_samp, phi, tc.group_size)
-                h_used = sampled_H(tb, theta, phi, idx, ref)
-                m["h_used_norm"] = tree_norm(h_used)
-                m["cos_sampled_pop"] = tree_cos(h_used, h_pop)
-            else:
-                h_used = h_pop
-            if tc.diagnostics:
-                h_on = population_H(tb, theta, theta, ref)
-                delta = tree_sub(h_pop, h_on)
-                dn, hn = tree_norm(delta), tree_norm(h_on)
-                m.update(delta_norm=dn, delta_rel=dn / jnp.maximum(hn, 1e-30), h_on_norm=hn,
-                         cos_onpolicy=tree_cos(tree_neg(h_on), g))
-            updates, opt_state = opt.update(h_used, carry["opt_state"], theta)
-            new_theta = optax.apply_updates(theta, updates)
-            u = tree_sub(new_theta, theta)
-            m.update(drift_cycle=tree_norm(tree_sub(theta, phi)),
-                     drift_cum=tree_norm(tree_sub(theta, theta0)),
-                     update_norm=tree_norm(u),
-                     cos_update=jnp.where(t > 0, tree_cos(u, carry["prev_u"]), 0.0))
-            finite = jnp.isfinite(j) & jnp.isfinite(tree_norm(new_theta))
-            jmax = jnp.where(jnp.isfinite(j), jnp.maximum(carry["jmax"], j), carry["jmax"])
-            if tc.collapse_baseline == "init":
-                thr = j0 + tc.collapse_frac * (jmax - j0)
-            else:
-                thr = tc.collapse_frac * jmax
-            low = (t >= tc.collapse_warmup) & (j < thr)
-            streak = jnp.where(low, carry["bad_streak"] + 1, 0)
-            bad = (streak >= tc.collapse_patience) | ~finite
-            first_bad = jnp.where(finite, t - tc.collapse_patience + 1, t)
-            collapse_step = jnp.where((carry["collapse_step"] < 0) & bad, first_bad,
-                                      carry["collapse_step"])
-            m["collapsed"] = collapse_step >= 0
-            new_carry = dict(theta=new_theta, opt_state=opt_state, ring=ring, key=key, prev_u=u,
-                             jmax=jmax, collapse_step=collapse_step.astype(jnp.int32),
-                             bad_streak=streak.astype(jnp.int32))
-            return new_carry, m
-
-        carry, metrics = jax.lax.scan(step, carry0, jnp.arange(tc.num_steps, dtype=jnp.int32))
-        j_final = objective(tb, carry["theta"], ref)
-        js = metrics["J"]
-        best = jnp.max(jnp.where(jnp.isfinite(js), js, -jnp.inf))
-        summary = {"J_init": j0, "J_final": j_final, "J_best": jnp.maximum(best, j_final),
-                   "collapse_step": carry["collapse_step"],
-                   "collapsed": carry["collapse_step"] >= 0,
-                   "drift_final": tree_norm(tree_sub(carry["theta"], theta0))}
-        return metrics, summary
-
-    return train
+    return simulate.make_train(
+        update_fn(tb, tc), lambda key, cell: init_params(tb, key),
+        lambda cell: make_optimizer(tc, jnp.asarray(cell["lr"], fdtype),
+                                    jnp.asarray(cell["b1"], fdtype)),
+        num_steps=tc.num_steps, staleness=tc.staleness, max_lag_cap=tc.max_lag_cap,
+        geometric_p=tc.geometric_p, collapse=tc.collapse,
+        objective=lambda theta, ctx: objective(tb, theta, ctx.theta0 if use_ref else None))
 
 
 def make_cells(lrs: Sequence[float], seeds: Sequence[int], lags: Sequence[int],
@@ -767,74 +723,23 @@ def make_cells(lrs: Sequence[float], seeds: Sequence[int], lags: Sequence[int],
                ) -> dict[str, np.ndarray]:
     """Flattened Cartesian product of the grid, order (S, η, seed, b1) with b1 fastest."""
     validate_grid(lrs, seeds, lags, b1s, max_lag_cap=max_lag_cap)
-    rows = list(itertools.product(lags, lrs, seeds, b1s))
-    return {"max_lag": np.array([r[0] for r in rows], np.int32),
-            "lr": np.array([r[1] for r in rows], np.float64),
-            "seed": np.array([r[2] for r in rows], np.int64),
-            "b1": np.array([r[3] for r in rows], np.float64)}
-
-
-def _cell_arrays(cells: Mapping[str, np.ndarray], sl: slice | None = None) -> dict:
-    sl = slice(None) if sl is None else sl
-    return {"lr": jnp.asarray(cells["lr"][sl], _fdtype()),
-            "b1": jnp.asarray(cells["b1"][sl], _fdtype()),
-            "max_lag": jnp.asarray(cells["max_lag"][sl], jnp.int32),
-            "seed": jnp.asarray(cells["seed"][sl], jnp.uint32)}
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_grid(tb: Testbed, tc: TrainConfig, keep_metrics: tuple[str, ...] | None):
-    train = make_train(tb, tc)
-
-    def run(cells):
-        metrics, summary = jax.vmap(train)(cells)
-        if keep_metrics is not None:
-            metrics = {k: v for k, v in metrics.items() if k in keep_metrics}
-        return metrics, summary
-
-    return jax.jit(run)
+    return simulate.make_cells(max_lag=lags, lr=lrs, seed=seeds, b1=b1s)
 
 
 def run_cells(tb: Testbed, tc: TrainConfig, cells: Mapping[str, np.ndarray], *,
               keep_metrics: Sequence[str] | None = None) -> tuple[dict, dict]:
     """Runs every cell in one vmapped, jitted program; returns numpy (metrics [C, T], summary [C])."""
-    validate_grid(list(cells["lr"]), [int(s) for s in cells["seed"]],
-                  [int(s) for s in cells["max_lag"]], list(cells["b1"]), max_lag_cap=tc.max_lag_cap)
-    fn = _compiled_grid(tb, tc, None if keep_metrics is None else tuple(keep_metrics))
-    metrics, summary = fn(_cell_arrays(cells))
-    return jax.tree.map(np.asarray, metrics), jax.tree.map(np.asarray, summary)
+    _validate_cells(tc, cells)
+    return simulate.run_cells(make_train(tb, tc), cells, keep_metrics=keep_metrics)
 
 
 def run_cells_chunked(tb: Testbed, tc: TrainConfig, cells: Mapping[str, np.ndarray], *,
-                      chunk_size: int, keep_metrics: Sequence[str] | None = None,
-                      on_chunk: Callable[[int, dict, dict], None] | None = None,
-                      skip_chunk: Callable[[int], dict | None] | None = None) -> tuple[dict, dict]:
-    """Like `run_cells` in fixed-size chunks (padded, so it compiles once).
+                      chunk_size: int, **kwargs) -> tuple[dict, dict]:
+    """`run_cells` in fixed-size chunks (see `async_grpo.simulate.run_cells_chunked`)."""
+    _validate_cells(tc, cells)
+    return simulate.run_cells_chunked(make_train(tb, tc), cells, chunk_size=chunk_size, **kwargs)
 
-    `skip_chunk(i)` may return saved (metrics, summary) of chunk i to resume; `on_chunk(i, m, s)` is
-    called after each computed chunk (for saving).
-    """
-    n = len(cells["lr"])
+
+def _validate_cells(tc: TrainConfig, cells: Mapping[str, np.ndarray]) -> None:
     validate_grid(list(cells["lr"]), [int(s) for s in cells["seed"]],
                   [int(s) for s in cells["max_lag"]], list(cells["b1"]), max_lag_cap=tc.max_lag_cap)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-    fn = _compiled_grid(tb, tc, None if keep_metrics is None else tuple(keep_metrics))
-    outs = []
-    for i, start in enumerate(range(0, n, chunk_size)):
-        saved = skip_chunk(i) if skip_chunk is not None else None
-        if saved is not None:
-            outs.append(saved)
-            continue
-        stop = min(start + chunk_size, n)
-        idx = np.arange(start, start + chunk_size).clip(max=n - 1)  # pad by repeating the last cell
-        chunk = {k: np.asarray(v)[idx] for k, v in cells.items()}
-        m, s = fn(_cell_arrays(chunk))
-        m = jax.tree.map(lambda a: np.asarray(a)[: stop - start], m)
-        s = jax.tree.map(lambda a: np.asarray(a)[: stop - start], s)
-        if on_chunk is not None:
-            on_chunk(i, m, s)
-        outs.append((m, s))
-    metrics = {k: np.concatenate([o[0][k] for o in outs]) for k in outs[0][0]}
-    summary = {k: np.concatenate([o[1][k] for o in outs]) for k in outs[0][1]}
-    return metrics, summary

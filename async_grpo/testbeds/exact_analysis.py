@@ -4,17 +4,12 @@
 * `fit_power_law`, `bootstrap_alpha`: η_max ∝ S^−α over S ≥ 1, with a bootstrap over seeds.
 * `collapse_time_law`: does t_collapse·η stay constant (log t vs log η slope ≈ −1)?
 * `fit_through_origin`, `linearity_break`: ‖δ‖ ≈ c·x in the small-drift regime and where it fails.
-* `write_json_atomic`, `write_csv_atomic`: results survive a kill (write to a temp file, rename).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
-import tempfile
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -148,51 +143,3 @@ def linearity_break(x: np.ndarray, y: np.ndarray, slope: float, *, tol: float = 
     # report the first bad point beyond the last run of good ones at small x.
     first_bad = int(np.argmax(bad))
     return float(x[first_bad])
-
-
-def _atomic_write(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.basename(path))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    _atomic_write(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
-
-
-def write_csv_atomic(path: str, columns: Mapping[str, Sequence]) -> None:
-    import io  # pylint: disable=g-import-not-at-top
-    names = list(columns)
-    n = len(next(iter(columns.values())))
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(names)
-    for i in range(n):
-        row = []
-        for k in names:
-            v = columns[k][i]
-            if isinstance(v, (float, np.floating)):
-                row.append(f"{float(v):.9g}")
-            else:
-                row.append(str(v.item() if hasattr(v, "item") else v))
-        w.writerow(row)
-    _atomic_write(path, buf.getvalue())

@@ -1,40 +1,36 @@
 """Builds exact-testbed configs from the ml_collections configs of the exact binaries.
 
-`VARIANTS` are named surrogate presets (TestbedConfig overrides) used by
-`experiments/exact_sweep.py`; "no_ratio" is the population-only ablation without an importance
-ratio (a plain stale policy gradient, the classic delayed-gradient null model).
+The surrogate of a sweep's variant is a registered loss of `async_grpo.losses` (e.g. "grpo",
+"dapo", "gspo", "pg", "no_ratio"), with the config's `loss_kwargs` overrides (unset fields are
+left at each variant's own defaults); the collapse rules are `async_grpo.collapse.CollapseRules`
+from the config's `collapse` section.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from async_grpo import collapse as collapse_lib
 from async_grpo.testbeds import exact as ex
 
-VARIANTS = {
-    "grpo": {},
-    "no_ratio": {"ratio_level": "no_ratio"},
-    "pg": {"clip_mode": "none"},
-    "dr_grpo": {"std_normalize": False},
-    "gspo": {"ratio_level": "sequence_geomean", "clip_eps": 3e-4, "clip_eps_high": 4e-4},
-    "dapo": {"clip_eps_high": 0.28},
-}
+
+def loss_overrides(c) -> dict:
+    """The set fields of `c.loss_kwargs` (unset placeholders are None and left out)."""
+    return {k: v for k, v in dict(c.get("loss_kwargs") or {}).items() if v is not None}
 
 
 def testbed_config(c, variant: str = "grpo") -> ex.TestbedConfig:
-    """TestbedConfig from `c.testbed` (clip_eps_high < 0 means None) plus the variant's overrides."""
-    if variant not in VARIANTS:
-        raise ValueError(f"Unknown variant {variant!r}; valid: {sorted(VARIANTS)}.")
-    kw = dict(c.testbed)
-    if kw.get("clip_eps_high") is not None and kw["clip_eps_high"] < 0:
-        kw["clip_eps_high"] = None
-    kw.update(VARIANTS[variant])
-    return ex.TestbedConfig(**kw)
+    """TestbedConfig from `c.testbed` with the loss `variant` and `c.loss_kwargs`."""
+    return ex.TestbedConfig(**dict(c.testbed), loss=variant, loss_kwargs=loss_overrides(c))
+
+
+def collapse_rules(c) -> collapse_lib.CollapseRules:
+    return collapse_lib.CollapseRules.from_dict(dict(c.collapse))
 
 
 def train_config(c, max_lag_cap: int, **overrides) -> ex.TrainConfig:
     """TrainConfig from `c.train` with the ring-buffer cap S_max (diagnostics off by default)."""
-    kw = dict(diagnostics=False)
+    kw = dict(diagnostics=False, collapse=collapse_rules(c))
     kw.update(dict(c.train))
     kw.update(overrides)
     return ex.TrainConfig(max_lag_cap=max_lag_cap, **kw)
@@ -77,10 +73,12 @@ def sweep_plan(c) -> dict:
     cap = max(lags) if lags else 0
     ex.validate_grid(lrs, seeds, lags, b1s, max_lag_cap=None)
     tcs = train_config(c, cap)
-    tbs = {v: testbed_config(c, v) for v in variants}
-    for v, tbc in tbs.items():
-        if tcs.mode == "sampled" and tbc.ratio_level == "no_ratio":
-            raise ValueError(f"variant {v!r} (no_ratio) needs train.mode='population'.")
+    tbs = {}
+    for v in variants:
+        try:
+            tbs[v] = testbed_config(c, v)
+        except ValueError as e:
+            raise ValueError(f"--config.variants: variant {v!r}: {e}") from e
     return dict(variants=variants, lags=lags, lrs=lrs, seeds=seeds, b1s=b1s, train=tcs,
                 testbeds=tbs)
 
@@ -104,5 +102,5 @@ def bias_plan(c) -> dict:
         raise ValueError("Need 0 < r_min < r_max, num_radii >= 2 and num_directions >= 1.")
     tc = ex.TrainConfig(num_steps=c.train.num_steps, staleness=c.train.staleness,
                         max_lag_cap=max(lags), optimizer=c.train.optimizer, b2=c.train.b2,
-                        opt_eps=c.train.opt_eps, diagnostics=True)
+                        opt_eps=c.train.opt_eps, diagnostics=True, collapse=collapse_rules(c))
     return dict(testbed=tbc, train=tc, lags=lags, lrs=lrs, seeds=seeds, b1=b1, anchors=anchors)

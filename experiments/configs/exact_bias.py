@@ -19,7 +19,10 @@ from experiments.configs import exact_sweep
 
 def get_config():
     c = ml_collections.ConfigDict()
-    c.testbed = exact_sweep.get_config().testbed
+    sweep = exact_sweep.get_config()
+    c.testbed = sweep.testbed
+    c.loss_kwargs = sweep.loss_kwargs
+    c.collapse = sweep.collapse
     c.train = ml_collections.ConfigDict(dict(
         num_steps=200, staleness="fixed", optimizer="sgd", b1=0.0, b2=0.999, opt_eps=1e-8))
     c.traj_lags = "1,2,4,8"

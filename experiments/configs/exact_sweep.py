@@ -12,14 +12,15 @@ Launch (from the repository root; this config is the default, so --config may be
       --config.train.staleness=sync_interval
 
 Default: linear-softmax policy over fixed random features (8 prompts, V=4, L=3, 64 responses per
-prompt, partial-credit reward), GRPO surrogate (token ratio, PPO clip 0.2, group mean/std
-advantages) plus an exact KL(π_θ‖π_θ0) penalty β=0.1, population-mode H, SGD, fixed lag
+prompt, partial-credit reward), the registered "grpo" surrogate (token ratio, PPO clip 0.2, group
+mean/std advantages) plus an exact KL(π_θ‖π_θ0) penalty β=0.1, population-mode H, SGD, fixed lag
 S ∈ {0,1,2,4,8,16}, 21 η on a 2^(1/2) log grid from 0.5 to 512, 5 seeds, T=500 steps, run for two
-variants: "grpo" and the ratio-free "no_ratio" ablation (plain stale policy gradient). Results
+variants: "grpo" and the ratio-free "no_ratio" variant (plain stale policy gradient). Results
 and the numbers this config produced are in docs/exact_testbed.md.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config():
@@ -27,14 +28,22 @@ def get_config():
     c.testbed = ml_collections.ConfigDict(dict(
         num_prompts=8, vocab_size=4, seq_len=3, policy="linear", feature_dim=16, hidden_dim=32,
         feature_seed=0, init_scale=0.5, reward="partial", reward_seed=0, sum_modulus=0,
-        clip_eps=0.2, clip_eps_high=-1.0,  # < 0: same as clip_eps
-        std_normalize=True, leave_one_out=False, adv_eps=1e-6,
-        std_ddof=1, ratio_level="token", clip_mode="ppo", kl_coef=0.1))
+        kl_coef=0.1))
+    # Overrides of the variants' surrogate settings (async_grpo.losses.loss_config), applied to
+    # every variant; unset (None) fields keep each variant's own default.
+    c.loss_kwargs = ml_collections.ConfigDict({
+        "clip_eps": placeholder(float), "clip_eps_high": placeholder(float),
+        "std_normalize": placeholder(bool), "adv_eps": placeholder(float),
+        "std_ddof": placeholder(int)})
     c.train = ml_collections.ConfigDict(dict(
         num_steps=500, staleness="fixed", geometric_p=0.5, optimizer="sgd", b2=0.999,
-        opt_eps=1e-8, mode="population", group_size=8, collapse_frac=0.5, collapse_warmup=20,
-        collapse_baseline="init", collapse_patience=20))
-    # Comma-separated variants; each is a preset of testbed overrides (see exact_sweep.VARIANTS).
+        opt_eps=1e-8, mode="population", group_size=8))
+    # async_grpo.collapse.CollapseRules: J below J_0 + 0.5 (best − J_0) for 20 consecutive steps
+    # after step 20 (or non-finite).
+    c.collapse = ml_collections.ConfigDict(dict(
+        metric="J", drop_frac=0.5, baseline="init", ema=0.0, warmup=20, patience=20))
+    # Comma-separated registered loss variants (async_grpo.losses.list_losses() with an exact
+    # population form: grpo, dapo, dr_grpo, gspo, pg, rloo, no_ratio).
     c.variants = "grpo,no_ratio"
     c.lags = "0,1,2,4,8,16"
     c.lr_min = 0.5

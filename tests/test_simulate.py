@@ -1,0 +1,108 @@
+"""The generic stale-gradient simulator on model problems of its own (not the exact testbed)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from async_grpo import collapse as collapse_lib
+from async_grpo import simulate
+from async_grpo import staleness as staleness_lib
+from experiments import delayed_quadratic as dq
+from experiments.configs import delayed_quadratic as dq_config
+
+
+def test_delayed_quadratic_matches_the_exact_stability_bound():
+    """η_max of θ_{t+1} = θ_t − ηλθ_{t−S} is 2cos(Sπ/(2S+1))/λ; the simulator finds it to within
+    the η grid step (×1.057) and the finite horizon (growth just above the bound is slow)."""
+    c = dq_config.get_config()
+    with c.unlocked():
+        c.lags = "0,1,2,4,8"
+    res = dq.run(c)
+    step = res["grid_step"]
+    for r in res["rows"]:
+        for eta in r["eta_max_per_seed"]:
+            assert r["exact"] / step ** 2 < eta < r["exact"] * step, (r, eta)
+    assert [r["S"] for r in res["rows"]] == [0, 1, 2, 4, 8]
+    assert 0.8 < res["fit_S_ge_1"]["alpha"] < 0.95        # the exact curve's α is 0.85 here
+
+
+def _version_problem(num_steps, staleness, max_lag_cap=4):
+    """θ = (counter, x): the counter of θ_t is t, so φ's counter is its version v_t = t − s_t."""
+    def update(theta, phi, key, ctx):
+        return {"count": -jnp.ones(()), "x": jnp.zeros(())}, {"phi_version": phi["count"]}
+
+    def init(key, cell):
+        return {"count": jnp.zeros(()), "x": jax.random.normal(key, ())}
+
+    train = simulate.make_train(
+        update, init, lambda cell: optax.sgd(1.0), num_steps=num_steps, staleness=staleness,
+        max_lag_cap=max_lag_cap, collapse=None)
+    return train
+
+
+@pytest.mark.parametrize("staleness", staleness_lib.SCHEDULED)
+def test_the_update_sees_exactly_theta_t_minus_lag(staleness):
+    train = _version_problem(30, staleness)
+    cells = simulate.make_cells(max_lag=[0, 1, 3, 4], seed=[0, 5])
+    m, s = simulate.run_cells(train, cells)
+    t = np.arange(30)
+    for i, s_max in enumerate(cells["max_lag"]):
+        np.testing.assert_array_equal(m["phi_version"][i], t - m["lag"][i])
+        assert np.all((m["lag"][i] >= 0) & (m["lag"][i] <= np.minimum(t, s_max)))
+        if staleness == "fixed":
+            np.testing.assert_array_equal(m["lag"][i], np.minimum(t, s_max))
+    assert "collapse_step" not in s and "J_init" not in s   # no rules, no objective
+
+
+def test_random_lags_differ_by_seed_and_cover_the_range():
+    train = _version_problem(60, "random_uniform")
+    m, _ = simulate.run_cells(train, simulate.make_cells(max_lag=[4], seed=[0, 1]))
+    assert not np.array_equal(m["lag"][0], m["lag"][1])
+    assert set(np.unique(m["lag"][0][4:])) == {0, 1, 2, 3, 4}
+
+
+def test_collapse_on_an_update_metric_without_an_objective():
+    def update(theta, phi, key, ctx):
+        return -phi, {"norm": jnp.linalg.norm(theta)}     # ascent on ‖θ‖: it blows up
+
+    rules = collapse_lib.CollapseRules(metric="norm", max_metric="norm", max_value=10.0,
+                                       warmup=0, patience=3)
+    train = simulate.make_train(update, lambda key, cell: jnp.ones(2),
+                                lambda cell: optax.sgd(cell["lr"]), num_steps=40,
+                                staleness="fixed", max_lag_cap=2, collapse=rules)
+    m, s = simulate.run_cells(train, simulate.make_cells(max_lag=[2], lr=[0.5], seed=[0]))
+    first = int(np.argmax(m["norm"][0] > 10.0))
+    assert s["collapse_step"][0] == first      # patience 3: the streak's first step
+    assert collapse_lib.reason_name(s["collapse_reason"][0]) == "ceiling"
+    assert m["collapsed"][0][first + 2] and not m["collapsed"][0][first + 1]
+    with pytest.raises(ValueError, match="tracks 'J' but no objective"):
+        simulate.make_train(update, lambda key, cell: jnp.ones(2), lambda cell: optax.sgd(0.1),
+                            num_steps=5, collapse=simulate.default_collapse())
+
+
+@pytest.mark.parametrize("cells,match", [
+    ({"seed": [0], "max_lag": [5]}, "exceeds the ring-buffer cap S_max = 4"),
+    ({"seed": [-1], "max_lag": [0]}, "Every seed must be an integer >= 0"),
+    ({"max_lag": [0]}, "Every cell needs 'seed'"),
+    ({"seed": [0, 1], "max_lag": [0]}, "differ in length"),
+    ({"seed": [0], "max_lag": [0], "lr": [float("nan")]}, "'lr' must be finite"),
+])
+def test_bad_cells_fail_before_compiling(cells, match, monkeypatch):
+    train = _version_problem(5, "fixed")
+
+    def no_jit(*a, **k):
+        raise AssertionError("compiled before validating")
+    monkeypatch.setattr(jax, "jit", no_jit)
+    with pytest.raises(ValueError, match=match):
+        simulate.run_cells(train, {k: np.asarray(v) for k, v in cells.items()})
+
+
+def test_bad_settings_fail_clearly():
+    with pytest.raises(ValueError, match="bounded_async.*random_uniform"):
+        _version_problem(5, "bounded_async")
+    with pytest.raises(ValueError, match="max_lag_cap"):
+        _version_problem(5, "fixed", max_lag_cap=-1)
+    with pytest.raises(ValueError, match="grid is empty"):
+        simulate.make_cells(max_lag=[], seed=[0])
