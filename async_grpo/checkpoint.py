@@ -18,6 +18,8 @@ import jax
 import orbax.checkpoint as ocp
 
 META = "meta"
+# A run's checkpoints live in <workdir>/checkpoints (SFT and GRPO alike).
+CHECKPOINT_DIR = "checkpoints"
 
 
 def make_manager(directory: str, *, max_to_keep: int | None = 3,

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from async_grpo import files
+
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 
@@ -89,6 +91,19 @@ class MetricsWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def truncate_after(workdir: str, step: int) -> None:
+    """Drops the records past `step` from `<workdir>/metrics.jsonl` (a resumed run recomputes
+    them), atomically."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [ln for ln in f if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        files.write_text_atomic(path, "".join(kept))
 
 
 def read_metrics(workdir_or_file: str) -> list[dict[str, Any]]:

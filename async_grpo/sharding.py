@@ -34,6 +34,54 @@ DEFAULT_RULES: dict[str, Any] = {
 }
 
 
+def mesh_axis_names(rules: Optional[Mapping[str, Any]] = None) -> tuple[str, ...]:
+    """The mesh axes the rules place anything on (a mesh axis outside these holds nothing)."""
+    rules = DEFAULT_RULES if rules is None else rules
+    out = []
+    for target in rules.values():
+        for ax in ((target,) if isinstance(target, str) else tuple(target or ())):
+            if ax not in out:
+                out.append(ax)
+    return tuple(out)
+
+
+def parse_mesh_spec(spec, rules: Optional[Mapping[str, Any]] = None) -> list[tuple[str, int]]:
+    """"data=-1,fsdp=1,tensor=1" (or a list of (name, size)) -> [("data", -1), …], checked:
+    every name must be a mesh axis of the sharding rules and every size an integer."""
+    if isinstance(spec, str):
+        pairs = []
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, size = part.partition("=")
+            if not sep:
+                raise ValueError(f"mesh.axes={spec!r}: entries look like 'data=-1', got {part!r}.")
+            try:
+                pairs.append((name.strip(), int(size)))
+            except ValueError:
+                raise ValueError(f"mesh.axes={spec!r}: the size of {name.strip()!r} must be an "
+                                 f"integer (-1: all remaining devices), got {size!r}.") from None
+    else:
+        pairs = [(str(a), int(s)) for a, s in spec]
+    known = mesh_axis_names(rules)
+    unknown = [a for a, _ in pairs if a not in known]
+    if unknown:
+        raise ValueError(f"mesh.axes={spec!r}: unknown axis {unknown[0]!r}; the sharding rules "
+                         f"place arrays on {list(known)} (an axis outside them would silently "
+                         "replicate everything).")
+    if not pairs:
+        raise ValueError(f"mesh.axes={spec!r}: the mesh needs at least one axis.")
+    return pairs
+
+
+def batch_axis_size(mesh: Mesh, rules: Optional[Mapping[str, Any]] = None) -> int:
+    """How many ways the batch dimension is split on `mesh` (the product of its batch axes)."""
+    spec = batch_sharding(mesh, 1, rules).spec[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    return math.prod(mesh.shape[a] for a in axes)
+
+
 def make_mesh(axes: Sequence[tuple[str, int]], devices: Optional[Sequence[Any]] = None) -> Mesh:
     """Builds a `Mesh` from `[(name, size), …]`; one size may be -1 (fill with the rest)."""
     devices = list(jax.devices() if devices is None else devices)

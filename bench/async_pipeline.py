@@ -1,4 +1,4 @@
-r"""Wall time per step of the async engine against its jitted parts measured alone.
+r"""Wall time per step of the pipeline against its jitted parts measured alone.
 
   python -m bench.async_pipeline             # tiny model, addition, 32 prompts x 8, CPU
   python -m bench.async_pipeline --config.model.preset=small --config.rl.prompts_per_step=64 \
@@ -10,23 +10,25 @@ configured preset (or from --config.init_from=DIR, an SFT workdir), so no checkp
 
 The measurement runs in blocks of `rl.steps` steps, each block in turn:
   * parts alone: the synchronous loop done by hand, each part timed and blocked on its result:
-    sampling + reward = `trainer.generate_fn(θ_t, t, t)` (what the generator thread runs), and
-    learner step = `Learner.step` (sharded, donated) with its metrics fetched to the host (the
-    engine needs them every step). This is the same computation as the engine with S = 0.
-  * the engine, `AsyncEngine.run()` with `fixed` S = 0 (sequential: ideal = sampling + learner)
+    sampling + reward = `components.source.generate(θ_t, t, t)` (what the generator thread
+    runs), and learner step = `Learner.step` (sharded, donated) with its metrics fetched to the
+    host (the pipeline fetches them on log steps; the bench logs every step). This is the same
+    computation as the pipeline with S = 0.
+  * the pipeline, `pipeline.run` with `fixed` S = 0 (sequential: ideal = sampling + learner)
   * and with S = 1 (pipelined; on a device that runs both at once the ideal would be the larger
     part; on a CPU the two share the cores). Per-step time = differences of the logged `wall_s`.
-The same learner and engines are reused (compiled once, in an uncounted first block). Each
+The same learner is reused by every run (compiled once, in an uncounted first block). Each
 quantity is the median over a block's steps after `--skip`; the table gives the median over
-blocks and the [min, max]. Short interleaved blocks pair every engine measurement with a parts
+blocks and the [min, max]. Short interleaved blocks pair every pipeline measurement with a parts
 measurement taken seconds apart, which matters on a shared machine whose speed drifts.
-Overhead = engine per step / (sampling + learner) − 1: what the engine adds (thread hand-off,
-parameter snapshot, drift norms, lag statistics, metrics to host, JSONL + TensorBoard, collapse
-detector). Evaluation and checkpoints are off (periodic; timed in their own metrics).
+Overhead = pipeline per step / (sampling + learner) − 1: what the pipeline adds (thread
+hand-off, parameter snapshot, drift norms, lag statistics, metrics to host, JSONL + TensorBoard,
+collapse state). Evaluation and checkpoints are off (periodic; timed in their own metrics).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -38,17 +40,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from async_grpo import checkpoint as ckpt_lib
+from async_grpo import config as config_lib
 from async_grpo import metrics as metrics_lib
-from async_grpo import models
-from async_grpo.rl import build, engine
-from async_grpo.staleness import StalenessPolicy
+from async_grpo.rl import components, pipeline
 from experiments.configs import addition
 
 
 def get_config():
     c = addition.get_config()
-    engine.add_engine_defaults(c)
     c.model.preset = "tiny"
     c.rl.prompts_per_step = 32
     c.rl.group_size = 8
@@ -65,26 +64,18 @@ _SKIP = flags.DEFINE_integer("skip", 2, "Leading steps of each run dropped from 
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Also write the results as JSON here.")
 
 
-def random_init(config, path: str) -> str:
-    """Saves a random init of `config.model` as the checkpoint the trainer starts from."""
-    model_cfg = build.build_model_config(config, build.build_tokenizer(config))
-    _, params = models.init_model(model_cfg, int(config.seed))
-    with ckpt_lib.make_manager(os.path.join(path, "checkpoints")) as m:
-        ckpt_lib.save(m, 1, {"params": params})
-    return path
-
-
-def parts_alone(trainer, learner, steps: int) -> tuple[list[float], list[float]]:
+def parts_alone(comps, learner, steps: int) -> tuple[list[float], list[float]]:
     """Per-step seconds of sampling + reward and of the learner step, run one after the other."""
-    params = learner.place_params(trainer.ref_params)
-    theta0 = learner.place_params(trainer.ref_params)
+    params = learner.place_params(comps.init_params)
+    theta0 = learner.place_params(comps.init_params)
     opt_state, aux = learner.init_opt_state(params), learner.init_aux(params)
     gen_s, learn_s = [], []
     for t in range(steps):
         t0 = time.perf_counter()
-        batch = trainer.generate_fn(params, t, t)       # host-side rewards: already on host
+        batch = comps.source.generate(params, t, t)     # host-side rewards: already on host
         t1 = time.perf_counter()
-        params, opt_state, aux, m = learner.step(params, opt_state, aux, batch.arrays, theta0)
+        params, opt_state, aux, m = learner.step(params, opt_state, aux, batch.arrays, theta0,
+                                                 step=t + 1)
         metrics_lib.to_scalars(m)                        # blocks on the update
         t2 = time.perf_counter()
         gen_s.append(t1 - t0)
@@ -92,18 +83,16 @@ def parts_alone(trainer, learner, steps: int) -> tuple[list[float], list[float]]
     return gen_s, learn_s
 
 
-def make_engine(trainer, max_lag: int):
-    """An `AsyncEngine` with `fixed` S = max_lag (reused across runs: compiled once)."""
-    settings = engine.EngineSettings.from_config(trainer.config)
-    settings.policy = StalenessPolicy("fixed", max_lag)
-    return engine.AsyncEngine(trainer, settings=settings)
+def with_lag(config: config_lib.RunConfig, max_lag: int) -> config_lib.RunConfig:
+    """`config` with the `fixed` policy and S = max_lag."""
+    return dataclasses.replace(config, staleness=dataclasses.replace(
+        config.staleness, policy="fixed", max_lag=max_lag))
 
 
-def engine_steps(eng, workdir: str) -> tuple[list[float], list[float]]:
-    """Per-step wall seconds of `eng.run()` into a fresh `workdir`, and the generator thread's own
-    time per batch (`rollout/generate_s`)."""
-    eng.trainer.workdir = workdir
-    eng.run()
+def pipeline_steps(config, comps, learner, workdir: str) -> tuple[list[float], list[float]]:
+    """Per-step wall seconds of `pipeline.run` into a fresh `workdir`, and the generator
+    thread's own time per batch (`rollout/generate_s`)."""
+    pipeline.run(config, comps, workdir, learner=learner)
     recs = metrics_lib.read_metrics(workdir)
     return (np.diff([0.0] + [r["wall_s"] for r in recs]).tolist(),
             [r["rollout/generate_s"] for r in recs])
@@ -113,39 +102,44 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cfg, skip, blocks = _CONFIG.value, _SKIP.value, _BLOCKS.value
-    steps = int(cfg.rl.steps)
+    try:
+        config = config_lib.RunConfig.from_config(cfg)
+    except ValueError as e:
+        raise app.UsageError(f"bad config: {e}") from None
+    steps = config.rl.steps
     if steps <= skip + 2:
         raise app.UsageError(f"--config.rl.steps={steps} must exceed --skip={skip} by at least 3.")
     if blocks < 1:
         raise app.UsageError(f"--blocks must be >= 1, got {blocks}.")
     tmp = tempfile.mkdtemp(prefix="async_pipeline_")
-    if not cfg.init_from:
-        with cfg.unlocked():
-            cfg.init_from = random_init(cfg, os.path.join(tmp, "init"))
-    trainer = engine.build_trainer(cfg, os.path.join(tmp, "unused"))
-    engines = {0: make_engine(trainer, 0), 1: make_engine(trainer, 1)}
+    if not config.init_from:
+        config = dataclasses.replace(config, init_from=components.save_random_init(
+            config, os.path.join(tmp, "init")))
+    comps = components.build_grpo(config)
+    learner = pipeline.make_learner(config, comps)
+    configs = {0: with_lag(config, 0), 1: with_lag(config, 1)}
     med = lambda xs: statistics.median(xs[skip:])
     rows: dict[str, list[float]] = {k: [] for k in (
         "sampling + reward (alone)", "learner step (alone)", "sum of parts",
-        "engine S=0", "engine S=0 overhead", "engine S=1", "engine S=1 generator",
-        "engine S=1 vs sum", "engine S=1 vs max")}
+        "pipeline S=0", "pipeline S=0 overhead", "pipeline S=1", "pipeline S=1 generator",
+        "pipeline S=1 vs sum", "pipeline S=1 vs max")}
     for b in range(-1, blocks):          # block -1 compiles everything and is not counted
-        gen_s, learn_s = parts_alone(trainer, engines[0].learner, steps)
+        gen_s, learn_s = parts_alone(comps, learner, steps)
         g, l = med(gen_s), med(learn_s)
         total = med([a + b for a, b in zip(gen_s, learn_s)])
-        s0, _ = engine_steps(engines[0], os.path.join(tmp, f"s0_{b}"))
-        s1, s1_gen = engine_steps(engines[1], os.path.join(tmp, f"s1_{b}"))
+        s0, _ = pipeline_steps(configs[0], comps, learner, os.path.join(tmp, f"s0_{b}"))
+        s1, s1_gen = pipeline_steps(configs[1], comps, learner, os.path.join(tmp, f"s1_{b}"))
         e0, e1 = med(s0), med(s1)
         if b < 0:
             continue
         for k, v in (("sampling + reward (alone)", g), ("learner step (alone)", l),
-                     ("sum of parts", total), ("engine S=0", e0),
-                     ("engine S=0 overhead", e0 / total - 1), ("engine S=1", e1),
-                     ("engine S=1 generator", med(s1_gen)),
-                     ("engine S=1 vs sum", e1 / total - 1),
-                     ("engine S=1 vs max", e1 / max(g, l) - 1)):
+                     ("sum of parts", total), ("pipeline S=0", e0),
+                     ("pipeline S=0 overhead", e0 / total - 1), ("pipeline S=1", e1),
+                     ("pipeline S=1 generator", med(s1_gen)),
+                     ("pipeline S=1 vs sum", e1 / total - 1),
+                     ("pipeline S=1 vs max", e1 / max(g, l) - 1)):
             rows[k].append(v)
-        print(f"block {b}: parts {1e3 * g:.1f} + {1e3 * l:.1f} ms, engine S=0 {1e3 * e0:.1f} ms "
+        print(f"block {b}: parts {1e3 * g:.1f} + {1e3 * l:.1f} ms, pipeline S=0 {1e3 * e0:.1f} ms "
               f"({100 * (e0 / total - 1):+.1f}%), S=1 {1e3 * e1:.1f} ms", flush=True)
 
     dev = jax.devices()[0]

@@ -6,22 +6,21 @@ Writes <workdir>/metrics.jsonl, TensorBoard events under <workdir>/tb and the or
 <workdir>/checkpoints/<step>/ that experiments/train.py loads via --config.init_from=<workdir>.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, logging
 
+from async_grpo.rl import components
 from async_grpo.sft import run_sft
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (experiments/configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-flags.mark_flags_as_required(["config", "workdir"])
+from experiments import run_config
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.info("config:\n%s", _CONFIG.value)
-    run_sft(_CONFIG.value, _WORKDIR.value)
+    config = run_config.parse(argv)
+    logging.info("config:\n%s", run_config.CONFIG.value)
+    try:
+        comps = components.build_sft(config)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    run_sft(config, run_config.WORKDIR.value, comps=comps)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,8 @@ def _diff(a, b, path=""):
 
 
 def compare(new: dict, old: dict) -> bool:
+    """Prints, per run: the parameter hash, the values that differ, and the metric keys only one
+    side has (added or removed keys are reported apart from changed values). -> all identical."""
     same = True
     for name in old["runs"]:
         o, n = old["runs"][name], new["runs"].get(name)
@@ -163,14 +165,22 @@ def compare(new: dict, old: dict) -> bool:
             same = False
             continue
         diffs = [d for d in _diff(n, o) if not d[0].startswith("/command")]
-        status = "IDENTICAL" if not diffs else f"{len(diffs)} differing values"
+        changed = [d for d in diffs if "<missing>" not in (d[1], d[2])]
+        added = sorted({d[0].rsplit("/", 1)[-1] for d in diffs if d[2] == "<missing>"})
+        removed = sorted({d[0].rsplit("/", 1)[-1] for d in diffs if d[1] == "<missing>"})
+        status = "IDENTICAL" if not diffs else (
+            f"{len(changed)} changed values" if changed else "common values identical")
         if "params_sha256" in o:
-            status += (" (params hash identical)" if o["params_sha256"] == n["params_sha256"]
-                       else " (params hash DIFFERS)")
+            status += (", params hash identical" if o["params_sha256"] == n["params_sha256"]
+                       else ", params hash DIFFERS")
         print(f"{name}: {status}")
-        for path, x, y in diffs[:40]:
+        if added:
+            print(f"    keys only in the new record: {added}")
+        if removed:
+            print(f"    keys only in the golden record: {removed}")
+        for path, x, y in changed[:40]:
             print(f"    {path}: new {x!r} vs golden {y!r}")
-        same &= not diffs
+        same &= not changed and not removed and o.get("params_sha256") == n.get("params_sha256")
     return same
 
 

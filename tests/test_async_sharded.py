@@ -1,4 +1,4 @@
-"""The engine's sharded learner on 8 simulated CPU devices equals the 1-device run."""
+"""The pipeline's sharded learner on 8 simulated CPU devices equals the 1-device run."""
 
 import pytest
 
@@ -6,14 +6,15 @@ from tests._subprocess import run_with_devices
 
 
 @pytest.mark.multidevice
-def test_engine_on_8_devices_and_generator_submesh(tmp_path):
+def test_pipeline_on_8_devices_and_generator_submesh(tmp_path):
     out = run_with_devices(f"""
         import pathlib
         import numpy as np
         from jax.sharding import PartitionSpec as P
-        from tests.test_async_engine import config, make_init, run_engine
+        from async_grpo.rl import components, pipeline
+        from tests import helpers
         tmp = pathlib.Path({str(tmp_path)!r})
-        make_init(str(tmp / "init"))
+        helpers.random_init(tmp / "init")
         common = {{"rl.steps": 3, "staleness.policy": "fixed", "staleness.max_lag": 1,
                   "diagnostics.bias_every": 2}}
         runs = {{
@@ -22,19 +23,23 @@ def test_engine_on_8_devices_and_generator_submesh(tmp_path):
             "split": {{"mesh.num_devices": 4, "mesh.generator_devices": 2,
                       "mesh.axes": "data=-1,fsdp=1,tensor=1"}},
         }}
-        res = {{}}
+        res, learners = {{}}, {{}}
         for name, kw in runs.items():
-            eng, out, recs = run_engine(config(tmp, **common, **kw), tmp / name)
-            res[name] = (eng, recs)
-        eng8 = res["eight"][0]
-        assert eng8.mesh.devices.size == 8 and dict(eng8.mesh.shape) == {{
+            cfg = helpers.pipeline_config(tmp, **common, **kw)
+            comps = helpers.dense_rewards(components.build_grpo(cfg))
+            learners[name] = pipeline.make_learner(cfg, comps)
+            out, _, recs = helpers.run(cfg, tmp / name, learner=learners[name])
+            res[name] = (out, recs)
+        l8 = learners["eight"]
+        assert l8.mesh.devices.size == 8 and dict(l8.mesh.shape) == {{
             "data": 2, "fsdp": 2, "tensor": 2}}
-        specs = {{str(s.spec) for s in __import__("jax").tree.leaves(eng8.learner.param_shardings)}}
+        specs = {{str(s.spec) for s in __import__("jax").tree.leaves(l8.param_shardings)}}
         assert any("fsdp" in s for s in specs) and any("tensor" in s for s in specs), specs
-        split = res["split"][0]
-        assert len(split.learner.gen_mesh.devices.flat) == 2
-        gen_devs = set(split.learner.gen_mesh.devices.flat)
-        snap = split.store.get(split.store.latest)
+        split = learners["split"]
+        assert len(split.gen_mesh.devices.flat) == 2
+        gen_devs = set(split.gen_mesh.devices.flat)
+        store = res["split"][0].store
+        snap = store.get(store.latest)
         assert all(set(x.devices()) == gen_devs for x in __import__("jax").tree.leaves(snap))
         import jax
         ref = jax.device_get(res["one"][0].params)

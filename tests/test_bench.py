@@ -17,10 +17,10 @@ def test_async_pipeline_bench_runs_and_reports(tmp_path):
          "--config.rl.steps=4", "--config.rl.prompts_per_step=4", "--config.rl.group_size=4",
          f"--json_out={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "engine S=0 overhead" in proc.stdout and "1 blocks of 4 steps" in proc.stdout
+    assert "pipeline S=0 overhead" in proc.stdout and "1 blocks of 4 steps" in proc.stdout
     rows = json.loads(out.read_text())["seconds_or_fraction"]
-    for key in ("sampling + reward (alone)", "learner step (alone)", "engine S=0", "engine S=1"):
+    for key in ("sampling + reward (alone)", "learner step (alone)", "pipeline S=0", "pipeline S=1"):
         assert len(rows[key]) == 1 and 0 < rows[key][0] < 60, (key, rows[key])
-    overhead = rows["engine S=0 overhead"][0]
-    assert math.isfinite(overhead) and overhead == rows["engine S=0"][0] / rows[
+    overhead = rows["pipeline S=0 overhead"][0]
+    assert math.isfinite(overhead) and overhead == rows["pipeline S=0"][0] / rows[
         "sum of parts"][0] - 1

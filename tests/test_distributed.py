@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 from async_grpo import distributed
+from async_grpo import metrics as metrics_lib
+from tests import helpers
+from tests.helpers import TINY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARES, STEPS = 2, 3
@@ -25,6 +28,7 @@ distributed.initialize()
 import numpy as np, optax
 from async_grpo import losses, models, sharding as sharding_lib
 from async_grpo.rl.learner import Learner
+from async_grpo.rl.objectives import GRPOObjective
 from async_grpo.rl.rollout import Rollouts
 from async_grpo.tasks import CharTokenizer, get_task
 
@@ -38,8 +42,9 @@ task.score_batch = lambda problems, responses: (
         "correct_frac": 0.0, "malformed_frac": 0.0})
 ro = Rollouts(graphdef, task, tok, group_size=4, max_prompt_len=7, max_new_tokens=5)
 mesh = sharding_lib.make_mesh([("data", -1)])
-L = Learner(graphdef, optimizer=optax.adam(3e-3), loss_fn=losses.make_loss("grpo", kl_coef=0.0),
-            group_size=4, temperature=1.0, mesh=mesh).setup(params0)
+objective = GRPOObjective(graphdef, losses.make_loss("grpo", kl_coef=0.0),
+                          losses.make_loss("total_derivative"), 0.0, 4, 1.0)
+L = Learner(objective, optax.adam(3e-3), params0, mesh=mesh)
 params = L.place_params(params0)
 opt_state, aux = L.init_opt_state(params), L.init_aux(params)
 behavior = L.snapshot(params)   # process-local θ_0 for the generator
@@ -52,7 +57,7 @@ for t in range(steps):
         key = jax.random.fold_in(jax.random.key(t), i)
         parts.append(ro.generate_batch(behavior, 0, key, share).arrays)
     local = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
-    params, opt_state, aux, m = L.step(params, opt_state, aux, local)
+    params, opt_state, aux, m = L.step(params, opt_state, aux, local, step=t + 1)
     print("step", t, "loss", float(m["loss"]), "grad_norm", float(m["grad_norm"]), flush=True)
 final = jax.tree.map(np.asarray, distributed.to_local(params))
 moved = max(float(np.abs(a - np.asarray(b)).max())
@@ -134,9 +139,7 @@ def test_process_share():
 def test_train_binary_two_processes(tmp_path):
     """experiments.train in 2 processes (fixed S=2): each generates its half of the prompts; the
     run logs exact lags from process 0, checkpoints (snapshots included) and resumes."""
-    from tests.test_train import TINY, _random_init  # pylint: disable=import-outside-toplevel
-    from async_grpo import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
-    init, workdir = _random_init(tmp_path / "init"), str(tmp_path / "run")
+    init, workdir = helpers.random_init(tmp_path / "init"), str(tmp_path / "run")
 
     def run(steps):
         port = _free_port()

@@ -1,6 +1,5 @@
 """Cross-check of the library's GRPO, DAPO and Dr. GRPO against `tests/reference_grpo.py`."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

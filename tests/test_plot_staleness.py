@@ -1,20 +1,21 @@
-"""experiments/plot_staleness.py on tiny engine runs with S in {0, 2, 8}."""
+"""experiments/plot_staleness.py on tiny pipeline runs with S in {0, 2, 8}."""
 
 import os
 
 import pytest
 
 from experiments import plot_staleness
-from tests.test_async_engine import config, make_init, run_engine
+from tests import helpers
 
 
 def test_plot_reward_curves_and_lag_histograms(tmp_path):
-    make_init(str(tmp_path / "init"))
+    helpers.random_init(tmp_path / "init")
     dirs = []
     for s in (0, 2, 8):
-        cfg = config(tmp_path, **{"rl.steps": 4, "staleness.policy": "fixed",
-                                  "staleness.max_lag": s, "staleness.queue_size": 2})
-        run_engine(cfg, tmp_path / f"S{s}")
+        cfg = helpers.pipeline_config(tmp_path, **{"rl.steps": 4, "staleness.policy": "fixed",
+                                                   "staleness.max_lag": s,
+                                                   "staleness.queue_size": 2})
+        helpers.run(cfg, tmp_path / f"S{s}")
         dirs.append(str(tmp_path / f"S{s}"))
     out = str(tmp_path / "fig.png")
     summaries = plot_staleness.main(["--out", out, "--smooth", "2", *dirs])

@@ -1,4 +1,4 @@
-"""Kill the engine (SIGKILL, SIGTERM) mid-run, restart it, and end bit-identical (`fixed`)."""
+"""Kill the pipeline (SIGKILL, SIGTERM) mid-run, restart it, and end bit-identical (`fixed`)."""
 
 import os
 import signal
@@ -11,23 +11,24 @@ import numpy as np
 
 from async_grpo import checkpoint as ckpt_lib
 from async_grpo import metrics as metrics_lib
-from tests.test_async_engine import config, make_init, run_engine
+from tests import helpers
+from tests.helpers import pipeline_config as config
+from tests.helpers import run as run_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 10
 OVERRIDES = {"rl.steps": STEPS, "rl.checkpoint_every": 1, "staleness.policy": "fixed",
              "staleness.max_lag": 2, "staleness.queue_size": 2, "keep_checkpoints": 2}
 
-# The same run as `run_engine(config(...))`, in a fresh process, each batch slowed down so that a
-# kill lands mid-run (the engine itself is unchanged).
+# The same run as `run_pipeline(config(...))`, in a fresh process, each batch slowed down so that
+# a kill lands mid-run (the pipeline itself is unchanged).
 RUNNER = """
 import sys, time, pathlib
-from tests.test_async_engine import config, run_engine
+from tests import helpers
 tmp, workdir = pathlib.Path(sys.argv[1]), sys.argv[2]
-def slow(trainer):
-    gen = trainer.generate_fn
-    trainer.generate_fn = lambda p, v, s: (time.sleep(0.4), gen(p, v, s))[1]
-run_engine(config(tmp, **{overrides!r}), workdir, wrap=slow)
+def slow(comps):
+    helpers.wrap_generate(comps, lambda gen, p, v, s: (time.sleep(0.4), gen(p, v, s))[1])
+helpers.run(helpers.pipeline_config(tmp, **{overrides!r}), workdir, wrap=slow)
 print("FINISHED")
 """
 
@@ -52,8 +53,8 @@ def _wait_for_step(proc, workdir, step, timeout=120):
 
 
 def test_sigkill_and_sigterm_resume_bit_identical(tmp_path):
-    make_init(str(tmp_path / "init"))
-    ref, _, ref_recs = run_engine(config(tmp_path, **OVERRIDES), tmp_path / "ref")
+    helpers.random_init(tmp_path / "init")
+    ref, _, ref_recs = run_pipeline(config(tmp_path, **OVERRIDES), tmp_path / "ref")
 
     workdir = tmp_path / "killed"
     ckpt_dir = str(workdir / "checkpoints")
@@ -84,10 +85,8 @@ def test_sigkill_and_sigterm_resume_bit_identical(tmp_path):
     termed_at = ckpt_lib.latest_step(ckpt_dir)
     assert second_kill < termed_at <= STEPS
     # 4) Restart again and finish (in-process).
-    eng, _, recs = run_engine(config(tmp_path, **OVERRIDES), workdir)
-    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), jax.device_get(eng.params),
-                        jax.device_get(ref.params))
-    assert all(jax.tree.leaves(same))
+    res, _, recs = run_pipeline(config(tmp_path, **OVERRIDES), workdir)
+    assert helpers.trees_equal(res.params, ref.params)
     # The metrics stream has each step once, with the uninterrupted run's losses.
     assert [r["step"] for r in recs] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in recs] == [r["loss"] for r in ref_recs]
@@ -99,37 +98,35 @@ def test_bounded_async_resume_keeps_its_guarantees(tmp_path):
     depends on thread timing, and batches in flight are regenerated), but a resumed run keeps its
     guarantees: every step trained and logged once, lag <= S, nothing dropped, and the parameter
     history the policy needs restored."""
-    make_init(str(tmp_path / "init"))
+    helpers.random_init(tmp_path / "init")
     s, steps = 2, 8
     cfg = config(tmp_path, **{"rl.steps": steps, "rl.checkpoint_every": 1,
                               "staleness.policy": "bounded_async", "staleness.max_lag": s,
                               "staleness.queue_size": 2})
     workdir = tmp_path / "run"
 
-    def sigterm_at_5(trainer):
-        gen = trainer.generate_fn
-
-        def generate(params, version, step):
-            if step == 5:   # from the generator thread; the engine's handler runs in the main one
+    def sigterm_at_5(comps):
+        def generate(gen, params, version, step):
+            if step == 5:   # from the generator thread; the handler runs in the main one
                 os.kill(os.getpid(), signal.SIGTERM)
             return gen(params, version, step)
 
-        trainer.generate_fn = generate
+        helpers.wrap_generate(comps, generate)
 
-    _, out, recs = run_engine(cfg, workdir, wrap=sigterm_at_5)
+    out, _, recs = run_pipeline(cfg, workdir, wrap=sigterm_at_5)
     stopped = ckpt_lib.latest_step(str(workdir / "checkpoints"))
-    assert out.get("interrupted") and 0 < stopped < steps
+    assert out.interrupted and 0 < stopped < steps
     assert recs[-1]["step"] <= stopped
     with ckpt_lib.make_manager(str(workdir / "checkpoints")) as m:
         _, items = ckpt_lib.restore(m, {}, step=stopped, with_meta=True)
     held = items["meta"]["history_versions"]   # from the last trained batch's version on
     assert stopped in held and all(stopped - s - 1 <= v <= stopped for v in held), (stopped, held)
 
-    eng, _, recs = run_engine(cfg, workdir)
+    res, _, recs = run_pipeline(cfg, workdir)
     assert [r["step"] for r in recs] == list(range(1, steps + 1))
     assert all(0 <= r["lag"] <= s and r["lag/frac_over"] == 0.0 for r in recs)
     assert all(r["generator/dropped"] == 0 and r["finite"] for r in recs)
     # The first batch after the restart is regenerated by the newest version, θ_stopped.
     assert recs[stopped]["version"] == stopped and recs[stopped]["lag"] == 0
     assert ckpt_lib.latest_step(str(workdir / "checkpoints")) == steps
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(eng.params)))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(res.params)))

@@ -11,43 +11,25 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from async_grpo import config as config_lib
 from async_grpo import losses, models
 from async_grpo import metrics as metrics_lib
-from async_grpo.rl import build
-from async_grpo.rl.loop import GRPOTrainer, check_staleness
+from async_grpo.rl import components
+from async_grpo.rl.objectives import GRPOObjective
 from async_grpo.rl.rollout import Rollouts
-from async_grpo.rl.step import make_train_step
 from async_grpo.tasks import CharTokenizer, get_task
 from experiments.configs import addition
+from tests import helpers
+from tests.helpers import TINY, tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = helpers.repo_root()
 CONFIG = "experiments/configs/addition.py"
-
-# A tiny, fast version of the addition config (2-digit numbers, tiny model, a few steps).
-TINY = {
-    "task.kwargs.num_digits": 2, "model.preset": "tiny", "model.max_seq_len": 24,
-    "sft.steps": 12, "sft.batch_size": 16, "sft.eval_every": 6, "sft.optimizer.warmup_steps": 2,
-    "eval.num_problems": 16, "eval.batch_size": 16, "rl.steps": 3, "rl.prompts_per_step": 4,
-    "rl.group_size": 4, "rl.eval_every": 2, "rl.checkpoint_every": 2,
-    "rl.optimizer.warmup_steps": 1, "rl.loss_kwargs.kl_coef": 0.04,
-}
 
 SFT_KEYS = {"step", "time", "loss", "token_accuracy", "grad_norm", "heldout/accuracy", "wall_s"}
 TRAIN_KEYS = {"step", "time", "loss", "grad_norm", "entropy", "kl_ref_k1", "kl_ref_k3",
               "rollout/reward", "rollout/response_length", "rollout/malformed_frac",
               "loss/clip_frac", "loss/kl_behavior_k3", "loss/ess_frac", "response_length",
               "steps_per_sec", "lag", "version"}
-
-
-def tiny_config(**extra):
-    c = addition.get_config()
-    for key, value in {**TINY, **extra}.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
 
 
 def _run(module, workdir, *overrides):
@@ -103,9 +85,12 @@ def _tiny_model(max_seq_len=24):
 
 
 @pytest.mark.parametrize("loss", ["grpo", "dapo", "rloo", "total_derivative"])
-def test_rollout_and_train_step(loss):
+def test_rollout_and_one_update(loss):
     tok, graphdef, params = _tiny_model()
     task = get_task("addition", num_digits=2)
+    score = task.score_batch   # a dense reward, so that the random model gets a signal
+    task.score_batch = lambda ps, rs: (np.asarray([r.count("1") / max(len(r), 1) for r in rs],
+                                                  np.float32), score(ps, rs)[1])
     ro = Rollouts(graphdef, task, tok, group_size=4, max_prompt_len=7, max_new_tokens=5)
     problems = task.sample_batch(np.random.default_rng(0), 3)
     batch = ro.generate_batch(params, 7, jax.random.key(0), problems)
@@ -113,92 +98,112 @@ def test_rollout_and_train_step(loss):
     assert batch.arrays["response_tokens"].shape == (12, 5)
     assert batch.arrays["rewards"].shape == (12,)
     assert 0.0 <= batch.stats["reward"] <= 1.0
-    import optax  # pylint: disable=import-outside-toplevel
-    opt = optax.adam(1e-3)
-    loss_fn = losses.make_loss(loss)
-    step = make_train_step(graphdef, optimizer=opt, loss_fn=loss_fn, group_size=4)
-    new_params, _, m = step(params, opt.init(params), batch.arrays, params)
+    obj = GRPOObjective(graphdef, losses.make_loss(loss), losses.make_loss("total_derivative"),
+                        0.0, 4, 1.0)
+    (value, m), grads = jax.value_and_grad(obj, has_aux=True)(
+        params, batch.arrays, obj.prepare(batch.arrays, params))
     m = metrics_lib.to_scalars(m)
     assert all(math.isfinite(v) for v in m.values()), m
     assert abs(m["kl_ref_k3"]) < 1e-5   # the reference is the current policy
-    assert {"grad_norm", "entropy", "response_length", "reward"} <= set(m)
-    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), params, new_params)
-    assert any(jax.tree.leaves(changed)) or m["grad_norm"] == 0.0
+    assert {"entropy", "response_length", "reward"} <= set(m) and math.isfinite(float(value))
+    assert m["loss/zero_adv_group_frac"] < 1          # some group carries a signal …
+    assert any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads))   # … so θ moves
 
 
-def test_group_size_must_be_at_least_two(tmp_path):
-    with pytest.raises(ValueError, match=r"group_size must be >= 2.*got 1"):
-        GRPOTrainer(tiny_config(**{"rl.group_size": 1}), str(tmp_path))
-    tok, graphdef, _ = _tiny_model()
-    with pytest.raises(ValueError, match=r"group_size must be >= 2.*got 1"):
-        Rollouts(graphdef, get_task("addition"), tok, group_size=1, max_prompt_len=8,
-                 max_new_tokens=4)
+# Bad values through each binary: every row fails fast with a message naming the key.
+BAD_VALUES = [
+    ("rl.optimizer.lr", "-1.0", "rl.optimizer.lr=-1.0: must be a finite number > 0"),
+    ("rl.group_size", "1", "rl.group_size=1: must be an integer >= 2"),
+    ("rl.steps", "-5", "rl.steps=-5: must be an integer >= 1"),
+    ("rl.temperature", "0.0", "rl.temperature=0.0: must be a finite number > 0"),
+    ("rl.top_p", "1.5", r"rl.top_p=1.5: must be a finite number in \[0, 1\]"),
+    ("rl.loss", "grpoo", "rl.loss='grpoo'.*Unknown loss 'grpoo'; valid names"),
+    ("rl.grad_mode", "both", "rl.grad_mode='both': must be one of"),
+    ("sft.steps", "0", "sft.steps=0: must be an integer >= 1"),
+    ("sft.batch_size", "0", "sft.batch_size=0: must be an integer >= 1"),
+    ("task.name", "additon", "task.name='additon': must be one of"),
+    ("model.preset", "huge", "model.preset='huge': must be one of"),
+    ("mesh.axes", "foo=-1", "mesh.axes='foo=-1':.*unknown axis 'foo'"),
+    ("staleness.policy", "async", "staleness.policy='async'.*Unknown staleness policy 'async'"),
+    ("staleness.max_lag", "2", "staleness.policy='sync'.*'sync' policy has max_lag 0"),
+    ("staleness.publish_every", "2", "every version must be published"),
+    ("collapse.patience", "0", "collapse.patience=0: must be an integer >= 1"),
+    ("log_every", "0", "log_every=0: must be an integer >= 1"),
+]
 
 
-def test_unknown_task_and_preset(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown task 'additon'.*valid tasks: addition"):
-        GRPOTrainer(tiny_config(**{"task.name": "additon"}), str(tmp_path))
-    with pytest.raises(ValueError, match=r"(?i)unknown model preset 'huge'.*tiny"):
-        build.build_model_config(tiny_config(**{"model.preset": "huge"}), CharTokenizer())
+@pytest.mark.parametrize("key,value,match", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_bad_values_are_refused_by_the_one_config_parse(key, value, match):
+    c = helpers.tiny_config_dict()
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    with c.unlocked():
+        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], str) else value
+    with pytest.raises(ValueError, match=match):
+        config_lib.RunConfig.from_config(c)
 
 
-def test_prompt_longer_than_context(tmp_path):
-    # 3-digit addition: bos + "123+456=" is 9 tokens, + 6 new tokens > 12.
+@pytest.mark.parametrize("module", ["experiments.train", "experiments.sft"])
+def test_binaries_refuse_bad_values_fast_without_a_traceback(module, tmp_path):
+    for key, value, match in BAD_VALUES[:3] + BAD_VALUES[11:13]:
+        env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+        proc = subprocess.run([sys.executable, "-m", module, f"--config={CONFIG}",
+                               f"--workdir={tmp_path}", f"--config.{key}={value}"], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0, (key, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        import re  # pylint: disable=import-outside-toplevel
+        assert re.search(match, proc.stderr), (match, proc.stderr[-2000:])
+
+
+def test_config_defaults_live_in_one_place():
+    """experiments/configs start from RunConfig's defaults, and the parse round-trips them."""
+    assert config_lib.RunConfig.from_config(config_lib.default_config_dict()) == \
+        config_lib.RunConfig()
+    c = addition.get_config()
+    rc = config_lib.RunConfig.from_config(c)
+    assert rc.rl.steps == c.rl.steps == 500 and rc.staleness.policy == "sync"
+    assert rc.to_dict() == c.to_dict()           # nothing is added or lost by the parse
+    with pytest.raises(ValueError, match=r"rl.optimiser=.*unknown key; valid keys of rl"):
+        config_lib.RunConfig.from_config({"rl": {"optimiser": {}}})
+    text = config_lib.describe(rc)
+    assert "rl.optimizer.lr = 5e-05  # peak learning rate" in text
+    assert "staleness.policy = 'sync'" in text and "collapse.metric = 'reward'" in text
+
+
+def test_components_refuse_a_prompt_longer_than_the_context(tmp_path):
+    # 3-digit addition: bos + "123+456=" is 9 tokens, + 6 new tokens = 15 > 12.
     cfg = tiny_config(**{"task.kwargs.num_digits": 3, "model.max_seq_len": 12})
-    with pytest.raises(ValueError, match=r"prompt of 9 tokens \+ max_new_tokens=6 exceeds the "
-                                         r"model context max_seq_len=12"):
-        GRPOTrainer(cfg, str(tmp_path))
-    from async_grpo.sft import run_sft  # pylint: disable=import-outside-toplevel
-    with pytest.raises(ValueError, match="max_seq_len=12 is shorter than the 15 tokens needed"):
-        run_sft(cfg, str(tmp_path / "sft"))
+    with pytest.raises(ValueError, match="model.max_seq_len=12 is shorter than the 15 tokens"):
+        components.build_sft(cfg)
     tok, graphdef, params = _tiny_model(max_seq_len=24)
     ro = Rollouts(graphdef, get_task("reverse", max_len=30), tok, group_size=2, max_prompt_len=10,
                   max_new_tokens=4)
     p = get_task("reverse", min_len=20, max_len=20).sample(np.random.default_rng(0))
     with pytest.raises(ValueError, match="longer than max_len=10"):
         ro.generate_batch(params, 0, jax.random.key(0), [p])
+    with pytest.raises(ValueError, match=r"group_size must be >= 2.*got 1"):
+        Rollouts(graphdef, get_task("addition"), tok, group_size=1, max_prompt_len=8,
+                 max_new_tokens=4)
 
 
-def test_missing_sft_checkpoint_and_staleness(tmp_path):
-    with pytest.raises(ValueError, match="config.init_from is empty"):
-        GRPOTrainer(tiny_config(), str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="no SFT checkpoint found at config.init_from"):
-        GRPOTrainer(tiny_config(init_from=str(tmp_path / "nope")), str(tmp_path))
-    with pytest.raises(ValueError, match="(?i)unknown staleness policy 'async'"):
-        check_staleness(tiny_config(**{"staleness.policy": "async"}))
-    assert check_staleness(tiny_config()) == ("sync", 0)
-    for policy in ("fixed", "sync_interval", "bounded_async"):
-        cfg = tiny_config(**{"staleness.policy": policy, "staleness.max_lag": 4})
-        assert check_staleness(cfg) == (policy, 4)
-    with pytest.raises(ValueError, match="'sync' policy has max_lag 0"):
-        check_staleness(tiny_config(**{"staleness.max_lag": 2}))
-    with pytest.raises(ValueError, match="max_lag must be an integer >= 0"):
-        check_staleness(tiny_config(**{"staleness.policy": "fixed", "staleness.max_lag": -1}))
-    bad_publish = [("fixed", 2, 2, "every version must be published"),
-                   ("sync_interval", 4, 3, "must divide it"),
-                   ("bounded_async", 1, 3, "must be <= S \\+ 1 = 2")]
-    for policy, lag, k, msg in bad_publish:
-        with pytest.raises(ValueError, match=msg):
-            check_staleness(tiny_config(**{"staleness.policy": policy, "staleness.max_lag": lag,
-                                           "staleness.publish_every": k}))
-    # The trainer itself accepts every policy (the engine runs them).
-    GRPOTrainer(tiny_config(**{"init_from": _random_init(tmp_path / "init"),
-                               "staleness.policy": "fixed", "staleness.max_lag": 2}),
-                str(tmp_path / "run"))
-
-
-def _random_init(path) -> str:
-    """A random tiny model saved as the "SFT checkpoint" (matches TINY's model)."""
-    from async_grpo import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-    _, _, params = _tiny_model()
-    with ckpt_lib.make_manager(os.path.join(str(path), "checkpoints")) as m:
-        ckpt_lib.save(m, 1, {"params": params})
-    return str(path)
+def test_missing_sft_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="init_from is empty"):
+        components.build_grpo(tiny_config())
+    with pytest.raises(FileNotFoundError, match="init_from=.*nope.*no SFT checkpoint found"):
+        components.build_grpo(tiny_config(init_from=str(tmp_path / "nope")))
+    # Every policy builds (the pipeline runs them).
+    init = helpers.random_init(tmp_path / "init")
+    for policy in ("fixed", "sync_interval", "random_uniform", "bounded_async"):
+        components.build_grpo(tiny_config(**{"init_from": init, "staleness.policy": policy,
+                                              "staleness.max_lag": 2}))
 
 
 def test_train_binary_fixed_staleness_end_to_end(tmp_path):
-    """experiments.train with staleness fixed S=2: the engine runs it, lags 0,1,2,2 logged."""
-    init, rl_dir = _random_init(tmp_path / "init"), str(tmp_path / "grpo")
+    """experiments.train with staleness fixed S=2: lags 0,1,2,2 logged."""
+    init, rl_dir = helpers.random_init(tmp_path / "init"), str(tmp_path / "grpo")
     log = _run("experiments.train", rl_dir, f"--config.init_from={init}",
                "--config.staleness.policy=fixed", "--config.staleness.max_lag=2",
                "--config.staleness.queue_size=2", "--config.rl.steps=4",
@@ -219,24 +224,11 @@ def test_train_binary_fixed_staleness_end_to_end(tmp_path):
     assert sorted(os.listdir(os.path.join(rl_dir, "checkpoints"))) == ["2", "4"]
 
 
-def test_base_config_has_the_engine_defaults():
-    from async_grpo.rl import engine  # pylint: disable=import-outside-toplevel
-    c = addition.get_config()
-    before = c.to_dict()
-    engine.add_engine_defaults(c)
-    assert c.to_dict() == before   # common.py already holds every engine field
-    s = engine.EngineSettings.from_config(c)
-    assert s == engine.EngineSettings(policy=s.policy)   # and the same defaults
-
-
 @pytest.mark.parametrize("name", ["addition", "multiplication", "countdown", "reverse"])
-def test_configs_build(name):
+def test_configs_parse_and_carry_their_launch_command(name):
     import importlib  # pylint: disable=import-outside-toplevel
-    c = importlib.import_module(f"experiments.configs.{name}").get_config()
-    assert "python -m experiments.sft" in importlib.import_module(
-        f"experiments.configs.{name}").__doc__
-    task = build.build_task(c)
-    tok = build.build_tokenizer(c)
-    mc = build.build_model_config(c, tok)
-    build.check_context(mc, build.prompt_budget(task), build.response_budget(c, task))
-    assert c.staleness.policy == "sync" and c.staleness.max_lag == 0
+    mod = importlib.import_module(f"experiments.configs.{name}")
+    assert "python -m experiments.sft" in mod.__doc__
+    rc = config_lib.RunConfig.from_config(mod.get_config())
+    assert rc.task.name == name and rc.staleness.policy == "sync" and rc.staleness.max_lag == 0
+    components._task_and_budgets(rc)   # pylint: disable=protected-access

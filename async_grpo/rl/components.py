@@ -1,0 +1,171 @@
+"""The explicit pieces of a run, built once from a `RunConfig`.
+
+`build_grpo(config)` returns `Components`: the task, tokenizer and model (graphdef + the initial
+params θ_0 from the SFT checkpoint, which is also the KL reference), the optimizer, the objective
+(`objectives.GRPOObjective` with the configured loss and gradient mode), the rollout source (what
+the generator thread calls) and the evaluator. `build_sft(config)` builds the same pieces for the
+supervised warm start (θ_0 a fresh init). Every piece is a plain attribute: a test or a user may
+replace any of them (e.g. a different reward in `task`, or a wrapped `source.generate`) before
+handing the components to `async_grpo.rl.pipeline.run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import optax
+
+from async_grpo import checkpoint as ckpt_lib
+from async_grpo import losses, models
+from async_grpo import tasks as tasks_lib
+from async_grpo.config import OptimizerConfig, RunConfig
+from async_grpo.rl.objectives import GRPOObjective, SFTObjective
+from async_grpo.rl.rollout import Evaluator, Rollouts, RolloutSource
+from async_grpo.tasks import HELDOUT, CharTokenizer
+
+
+@dataclasses.dataclass
+class Components:
+    """What a run is made of (see the module docstring)."""
+
+    config: RunConfig
+    task: tasks_lib.Task
+    tokenizer: CharTokenizer
+    model_config: models.LlamaConfig
+    graphdef: Any
+    init_params: Any
+    optimizer: optax.GradientTransformation
+    objective: Any
+    evaluator: Evaluator
+    max_prompt_len: int
+    max_new_tokens: int
+    source: RolloutSource | None = None      # GRPO only
+    init_dir: str = ""                       # GRPO: the SFT checkpoint directory
+
+
+def make_optimizer(opt: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+    """AdamW with linear warm-up then cosine (or constant) decay, and global-norm clipping."""
+    warmup = max(opt.warmup_steps, 1)
+    if opt.schedule == "cosine":
+        sched = optax.warmup_cosine_decay_schedule(
+            0.0, opt.lr, warmup, max(total_steps, opt.warmup_steps + 1),
+            end_value=opt.lr * opt.end_lr_frac)
+    else:
+        sched = optax.join_schedules(
+            [optax.linear_schedule(0.0, opt.lr, warmup), optax.constant_schedule(opt.lr)],
+            [warmup])
+    chain = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip else []
+    chain.append(optax.adamw(sched, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
+    return optax.chain(*chain)
+
+
+def _task_and_budgets(config: RunConfig):
+    try:
+        task = tasks_lib.get_task(config.task.name, **config.task.kwargs)
+    except ValueError as e:
+        raise ValueError(f"task.kwargs={config.task.kwargs!r}: {e}") from None
+    max_prompt = 1 + task.max_prompt_chars                 # bos + prompt characters
+    max_new = config.max_new_tokens or task.max_answer_chars + 2
+    return task, max_prompt, max_new
+
+
+def _model_config(config: RunConfig, tokenizer: CharTokenizer, needed: int):
+    overrides = dict(config.model.overrides)
+    overrides.setdefault("vocab_size", tokenizer.vocab_size)
+    if config.model.max_seq_len:
+        overrides.setdefault("max_seq_len", config.model.max_seq_len)
+    try:
+        cfg = models.get_config(config.model.preset, **overrides)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model.overrides={dict(config.model.overrides)!r}: {e}") from None
+    if cfg.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"model vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
+                         f"{tokenizer.vocab_size}")
+    if cfg.max_seq_len < needed:
+        raise ValueError(f"model.max_seq_len={cfg.max_seq_len} is shorter than the {needed} "
+                         f"tokens needed by the longest {config.task.name} prompt + response; "
+                         "raise model.max_seq_len")
+    return cfg
+
+
+def _evaluator(config, graphdef, task, tokenizer, max_prompt, max_new) -> Evaluator:
+    heldout = task.fixed_set(config.eval.num_problems, split=HELDOUT, seed=config.eval.seed)
+    return Evaluator(config.eval, graphdef, task, tokenizer, heldout, max_prompt_len=max_prompt,
+                     max_new_tokens=max_new, temperature=config.rl.temperature)
+
+
+def resolve_init_dir(init_from: str) -> str:
+    """An SFT workdir (containing checkpoints/) or a checkpoints directory itself."""
+    if not init_from:
+        raise ValueError("init_from is empty: set it to the SFT workdir, e.g. "
+                         "--config.init_from=runs/addition/sft (written by experiments/sft.py)")
+    sub = os.path.join(init_from, ckpt_lib.CHECKPOINT_DIR)
+    for d in (sub, init_from):
+        if ckpt_lib.latest_step(d) is not None:
+            return d
+    raise FileNotFoundError(
+        f"init_from={init_from!r}: no SFT checkpoint found (looked in {sub!r} and "
+        f"{init_from!r}); run experiments/sft.py with --workdir={init_from} first")
+
+
+def build_grpo(config: RunConfig) -> Components:
+    """The GRPO components; θ_0 is loaded from the SFT checkpoint at `config.init_from`."""
+    tokenizer = CharTokenizer()
+    task, max_prompt, max_new = _task_and_budgets(config)
+    model_cfg = _model_config(config, tokenizer, max_prompt + max_new)
+    init_dir = resolve_init_dir(config.init_from)
+    graphdef, template = models.init_model(model_cfg, config.seed)
+    try:
+        _, items = ckpt_lib.load_latest(init_dir, {"params": template}, what="SFT checkpoint")
+    except Exception as e:  # structure/shape mismatch: say which config produced it
+        raise ValueError(f"could not load the SFT checkpoint in {init_dir!r} into model preset "
+                         f"{config.model.preset!r} ({e}); was it trained with the same "
+                         "config.model?") from e
+    rc = config.rl
+    objective = GRPOObjective(
+        graphdef, losses.make_loss(rc.loss, **rc.loss_kwargs),
+        losses.make_loss("total_derivative", **rc.td_loss_kwargs), rc.td_weight,
+        rc.group_size, rc.temperature)
+    rollouts = Rollouts(graphdef, task, tokenizer, group_size=rc.group_size,
+                        max_prompt_len=max_prompt, max_new_tokens=max_new,
+                        temperature=rc.temperature, top_k=rc.top_k or None,
+                        top_p=rc.top_p or None)
+    return Components(
+        config=config, task=task, tokenizer=tokenizer, model_config=model_cfg,
+        graphdef=graphdef, init_params=items["params"],
+        optimizer=make_optimizer(rc.optimizer, rc.steps), objective=objective,
+        evaluator=_evaluator(config, graphdef, task, tokenizer, max_prompt, max_new),
+        max_prompt_len=max_prompt, max_new_tokens=max_new,
+        source=RolloutSource(rollouts, task, prompts_per_step=rc.prompts_per_step,
+                             seed=config.seed),
+        init_dir=init_dir)
+
+
+def build_sft(config: RunConfig) -> Components:
+    """The SFT components; θ_0 is a fresh init of the model (seed `config.seed`)."""
+    tokenizer = CharTokenizer()
+    task, max_prompt, max_new = _task_and_budgets(config)
+    seq_len = max_prompt + task.max_answer_chars + 1
+    model_cfg = _model_config(config, tokenizer, max(seq_len, max_prompt + max_new))
+    graphdef, params = models.init_model(model_cfg, config.seed)
+    return Components(
+        config=config, task=task, tokenizer=tokenizer, model_config=model_cfg,
+        graphdef=graphdef, init_params=params,
+        optimizer=make_optimizer(config.sft.optimizer, config.sft.steps),
+        objective=SFTObjective(graphdef),
+        evaluator=_evaluator(config, graphdef, task, tokenizer, max_prompt, max_new),
+        max_prompt_len=max_prompt, max_new_tokens=max_new)
+
+
+def save_random_init(config: RunConfig, path: str) -> str:
+    """Saves a random init of `config.model` (seed `config.seed`) as the SFT checkpoint of
+    `path`, for runs, tests and benchmarks that start GRPO without an SFT run. -> `path`."""
+    tokenizer = CharTokenizer()
+    _, max_prompt, max_new = _task_and_budgets(config)
+    _, params = models.init_model(_model_config(config, tokenizer, max_prompt + max_new),
+                                  config.seed)
+    with ckpt_lib.make_manager(os.path.join(path, ckpt_lib.CHECKPOINT_DIR)) as m:
+        ckpt_lib.save(m, 1, {"params": params}, meta={"kind": "random_init"})
+    return path
