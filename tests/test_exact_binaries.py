@@ -127,7 +127,7 @@ def test_sweep_binary_end_to_end_and_resume(tmp_path):
     flags_ = [f"--workdir={tmp_path}", "--config.train.num_steps=25", "--config.lags=0,2",
               "--config.lr_min=4", "--config.lr_max=64", "--config.lrs_per_octave=1",
               "--config.num_seeds=2", "--config.chunk_size=8", "--config.variants=no_ratio",
-              "--config.train.collapse_warmup=2", "--config.train.collapse_patience=2",
+              "--config.collapse.warmup=2", "--config.collapse.patience=2",
               "--config.n_boot=50"]
     out = _run(["experiments.exact_sweep", *flags_])
     assert out.returncode == 0, out.stderr[-3000:]

@@ -62,6 +62,15 @@ def total_derivative_surrogate(
     for |log w| > 20). Rows with no real token contribute 0 (their Σ_t log π is empty) but still
     count in B.
 
+    **When "unbiased" holds** (all of): the baseline is "leave_one_out" or "none"; no
+    truncation and no self-normalisation; the G responses of a prompt are i.i.d. draws from π_b;
+    `behavior_logp` is the log-probability of the distribution actually sampled (with top-k/top-p
+    or a temperature, the truncated/tempered one, and `logp` scored at the same temperature);
+    π_b(y) > 0 wherever π_θ(y) > 0; |log w| ≤ `log_ratio_clip`; and `rewards` do not depend on θ
+    except through a stop-gradient penalty whose per-sample value is exact (the k1 KL of
+    `make_loss("total_derivative", kl_coef=β)`, evaluated at θ). tests/test_losses_estimators.py
+    and tests/test_exact.py check it by exact enumeration, with and without the KL term.
+
     Args:
         logp: [B, T] log π_θ of the sampled tokens (differentiated).
         behavior_logp: [B, T] log π_b of the same tokens.

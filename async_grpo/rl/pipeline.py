@@ -229,12 +229,10 @@ class _Run:
         return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     # --- the loop --------------------------------------------------------------------------------
-    def train(self) -> RunResult:
-        c, rc, L = self.config, self.config.rl, self.learner
-        os.makedirs(self.workdir, exist_ok=True)
-        manager = ckpt_lib.make_manager(os.path.join(self.workdir, ckpt_lib.CHECKPOINT_DIR),
-                                        max_to_keep=c.keep_checkpoints)
-        theta0 = L.place_params(self.comps.init_params)
+    def start_state(self, manager):
+        """(start step, params, opt_state, aux, parameter store): the newest checkpoint's, or
+        θ_0 with a fresh optimizer state."""
+        L = self.learner
         params = L.place_params(self.comps.init_params)
         opt_state, aux = L.init_opt_state(params), L.init_aux(params)
         start, history = 0, {}
@@ -242,23 +240,33 @@ class _Run:
             start, params, opt_state, aux, history = self.restore(manager, params, opt_state, aux)
             logging.info("resuming from %s step %d (history versions %s)", manager.directory,
                          start, sorted(history))
+        store = ParamStore()
+        for v in sorted(history):
+            store.publish(v, L.snapshot(history[v]))
+        if start not in history and start % self.config.staleness.publish_every == 0 or \
+                store.latest < 0:
+            store.publish(start, L.snapshot(params))
+        return start, params, opt_state, aux, store
+
+    def train(self) -> RunResult:
+        c, rc, L = self.config, self.config.rl, self.learner
+        os.makedirs(self.workdir, exist_ok=True)
+        manager = ckpt_lib.make_manager(os.path.join(self.workdir, ckpt_lib.CHECKPOINT_DIR),
+                                        max_to_keep=c.keep_checkpoints)
+        start, params, opt_state, aux, store = self.start_state(manager)
         collapsed_at = int(aux["collapse"]["collapse_step"]) if "collapse" in aux else -1
         if collapsed_at >= 0 and c.collapse.stop:
             logging.warning("the run collapsed at step %d; not continuing", collapsed_at)
             manager.close()
             return RunResult(params, opt_state, {"collapsed": True}, start, collapsed_at,
-                             collapse_lib.reason_name(aux["collapse"]["reason"]))
+                             collapse_lib.reason_name(aux["collapse"]["reason"]), store=store)
         # With several processes, process 0 writes the run's metrics; the others write theirs
         # under <workdir>/process_<i>. All hold the same global values; "rollout_local/*" are
         # each process's own share.
         metrics_dir = (self.workdir if jax.process_index() == 0 else
                        os.path.join(self.workdir, f"process_{jax.process_index()}"))
         metrics_lib.truncate_after(metrics_dir, start)
-        store = ParamStore()
-        for v in sorted(history):
-            store.publish(v, L.snapshot(history[v]))
-        if start not in history and start % c.staleness.publish_every == 0 or store.latest < 0:
-            store.publish(start, L.snapshot(params))
+        theta0 = L.place_params(self.comps.init_params)
         ref = theta0 if (rc.log_ref_kl or self.comps.objective.needs_ref) else None
 
         writer = metrics_lib.MetricsWriter(metrics_dir)
