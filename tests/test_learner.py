@@ -1,6 +1,7 @@
 """The learner's one `update`: bit-equal to the plain reference steps, gradient modes, faults."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -164,9 +165,10 @@ def test_the_td_objective_change_moves_only_the_td_cosines(comps):
     theta = jax.tree.map(lambda x: x + 0.03 * np.sign(np.asarray(x)), comps.init_params)
     phi = jax.tree.map(lambda x: x - 0.03 * np.sign(np.asarray(x)), comps.init_params)
     stale, fresh = _batch(comps, 0, phi), _batch(comps, 0, theta)
-    new = staleness_bias(comps.objective, theta, stale, fresh, comps.init_params)
-    old = staleness_bias(dataclasses.replace(comps.objective, td_loss_fn=old_td), theta, stale,
-                         fresh, comps.init_params)
+    new = jax.jit(functools.partial(staleness_bias, comps.objective))(
+        theta, stale, fresh, comps.init_params)
+    old = jax.jit(functools.partial(staleness_bias, dataclasses.replace(
+        comps.objective, td_loss_fn=old_td)))(theta, stale, fresh, comps.init_params)
     for key in ("bias/norm", "bias/rel", "bias/fresh_grad_norm", "bias/cos_stale_fresh"):
         assert float(new[key]) == float(old[key]), key
     for key in ("bias/cos_surrogate_td", "bias/cos_td_fresh"):
