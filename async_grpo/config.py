@@ -156,6 +156,7 @@ class SFTConfig:
     num_examples: int = field(0, "size of the fixed SFT set (0: fresh problems every step)")
     data_seed: int = field(7, "seed of the SFT data")
     eval_every: int = field(100, "held-out evaluation every n steps (0: only at the end)")
+    checkpoint_every: int = field(100, "checkpoint every n steps (0: only at the end)")
     optimizer: OptimizerConfig = field(OptimizerConfig(
         lr=1e-3, warmup_steps=50, schedule="cosine", weight_decay=0.01), "SFT optimizer")
 
@@ -165,6 +166,7 @@ class SFTConfig:
         _int_at_least(self, "num_examples", 0)
         _int_at_least(self, "data_seed", 0)
         _int_at_least(self, "eval_every", 0)
+        _int_at_least(self, "checkpoint_every", 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +181,7 @@ class RLConfig:
     loss_kwargs: dict = field({"kl_coef": 0.04}, "overrides of the loss variant's settings")
     log_ref_kl: bool = field(True, "log KL(current || initial policy) every step")
     eval_every: int = field(25, "held-out evaluation every n steps (0: off)")
-    checkpoint_every: int = field(50, "checkpoint every n steps (0: only at the end)")
+    checkpoint_every: int = field(50, "checkpoint every n steps and at the end (0: never)")
     optimizer: OptimizerConfig = field(OptimizerConfig(), "RL optimizer")
     grad_mode: str = field("surrogate", "surrogate | total_derivative | corrected")
     td_coef: float = field(1.0, "corrected: gradient of (1 − c) L_sur + c L_td")
@@ -305,6 +307,19 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def record(self, kind: str) -> dict:
+        """The keys a run of `kind` ("sft" or "grpo") depends on: what its workdir records and
+        checks on resume (`async_grpo.workdir.claim`). SFT ignores the RL sections (but its
+        sampled evaluation uses rl.temperature); GRPO ignores `sft`."""
+        d = self.to_dict()
+        if kind == "sft":
+            keep = ("seed", "max_new_tokens", "log_every", "keep_checkpoints", "task", "model",
+                    "eval", "sft", "mesh")
+            return {**{k: d[k] for k in keep}, "rl": {"temperature": self.rl.temperature}}
+        if kind == "grpo":
+            return {k: v for k, v in d.items() if k != "sft"}
+        raise ValueError(f"kind={kind!r}: must be 'sft' or 'grpo'")
 
 
 # ------------------------------------------------------------------------------------------------

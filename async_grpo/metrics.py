@@ -11,6 +11,7 @@ written as JSON `NaN`/`Infinity` like the `json` module does, never dropped.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -48,7 +49,11 @@ def to_scalars(metrics: Mapping[str, Any]) -> dict[str, float | int | bool]:
 class MetricsWriter:
     """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard (`<workdir>/tb`)."""
 
-    def __init__(self, workdir: str, *, tensorboard: bool = True, prefix: str = ""):
+    def __init__(self, workdir: str, *, tensorboard: bool = True, prefix: str = "",
+                 purge_step: int | None = None):
+        """`purge_step` (a resumed run: the first step it will write again) hides every earlier
+        TensorBoard event at that step or later, as TensorBoard's own purge does, so a killed
+        and resumed run shows each step once."""
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, METRICS_FILE)
         self.prefix = prefix
@@ -57,9 +62,15 @@ class MetricsWriter:
         self._tb = None
         if tensorboard:
             from tensorboardX import FileWriter  # pylint: disable=import-outside-toplevel
+            from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
             from tensorboardX.proto import summary_pb2  # pylint: disable=import-outside-toplevel
             self._tb = FileWriter(os.path.join(workdir, TB_DIR), flush_secs=10)
             self._summary = summary_pb2.Summary
+            if purge_step is not None:
+                self._tb.add_event(event_pb2.Event(step=int(purge_step),
+                                                   file_version="brain.Event:2"))
+                self._tb.add_event(event_pb2.Event(step=int(purge_step), session_log=(
+                    event_pb2.SessionLog(status=event_pb2.SessionLog.START))))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         scalars = to_scalars(metrics)
@@ -106,6 +117,28 @@ def truncate_after(workdir: str, step: int) -> None:
         files.write_text_atomic(path, "".join(kept))
 
 
+def read_tensorboard(logdir: str) -> list[tuple[int, str, float]]:
+    """(step, tag, value) of every scalar in the event files under `logdir`, oldest file first,
+    with TensorBoard's purge applied: a SessionLog START at step s (written by a resumed
+    `MetricsWriter`) hides the earlier files' events at steps >= s."""
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    out: list[tuple[int, str, float]] = []
+    paths = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
+    for path in sorted(paths, key=lambda p: (os.path.basename(p).split(".")[3], p)):
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):   # record: u64 length, u32 crc, payload, u32 crc
+            n = int.from_bytes(data[pos:pos + 8], "little")
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            pos += 12 + n + 4
+            if event.HasField("session_log") and \
+                    event.session_log.status == event_pb2.SessionLog.START:
+                out = [e for e in out if e[0] < event.step]
+            out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    return out
+
+
 def read_metrics(workdir_or_file: str) -> list[dict[str, Any]]:
     """Reads back a metrics.jsonl (path to the file or to its workdir)."""
     path = workdir_or_file
@@ -115,7 +148,7 @@ def read_metrics(workdir_or_file: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _fmt_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
     seconds = int(round(seconds))
@@ -160,8 +193,8 @@ class Progress:
         eta = (self.total - step) / sps if sps and math.isfinite(sps) and sps > 0 else float("nan")
         pct = 100.0 * step / self.total if self.total else 100.0
         parts = [f"step {step}/{self.total} ({pct:.0f}%)", f"{sps:.2f} steps/s",
-                 f"elapsed {_fmt_duration(time.time() - self._t_start)}",
-                 f"ETA {_fmt_duration(eta)}"]
+                 f"elapsed {format_duration(time.time() - self._t_start)}",
+                 f"ETA {format_duration(eta)}"]
         if metrics:
             for k in (keys or tuple(metrics)):
                 if k in metrics:

@@ -4,9 +4,10 @@ The SFT set is a fixed list of `config.sft.num_examples` train-split problems (s
 `config.sft.data_seed`; 0 examples = a fresh sample every step). Sequences are
 `bos + prompt + answer + eos`, right-padded; the loss (`objectives.SFTObjective`) covers the
 answer and eos tokens only. Updates go through the same `Learner` (and its one `update`) as
-GRPO, on the mesh of `config.mesh`. The policy is saved with orbax to
-`<workdir>/checkpoints/<step>/` (item "params", JSON item "meta"), which `experiments/train.py`
-loads through `config.init_from`.
+GRPO, on the mesh of `config.mesh`. Checkpoints go to `<workdir>/checkpoints/<step>/` (items
+"params" and "opt_state", JSON item "meta" with the data generator's state) every
+`sft.checkpoint_every` steps and at the end; `experiments/train.py` loads the newest one's params
+through `config.init_from`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import Iterable
 
 import jax
 import numpy as np
@@ -23,9 +25,11 @@ from async_grpo import checkpoint as ckpt_lib
 from async_grpo import metrics as metrics_lib
 from async_grpo import models
 from async_grpo import sharding as sharding_lib
+from async_grpo import workdir as workdir_lib
 from async_grpo.config import RunConfig
 from async_grpo.rl.components import Components, build_sft
 from async_grpo.rl.learner import Learner
+from async_grpo.signals import StopOnSignal
 from async_grpo.tasks import TRAIN, CharTokenizer, Problem
 
 
@@ -48,11 +52,15 @@ def encode_sft(problems, tokenizer: CharTokenizer, seq_len: int):
 
 
 def run_sft(config: RunConfig, workdir: str, *, comps: Components | None = None,
-            devices=None) -> dict[str, float]:
-    """Trains from scratch, evaluates on the held-out set, saves the policy. -> final metrics.
+            devices=None, allow_changed: Iterable[str] = ()) -> dict[str, float]:
+    """Trains from scratch (or resumes), evaluates on the held-out set, saves the policy.
 
-    `comps` defaults to `build_sft(config)`."""
-    os.makedirs(workdir, exist_ok=True)
+    -> the last metrics record. The workdir belongs to this run (`async_grpo.workdir.claim`). A
+    checkpoint (params, optimizer state, the data generator's state) is written every
+    `sft.checkpoint_every` steps and at the end, and on SIGINT/SIGTERM; a rerun resumes from the
+    newest one bit-identically, and a finished run returns at once. `comps` defaults to
+    `build_sft(config)`."""
+    workdir_lib.claim(workdir, "sft", config.record("sft"), allow_changed)
     sc = config.sft
     comps = build_sft(config) if comps is None else comps
     logging.info("model %s: %d params", config.model.preset, models.param_count(comps.init_params))
@@ -64,44 +72,76 @@ def run_sft(config: RunConfig, workdir: str, *, comps: Components | None = None,
     params = learner.place_params(comps.init_params)
     opt_state, aux = learner.init_opt_state(params), learner.init_aux(params)
     seq_len = comps.max_prompt_len + comps.task.max_answer_chars + 1   # + eos
-
     data_rng = np.random.default_rng(sc.data_seed)
     pool: list[Problem] | None = None
     if sc.num_examples > 0:
         pool = comps.task.fixed_set(sc.num_examples, split=TRAIN, seed=sc.data_seed)
-    writer = metrics_lib.MetricsWriter(workdir)
-    progress = metrics_lib.Progress(sc.steps)
     manager = ckpt_lib.make_manager(os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR),
                                     max_to_keep=config.keep_checkpoints)
-    t0 = time.time()
+    start, t_before = 0, 0.0
+    if manager.latest_step() is not None:
+        start, items = ckpt_lib.restore(manager, {"params": params, "opt_state": opt_state},
+                                        with_meta=True)
+        params, opt_state, meta = items["params"], items["opt_state"], items["meta"]
+        data_rng.bit_generator.state = meta["data_rng"]
+        t_before = meta.get("wall_s", 0.0)
+        logging.info("resuming SFT from step %d of %d", start, sc.steps)
+    if start >= sc.steps:
+        manager.close()
+        records = metrics_lib.read_metrics(workdir)
+        logging.info("sft already finished (step %d) in %s", start, workdir)
+        return dict(records[-1]) if records else {}
+    metrics_lib.truncate_after(workdir, start)
+    writer = metrics_lib.MetricsWriter(workdir, purge_step=start + 1)
+    progress = metrics_lib.Progress(sc.steps, start)
+    t0 = time.time() - t_before
     final: dict[str, float] = {}
-    for step in range(1, sc.steps + 1):
-        if pool is not None:
-            batch = [pool[int(i)] for i in data_rng.integers(len(pool), size=sc.batch_size)]
-        else:
-            batch = comps.task.sample_batch(data_rng, sc.batch_size, TRAIN)
-        tokens, mask = encode_sft(batch, comps.tokenizer, seq_len)
-        params, opt_state, aux, m = learner.step(params, opt_state, aux,
-                                                 {"tokens": tokens, "mask": mask}, step=step)
-        do_eval = step == sc.steps or (sc.eval_every and step % sc.eval_every == 0)
-        if do_eval or step % config.log_every == 0:
-            rec = metrics_lib.to_scalars(m)
-            if do_eval:
-                rec.update(comps.evaluator(params))
-            rec["wall_s"] = time.time() - t0
-            writer.write(step, rec)
-            logging.info("sft %s", progress.line(step, rec, keys=(
-                "loss", "token_accuracy", "heldout/accuracy", "heldout_sampled/accuracy")))
-            final = rec
-    meta = {"kind": "sft", "step": sc.steps, "model_config": _jsonable(comps.model_config),
+
+    def save(step):
+        writer.flush()
+        ckpt_lib.save(manager, step, {"params": params, "opt_state": opt_state}, meta={
+            "kind": "sft", "step": step, "data_rng": data_rng.bit_generator.state,
+            "model_config": _jsonable(comps.model_config),
             "task": dataclasses.asdict(config.task),
             "heldout_accuracy": final.get("heldout/accuracy"),
             "heldout_sampled_accuracy": final.get("heldout_sampled/accuracy"),
-            "wall_s": time.time() - t0}
-    ckpt_lib.save(manager, sc.steps, {"params": params}, meta=meta)
-    manager.close()
-    writer.close()
-    logging.info("sft done in %.1fs: held-out accuracy %.3f; saved to %s", time.time() - t0,
+            "wall_s": time.time() - t0})
+
+    step = start
+    try:
+        with StopOnSignal() as stop:
+            for step in range(start + 1, sc.steps + 1):
+                if stop.requested:
+                    step -= 1
+                    if manager.latest_step() != step:
+                        save(step)
+                    break
+                if pool is not None:
+                    batch = [pool[int(i)] for i in data_rng.integers(len(pool), size=sc.batch_size)]
+                else:
+                    batch = comps.task.sample_batch(data_rng, sc.batch_size, TRAIN)
+                tokens, mask = encode_sft(batch, comps.tokenizer, seq_len)
+                params, opt_state, aux, m = learner.step(params, opt_state, aux,
+                                                         {"tokens": tokens, "mask": mask},
+                                                         step=step)
+                do_eval = step == sc.steps or (sc.eval_every and step % sc.eval_every == 0)
+                if do_eval or step % config.log_every == 0:
+                    rec = metrics_lib.to_scalars(m)
+                    if do_eval:
+                        rec.update(comps.evaluator(params))
+                    rec["wall_s"] = time.time() - t0
+                    writer.write(step, rec)
+                    logging.info("sft %s", progress.line(step, rec, keys=(
+                        "loss", "token_accuracy", "heldout/accuracy",
+                        "heldout_sampled/accuracy")))
+                    final = rec
+                if step == sc.steps or (sc.checkpoint_every and step % sc.checkpoint_every == 0):
+                    save(step)
+    finally:
+        manager.close()
+        writer.close()
+    logging.info("sft %s at step %d in %.1fs: held-out accuracy %.3f; checkpoints in %s",
+                 "done" if step == sc.steps else "stopped", step, time.time() - t0,
                  final.get("heldout/accuracy", float("nan")),
                  os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR))
     return final

@@ -36,7 +36,7 @@ import jax.flatten_util  # pylint: disable=unused-import
 import jax.numpy as jnp
 import optax
 
-from async_grpo import files
+from async_grpo import figures, files
 from async_grpo.testbeds import exact as ex
 from async_grpo.testbeds import exact_analysis as xa
 from async_grpo.testbeds import exact_configs as xc
@@ -156,45 +156,43 @@ def analyse(traj, ctrl, tol) -> dict:
 
 
 def _plot(traj, ctrl, res, stem):
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-    fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
-    for s in series_iter(ctrl):
-        t, k, r, dn, cf = s
-        line, = ax[0].plot(r, dn, "-", lw=1, label=f"θ@{t}, v{k}" if k == 0 else None)
-        if (cf > 0).any():
-            ax[0].axvline(r[cf > 0].min(), color=line.get_color(), ls=":", lw=0.8)
-    ax[0].plot([], [], "k:", label="clip onset")
-    ax[0].set_xscale("log")
-    ax[0].set_yscale("log")
-    ax[0].set_xlabel("‖θ − φ‖ (controlled: φ = θ − r·v)")
-    ax[0].set_ylabel("‖δ‖")
-    ax[0].legend(fontsize=7)
-    ax[0].set_title("controlled pairs")
-    stale = traj["lag"] > 0
-    small = stale & (traj["clip_frac"] == 0)
-    x = traj["lag"] * traj["lr"]
-    for a, xs, lab, key in ((ax[1], x, "s·η", "vs_s_eta_small"),
-                            (ax[2], traj["drift_cycle"], "‖θ_t − φ_t‖", "vs_drift_small")):
-        a.scatter(xs[stale & ~small], traj["delta_norm"][stale & ~small], s=3, c="tab:red",
-                  alpha=0.3, label="clipped tokens present")
-        a.scatter(xs[small], traj["delta_norm"][small], s=3, c="tab:blue", alpha=0.3,
-                  label="no clipping (small drift)")
-        fit = res["traj"][key]
-        xx = np.geomspace(max(xs[stale].min(), 1e-6), xs[stale].max(), 50)
-        a.plot(xx, fit["slope"] * xx, "k--", label=f"fit c={fit['slope']:.3g}, R²={fit['r2']:.2f}")
-        a.set_xscale("log")
-        a.set_yscale("log")
-        a.set_xlabel(lab + " (trajectories)")
-        a.set_ylabel("‖δ_t‖")
-        a.legend(fontsize=7)
-    ax[1].set_title("‖δ‖ vs s·η")
-    ax[2].set_title("‖δ‖ vs within-cycle drift")
-    fig.tight_layout()
-    fig.savefig(stem + ".png", dpi=120)
-    fig.savefig(stem + ".pdf")
-    plt.close(fig)
+    """Full-width figure: (a) controlled pairs ‖δ‖ vs ‖θ − φ‖ with the clip onsets,
+    (b) ‖δ‖ vs s·η and (c) vs ‖θ_t − φ_t‖ along trajectories, with the fits."""
+    anchors = sorted({t for t, *_ in series_iter(ctrl)})
+    colors = dict(zip(anchors, figures.palette(len(anchors))))
+    below = dict(loc="upper center", bbox_to_anchor=(0.5, -0.27))
+    with figures.style():
+        fig, ax = figures.figure("full", ncols=3, aspect=1.2)
+        for t, k, r, dn, cf in series_iter(ctrl):
+            ax[0].plot(r, dn, "-", lw=1, color=colors[t],
+                       label=f"θ at step {t}" if k == 0 else None)
+            if (cf > 0).any():
+                ax[0].axvline(r[cf > 0].min(), color=colors[t], ls=":", lw=0.8)
+        figures.legend_only(ax[0], [("clip onset (first clipped token)",
+                                     dict(color="k", ls=":", lw=0.8))], **below)
+        ax[0].set(xscale="log", yscale="log", xlabel="‖θ − φ‖ (φ = θ − r·v)",
+                  ylabel="‖δ‖")
+        ax[0].set_title("(a) controlled pairs", loc="left")
+        stale = traj["lag"] > 0
+        small = stale & (traj["clip_frac"] == 0)
+        x = traj["lag"] * traj["lr"]
+        for a, xs, lab, key, title in (
+                (ax[1], x, "s·η", "vs_s_eta_small", "(b) ‖δ‖ against s·η"),
+                (ax[2], traj["drift_cycle"], "‖θ_t − φ_t‖", "vs_drift_small",
+                 "(c) ‖δ‖ against the drift")):
+            a.scatter(xs[stale & ~small], traj["delta_norm"][stale & ~small], s=2,
+                      c=figures.OKABE_ITO[3], alpha=0.3, lw=0, label="some token clipped")
+            a.scatter(xs[small], traj["delta_norm"][small], s=2, c=figures.OKABE_ITO[0],
+                      alpha=0.3, lw=0, label="no token clipped")
+            fit = res["traj"][key]
+            xx = np.geomspace(max(xs[stale].min(), 1e-6), xs[stale].max(), 50)
+            a.plot(xx, fit["slope"] * xx, "k--",
+                   label=f"fit c·x on no-clip steps\nc = {fit['slope']:.2g}, R² = {fit['r2']:.2f}")
+            a.set(xscale="log", yscale="log", xlabel=lab + " (trajectories)", ylabel="‖δ_t‖")
+            a.legend(markerscale=3, **below)
+            a.set_title(title, loc="left")
+        fig.suptitle("Exact testbed: staleness bias δ = H(θ, φ) − H(θ, θ)", fontsize=8)
+        figures.save(fig, stem)
 
 
 def series_iter(ctrl):

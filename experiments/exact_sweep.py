@@ -31,7 +31,8 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-from async_grpo import files
+from async_grpo import figures, files
+from async_grpo import metrics as metrics_lib
 from async_grpo.testbeds import exact as ex
 from async_grpo.testbeds import exact_analysis as xa
 from async_grpo.testbeds import exact_configs as xc
@@ -89,8 +90,11 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
         now = time.time()
         chunk_times.append(now - t_last[0])
         t_last[0] = now
-        logging.info("%s: chunk %d (%d cells) done in %.1fs", variant, i, len(s["J_final"]),
-                     chunk_times[-1])
+        n_chunks = -(-n // min(c.chunk_size, n))
+        left = (n_chunks - i - 1) * float(np.median(chunk_times))
+        logging.info("%s: chunk %d/%d (%d cells) done in %.1fs; ETA %s for this variant",
+                     variant, i + 1, n_chunks, len(s["J_final"]), chunk_times[-1],
+                     metrics_lib.format_duration(left))
 
     t0 = time.time()
     _, summ = ex.run_cells_chunked(tb, tc, cells, chunk_size=min(c.chunk_size, n),
@@ -150,78 +154,110 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
 
 
 def _plot(result, collapsed, t_col, stem):
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    """Full-width figure, three panels: (a) collapsed fraction over (η, S) with each seed's
+    η_max, (b) η_max(S) with the power-law fit, (c) collapse step against η."""
     lags, lrs = result["lags"], np.array(result["lrs"])
     r = result["results"][0]
-    fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
-    frac = collapsed[..., 0].mean(2)  # [nS, E]
-    im = ax[0].pcolormesh(np.arange(len(lrs) + 1) - 0.5, np.arange(len(lags) + 1) - 0.5, frac,
-                          cmap="Reds", vmin=0, vmax=1, shading="flat")
-    ax[0].set_xticks(range(len(lrs))[::2], [f"{x:.3g}" for x in lrs[::2]], rotation=60)
-    ax[0].set_yticks(range(len(lags)), [str(s) for s in lags])
-    for i, s in enumerate(lags):
-        e = np.array(r["eta_max"][str(s)])
-        ax[0].plot(np.interp(np.log(e), np.log(lrs), np.arange(len(lrs))), np.full(e.shape, i),
-                   "k|", ms=12)
-    ax[0].set_xlabel("η")
-    ax[0].set_ylabel("S (max lag)")
-    ax[0].set_title(f"{result['variant']}: collapsed fraction (|: η_max of each seed)", fontsize=10)
-    fig.colorbar(im, ax=ax[0])
-    s_pos = np.array([s for s in lags if s >= 1])
-    for k in range(len(result["seeds"])):
-        ax[1].plot(s_pos, [r["eta_max"][str(s)][k] for s in s_pos], "o", color="0.6", ms=4)
-    gm = np.array([r["eta_max_geomean"][str(s)] for s in s_pos])
-    ax[1].plot(s_pos, gm, "ko-", label="geo-mean over seeds")
-    fit = r["alpha_fit_S_ge_1"]
-    if np.isfinite(fit["alpha"]):
-        ax[1].plot(s_pos, np.exp(fit["log_c"]) * s_pos ** (-fit["alpha"]), "r--",
-                   label=f"S^-α, α={fit['alpha']:.2f} [{fit['ci'][0]:.2f}, {fit['ci'][1]:.2f}]")
-        ax[1].plot(s_pos, gm[0] * s_pos[0] / s_pos, ":", color="b", label="1/S reference")
-    if "0" in r["eta_max_geomean"]:
-        ax[1].axhline(r["eta_max_geomean"]["0"], color="g", ls="-.", label="S=0")
-    ax[1].set_xscale("log", base=2)
-    ax[1].set_yscale("log")
-    ax[1].set_xlabel("S")
-    ax[1].set_ylabel("η_max")
-    ax[1].legend(fontsize=8)
-    ax[1].set_title("η_max(S) (censored cells at the grid edge)")
-    cmap = plt.get_cmap("viridis")
-    warm = result["train"]["collapse"]["warmup"]
-    late_x, late_y = [], []
-    for i, s in enumerate(lags):
-        col = collapsed[i, :, :, 0]
-        lr_full = np.broadcast_to(lrs[:, None], col.shape)
-        x, y = lr_full[col], t_col[i, :, :, 0][col]
-        late = y > warm
-        color = cmap(i / max(1, len(lags) - 1))
-        ax[2].plot(x[late], y[late] + 1, "o", ms=4, color=color, label=f"S={s}")
-        ax[2].plot(x[~late], y[~late] + 1, "o", ms=4, mfc="none", color=color)
-        late_x += list(x[late])
-        late_y += list(y[late] + 1)
-    if late_x:
-        k = np.exp(np.mean(np.log(np.array(late_x) * np.array(late_y))))
-        ax[2].plot(lrs, k / lrs, "k:", label="t·η = const")
-    if collapsed[..., 0].any():
-        ax[2].axhline(warm + 1, color="0.5", lw=0.8, ls="--")
-        ax[2].set_xscale("log")
-        ax[2].set_yscale("log")
-        ax[2].set_ylim(bottom=max(1, warm / 2))
-    else:
-        ax[2].text(0.5, 0.5, "no collapsed cell", ha="center", transform=ax[2].transAxes)
-    ax[2].set_xlabel("η")
-    ax[2].set_ylabel("collapse step + 1")
-    ax[2].legend(fontsize=7, ncol=2)
-    ax[2].set_title("collapse step (hollow: flagged at the warm-up end)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(stem + ".png", dpi=120)
-    fig.savefig(stem + ".pdf")
-    plt.close(fig)
+    colors = dict(zip(lags, figures.palette(len(lags)))) if len(lags) <= 7 else {}
+    with figures.style():
+        fig, ax = figures.figure("full", ncols=3, aspect=1.45)
+        frac = collapsed[..., 0].mean(2)  # [nS, E]
+        im = ax[0].pcolormesh(np.arange(len(lrs) + 1) - 0.5, np.arange(len(lags) + 1) - 0.5,
+                              frac, cmap=figures.SEQUENTIAL, vmin=0, vmax=1, shading="flat")
+        step = max(1, len(lrs) // 5)
+        ax[0].set_xticks(range(len(lrs))[::step], [f"{x:.3g}" for x in lrs[::step]])
+        ax[0].set_yticks(range(len(lags)), [str(s) for s in lags])
+        for i, s in enumerate(lags):
+            e = np.array(r["eta_max"][str(s)])
+            ax[0].plot(np.interp(np.log(e), np.log(lrs), np.arange(len(lrs))),
+                       np.full(e.shape, i), "|", color="white", ms=7, mew=1.2,
+                       label="η_max of one seed" if i == 0 else None)
+        ax[0].set_xlabel("learning rate η")
+        ax[0].set_ylabel("staleness S")
+        below = dict(loc="upper center", bbox_to_anchor=(0.5, -0.27))
+        ax[0].legend(**below, facecolor="0.5", frameon=True, edgecolor="none",
+                     labelcolor="white")
+        cb = fig.colorbar(im, ax=ax[0], location="top", shrink=0.9)
+        cb.set_label("fraction of seeds collapsed")
+        ax[0].set_title("(a) collapse map", loc="left")
+
+        s_pos = np.array([s for s in lags if s >= 1])
+        cens = np.array([r["eta_max_censor"][str(s)] for s in s_pos])
+        seeds = np.array([r["eta_max"][str(s)] for s in s_pos])
+        xs = np.repeat(s_pos[:, None], seeds.shape[1], 1)
+        for code, marker, label in ((0, "o", "one seed"), (1, "^", "one seed, ≥ (none collapsed)"),
+                                    (-1, "v", "one seed, ≤ (all collapsed)")):
+            sel = cens == code
+            if sel.any():
+                ax[1].plot(xs[sel], seeds[sel], marker, ls="none", color="0.6", ms=3,
+                           mfc="none" if code else "0.6", label=label)
+        gm = np.array([r["eta_max_geomean"][str(s)] for s in s_pos])
+        ax[1].plot(s_pos, gm, "o-", color="k", label="geometric mean")
+        fit = r["alpha_fit_S_ge_1"]
+        if np.isfinite(fit["alpha"]):
+            ax[1].plot(s_pos, np.exp(fit["log_c"]) * s_pos ** (-fit["alpha"]), "--",
+                       color=figures.OKABE_ITO[3],
+                       label=f"fit S^−α, α = {fit['alpha']:.2f} [{fit['ci'][0]:.2f}, "
+                             f"{fit['ci'][1]:.2f}]")
+            ax[1].plot(s_pos, gm[0] * s_pos[0] / s_pos, ":", color=figures.OKABE_ITO[0],
+                       label="1/S through S = 1")
+        if "0" in r["eta_max_geomean"]:
+            ax[1].axhline(r["eta_max_geomean"]["0"], color=figures.OKABE_ITO[2], ls="-.",
+                          label="S = 0")
+        ax[1].set_xscale("log", base=2)
+        ax[1].set_yscale("log")
+        ax[1].set_xlabel("staleness S")
+        ax[1].set_ylabel("η_max")
+        ax[1].legend(**below)
+        ax[1].set_title("(b) largest stable η", loc="left")
+
+        warm = result["train"]["collapse"]["warmup"]
+        late_x, late_y = [], []
+        for i, s in enumerate(lags):
+            col = collapsed[i, :, :, 0]
+            lr_full = np.broadcast_to(lrs[:, None], col.shape)
+            x, y = lr_full[col], t_col[i, :, :, 0][col]
+            late = y > warm
+            color = colors.get(s, f"C{i % 7}")
+            ax[2].plot(x[late], y[late] + 1, "o", ms=3, color=color, label=f"S = {s}")
+            ax[2].plot(x[~late], y[~late] + 1, "o", ms=3, mfc="none", color=color)
+            late_x += list(x[late])
+            late_y += list(y[late] + 1)
+        extra = []
+        if late_x:
+            k = np.exp(np.mean(np.log(np.array(late_x) * np.array(late_y))))
+            ax[2].plot(lrs, k / lrs, ":", color="k", label="t·η = const")
+        if collapsed[..., 0].any():
+            ax[2].axhline(warm + 1, color="0.5", lw=0.8, ls="--", label="warm-up end")
+            extra = [("at the warm-up end", dict(marker="o", ls="none", mfc="none", color="0.4",
+                                                 ms=3))]
+            ax[2].set_xscale("log")
+            ax[2].set_yscale("log")
+            ax[2].set_ylim(bottom=max(1, warm / 2))
+        else:
+            ax[2].text(0.5, 0.5, "no collapsed cell", ha="center", transform=ax[2].transAxes)
+        ax[2].set_xlabel("learning rate η")
+        ax[2].set_ylabel("collapse step + 1")
+        figures.legend_only(ax[2], extra, ncol=2, **below)
+        ax[2].set_title("(c) when runs collapse", loc="left")
+        fig.suptitle(f"Exact testbed, surrogate {result['variant']}: stability over (S, η), "
+                     f"{len(result['seeds'])} seeds, T = {result['train']['num_steps']} steps",
+                     fontsize=8)
+        figures.save(fig, stem)
+
+
+SUMMARY_LEGEND = """\
+Columns: S = staleness (fixed lag); eta_max(geo) = geometric mean over seeds of the largest grid
+eta that did not collapse; [min, max] = its range over seeds; censored = seeds whose eta_max is
+only a bound (nothing collapsed on the grid, or even the smallest eta did); collapsed = fraction
+of all (eta, seed) cells that collapsed; late = collapses after the warm-up (their step is
+known); med t*eta = median over late collapses of collapse step x eta; t~eta^b = slope b of
+log t_collapse vs log eta over late collapses (b = -1 means t_collapse*eta is constant).
+Collapse rules: {rules}"""
 
 
 def summary_table(results: list[dict]) -> str:
-    lines = []
+    lines = [SUMMARY_LEGEND.format(rules=results[0]["collapse_rules"])] if results else []
     for res in results:
         for r in res["results"]:
             fit = r["alpha_fit_S_ge_1"]

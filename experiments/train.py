@@ -28,7 +28,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-process: this proces
 
 
 def main(argv):
-    config = run_config.parse(argv)
+    config = run_config.parse(argv, "grpo")
     distributed.initialize(_COORDINATOR.value or None, _NUM_PROCESSES.value or None,
                            _PROCESS_ID.value)
     logging.info("config:\n%s", run_config.CONFIG.value)
@@ -36,7 +36,9 @@ def main(argv):
         comps = components.build_grpo(config)
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
-    pipeline.run(config, comps, run_config.WORKDIR.value)
+    result = pipeline.run(config, comps, run_config.WORKDIR.value,
+                          allow_changed=run_config.ALLOW_CHANGED.value)
+    print(f"grpo: {result.summary()}")
 
 
 if __name__ == "__main__":

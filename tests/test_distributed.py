@@ -148,7 +148,8 @@ def test_train_binary_two_processes(tmp_path):
             "--config.staleness.max_lag=2", "--config.staleness.queue_size=2",
             f"--config.rl.steps={steps}", "--config.rl.eval_every=0",
             "--config.rl.checkpoint_every=2", f"--workdir={workdir}",
-            f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+            f"--coordinator_address=localhost:{port}", "--num_processes=2",
+            "--allow_changed=rl.steps"]
         env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
         procs = [subprocess.Popen([sys.executable, "-m", "experiments.train",
                                    "--config=experiments/configs/addition.py", *args,

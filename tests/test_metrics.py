@@ -33,19 +33,7 @@ def test_writer_jsonl_and_tensorboard(tmp_path):
 
 
 def _read_events(logdir):
-    """(step, tag, value) of every scalar in the TFRecord event files under `logdir`."""
-    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
-    out = []
-    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
-        with open(path, "rb") as f:
-            data = f.read()
-        pos = 0
-        while pos < len(data):   # record: u64 length, u32 crc, payload, u32 crc
-            n = int.from_bytes(data[pos:pos + 8], "little")
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
-            pos += 12 + n + 4
-            out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
-    return out
+    return metrics_lib.read_tensorboard(logdir)
 
 
 def test_tensorboard_scalars_read_back(tmp_path):
@@ -70,9 +58,9 @@ def test_progress_line():
     line = p.line(10, {"reward": 0.5, "step_name": "x"}, keys=("reward",))
     assert line.startswith("step 10/100 (10%)") and "steps/s" in line and "ETA" in line
     assert "reward 0.5" in line and "step_name" not in line
-    assert metrics_lib._fmt_duration(3725) == "1h02m05s"
-    assert metrics_lib._fmt_duration(65) == "1m05s"
-    assert metrics_lib._fmt_duration(float("nan")) == "?"
+    assert metrics_lib.format_duration(3725) == "1h02m05s"
+    assert metrics_lib.format_duration(65) == "1m05s"
+    assert metrics_lib.format_duration(float("nan")) == "?"
 
 
 def test_checkpoint_keep_n_restore_and_meta(tmp_path):
@@ -102,3 +90,19 @@ def test_checkpoint_keep_n_restore_and_meta(tmp_path):
 def jax_scale(tree, s):
     import jax  # pylint: disable=import-outside-toplevel
     return jax.tree.map(lambda x: x * s, tree)
+
+
+def test_resumed_writer_purges_the_steps_it_rewrites(tmp_path):
+    """A run killed after step 3 (events for 1..3 written) and resumed from a step-1 checkpoint
+    rewrites steps 2 and 3: with purge_step=2 the event stream holds each step once."""
+    wd = str(tmp_path / "run")
+    with metrics_lib.MetricsWriter(wd) as w:
+        for t in (1, 2, 3):
+            w.write(t, {"a": float(t)})
+    import time  # pylint: disable=import-outside-toplevel
+    time.sleep(1.1)          # a new event file (names carry the second they were opened)
+    with metrics_lib.MetricsWriter(wd, purge_step=2) as w:
+        for t in (2, 3, 4):
+            w.write(t, {"a": 10.0 * t})
+    assert [(s, v) for s, _, v in _read_events(os.path.join(wd, "tb"))] == [
+        (1, 1.0), (2, 20.0), (3, 30.0), (4, 40.0)]

@@ -3,8 +3,10 @@
 import glob
 import math
 import os
+import re
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +73,8 @@ def test_sft_then_grpo_end_to_end(tmp_path):
     assert glob.glob(os.path.join(rl_dir, "tb", "events.out.tfevents.*"))
 
     # Rerunning with more steps resumes from the newest checkpoint (step 3), no re-evaluation.
-    _run("experiments.train", rl_dir, f"--config.init_from={sft_dir}", "--config.rl.steps=4")
+    _run("experiments.train", rl_dir, f"--config.init_from={sft_dir}", "--config.rl.steps=4",
+         "--allow_changed=rl.steps")
     recs = metrics_lib.read_metrics(rl_dir)
     assert [r["step"] for r in recs] == [0, 1, 2, 3, 4]
     assert "4" in os.listdir(os.path.join(rl_dir, "checkpoints"))
@@ -147,15 +150,28 @@ def test_bad_values_are_refused_by_the_one_config_parse(key, value, match):
 
 @pytest.mark.parametrize("module", ["experiments.train", "experiments.sft"])
 def test_binaries_refuse_bad_values_fast_without_a_traceback(module, tmp_path):
-    for key, value, match in BAD_VALUES[:3] + BAD_VALUES[11:13]:
-        env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-        proc = subprocess.run([sys.executable, "-m", module, f"--config={CONFIG}",
-                               f"--workdir={tmp_path}", f"--config.{key}={value}"], cwd=REPO,
-                              env=env, capture_output=True, text=True, timeout=120)
-        assert proc.returncode != 0, (key, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-        import re  # pylint: disable=import-outside-toplevel
-        assert re.search(match, proc.stderr), (match, proc.stderr[-2000:])
+    """Every row of BAD_VALUES, plus a workdir that is a file and one that cannot be written,
+    through the binary itself: a non-zero exit in under 5 s, the key named, no traceback."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    rows = [([f"--workdir={tmp_path / 'w'}", f"--config.{key}={value}"], match)
+            for key, value, match in BAD_VALUES]
+    rows += [([f"--workdir={a_file}"], "is a file, not a directory"),
+             (["--workdir=/proc/async_grpo_test/run"], "cannot be written")]
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    for i in range(0, len(rows), 2):          # two at a time (2-core machines)
+        procs = [(subprocess.Popen([sys.executable, "-m", module, f"--config={CONFIG}", *flags],
+                                   cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True), match, time.time())
+                 for flags, match in rows[i:i + 2]]
+        for proc, match, t0 in procs:
+            _, err = proc.communicate(timeout=120)
+            secs = time.time() - t0
+            assert proc.returncode != 0, (match, err[-2000:])
+            assert "Traceback" not in err, err[-3000:]
+            assert re.search(match, err), (match, err[-2000:])
+            assert secs < 5, (match, secs)
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
 def test_config_defaults_live_in_one_place():

@@ -34,10 +34,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import signal
-import threading
 import time
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import jax
 import numpy as np
@@ -49,11 +47,13 @@ from async_grpo import diagnostics as diag_lib
 from async_grpo import distributed
 from async_grpo import metrics as metrics_lib
 from async_grpo import sharding as sharding_lib
+from async_grpo import workdir as workdir_lib
 from async_grpo.config import RunConfig
 from async_grpo.generator import ParamStore, RolloutGenerator
 from async_grpo.rl.components import Components
 from async_grpo.rl.learner import Learner
 from async_grpo.rl.objectives import staleness_bias
+from async_grpo.signals import StopOnSignal
 
 PROGRESS_KEYS = ("rollout/reward", "heldout/accuracy", "lag/mean", "entropy",
                  "loss/kl_behavior_k3", "grad_norm")
@@ -71,6 +71,28 @@ class RunResult:
     collapse_reason: Optional[str] = None
     interrupted: bool = False
     store: Optional[ParamStore] = None
+    wall_s: float = 0.0
+    collapse_rules: str = ""
+
+    def summary(self) -> str:
+        """One paragraph for the end of a run: steps, held-out accuracy, reward, collapse, time."""
+        last = self.last
+        parts = [f"{self.steps_done} steps in {metrics_lib.format_duration(self.wall_s)}"]
+        if "heldout/accuracy" in last:
+            acc = f"held-out accuracy {last['heldout/accuracy']:.3f}"
+            if "heldout_sampled/accuracy" in last:
+                acc += f" (sampled {last['heldout_sampled/accuracy']:.3f})"
+            parts.append(acc)
+        if "rollout/reward" in last:
+            parts.append(f"rollout reward {last['rollout/reward']:.3f} at step {self.steps_done}")
+        if self.collapse_step is not None:
+            parts.append(f"COLLAPSED at step {self.collapse_step} ({self.collapse_reason}; "
+                         f"rules: {self.collapse_rules})")
+        else:
+            parts.append(f"no collapse (rules: {self.collapse_rules})")
+        if self.interrupted:
+            parts.append("interrupted by a signal (resume with the same command)")
+        return "; ".join(parts)
 
 
 def make_learner(config: RunConfig, comps: Components, devices=None) -> Learner:
@@ -100,12 +122,14 @@ def make_learner(config: RunConfig, comps: Components, devices=None) -> Learner:
 
 
 def run(config: RunConfig, comps: Components, workdir: str, *, learner: Optional[Learner] = None,
-        devices=None) -> RunResult:
+        devices=None, allow_changed: Iterable[str] = ()) -> RunResult:
     """Trains GRPO into `workdir` (resuming from its newest checkpoint); see the module docstring.
 
-    `learner` (optional) is a prebuilt `make_learner(config, comps)`: reusing one across runs
-    reuses its compiled update (benchmarks, repeated short runs).
+    The workdir belongs to this run (`async_grpo.workdir.claim`): resuming it with a different
+    config is refused unless the differing keys are in `allow_changed`. `learner` (optional) is a
+    prebuilt `make_learner(config, comps)`: reusing one across runs reuses its compiled update.
     """
+    workdir_lib.claim(workdir, "grpo", config.record("grpo"), allow_changed)
     return _Run(config, comps, workdir, learner or make_learner(config, comps, devices)).train()
 
 
@@ -116,7 +140,6 @@ class _Run:
         self.config, self.comps, self.workdir, self.learner = config, comps, workdir, learner
         self.policy = config.staleness.make_policy(config.seed)
         self.total = config.rl.steps
-        self.signal: Optional[int] = None
         self.collapse_reported = False
         self.bias_fn = learner.compile_fn(functools.partial(staleness_bias, comps.objective)) \
             if config.diagnostics.bias_every else None
@@ -219,15 +242,6 @@ class _Run:
         history = {int(v): p for v, p in items.get("history", {}).items()}
         return step, items["params"], items["opt_state"], items.get("aux", aux), history
 
-    def install_signals(self):
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum, _frame):
-            logging.warning("signal %d: saving a checkpoint and stopping", signum)
-            self.signal = signum
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
     # --- the loop --------------------------------------------------------------------------------
     def start_state(self, manager):
         """(start step, params, opt_state, aux, parameter store): the newest checkpoint's, or
@@ -259,20 +273,21 @@ class _Run:
             logging.warning("the run collapsed at step %d; not continuing", collapsed_at)
             manager.close()
             return RunResult(params, opt_state, {"collapsed": True}, start, collapsed_at,
-                             collapse_lib.reason_name(aux["collapse"]["reason"]), store=store)
+                             collapse_lib.reason_name(aux["collapse"]["reason"]), store=store,
+                             collapse_rules=c.collapse.describe())
         # With several processes, process 0 writes the run's metrics; the others write theirs
         # under <workdir>/process_<i>. All hold the same global values; "rollout_local/*" are
         # each process's own share.
         metrics_dir = (self.workdir if jax.process_index() == 0 else
                        os.path.join(self.workdir, f"process_{jax.process_index()}"))
-        metrics_lib.truncate_after(metrics_dir, start)
+        # Records past the restored step are recomputed (at step 0 the evaluation record too).
+        metrics_lib.truncate_after(metrics_dir, start if start else -1)
         theta0 = L.place_params(self.comps.init_params)
         ref = theta0 if (rc.log_ref_kl or self.comps.objective.needs_ref) else None
 
-        writer = metrics_lib.MetricsWriter(metrics_dir)
+        writer = metrics_lib.MetricsWriter(metrics_dir, purge_step=start + 1 if start else 0)
         progress = metrics_lib.Progress(self.total, start)
         last: dict[str, Any] = {}
-        old_handlers = self.install_signals()
         t_run = t_log = time.time()
         step_log = start
         done = start
@@ -282,12 +297,13 @@ class _Run:
         try:
             if start == 0 and rc.eval_every:
                 last = writer.write(0, self.comps.evaluator(params))
-            with gen:
+            with StopOnSignal() as stop_signal, gen:
                 for step in range(start, self.total):
-                    if self.signal is not None:
+                    if stop_signal.requested:
                         if manager.latest_step() != step:
+                            writer.flush()
                             self.save(manager, step, params, opt_state, aux, store, step,
-                                      extra={"interrupted_by_signal": self.signal})
+                                      extra={"interrupted_by_signal": stop_signal.signum})
                         interrupted = True
                         break
                     t0 = time.time()
@@ -312,6 +328,7 @@ class _Run:
                     ckpt_due = rc.checkpoint_every and (done % rc.checkpoint_every == 0 or
                                                         done == self.total or stop)
                     if rec["finite"] and ckpt_due:
+                        writer.flush()
                         self.save(manager, done, params, opt_state, aux, store, gen.position,
                                   extra={"heldout_accuracy": rec.get("heldout/accuracy")})
                     if stop:
@@ -320,12 +337,12 @@ class _Run:
             gen.close()
             writer.close()
             manager.close()
-            for sig, h in old_handlers.items():
-                signal.signal(sig, h)
         reason = last.get("collapse_reason")
-        return RunResult(params, opt_state, last, done, last.get("collapse_step"),
-                         None if reason is None else collapse_lib.reason_name(reason),
-                         interrupted, store)
+        result = RunResult(params, opt_state, last, done, last.get("collapse_step"),
+                           None if reason is None else collapse_lib.reason_name(reason),
+                           interrupted, store, time.time() - t_run, c.collapse.describe())
+        logging.info("grpo done: %s", result.summary())
+        return result
 
     def _finish_log_step(self, done, rec, writer, progress, params) -> bool:
         """Evaluates (if due), writes the record, logs progress; -> whether to stop."""

@@ -26,7 +26,7 @@ def get_config():
     c.rl.prompts_per_step = 64
     c.rl.group_size = 8
     c.rl.eval_every = 50
-    c.rl.checkpoint_every = 100
+    c.rl.checkpoint_every = 25        # a shortened run still keeps recent checkpoints
     c.rl.optimizer.lr = 5e-5
     c.rl.loss = "grpo"
     c.rl.loss_kwargs = {"kl_coef": 0.04}
