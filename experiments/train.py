@@ -28,9 +28,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-process: this proces
 
 
 def main(argv):
-    config = run_config.parse(argv, "grpo")
+    # Before anything touches a JAX backend (the workdir check asks for the process index).
     distributed.initialize(_COORDINATOR.value or None, _NUM_PROCESSES.value or None,
                            _PROCESS_ID.value)
+    config = run_config.parse(argv, "grpo")
     logging.info("config:\n%s", run_config.CONFIG.value)
     try:
         comps = components.build_grpo(config)

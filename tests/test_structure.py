@@ -14,7 +14,8 @@ PKG = os.path.join(repo_root(), "async_grpo")
 LAYERS = [
     # 0: leaves and libraries
     {"files", "staleness", "collapse", "diagnostics", "losses", "tasks", "models", "sharding",
-     "distributed", "checkpoint", "metrics", "sampling", "generator"},
+     "distributed", "checkpoint", "metrics", "sampling", "generator", "signals", "figures",
+     "workdir"},
     # 1: built on the leaves
     {"config", "simulate", "testbeds"},
     # 2: the RL pieces
