@@ -7,6 +7,7 @@ import re
 import numpy as np
 
 from async_grpo.tasks.base import MALFORMED, RIGHT, WRONG, Problem, Score, Task
+from async_grpo.tasks.token_rewards import IntegerAnswer, TokenReward
 
 _INT_RE = re.compile(r"-?\d+")
 
@@ -17,6 +18,10 @@ def parse_int(text: str) -> int | None:
     if not _INT_RE.fullmatch(t):
         return None
     return int(t)
+
+
+def _result(problem: Problem) -> int:
+    return problem.meta["result"]
 
 
 class _BinaryArithmetic(Task):
@@ -43,6 +48,9 @@ class _BinaryArithmetic(Task):
         a, b = self._operand(rng), self._operand(rng)
         c = self.compute(a, b)
         return Problem(prompt=f"{a}{self.op}{b}=", answer=str(c), meta={"a": a, "b": b, "result": c})
+
+    def token_reward(self, tokenizer):
+        return TokenReward(IntegerAnswer.for_tokenizer(tokenizer), _result)
 
     def _score(self, problem: Problem, response: str) -> Score:
         v = parse_int(response)

@@ -127,6 +127,12 @@ class Task:
             f"{self.name}: only {len(out)} distinct {split} problems found, {n} asked for")
 
     # --- rewards ----------------------------------------------------------------------------------
+    def token_reward(self, tokenizer):
+        """The reward as a jnp function of response tokens (`tasks.token_rewards.TokenReward`),
+        equal to `score`'s; None when the task's answers cannot be checked on tokens."""
+        del tokenizer
+        return None
+
     def score(self, problem: Problem, response: str) -> Score:
         """Never raises: any exception while parsing the response counts as malformed (reward 0)."""
         if not isinstance(response, str):

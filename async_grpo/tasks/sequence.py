@@ -7,6 +7,11 @@ import string
 import numpy as np
 
 from async_grpo.tasks.base import MALFORMED, RIGHT, WRONG, Problem, Score, Task
+from async_grpo.tasks.token_rewards import ExactString, TokenReward
+
+
+def _answer(problem: Problem) -> str:
+    return problem.answer
 
 
 class _SequenceTask(Task):
@@ -26,6 +31,9 @@ class _SequenceTask(Task):
         n = int(rng.integers(self.min_len, self.max_len + 1))
         s = "".join(self.alphabet[int(i)] for i in rng.integers(len(self.alphabet), size=n))
         return Problem(prompt=f"{self.tag}:{s}=", answer=self.transform(s), meta={"input": s})
+
+    def token_reward(self, tokenizer):
+        return TokenReward(ExactString.for_tokenizer(tokenizer, self.alphabet), _answer)
 
     def _score(self, problem: Problem, response: str) -> Score:
         r = response.strip()
