@@ -45,17 +45,20 @@ class Components:
     init_dir: str = ""                       # GRPO: the SFT checkpoint directory
 
 
-def make_optimizer(opt: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with linear warm-up then cosine (or constant) decay, and global-norm clipping."""
+def make_optimizer(opt: OptimizerConfig, total_steps: int,
+                   lr=None) -> optax.GradientTransformation:
+    """AdamW with linear warm-up then cosine (or constant) decay, and global-norm clipping.
+
+    `lr` (optional, may be a traced scalar: one grid cell's η) replaces `opt.lr`."""
+    lr = opt.lr if lr is None else lr
     warmup = max(opt.warmup_steps, 1)
     if opt.schedule == "cosine":
         sched = optax.warmup_cosine_decay_schedule(
-            0.0, opt.lr, warmup, max(total_steps, opt.warmup_steps + 1),
-            end_value=opt.lr * opt.end_lr_frac)
+            0.0, lr, warmup, max(total_steps, opt.warmup_steps + 1),
+            end_value=lr * opt.end_lr_frac)
     else:
         sched = optax.join_schedules(
-            [optax.linear_schedule(0.0, opt.lr, warmup), optax.constant_schedule(opt.lr)],
-            [warmup])
+            [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
     chain = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip else []
     chain.append(optax.adamw(sched, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
     return optax.chain(*chain)

@@ -68,6 +68,16 @@ def update(params, opt_state, aux, batch, ref_params, step, *, objective, optimi
     return params, opt_state, new_aux, metrics
 
 
+def drift_metrics(params, behavior, theta0) -> dict[str, jax.Array]:
+    """{"drift/cumulative": ‖θ − θ_0‖, "drift/within_cycle": ‖θ − φ‖} (the latter only when the
+    behavior parameters φ are given): the pipeline's and the population runner's drifts."""
+    dist = lambda a, b: optax.tree.norm(optax.tree.sub(a, b))  # noqa: E731
+    out = {"drift/cumulative": dist(params, theta0)}
+    if behavior is not None:
+        out["drift/within_cycle"] = dist(params, behavior)
+    return out
+
+
 class Learner:
     """Parameters, optimizer state and the jitted `update` on a mesh.
 
@@ -126,10 +136,7 @@ class Learner:
             # every process publishes the same versions in the same order).
             self._copy_to_learner = lambda p: distributed.to_global(p, self.param_shardings)
             self._copy_to_gen = distributed.to_local
-        dist = lambda a, b: optax.tree.norm(optax.tree.sub(a, b))
-        self._drifts = jax.jit(lambda p, phi, p0: {
-            "drift/cumulative": dist(p, p0),
-            **({} if phi is None else {"drift/within_cycle": dist(p, phi)})})
+        self._drifts = jax.jit(drift_metrics)
 
     # --- placement -------------------------------------------------------------------------------
     def place_params(self, params):

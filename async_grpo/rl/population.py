@@ -1,0 +1,244 @@
+"""A whole (S, η, seed) grid of GRPO runs of the transformer as one compiled program.
+
+The pipeline (`async_grpo.rl.pipeline`) exists for real asynchrony and throughput; this runner
+exists for science: `make_population(config, comps, max_lag_cap=...)` returns
+``train(cell) -> (metrics {name: [T]}, final params, summary)``, one GRPO run as a `lax.scan`
+over learner steps, and `run_cells` vmaps it over the cells of a grid (chunks of cells, sized to
+a memory budget, compile once). It is the same algorithm as the pipeline, from the same pieces:
+
+* prompts: `RolloutSource.problems(step)` of the cell's seed, drawn on the host before the
+  program runs (they do not depend on θ), so a cell sees exactly the pipeline's prompts;
+* the behavior version of step t from `async_grpo.staleness.scheduled_lag` (the pipeline's
+  schedule; `bounded_async` has none: use `random_uniform`), read from a ring buffer of the last
+  S_max + 1 parameter snapshots;
+* sampling: `async_grpo.sampling.sample` with the pipeline's key, fold_in(fold_in(key(seed), 2), t);
+* rewards: the task's `token_reward`, equal to its Python reward (tasks without one, Countdown
+  and GSM8K, are refused);
+* the update: `async_grpo.rl.learner.update` (the one optimizer update, with the config's
+  objective, optimizer, cosines and collapse rules) and `learner.drift_metrics`.
+
+`tests/test_population.py` checks that a cell and `pipeline.run` with the `fixed` policy agree to
+float tolerance over 24 steps. A cell holds the cell's θ, its optimizer state (2θ for Adam),
+the cosine carries (2θ), θ_0 and the ring (S_max + 1)θ: about (S_max + 7) parameter copies,
+plus the sampler's and learner's activations; `cell_bytes` estimates it and `chunk_size` turns a
+memory budget into the number of cells per compiled chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from async_grpo import collapse as collapse_lib
+from async_grpo import models, sampling, simulate
+from async_grpo import staleness as staleness_lib
+from async_grpo.config import RunConfig
+from async_grpo.rl.components import Components, make_optimizer
+from async_grpo.rl.learner import drift_metrics, update
+from async_grpo.rl.rollout import RolloutSource
+
+# The per-step curves kept by default (the sweep writes them).
+CURVES = ("reward", "rollout/correct_frac", "rollout/malformed_frac", "loss/kl_behavior_k3",
+          "loss/clip_frac", "loss/ess_frac", "update_norm", "grad_norm", "drift/within_cycle",
+          "drift/cumulative", "cos/consecutive_grads", "entropy", "kl_ref_k3", "lag", "finite")
+
+
+@dataclasses.dataclass(frozen=True)
+class Population:
+    """A compiled-program description of a grid's runs (see the module docstring)."""
+
+    train: Callable
+    seeds: tuple
+    max_lag_cap: int
+    tables: dict               # per seed: prompts, lengths, targets for every step, stacked
+
+
+def _prompt_tables(config: RunConfig, comps: Components, seeds: Sequence[int], steps: int,
+                   token_reward) -> dict[str, np.ndarray]:
+    """Every step's prompts (encoded) and reward targets, for each seed: [n_seeds, T, P, ...]."""
+    rollouts = comps.source.rollouts
+    out = []
+    for seed in seeds:
+        src = RolloutSource(rollouts, comps.task, prompts_per_step=config.rl.prompts_per_step,
+                            seed=int(seed))
+        toks, lens, tgts = [], [], []
+        for t in range(steps):
+            problems = src.problems(t)
+            tk, ln = rollouts.encode_prompts(problems)
+            toks.append(tk)
+            lens.append(ln)
+            tgts.append(token_reward.targets(problems, comps.max_new_tokens))
+        width = max(tg[k].shape[-1] for tg in tgts for k in tg if tg[k].ndim == 2)
+        targets = {k: np.stack([_pad_to(tg[k], width) for tg in tgts]) for k in tgts[0]}
+        out.append(dict(prompt_tokens=np.stack(toks), prompt_lengths=np.stack(lens), **targets))
+    return {k: np.stack([o[k] for o in out]) for k in out[0]}
+
+
+def _pad_to(x, width):
+    if x.ndim < 2 or x.shape[-1] == width:
+        return x
+    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
+
+
+def make_population(config: RunConfig, comps: Components, *, seeds: Sequence[int],
+                    max_lag_cap: int, keep: Optional[Sequence[str]] = CURVES) -> Population:
+    """The runner for cells whose seeds are among `seeds` and whose S ≤ `max_lag_cap`.
+
+    A cell is {"seed": s, "max_lag": S, "lr": η}. `keep` limits the per-step metrics returned
+    (None: all of the learner's, the drifts, the lag and the rollout statistics)."""
+    rc, st = config.rl, config.staleness
+    staleness_lib.check_policy_name(st.policy, scheduled_only=True)
+    token_reward = comps.task.token_reward(comps.tokenizer)
+    if token_reward is None:
+        raise ValueError(f"task.name={config.task.name!r} has no reward on tokens, so it cannot "
+                         "run inside a compiled program; the population runner supports "
+                         "addition, multiplication, reverse and sort (the pipeline runs any "
+                         "task).")
+    if comps.source is None:
+        raise ValueError("the population runner needs GRPO components (components.build_grpo)")
+    steps, g, k_ring = rc.steps, rc.group_size, max_lag_cap + 1
+    seeds = tuple(int(s) for s in seeds)
+    tables = _prompt_tables(config, comps, seeds, steps, token_reward)
+    graphdef, theta0 = comps.graphdef, comps.init_params
+    objective = comps.objective
+    use_ref = rc.log_ref_kl or objective.needs_ref
+    collapse = config.collapse
+    tok = comps.tokenizer
+
+    def train(cell, tables):
+        seed = jnp.asarray(cell["seed"], jnp.uint32)
+        tab = jax.tree.map(lambda x: x[cell["seed_index"]], tables)
+        base_key = jax.random.key(seed)
+        lag_key = jax.random.PRNGKey(seed)
+        s_max = jnp.asarray(cell["max_lag"], jnp.int32)
+        opt = make_optimizer(rc.optimizer, steps, lr=jnp.asarray(cell["lr"], jnp.float32))
+        ref = theta0 if use_ref else None
+        aux = {}
+        if config.diagnostics.cosines:
+            zeros = jax.tree.map(jnp.zeros_like, theta0)
+            aux.update(prev_grad=zeros, prev_update=zeros)
+        if collapse is not None:
+            aux["collapse"] = collapse_lib.init_state()
+        ring = jax.tree.map(lambda x: jnp.broadcast_to(x, (k_ring,) + x.shape), theta0)
+        carry0 = (theta0, opt.init(theta0), aux, ring)
+
+        def step(carry, t):
+            params, opt_state, aux, ring = carry
+            ring = jax.tree.map(lambda r, x: r.at[t % k_ring].set(x), ring, params)
+            lag = staleness_lib.scheduled_lag(st.policy, t, s_max,
+                                              jax.random.fold_in(lag_key, t),
+                                              geometric_p=st.geometric_p)
+            version = t - lag
+            phi = jax.tree.map(lambda r: r[version % k_ring], ring)
+            key = jax.random.fold_in(jax.random.fold_in(base_key, RolloutSource.TRAIN_STREAM), t)
+            sb = sampling.sample(
+                graphdef, phi, tab["prompt_tokens"][t], tab["prompt_lengths"][t], key,
+                max_new_tokens=comps.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                temperature=rc.temperature, top_k=rc.top_k or None, top_p=rc.top_p or None,
+                params_version=version, num_samples=g)
+            targets = {k: jnp.repeat(v[t], g, axis=0) for k, v in tab.items()
+                       if k not in ("prompt_tokens", "prompt_lengths")}
+            rewards, malformed = token_reward.reward(sb.response_tokens, sb.response_lengths,
+                                                     targets)
+            batch = {"prompt_tokens": sb.prompt_tokens, "prompt_lengths": sb.prompt_lengths,
+                     "response_tokens": sb.response_tokens, "response_mask": sb.response_mask,
+                     "behavior_logp": sb.behavior_logp, "rewards": rewards}
+            drifts = drift_metrics(params, phi, theta0)
+            params, opt_state, aux, m = update(
+                params, opt_state, aux, batch, ref, t + 1, objective=objective, optimizer=opt,
+                track_cosines=config.diagnostics.cosines, collapse=collapse)
+            grouped = rewards.reshape(-1, g)
+            m = dict(m, **drifts, lag=lag, version=version, **{
+                "rollout/correct_frac": jnp.mean(rewards > 0),
+                "rollout/malformed_frac": jnp.mean(malformed),
+                "rollout/response_length": jnp.mean(sb.response_lengths.astype(jnp.float32)),
+                "rollout/truncated_frac": jnp.mean(~sb.eos_reached),
+                "rollout/zero_signal_groups": jnp.mean(grouped.max(1) == grouped.min(1)),
+                "rollout/pass_at_group": jnp.mean(grouped.max(1) > 0)})
+            if keep is not None:
+                m = {k: v for k, v in m.items() if k in keep}
+            return (params, opt_state, aux, ring), m
+
+        (params, _, aux, _), metrics = jax.lax.scan(step, carry0,
+                                                    jnp.arange(steps, dtype=jnp.int32))
+        summary = {"drift_final": drift_metrics(params, None, theta0)["drift/cumulative"]}
+        if collapse is not None:
+            summary.update(collapse_step=aux["collapse"]["collapse_step"],
+                           collapse_reason=aux["collapse"]["reason"])
+        return metrics, params, summary
+
+    return Population(train, seeds, max_lag_cap, tables)
+
+
+def make_cells(pop: Population, *, lrs: Sequence[float], lags: Sequence[int],
+               seeds: Optional[Sequence[int]] = None) -> dict[str, np.ndarray]:
+    """The (S, η, seed) product, S slowest and seed fastest, with each cell's seed index."""
+    seeds = pop.seeds if seeds is None else tuple(seeds)
+    unknown = sorted(set(seeds) - set(pop.seeds))
+    if unknown:
+        raise ValueError(f"seeds {unknown} have no prompt tables; the population has "
+                         f"{list(pop.seeds)}.")
+    cells = simulate.make_cells(max_lag=list(lags), lr=list(lrs), seed=list(seeds))
+    for s in cells["max_lag"].tolist():
+        if not 0 <= s <= pop.max_lag_cap:
+            raise ValueError(f"S = {s}: must be in [0, S_max = {pop.max_lag_cap}].")
+    for lr in cells["lr"].tolist():
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"learning rate {lr!r}: must be finite and > 0.")
+    cells["seed_index"] = np.asarray([pop.seeds.index(int(s)) for s in cells["seed"]], np.int32)
+    return cells
+
+
+def cell_bytes(config: RunConfig, comps: Components, max_lag_cap: int) -> int:
+    """An estimate of one cell's device memory: (S_max + 7) parameter copies, the sampler's KV
+    cache and the learner's logits, float32 (see the module docstring)."""
+    n = models.param_count(comps.init_params)
+    cfg = comps.model_config
+    rows = config.rl.prompts_per_step * config.rl.group_size
+    length = comps.max_prompt_len + comps.max_new_tokens
+    kv = 2 * cfg.n_layers * rows * cfg.n_kv_heads * length * cfg.head_dim
+    logits = 3 * rows * comps.max_new_tokens * cfg.vocab_size        # forward, softmax, grad
+    acts = 4 * cfg.n_layers * rows * length * cfg.dim
+    return 4 * ((max_lag_cap + 7) * n + kv + logits + acts)
+
+
+def chunk_size(config: RunConfig, comps: Components, max_lag_cap: int, budget_bytes: float,
+               num_cells: int) -> int:
+    """Cells per compiled chunk within `budget_bytes` (at least 1)."""
+    per = cell_bytes(config, comps, max_lag_cap)
+    return int(max(1, min(num_cells, budget_bytes // per)))
+
+
+BATCHING = ("vmap", "map")
+
+
+def compile_chunk(pop: Population, batching: str = "vmap") -> Callable:
+    """One jitted program over a chunk of cells (the tables are an argument, not a constant).
+
+    ``"vmap"`` batches the cells' computations (what an accelerator wants); the batched matmuls
+    round differently from a cell run alone, and since sampling is discontinuous in θ a flipped
+    token eventually gives the cell other draws. ``"map"`` runs the cells one after another
+    inside the program (`lax.map`): each cell is then bit-identical to the same run through the
+    pipeline (`tests/test_population.py`), at the cost of the batching.
+    """
+    if batching not in BATCHING:
+        raise ValueError(f"batching={batching!r}: must be one of {list(BATCHING)}")
+    if batching == "vmap":
+        return jax.jit(jax.vmap(pop.train, in_axes=(0, None)))
+    return jax.jit(lambda cells, tables: jax.lax.map(lambda c: pop.train(c, tables), cells))
+
+
+def run_chunk(fn, pop: Population, cells: Mapping[str, np.ndarray]):
+    """-> numpy (metrics [C, T], final params [C, ...], summary [C])."""
+    arrays = {"seed": jnp.asarray(cells["seed"], jnp.uint32),
+              "seed_index": jnp.asarray(cells["seed_index"], jnp.int32),
+              "max_lag": jnp.asarray(cells["max_lag"], jnp.int32),
+              "lr": jnp.asarray(cells["lr"], jnp.float32)}
+    metrics, params, summary = fn(arrays, pop.tables)
+    return (jax.tree.map(np.asarray, metrics), params, jax.tree.map(np.asarray, summary))
+
