@@ -16,12 +16,16 @@ Every figure the binaries draw is made inside ``with figures.style():`` with `fi
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+
+# The PDF backend's font subsetting logs every table it prunes at INFO: noise in a run's log.
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 COLUMN = 3.25   # inches
 FULL = 6.75

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from typing import Any, Iterable, Mapping
 
@@ -49,6 +50,20 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any,
             if a.get(k, missing) != b.get(k, missing)}
 
 
+def machine() -> dict:
+    """What the numbers of a run may depend on: the platform, the CPU model, the XLA flags (the
+    CPU's instruction set changes float32 results; see docs/reproducibility.md)."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
 def check_writable(workdir: str) -> None:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir={workdir!r} is a file, not a directory; pass a directory.")
@@ -71,7 +86,8 @@ def claim(workdir: str, kind: str, config: Mapping[str, Any],
     config = json.loads(json.dumps(config))        # plain JSON values, as stored
     writer = jax.process_index() == 0
     if not os.path.exists(path):
-        record = {"kind": kind, "config": config, "created": time.time(), "changes": []}
+        record = {"kind": kind, "config": config, "created": time.time(), "changes": [],
+                  "machine": machine()}
         if writer:
             files.write_json_atomic(path, record)
         return record

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import jax
 import numpy as np
 
 from async_grpo import simulate
+from async_grpo import workdir as workdir_lib
 from async_grpo.testbeds import exact as ex
 from async_grpo.testbeds import exact_configs as xc
 from experiments.configs import exact_sweep as cfg_mod
@@ -134,7 +134,7 @@ def main(argv):
     ref = {name: rows["grid (compile excl., best of 3)"] if "excl." in name else base
            for name in rows}
     print(f"exact-testbed grid: {n} cells x {_STEPS.value} steps ({len(lags)} S x {len(lrs)} η x "
-          f"{len(seeds)} seeds); {platform.platform()}, {os.cpu_count()} CPUs; "
+          f"{len(seeds)} seeds); {workdir_lib.machine()['cpu']}, {os.cpu_count()} CPUs; "
           f"load avg {os.getloadavg()[0]:.1f}")
     print(f"{'mode':<44} {'wall s':>9} {'grid speed-up':>14}")
     for name, t in rows.items():
@@ -148,7 +148,7 @@ def main(argv):
         with open(os.path.join(_WORKDIR.value, "bench.json"), "w") as fh:
             json.dump({"cells": n, "num_steps": _STEPS.value, "wall_s": rows,
                        "grid_speedup": {k2: v / ref[k2] for k2, v in rows.items()},
-                       "machine": platform.platform(), "cpu_count": os.cpu_count(),
+                       "machine": workdir_lib.machine(),
                        "load_avg_1m": os.getloadavg()[0], "max_abs_diff": max_diff,
                        "max_abs_diff_non_collapsed": max_diff_stable}, fh, indent=2)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import time
 
 from absl import app, flags
@@ -37,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from async_grpo import figures, files
+from async_grpo import workdir as workdir_lib
 from async_grpo.testbeds import exact as ex
 from async_grpo.testbeds import exact_analysis as xa
 from async_grpo.testbeds import exact_configs as xc
@@ -222,7 +222,7 @@ def main(argv):
     ctrl = controlled(p, c)
     res = analyse(traj, ctrl, c.linear_tol)
     res.update(config=json.loads(c.to_json()), testbed=dataclasses.asdict(p["testbed"]),
-               machine=platform.platform(), cpu_count=os.cpu_count(),
+               machine=workdir_lib.machine(),
                wall_s=time.time() - t0, wall_traj_s=t_traj)
     files.write_csv_atomic(os.path.join(workdir, "trajectory.csv"), traj)
     files.write_csv_atomic(os.path.join(workdir, "controlled.csv"), ctrl)

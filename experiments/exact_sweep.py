@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import time
 
 from absl import app, flags, logging
@@ -33,6 +32,7 @@ import numpy as np
 
 from async_grpo import figures, files
 from async_grpo import metrics as metrics_lib
+from async_grpo import workdir as workdir_lib
 from async_grpo.testbeds import exact as ex
 from async_grpo.testbeds import exact_analysis as xa
 from async_grpo.testbeds import exact_configs as xc
@@ -284,27 +284,32 @@ def summary_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_sweep(c, workdir: str, p=None) -> str:
+    """Runs (or resumes) the sweep of config `c` (its `plan`, if already made) into `workdir`;
+    -> the summary table."""
+    p = plan(c) if p is None else p
+    if c.x64:
+        jax.config.update("jax_enable_x64", True)
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.time()
+    results = [run_variant(c, p, v, workdir) for v in p["variants"]]
+    files.write_json_atomic(os.path.join(workdir, "summary.json"), {
+        "config": json.loads(c.to_json()), "machine": workdir_lib.machine(),
+        "total_wall_s": time.time() - t0, "variants": results})
+    return (summary_table(results) +
+            f"\ntotal wall time {time.time() - t0:.1f}s; results in {workdir}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required.")
-    c = _CONFIG.value
     try:
-        p = plan(c)
+        p = plan(_CONFIG.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
-    if c.x64:
-        jax.config.update("jax_enable_x64", True)
-    workdir = _WORKDIR.value
-    os.makedirs(workdir, exist_ok=True)
-    t0 = time.time()
-    results = [run_variant(c, p, v, workdir) for v in p["variants"]]
-    files.write_json_atomic(os.path.join(workdir, "summary.json"), {
-        "config": json.loads(c.to_json()), "machine": platform.platform(),
-        "cpu_count": os.cpu_count(), "total_wall_s": time.time() - t0, "variants": results})
-    print(summary_table(results))
-    print(f"total wall time {time.time() - t0:.1f}s; results in {workdir}")
+    print(run_sweep(_CONFIG.value, _WORKDIR.value, p))
 
 
 if __name__ == "__main__":

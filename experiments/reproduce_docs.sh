@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs every experiment whose numbers appear in docs/, into RUNS (default runs/), then
+# regenerates the docs' result tables from those directories:
+#
+#   bash experiments/reproduce_docs.sh [RUNS]        # about 2 hours on 2 CPU cores
+#   python -m experiments.report --runs=RUNS         # (run by the script at the end)
+#
+# Each command resumes or is skipped when its results exist (the binaries refuse a workdir that
+# holds a different config). The ISA runs repeat two experiments with XLA restricted to AVX2 and
+# SSE4.2, to measure how much the CPU's numerics move the results (docs/reproducibility.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-runs}
+PY=${PYTHON:-.venv/bin/python}
+sweep() { local dir=$1; shift; [ -f "$RUNS/$dir/summary.json" ] || $PY -m experiments.exact_sweep --workdir="$RUNS/$dir" "$@"; }
+
+# Exact testbed (docs/exact_testbed.md).
+sweep exact_sweep
+[ -f "$RUNS/exact_bias/bias.json" ] || $PY -m experiments.exact_bias --workdir="$RUNS/exact_bias"
+sweep exact_sweep_mlp_low --config.testbed.policy=mlp --config.lr_min=0.0625 --config.lr_max=64
+sweep exact_sweep_tabular_wide --config.testbed.policy=tabular --config.lr_min=1 --config.lr_max=1048576 --config.lrs_per_octave=1
+sweep exact_sweep_adam --config.train.optimizer=adam --config.lr_min=0.004 --config.lr_max=8
+sweep exact_sweep_sync --config.train.staleness=sync_interval
+sweep exact_sweep_T2000 --config.train.num_steps=2000
+sweep exact_sweep_nokl --config.testbed.kl_coef=0.0
+sweep exact_sweep_sampled --config.train.mode=sampled --config.variants=grpo
+[ -f "$RUNS/exact_group_bias/results.json" ] || $PY -m experiments.exact_group_bias --workdir="$RUNS/exact_group_bias"
+
+# SFT and GRPO on addition (docs/sync_grpo.md), the staleness curves (docs/pipeline.md).
+CFG=experiments/configs/addition.py
+$PY -m experiments.sft --config=$CFG --workdir="$RUNS/addition/sft"
+$PY -m experiments.train --config=$CFG --workdir="$RUNS/addition/grpo" --config.init_from="$RUNS/addition/sft"
+for S in 0 2 8; do P=fixed; [ $S = 0 ] && P=sync
+  $PY -m experiments.train --config=$CFG --workdir="$RUNS/stale/S$S" --config.init_from="$RUNS/addition/sft" \
+    --config.rl.steps=150 --config.rl.prompts_per_step=32 --config.rl.eval_every=50 \
+    --config.staleness.policy=$P --config.staleness.max_lag=$S
+done
+$PY -m experiments.plot_staleness --out="$RUNS/stale/curves.png" "$RUNS/stale/S0" "$RUNS/stale/S2" "$RUNS/stale/S8"
+
+# The same code with XLA restricted to other instruction sets (docs/reproducibility.md).
+for ISA in AVX2 SSE4_2; do
+  XLA_FLAGS=--xla_cpu_max_isa=$ISA sweep isa_$ISA/exact_sweep
+  XLA_FLAGS=--xla_cpu_max_isa=$ISA $PY -m experiments.sft --config=$CFG --workdir="$RUNS/isa_$ISA/sft"
+done
+
+# The LM staleness grid (docs/lm_grids.md): the quick and the default config.
+$PY -m experiments.sweep --config=experiments/configs/sweep_lm.py:quick --workdir="$RUNS/sweep_lm_quick"
+$PY -m experiments.sweep --config=experiments/configs/sweep_lm.py --workdir="$RUNS/sweep_lm"
+
+# Benchmarks last (timings: run them on an otherwise idle machine).
+[ -f "$RUNS/bench_exact_grid/bench.json" ] || $PY -m bench.exact_grid --workdir="$RUNS/bench_exact_grid"
+mkdir -p "$RUNS/bench"
+[ -f "$RUNS/bench/lm_grid.json" ] || $PY -m bench.lm_grid --json_out="$RUNS/bench/lm_grid.json"
+
+$PY -m experiments.report --runs="$RUNS"

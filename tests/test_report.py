@@ -1,0 +1,57 @@
+"""experiments.report: docs' result tables are rewritten from results directories."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from experiments import report
+from tests.helpers import repo_root
+
+REPO = repo_root()
+
+
+@pytest.fixture(name="sweep_runs", scope="module")
+def _sweep_runs(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.exact_sweep", f"--workdir={runs / 'sweep'}",
+         "--config.lags=0,1,4", "--config.lr_min=2", "--config.lr_max=64",
+         "--config.num_seeds=2", "--config.train.num_steps=60", "--config.n_boot=50"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return runs
+
+
+def test_blocks_are_rewritten_and_checked(sweep_runs, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    doc = docs / "x.md"
+    doc.write_text("intro\n<!-- report: exact_sweep sweep -->\nstale\n<!-- end report -->\n"
+                   "<!-- report: exact_families sweep -->\n<!-- end report -->\nend\n")
+    args = ["--runs", str(sweep_runs), "--docs", str(docs)]
+    assert report.main(args + ["--check"]) == 1            # out of date
+    assert report.main(args) == 0
+    text = doc.read_text()
+    assert "stale" not in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert re.search(r"\| 4 \| [\d.]+ \[", text) and "**α (S ≥ 1)**" in text
+    assert "| `sweep` | linear, sgd, fixed, T = 60" in text
+    assert report.main(args + ["--check"]) == 0            # now up to date
+    doc.write_text(text.replace("| 4 |", "| 5 |"))
+    assert report.main(args + ["--check"]) == 1            # a hand edit is caught
+    doc.write_text("<!-- report: exact_sweep nowhere -->\nx\n<!-- end report -->\n")
+    assert report.main(args + ["--check"]) == 1            # missing results fail the check
+    with pytest.raises(ValueError, match="unknown report kind 'nope'"):
+        report.render("nope sweep", str(sweep_runs))
+
+
+def test_every_block_in_docs_names_a_known_report():
+    for name in sorted(os.listdir(os.path.join(REPO, "docs"))):
+        if name.endswith(".md"):
+            with open(os.path.join(REPO, "docs", name), encoding="utf-8") as f:
+                for m in report.BLOCK.finditer(f.read()):
+                    kind = m.group("spec").split()[0]
+                    assert kind in report.REPORTS, (name, kind)
