@@ -21,7 +21,7 @@ LAYERS = [
     # 2: the RL pieces
     {"rl.objectives", "rl.rollout", "rl.learner", "rl.components"},
     # 3: the loops
-    {"rl.pipeline", "sft"},
+    {"rl.pipeline", "rl.population", "sft"},
 ]
 
 
