@@ -82,3 +82,23 @@ def test_refuses_tasks_without_a_token_reward_and_bad_cells(sft_dir):
     with pytest.raises(ValueError, match="seeds \\[5\\] have no prompt tables"):
         population.make_cells(pop, lrs=[1e-3], lags=[0], seeds=[5])
     assert ckpt_lib.latest_step(sft_dir + "/checkpoints") == 150
+
+
+@pytest.mark.parametrize("prompts,cap", [(8, 2), (16, 16)])
+def test_the_memory_estimate_follows_xlas_count(sft_dir, prompts, cap):
+    """`cell_bytes` (what sizes a chunk) against XLA's memory analysis of the compiled one-cell
+    program: temporaries + outputs, within [0.7, 1.5]x; and per cell, linear in the chunk."""
+    cfg = helpers.tiny_config(**{**GRID, "init_from": sft_dir, "rl.steps": 3,
+                                 "rl.prompts_per_step": prompts})
+    comps = components.build_grpo(cfg)
+    pop = population.make_population(cfg, comps, seeds=[0], max_lag_cap=cap)
+    cells = population.make_cells(pop, lrs=[1e-3], lags=[0])
+    ma = population.compile_chunk(pop).lower(cells, pop.tables).compile().memory_analysis()
+    if ma is None:
+        pytest.skip("this backend has no memory analysis")
+    measured = ma.temp_size_in_bytes + ma.output_size_in_bytes
+    est = population.cell_bytes(cfg, comps, cap)
+    assert 0.7 <= est / measured <= 1.5, (est, measured)
+    assert population.chunk_size(cfg, comps, cap, 10.5 * est, 100) == 10
+    assert population.chunk_size(cfg, comps, cap, 10.5 * est, 4) == 4
+    assert population.chunk_size(cfg, comps, cap, 0.1 * est, 4) == 1
