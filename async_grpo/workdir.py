@@ -15,11 +15,13 @@ With several processes only process 0 writes the record; every process checks it
 from __future__ import annotations
 
 import json
+import logging as logging_std
 import os
 import platform
 import time
 from typing import Any, Iterable, Mapping
 
+from absl import logging
 import jax
 
 from async_grpo import files
@@ -112,3 +114,16 @@ def claim(workdir: str, kind: str, config: Mapping[str, Any],
         if writer:
             files.write_json_atomic(path, record)
     return record
+
+
+class _DropOrbaxInfo(logging_std.Filter):
+    def filter(self, record):
+        return record.levelno > logging_std.INFO or "/orbax/" not in record.pathname
+
+
+def quiet_orbax() -> None:
+    """Orbax logs every save and restore step at INFO (half of a run's stderr); keep its
+    warnings and errors only (the binaries call this once they have parsed their flags)."""
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
+        handler.addFilter(_DropOrbaxInfo())

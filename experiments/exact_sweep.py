@@ -39,10 +39,6 @@ from async_grpo.testbeds import exact_configs as xc
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                                "exact_sweep.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
-                                          "Config file (experiments/configs/exact_sweep.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 
 plan = xc.sweep_plan
 
@@ -300,6 +296,16 @@ def run_sweep(c, workdir: str, p=None) -> str:
             f"\ntotal wall time {time.time() - t0:.1f}s; results in {workdir}")
 
 
+def _define_flags():
+    """Flags exist only when this module is the binary, so `experiments.sweep` can import its
+    functions (absl refuses a flag defined twice)."""
+    global _CONFIG, _WORKDIR
+    _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
+                                              "Config file (experiments/configs/exact_sweep.py).",
+                                              lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -313,4 +319,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -2,9 +2,7 @@
 parse of the config into a typed `RunConfig` (user errors end the program with the message,
 no traceback)."""
 
-import logging as logging_std
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from async_grpo import config as config_lib
@@ -41,16 +39,5 @@ def parse(argv, kind: str) -> config_lib.RunConfig:
         workdir_lib.claim(WORKDIR.value, kind, config.record(kind), ALLOW_CHANGED.value)
     except workdir_lib.WorkdirError as e:
         raise app.UsageError(str(e)) from None
-    quiet_orbax()
+    workdir_lib.quiet_orbax()
     return config
-
-
-class _DropOrbaxInfo(logging_std.Filter):
-    def filter(self, record):
-        return record.levelno > logging_std.INFO or "/orbax/" not in record.pathname
-
-
-def quiet_orbax() -> None:
-    """Orbax logs every save and restore step at INFO (half of a run's stderr); keep its
-    warnings and errors only."""
-    logging.get_absl_handler().addFilter(_DropOrbaxInfo())
