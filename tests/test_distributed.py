@@ -135,6 +135,7 @@ def test_process_share():
         distributed.process_share(items, 0, 3)
 
 
+@pytest.mark.slow      # ~100 s; test_two_processes_match_one covers the 2-process learner
 @pytest.mark.multidevice
 def test_train_binary_two_processes(tmp_path):
     """experiments.train in 2 processes (fixed S=2): each generates its half of the prompts; the

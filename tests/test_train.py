@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -151,7 +150,8 @@ def test_bad_values_are_refused_by_the_one_config_parse(key, value, match):
 @pytest.mark.parametrize("module", ["experiments.train", "experiments.sft"])
 def test_binaries_refuse_bad_values_fast_without_a_traceback(module, tmp_path):
     """Every row of BAD_VALUES, plus a workdir that is a file and one that cannot be written,
-    through the binary itself: a non-zero exit in under 5 s, the key named, no traceback."""
+    through the binary itself: a non-zero exit at the config parse (before the binary logs its
+    parsed config, so before any model, task or run is built), the key named, no traceback."""
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     rows = [([f"--workdir={tmp_path / 'w'}", f"--config.{key}={value}"], match)
@@ -162,15 +162,14 @@ def test_binaries_refuse_bad_values_fast_without_a_traceback(module, tmp_path):
     for i in range(0, len(rows), 2):          # two at a time (2-core machines)
         procs = [(subprocess.Popen([sys.executable, "-m", module, f"--config={CONFIG}", *flags],
                                    cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True), match, time.time())
+                                   stderr=subprocess.PIPE, text=True), match)
                  for flags, match in rows[i:i + 2]]
-        for proc, match, t0 in procs:
+        for proc, match in procs:
             _, err = proc.communicate(timeout=120)
-            secs = time.time() - t0
             assert proc.returncode != 0, (match, err[-2000:])
             assert "Traceback" not in err, err[-3000:]
             assert re.search(match, err), (match, err[-2000:])
-            assert secs < 5, (match, secs)
+            assert "config:\n" not in err, (match, err[-2000:])     # refused at the parse
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
