@@ -17,6 +17,7 @@ left unchanged and reported; `--check` fails on it.
 from __future__ import annotations
 
 import argparse
+import csv
 import glob
 import json
 import math
@@ -278,7 +279,43 @@ def bench_exact_grid(d: str) -> str:
     return "\n".join(lines)
 
 
+def lm_sweep(d: str) -> str:
+    """The table `experiments.sweep` printed for an LM grid, from its summary.json."""
+    from experiments import sweep  # pylint: disable=import-outside-toplevel
+    r = _load(os.path.join(d, "summary.json"))
+    c = _load(os.path.join(d, "run.json"))["config"]["run"]    # the sweep config as launched
+    sft = _evals(os.path.join(d, "sft")) if not c.get("init_from") else []
+    start = (f" The SFT start: held-out greedy accuracy {100 * sft[-1]['heldout/accuracy']:.1f} % "
+             f"at step {sft[-1]['step']}." if sft else "")
+    with open(os.path.join(d, "cells.csv"), encoding="utf-8") as f:
+        final = [float(row["heldout_greedy_final"]) for row in csv.DictReader(f)]
+    n = c["eval"]["num_problems"]
+    best = max(final)
+    start += (f" Best held-out accuracy at the end over all cells: {100 * best:.1f} % (standard "
+              f"error of a {n}-problem estimate ±{100 * math.sqrt(best * (1 - best) / n):.1f}).")
+    return ("```\n" + sweep.lm_table(r) + "\n```\n\n"
+            f"{len(r['lags'])} S × {len(r['lrs'])} η ({_g(r['lrs'][0])} … {_g(r['lrs'][-1])}, "
+            f"grid step ×{r['lrs'][1] / r['lrs'][0]:.3g}) × {len(r['seeds'])} seeds; "
+            f"{c['model']['preset']} model, {c['rl']['steps']} steps of "
+            f"{c['rl']['prompts_per_step']} prompts × {c['rl']['group_size']}, "
+            f"SFT {c['sft']['steps']} steps.{start} {_machine_line(r.get('machine', {}))}")
+
+
+def bench_lm_grid(d: str) -> str:
+    b = _load(os.path.join(d, "lm_grid.json"))
+    n, rows = b["cells"], b["wall_s"]
+    ref = next(v for k, v in rows.items() if k.startswith("population"))
+    lines = ["| way to run the cells | wall | cells per hour | vs population |",
+             "|---|---|---|---|"]
+    for k, v in rows.items():
+        lines.append(f"| {k} | {v:.1f} s | {3600 * n / v:.0f} | {v / ref:.1f}× |")
+    lines += ["", f"{n} cells × {b['steps']} GRPO steps; device {b['device']}. "
+                  f"{_machine_line(b.get('machine', {}))}"]
+    return "\n".join(lines)
+
+
 REPORTS: dict[str, Callable[..., str]] = {
+    "lm_sweep": lm_sweep, "bench_lm_grid": bench_lm_grid,
     "exact_sweep": exact_sweep, "exact_families": exact_families,
     "exact_collapse_law": exact_collapse_law, "exact_bias": exact_bias, "sft_grpo": sft_grpo,
     "staleness_curves": staleness_curves, "isa_spread": isa_spread,

@@ -2,7 +2,7 @@
 # Runs every experiment whose numbers appear in docs/, into RUNS (default runs/), then
 # regenerates the docs' result tables from those directories:
 #
-#   bash experiments/reproduce_docs.sh [RUNS]        # about 2 hours on 2 CPU cores
+#   bash experiments/reproduce_docs.sh [RUNS]        # about 3 hours on 2 CPU cores
 #   python -m experiments.report --runs=RUNS         # (run by the script at the end)
 #
 # Each command resumes or is skipped when its results exist (the binaries refuse a workdir that
@@ -44,8 +44,9 @@ for ISA in AVX2 SSE4_2; do
 done
 
 # The LM staleness grid (docs/lm_grids.md): the quick and the default config.
-$PY -m experiments.sweep --config=experiments/configs/sweep_lm.py:quick --workdir="$RUNS/sweep_lm_quick"
-$PY -m experiments.sweep --config=experiments/configs/sweep_lm.py --workdir="$RUNS/sweep_lm"
+for V in :quick ""; do D=sweep_lm${V/:/_}
+  [ -f "$RUNS/$D/summary.json" ] || $PY -m experiments.sweep --config=experiments/configs/sweep_lm.py$V --workdir="$RUNS/$D"
+done
 
 # Benchmarks last (timings: run them on an otherwise idle machine).
 [ -f "$RUNS/bench_exact_grid/bench.json" ] || $PY -m bench.exact_grid --workdir="$RUNS/bench_exact_grid"

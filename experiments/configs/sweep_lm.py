@@ -1,0 +1,75 @@
+r"""The LM-scale staleness grid: (S, η, seed) GRPO runs of a small transformer, one program.
+
+Launch (from the repository root):
+
+  python -m experiments.sweep --config=experiments/configs/sweep_lm.py --workdir=runs/sweep_lm
+  python -m experiments.sweep --config=experiments/configs/sweep_lm.py:quick \
+      --workdir=runs/sweep_lm_quick
+
+The run config (`c.run`, a full `async_grpo.config.RunConfig`) is the addition task with the
+`tiny` model; every cell starts from one SFT checkpoint (`c.run.init_from`, or an SFT run into
+<workdir>/sft when it is empty). The grid: S in `c.lags` (fixed lag), η on a log grid from
+`c.lr_min` to `c.lr_max`, `c.num_seeds` seeds (prompts, sampling keys). A cell has collapsed when
+the reward EMA falls below half its best for 10 steps after step 20, or anything is non-finite
+(`c.run.collapse`). Results and the choices behind these sizes are in docs/lm_grids.md.
+"""
+
+import ml_collections
+
+from experiments.configs import common
+
+
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.kind = "lm"
+    run = common.get_base_config()
+    run.task.name = "addition"
+    run.task.kwargs = {"num_digits": 2}
+    # The tiny model (105 k parameters): ~250 cells x 200 steps fit in 45 CPU minutes. Why each
+    # size below: docs/lm_grids.md ("Sizes, and why").
+    run.model.preset = "tiny"
+    run.model.max_seq_len = 24
+    run.eval.num_problems = 200
+    run.eval.batch_size = 200
+    run.eval.sampled = False
+    # SFT past the phase transition (a high starting reward; a start inside the transition moves
+    # with the CPU's float rounding: docs/reproducibility.md).
+    run.sft.steps = 1000
+    run.sft.batch_size = 64
+    run.sft.eval_every = 0
+    run.sft.optimizer.lr = 3e-3
+    # GRPO: 16 prompts x 8 samples, T = 200 (late collapses near the boundary at large S must
+    # fall inside the run), constant η after 5 warm-up steps.
+    run.rl.steps = 200
+    run.rl.prompts_per_step = 16
+    run.rl.group_size = 8
+    run.rl.eval_every = 0
+    run.rl.checkpoint_every = 0
+    run.rl.log_ref_kl = True
+    run.rl.optimizer.warmup_steps = 5
+    run.staleness.policy = "fixed"
+    run.collapse = ml_collections.ConfigDict(dict(
+        metric="reward", drop_frac=0.5, baseline="zero", ema=0.9, warmup=20, patience=10,
+        max_metric="", max_value=0.0, min_metric="", min_value=0.0, stop=False))
+    c.run = run
+    c.lags = "0,1,2,4,8,16"
+    # Half-octave η grid 3e-5 .. 2.7e-3: stable at the low end and collapsed at the high end
+    # for every S (the table's censoring column checks it).
+    c.lr_min = 3e-5
+    c.lr_max = 3e-3
+    c.lrs_per_octave = 2
+    c.num_seeds = 3
+    c.batching = "vmap"            # vmap: batched cells; map: one after another (bit-identical
+                                   # to the pipeline), inside one program either way
+    c.memory_budget_gb = 4.0       # device memory for one chunk of cells (see cell_bytes)
+    c.max_chunk_cells = 64         # and at most this many cells per chunk
+    if arg == "quick":             # ~2 minutes on a 2-core CPU, SFT included
+        run.rl.steps = 60
+        c.lags = "0,8"
+        c.lr_min = 1.2e-4
+        c.lr_max = 4e-3
+        c.lrs_per_octave = 1
+        c.num_seeds = 2
+    elif arg not in (None, ""):
+        raise ValueError(f"sweep_lm config argument {arg!r}: use nothing or 'quick'")
+    return c

@@ -1,0 +1,103 @@
+"""The sweep front end: LM grids (quick config, resume, refusal, 2 processes) and exact configs."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import repo_root
+
+REPO = repo_root()
+# The quick config made smaller still for the suite: 2 S x 2 η x 2 seeds, 12 steps.
+SMALL = ["--config.lags=0,2", "--config.lr_min=2e-3", "--config.lr_max=4e-3",
+         "--config.run.rl.steps=12", "--config.run.sft.steps=60", "--config.max_chunk_cells=4",
+         "--config.run.eval.num_problems=32", "--config.run.eval.batch_size=32"]
+
+
+def _run(workdir, *extra, env_extra=None, check=True, config="sweep_lm.py:quick"):
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", **(env_extra or {}))
+    proc = subprocess.run([sys.executable, "-m", "experiments.sweep",
+                           f"--config=experiments/configs/{config}", f"--workdir={workdir}",
+                           *extra], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _table(workdir):
+    with open(os.path.join(workdir, "cells.csv"), encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(name="one", scope="module")
+def _one(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("sweep") / "one"
+    proc = _run(wd, *SMALL)
+    return wd, proc.stdout
+
+
+def test_lm_sweep_writes_its_table_curves_and_figure(one):
+    wd, out = one
+    rows = _table(wd)
+    assert len(rows) == 8
+    assert {"S", "lr", "seed", "collapse_step", "collapse_reason", "reward_last10",
+            "heldout_greedy_final", "drift_final", "mean_loss_kl_behavior_k3"} <= set(rows[0])
+    assert sorted({r["S"] for r in rows}) == ["0", "2"]
+    for f in ("summary.json", "curves.npz", "phase.png", "phase.pdf", "sft/run.json"):
+        assert os.path.exists(wd / f), f
+    assert "eta_max" in out and "fit eta_max" in out and "8 cells in 2 chunks" in out
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    curves = np.load(wd / "curves.npz")
+    assert curves["lag"].shape == (8, 12) and curves["lag"][-1].tolist() == [
+        min(t, 2) for t in range(12)]
+
+
+def test_lm_sweep_resumes_and_refuses_another_config(one, tmp_path):
+    wd, _ = one
+    before = _table(wd)
+    chunk = wd / "chunks" / "chunk_00001.npz"
+    os.remove(chunk)                                     # as if killed in the last chunk
+    proc = _run(wd, *SMALL)
+    assert "chunk 2/2" in proc.stderr and "chunk 1/2" not in proc.stderr   # only the lost one
+    assert _table(wd) == before
+    proc = _run(wd, *SMALL, "--config.lr_max=8e-3", check=False)
+    assert proc.returncode != 0 and "lr_max: 0.004 -> 0.008" in proc.stderr
+
+
+def test_two_shards_write_the_same_table(one, tmp_path):
+    wd, _ = one
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    two = tmp_path / "two"          # from the first sweep's SFT checkpoint: the same θ_0
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.sweep",
+         "--config=experiments/configs/sweep_lm.py:quick", f"--workdir={two}", *SMALL,
+         f"--config.run.init_from={wd / 'sft'}",
+         "--num_shards=2", f"--shard={i}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outs]
+    assert _table(two) == _table(wd)
+    assert "my chunks are done" in outs[1][0] and "2 process(es)" in outs[0][0]
+    assert "chunk 1/2" in outs[0][1] and "chunk 2/2" in outs[1][1]    # each ran its own
+
+
+def test_exact_configs_go_through_the_same_binary(tmp_path):
+    proc = _run(tmp_path / "exact", "--config.lags=0,1", "--config.lr_min=4",
+                "--config.lr_max=16", "--config.num_seeds=2", "--config.train.num_steps=30",
+                "--config.n_boot=20", "--config.variants=grpo", config="exact_sweep.py")
+    assert "fit eta_max" in proc.stdout and os.path.exists(tmp_path / "exact" / "grpo" /
+                                                           "cells.csv")
+
+
+def test_bad_lm_sweep_configs_fail_fast(tmp_path):
+    for flag, match in (("--config.lags=", "lags"), ("--config.batching=pmap", "batching"),
+                        ("--config.run.rl.group_size=1", "rl.group_size=1"),
+                        ("--config.run.staleness.policy=bounded_async", "random_uniform"),
+                        ("--shard=2", "--shard=2 with --num_shards=1")):
+        proc = _run(tmp_path / "bad", flag, check=False)
+        assert proc.returncode != 0 and match in proc.stderr, (flag, proc.stderr[-1500:])
+        assert "Traceback" not in proc.stderr
