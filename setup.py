@@ -24,6 +24,7 @@ setuptools.setup(
         "ml_collections>=1.0,<2",
         "matplotlib>=3.9,<4",
         "tensorboardX>=2.6,<3",
+        "scipy>=1.11,<2",
     ],
     extras_require={
         "dev": [

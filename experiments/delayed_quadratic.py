@@ -20,7 +20,7 @@ import optax
 from ml_collections import config_flags
 
 from async_grpo import collapse, files, simulate
-from async_grpo.testbeds import exact_analysis as xa
+from async_grpo import scaling as xa
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                                "delayed_quadratic.py")

@@ -38,7 +38,7 @@ import optax
 from async_grpo import figures, files
 from async_grpo import workdir as workdir_lib
 from async_grpo.testbeds import exact as ex
-from async_grpo.testbeds import exact_analysis as xa
+from async_grpo import scaling as xa
 from async_grpo.testbeds import exact_configs as xc
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",

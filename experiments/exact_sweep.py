@@ -34,7 +34,7 @@ from async_grpo import figures, files
 from async_grpo import metrics as metrics_lib
 from async_grpo import workdir as workdir_lib
 from async_grpo.testbeds import exact as ex
-from async_grpo.testbeds import exact_analysis as xa
+from async_grpo import scaling as xa
 from async_grpo.testbeds import exact_configs as xc
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
@@ -111,7 +111,7 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
     per_b1 = []
     for bi, b1 in enumerate(b1s):
         eta, censor = xa.eta_max_per_seed(lrs, collapsed[..., bi])
-        fit = xa.bootstrap_alpha(lags, eta, n_boot=c.n_boot)
+        fit = xa.bootstrap_alpha(lags, lrs, collapsed[..., bi], n_boot=c.n_boot)
         lr_full = np.broadcast_to(lrs[None, :, None], collapsed[..., bi].shape)
         col = collapsed[..., bi]
         warm = tc.collapse.warmup  # a collapse flagged at the warm-up's end has an unknown time
@@ -190,7 +190,7 @@ def _plot(result, collapsed, t_col, stem):
         gm = np.array([r["eta_max_geomean"][str(s)] for s in s_pos])
         ax[1].plot(s_pos, gm, "o-", color="k", label="geometric mean")
         fit = r["alpha_fit_S_ge_1"]
-        if np.isfinite(fit["alpha"]):
+        if fit["alpha"] is not None and fit["ci"][0] is not None:
             ax[1].plot(s_pos, np.exp(fit["log_c"]) * s_pos ** (-fit["alpha"]), "--",
                        color=figures.OKABE_ITO[3],
                        label=f"fit S^−α, α = {fit['alpha']:.2f} [{fit['ci'][0]:.2f}, "
@@ -274,9 +274,7 @@ def summary_table(results: list[dict]) -> str:
             law = r["collapse_time_law"]["all"]
             lines.append(f"  collapse-time law over {law['n']} late collapses (after the warm-up): "
                          f"t ~ eta^{law['slope']:.2f} (R^2 {law['r2']:.2f}; t*eta=const means -1)")
-            lines.append(f"  fit eta_max ∝ S^-alpha (S>=1): alpha = {fit['alpha']:.3f}, "
-                         f"95% bootstrap CI over seeds [{fit['ci'][0]:.3f}, {fit['ci'][1]:.3f}], "
-                         f"R^2 = {fit['r2']:.3f}")
+            lines.append(f"  fit eta_max ∝ S^-alpha (S>=1, censored MLE): {xa.format_alpha(fit)}")
     return "\n".join(lines)
 
 

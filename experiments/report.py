@@ -86,15 +86,25 @@ def exact_sweep(d: str) -> str:
     row = ["**α (S ≥ 1)**"]
     for v in variants:
         f = v["results"][0]["alpha_fit_S_ge_1"]
-        row += [f"**{f['alpha']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]** (R² {f['r2']:.2f})",
-                ""]
+        row += [f"**{_alpha(f)}** (σ {_g(f['sigma'], 2)})" if f["alpha"] is not None
+                else _alpha(f), ""]
     lines.append("| " + " | ".join(row) + " |")
     seeds = len(variants[0]["seeds"])
     lines += ["", f"{seeds} seeds; η grid ×{variants[0]['lrs'][1] / variants[0]['lrs'][0]:.3f} "
                   f"from {_g(variants[0]['lrs'][0])} to {_g(variants[0]['lrs'][-1])}; the "
-                  "interval of α is a 95 % bootstrap over seeds (it does not cover the grid "
-                  "resolution). " + _machine_line(s.get("machine", {}))]
+                  "α is the interval-censored maximum-likelihood fit over S ≥ 1 (each seed's η_max "
+                  "enters as the grid interval that brackets it, or as a bound when nothing or "
+                  "everything collapsed); its interval is a 95 % bootstrap over seeds and does "
+                  "not cover float precision (docs/reproducibility.md). " + _machine_line(s.get("machine", {}))]
     return "\n".join(lines)
+
+
+def _alpha(f: dict) -> str:
+    """α [95 % CI] of a censored fit, or why there is none."""
+    if f.get("alpha") is None:
+        return f"n/a ({f.get('reason', 'not identified')})"
+    lo, hi = f["ci"]
+    return f"{f['alpha']:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{f['alpha']:.2f}"
 
 
 def _setting(v: dict) -> str:
@@ -105,7 +115,7 @@ def _setting(v: dict) -> str:
 
 def exact_families(*dirs: str) -> str:
     """One row per (run, variant): the setting, η_max(S=0) → η_max(S ≥ 1) range, α [CI]."""
-    lines = ["| run | setting | variant | η_max(S=0) → η_max(S ≥ 1), geometric means | α (S ≥ 1) [95 % CI] | R² | cells collapsed |",
+    lines = ["| run | setting | variant | η_max(S=0) → η_max(S ≥ 1), geometric means | α (S ≥ 1) [95 % CI] | σ of log η_max | cells collapsed |",
              "|---|---|---|---|---|---|---|"]
     for d in dirs:
         s = _load(os.path.join(d, "summary.json"))
@@ -118,8 +128,8 @@ def exact_families(*dirs: str) -> str:
             f = r["alpha_fit_S_ge_1"]
             frac = np.mean([np.mean(x) for x in r["collapse_frac"].values()])
             lines.append(f"| `{os.path.basename(d)}` | {_setting(v)} | {v['variant']} | "
-                         f"{s0} → {_g(min(pos))}–{_g(max(pos))} | {f['alpha']:.2f} "
-                         f"[{f['ci'][0]:.2f}, {f['ci'][1]:.2f}] | {f['r2']:.2f} | {frac:.2f} |")
+                         f"{s0} → {_g(min(pos))}–{_g(max(pos))} | {_alpha(f)} | "
+                         f"{_g(f['sigma'], 2)} | {frac:.2f} |")
     return "\n".join(lines)
 
 
@@ -238,8 +248,8 @@ def isa_spread(*dirs: str) -> str:
             for v in s["variants"]:
                 r = v["results"][0]
                 f = r["alpha_fit_S_ge_1"]
-                parts.append(f"{v['variant']}: α = {f['alpha']:.2f} [{f['ci'][0]:.2f}, "
-                             f"{f['ci'][1]:.2f}], η_max(S=1) = {_g(r['eta_max_geomean']['1'])}")
+                parts.append(f"{v['variant']}: α = {_alpha(f)}, "
+                             f"η_max(S=1) = {_g(r['eta_max_geomean']['1'])}")
             flags = s.get("machine", {}).get("xla_flags", "") or "none (native)"
         else:
             ev = _evals(d)

@@ -12,7 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs}
 PY=${PYTHON:-.venv/bin/python}
-sweep() { local dir=$1; shift; [ -f "$RUNS/$dir/summary.json" ] || $PY -m experiments.exact_sweep --workdir="$RUNS/$dir" "$@"; }
+# Sweeps always run: a finished one reuses its saved chunks and only refits (seconds), so a
+# change to the analysis (async_grpo.scaling) reaches the docs.
+sweep() { local dir=$1; shift; $PY -m experiments.exact_sweep --workdir="$RUNS/$dir" "$@"; }
 
 # Exact testbed (docs/exact_testbed.md).
 sweep exact_sweep
@@ -45,7 +47,7 @@ done
 
 # The LM staleness grid (docs/lm_grids.md): the quick and the default config.
 for V in :quick ""; do D=sweep_lm${V/:/_}
-  [ -f "$RUNS/$D/summary.json" ] || $PY -m experiments.sweep --config=experiments/configs/sweep_lm.py$V --workdir="$RUNS/$D"
+  $PY -m experiments.sweep --config=experiments/configs/sweep_lm.py$V --workdir="$RUNS/$D"
 done
 
 # Benchmarks last (timings: run them on an otherwise idle machine).

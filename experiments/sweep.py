@@ -39,7 +39,7 @@ from async_grpo import metrics as metrics_lib
 from async_grpo import workdir as workdir_lib
 from async_grpo.rl import components, population
 from async_grpo.sft import run_sft
-from async_grpo.testbeds import exact_analysis as xa
+from async_grpo import scaling as xa
 from async_grpo.testbeds import exact_configs as xc
 from experiments import exact_sweep
 
@@ -149,7 +149,7 @@ def run_lm_sweep(c, workdir: str, plan: Plan, shard: int = 0, num_shards: int = 
     if shard != 0:
         return f"shard {shard}: my chunks are done; shard 0 writes the results"
     return write_results(workdir, plan, config, cells, len(chunks), time.time() - t0,
-                         num_shards)
+                         num_shards, len(times))
 
 
 def _load_chunks(workdir, num_chunks):
@@ -164,7 +164,18 @@ def _chunk_walls(workdir, num_chunks):
     return [np.load(_chunk_path(workdir, i)).get("wall_s", np.nan) for i in range(num_chunks)]
 
 
-def write_results(workdir, plan: Plan, config, cells, num_chunks, wall, num_shards=1) -> str:
+def write_results(workdir, plan: Plan, config, cells, num_chunks, wall, num_shards=1,
+                  chunks_computed=0) -> str:
+    """Writes cells.csv, curves.npz, summary.json and the figure from the chunk files; the
+    summary keeps every invocation's wall time (a rerun that only refits adds one, it does not
+    replace the one that computed the chunks)."""
+    old = os.path.join(workdir, "summary.json")
+    invocations = []
+    if os.path.exists(old):
+        with open(old, encoding="utf-8") as f:
+            invocations = json.load(f).get("invocations", [])
+    invocations.append({"wall_s": wall, "chunks_computed": chunks_computed,
+                        "shard0_of": num_shards, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     curves, summary, acc = _load_chunks(workdir, num_chunks)
     collapsed = summary["collapse_step"] >= 0
     rows = {"S": cells["max_lag"], "lr": cells["lr"], "seed": cells["seed"],
@@ -185,7 +196,7 @@ def write_results(workdir, plan: Plan, config, cells, num_chunks, wall, num_shar
     shape = (len(plan.lags), len(plan.lrs), len(plan.seeds))
     col = collapsed.reshape(shape)
     eta, censor = xa.eta_max_per_seed(plan.lrs, col)
-    fit = xa.bootstrap_alpha(plan.lags, eta)
+    fit = xa.bootstrap_alpha(plan.lags, plan.lrs, col)
     result = {
         "lags": plan.lags, "lrs": plan.lrs, "seeds": plan.seeds,
         "eta_max": {str(s): eta[i].tolist() for i, s in enumerate(plan.lags)},
@@ -197,6 +208,7 @@ def write_results(workdir, plan: Plan, config, cells, num_chunks, wall, num_shar
                                for i, s in enumerate(plan.lags)},
         "alpha_fit_S_ge_1": fit, "collapse_rules": config.collapse.describe(),
         "config": config.to_dict(), "machine": workdir_lib.machine(), "wall_s": wall,
+        "invocations": invocations,
         "num_cells": int(len(cells["lr"])), "num_chunks": num_chunks,
         "processes": num_shards,
         "chunk_wall_s": [float(w) for w in _chunk_walls(workdir, num_chunks)]}
@@ -219,18 +231,18 @@ def lm_table(r: dict) -> str:
                      f"{f'[{e.min():.3g}, {e.max():.3g}]':>24} {cens:>8d} "
                      f"{np.mean(r['collapse_frac'][str(s)]):>9.2f} "
                      f"{np.mean(r['heldout_final_mean'][str(s)]):>8.3f}")
-    f = r["alpha_fit_S_ge_1"]
-    if f["alpha"] is not None and np.isfinite(f["alpha"]):
-        lines.append(f"  fit eta_max ∝ S^-alpha (S>=1): alpha = {f['alpha']:.3f}, 95% bootstrap "
-                     f"CI over seeds [{f['ci'][0]:.3f}, {f['ci'][1]:.3f}], R^2 = {f['r2']:.3f}")
-    else:
-        lines.append("  fit eta_max ∝ S^-alpha (S>=1): n/a (needs two or more S >= 1)")
+    lines.append("  fit eta_max ∝ S^-alpha (S>=1, censored MLE): "
+                 + xa.format_alpha(r["alpha_fit_S_ge_1"]))
     walls = [w for w in r.get("chunk_wall_s", []) if w is not None and np.isfinite(w)]
     lines.append(f"{r['num_cells']} cells in {r['num_chunks']} chunks, {r['processes']} "
-                 f"process(es), wall {metrics_lib.format_duration(r['wall_s'])} (this "
-                 "invocation, SFT warm start included)" +
+                 "process(es)" +
                  (f"; the chunks took {metrics_lib.format_duration(sum(walls))} in all"
-                  if len(walls) == r["num_chunks"] else ""))
+                  if len(walls) == r["num_chunks"] else
+                  "; chunk wall times not recorded (chunks written before they were saved)") +
+                 "; invocations (wall incl. the SFT warm start when it ran, chunks computed): " +
+                 ", ".join(f"{metrics_lib.format_duration(v['wall_s'])} ({v['chunks_computed']})"
+                           for v in r.get("invocations", [{"wall_s": r["wall_s"],
+                                                           "chunks_computed": "?"}])))
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from async_grpo.testbeds import exact_analysis as xa
+from async_grpo import scaling as xa
 from async_grpo.testbeds import exact_configs as xc
 from experiments.configs import exact_bias as bias_cfg
 from experiments.configs import exact_sweep as sweep_cfg
@@ -86,9 +86,10 @@ def test_eta_max_and_bootstrap_recover_a_known_exponent():
     eta, censor = xa.eta_max_per_seed(lrs, collapsed)
     assert censor[0, 0] == 1 and eta[0, 0] == lrs[-1]
     assert np.all(censor[1:] == 0)
-    fit = xa.bootstrap_alpha(lags, eta, n_boot=300)
+    fit = xa.bootstrap_alpha(lags, lrs, collapsed, n_boot=300)
     assert abs(fit["alpha"] - 1.0) < 0.15
     assert fit["ci"][0] <= fit["alpha"] <= fit["ci"][1]
+    assert fit["n_bracketed"] == 25 and fit["n_lower_bound"] == 0
     collapsed[3, 0, 2] = True
     eta, censor = xa.eta_max_per_seed(lrs, collapsed)
     assert censor[3, 2] == -1

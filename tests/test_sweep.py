@@ -1,6 +1,7 @@
 """The sweep front end: LM grids (quick config, resume, refusal, 2 processes) and exact configs."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -63,6 +64,9 @@ def test_lm_sweep_resumes_and_refuses_another_config(one, tmp_path):
     proc = _run(wd, *SMALL)
     assert "chunk 2/2" in proc.stderr and "chunk 1/2" not in proc.stderr   # only the lost one
     assert _table(wd) == before
+    with open(wd / "summary.json", encoding="utf-8") as f:
+        runs = [v["chunks_computed"] for v in json.load(f)["invocations"]]
+    assert runs == [2, 1]                                 # both invocations kept
     proc = _run(wd, *SMALL, "--config.lr_max=8e-3", check=False)
     assert proc.returncode != 0 and "lr_max: 0.004 -> 0.008" in proc.stderr
 
