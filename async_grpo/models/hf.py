@@ -198,7 +198,9 @@ def _to_hf(names: list[str], x: np.ndarray) -> np.ndarray:
         if names[-2] == "o_proj":                  # [H, Dh, D] -> [D, H*Dh]
             return np.ascontiguousarray(x.reshape(-1, x.shape[-1]).T)
         return np.ascontiguousarray(x.reshape(x.shape[0], -1).T)   # [D, ...out] -> [out, D]
-    return np.ascontiguousarray(x.reshape(-1))
+    if names[-1] == "bias":                        # [H|K, Dh] -> [(H|K)*Dh]
+        return np.ascontiguousarray(x.reshape(-1))
+    return np.ascontiguousarray(x)                 # embedding [V, D], norm scales [D]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,7 +312,9 @@ def _hf_shape(names: list[str], ours: tuple[int, ...]) -> tuple[int, ...]:
         if names[-2] == "o_proj":
             return (ours[-1], math.prod(ours[:-1]))
         return (math.prod(ours[1:]), ours[0])
-    return (math.prod(ours),)
+    if names[-1] == "bias":
+        return (math.prod(ours),)
+    return tuple(ours)
 
 
 # ----------------------------------------------------------------------------------------------
