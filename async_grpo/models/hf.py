@@ -256,6 +256,26 @@ def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: str | Non
     cfg = config_from_hf(read_config(path), dtype=dtype, param_dtype=param_dtype)
     if max_seq_len:
         cfg = dataclasses.replace(cfg, max_seq_len=int(max_seq_len))
+    graphdef, params = load_params(path, cfg, mesh=mesh, rules=rules)
+    return cfg, graphdef, params
+
+
+# Fields of LlamaConfig that do not change the weights (a loaded checkpoint may differ in them).
+_NUMERICS_FIELDS = ("dtype", "param_dtype", "max_seq_len", "attention_impl", "init_std")
+
+
+def load_params(path: str, cfg: LlamaConfig, *, mesh: Mesh | None = None,
+                rules: Mapping[str, Any] | None = None) -> tuple[Any, Params]:
+    """The weights of the checkpoint at `path` as `(graphdef, params)` of `cfg`, whose architecture
+    must be the checkpoint's (it may differ in dtype, param_dtype, max_seq_len, attention_impl).
+    See `from_pretrained`."""
+    theirs = config_from_hf(read_config(path))
+    keep = {f: getattr(cfg, f) for f in _NUMERICS_FIELDS}
+    if dataclasses.replace(theirs, **keep) != cfg:
+        diff = {f: (getattr(cfg, f), getattr(theirs, f)) for f in cfg.__dataclass_fields__
+                if f not in _NUMERICS_FIELDS and getattr(cfg, f) != getattr(theirs, f)}
+        raise ValueError(f"{path}: the checkpoint's architecture differs from the model config "
+                         f"in {{field: (config, checkpoint)}} = {diff}")
     files = _tensor_files(path)
     graphdef, abstract = abstract_model(cfg)
     shardings = None
@@ -304,7 +324,7 @@ def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: str | Non
                              "our model does not implement")
     finally:
         handles.clear()
-    return cfg, graphdef, params
+    return graphdef, params
 
 
 def _hf_shape(names: list[str], ours: tuple[int, ...]) -> tuple[int, ...]:
