@@ -42,6 +42,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -344,16 +345,18 @@ def _hf_shape(names: list[str], ours: tuple[int, ...]) -> tuple[int, ...]:
 _NP_DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
-def save_pretrained(params: Params, config: LlamaConfig, path: str, *,
+def save_pretrained(params: Params | nnx.Module, config: LlamaConfig, path: str, *,
                     max_shard_bytes: int = 5 * 2**30,
                     dtype: str | None = None) -> list[str]:
-    """Writes `params` of `config` as a Hugging Face checkpoint: config.json and
+    """Writes `params` (or a merged `Llama` module) of `config` as a Hugging Face checkpoint: config.json and
     model.safetensors, or model-0000i-of-0000n.safetensors + model.safetensors.index.json when
     larger than `max_shard_bytes`. Tensors are written in their own dtype (or `dtype`), fetched to
     the host one at a time (sharded `jax.Array`s are gathered per tensor). Returns the written safetensors files."""
+    if isinstance(params, nnx.Module):     # a merged model: take its parameters
+        params = nnx.to_pure_dict(nnx.state(params, nnx.Param))
     if not isinstance(params, Mapping):
-        raise ValueError(f"save_pretrained needs the params pytree (nested dict), got "
-                         f"{type(params).__name__}")
+        raise ValueError(f"save_pretrained needs the params pytree (nested dict) or the model, "
+                         f"got {type(params).__name__}")
     os.makedirs(path, exist_ok=True)
     entries: list[tuple[str, list[str], Any]] = []
     for kpath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
