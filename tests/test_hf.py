@@ -90,6 +90,17 @@ def test_unsupported_features_are_refused_by_name(change, words):
         hf.config_from_hf(_hf_llama(**change))
 
 
+def test_qkv_bias_is_counted_and_off_by_default():
+    assert not models.PRESETS["tiny"].qkv_bias
+    for qkv in (False, True):
+        cfg = _cfg(qkv_bias=qkv)
+        _, params = models.abstract_model(cfg)
+        assert cfg.num_params() == models.param_count(params)
+        assert ("bias" in params["layers"][0]["self_attn"]["q_proj"]) == qkv
+    with pytest.raises(ValueError, match="qkv_bias must be a bool"):
+        _cfg(qkv_bias=1)
+
+
 # ----------------------------------------------------------------------------------------------
 # Round trip.
 # ----------------------------------------------------------------------------------------------

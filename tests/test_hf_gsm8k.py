@@ -22,7 +22,7 @@ from async_grpo import metrics as metrics_lib
 from async_grpo import models
 from async_grpo.models import hf
 from async_grpo.rl import components
-from async_grpo.tasks import HFTokenizer
+from async_grpo.tasks import TRAIN, HFTokenizer, hf_tokenizer
 from tests import helpers, make_hf_fixtures
 
 REPO = helpers.repo_root()
@@ -112,6 +112,21 @@ def test_hf_components_and_bad_values(tmp_path):
         components.build_sft(_config(model_dir, data, **{"model.max_seq_len": 16}))
     with pytest.raises(config_lib.ConfigError, match="task.path=.*only file-based tasks"):
         config_lib.RunConfig.from_config(helpers.tiny_config_dict(**{"task.path": data}))
+
+
+@pytest.mark.skipif(hf_tokenizer.jinja2 is None, reason="jinja2 is not installed")
+def test_chat_prompts_through_components_and_a_rollout(tmp_path):
+    model_dir, _ = _hf_model(tmp_path / "model")
+    data = _gsm8k_jsonl(tmp_path / "train.jsonl")
+    comps = components.build_grpo(_config(model_dir, data, **{"task.prompt_format": "chat"}))
+    tok = comps.tokenizer
+    problems = comps.task.pool(TRAIN)
+    assert all(p.prompt.startswith("<|user|>Question:") and p.prompt.endswith("<|assistant|>")
+               for p in problems)
+    assert comps.max_prompt_len == max(len(tok.encode(p.prompt, add_bos=True)) for p in problems)
+    batch = comps.source.rollouts.generate_batch(comps.init_params, 0, jax.random.key(0),
+                                                 problems[:2])
+    assert len(batch.responses) == 4 and np.isfinite(np.asarray(batch.arrays["behavior_logp"])).all()
 
 
 def _run(module, workdir, model_dir, data, *extra):

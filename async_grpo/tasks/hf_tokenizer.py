@@ -30,6 +30,7 @@ as it is and needs no jinja2.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from collections.abc import Sequence
@@ -205,6 +206,7 @@ def _compiled(template: str):
         env = jinja2.sandbox.ImmutableSandboxedEnvironment(
             trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
         env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)  # Llama-3
         env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, indent=indent,
                                                                        ensure_ascii=False)
         _TEMPLATES[template] = env.from_string(template)
