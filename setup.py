@@ -25,12 +25,20 @@ setuptools.setup(
         "matplotlib>=3.9,<4",
         "tensorboardX>=2.6,<3",
         "scipy>=1.11,<2",
+        "safetensors>=0.4,<1",
+        "tokenizers>=0.19,<1",
     ],
     extras_require={
         "dev": [
             "pytest>=8,<10",
             "pytest-xdist>=3.5,<4",
             "hypothesis>=6.100,<7",
+        ],
+        # Regenerating the Hugging Face parity fixtures (tests/make_hf_fixtures.py, pytest -m hf):
+        # ~5.6 GB with torch's GPU libraries, so kept out of the default install.
+        "hf": [
+            "torch>=2.4",
+            "transformers>=4.45",
         ],
     },
 )

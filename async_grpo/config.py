@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from typing import Any, Mapping, Optional
 
@@ -93,24 +94,78 @@ def _one_of(obj, key: str, choices) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+_FILE_TASKS = ("gsm8k",)   # tasks that read their problems from `path`
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
     name: str = field("addition", "task name (async_grpo.tasks.TASKS)")
     kwargs: dict = field({"num_digits": 3}, "keyword arguments of the task's constructor")
+    path: str = field("", "data file of a file-based task (gsm8k: a GSM8K-format JSONL); "
+                          "passed as kwargs['path']")
+    prompt_format: str = field("plain", "'plain' (the task's prompt text) or 'chat' (one user "
+                                        "message through the tokenizer's chat template)")
 
     def __post_init__(self):
         _one_of(self, "name", sorted(tasks_lib.TASKS))
+        _one_of(self, "prompt_format", tasks_lib.PROMPT_FORMATS)
+        _need(isinstance(self.path, str), "path", self.path, "must be a path (a string)")
+        if self.path:
+            _need(self.name in _FILE_TASKS, "path", self.path,
+                  f"only file-based tasks {list(_FILE_TASKS)} read a path, not {self.name!r}")
+            _need("path" not in self.kwargs, "path", self.path,
+                  f"given twice: also kwargs['path']={self.kwargs.get('path')!r}")
+            _need(os.path.isfile(self.path), "path", self.path, "no such file")
+        elif self.name in _FILE_TASKS:
+            _need("path" in self.kwargs, "path", self.path,
+                  f"task {self.name!r} needs a data file: set task.path=/path/to/train.jsonl")
+
+    def task_kwargs(self) -> dict:
+        """The task constructor's keyword arguments (`kwargs`, plus `path` when set)."""
+        return {**self.kwargs, "path": self.path} if self.path else dict(self.kwargs)
+
+
+HF_OVERRIDES = ("dtype", "param_dtype", "attention_impl")   # what hf_path models may change
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     preset: str = field("small", "model size preset (async_grpo.models.PRESETS)")
-    max_seq_len: int = field(32, "context length in tokens (0: the preset's)")
-    overrides: dict = field({}, "any LlamaConfig field, e.g. n_layers=2")
+    max_seq_len: int = field(32, "context length in tokens (0: the preset's / checkpoint's)")
+    overrides: dict = field({}, "any LlamaConfig field, e.g. n_layers=2 (with hf_path only "
+                                f"{list(HF_OVERRIDES)})")
+    hf_path: str = field("", "a Hugging Face Llama-3.x/Qwen2 directory (config.json + "
+                             "*.safetensors): its architecture replaces the preset and its "
+                             "weights are θ_0 (SFT start, or GRPO start without init_from)")
+    tokenizer_path: str = field("", "a Hugging Face tokenizer directory (tokenizer.json); empty: "
+                                    "hf_path's tokenizer if it has one, else the character "
+                                    "tokenizer")
 
     def __post_init__(self):
         _one_of(self, "preset", list(models.PRESETS))
         _int_at_least(self, "max_seq_len", 0)
+        for key in ("hf_path", "tokenizer_path"):
+            v = getattr(self, key)
+            _need(isinstance(v, str), key, v, "must be a path (a string)")
+        if self.hf_path:
+            _need(os.path.isfile(os.path.join(self.hf_path, "config.json")), "hf_path",
+                  self.hf_path, "must be a directory with a config.json (a Hugging Face model)")
+            bad = sorted(set(self.overrides) - set(HF_OVERRIDES))
+            _need(not bad, "overrides", self.overrides,
+                  f"with hf_path the architecture is the checkpoint's; only {list(HF_OVERRIDES)} "
+                  f"may be overridden, not {bad}")
+        if self.tokenizer_path:
+            _need(os.path.isfile(os.path.join(self.tokenizer_path, "tokenizer.json")),
+                  "tokenizer_path", self.tokenizer_path, "must be a directory with a "
+                  "tokenizer.json (a Hugging Face fast tokenizer)")
+
+    def resolved_tokenizer_path(self) -> str:
+        """tokenizer_path, else hf_path when it holds a tokenizer.json, else "" (characters)."""
+        if self.tokenizer_path:
+            return self.tokenizer_path
+        if self.hf_path and os.path.isfile(os.path.join(self.hf_path, "tokenizer.json")):
+            return self.hf_path
+        return ""
 
 
 @dataclasses.dataclass(frozen=True)

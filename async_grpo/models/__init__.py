@@ -7,6 +7,13 @@ from async_grpo.models.config import (
     RopeScaling,
     get_config,
 )
+from async_grpo.models.hf import (
+    config_from_hf,
+    config_to_hf,
+    from_pretrained,
+    load_params,
+    save_pretrained,
+)
 from async_grpo.models.llama import (
     PARAM_AXES,
     KVCache,
@@ -22,5 +29,6 @@ from async_grpo.models.llama import (
 __all__ = [
     "LLAMA3_ROPE_SCALING", "PRESETS", "LlamaConfig", "RopeScaling", "get_config", "PARAM_AXES",
     "KVCache", "Llama", "abstract_model", "apply_model", "forward", "init_model", "logical_axes",
-    "param_count",
+    "param_count", "config_from_hf", "config_to_hf", "from_pretrained", "load_params",
+    "save_pretrained",
 ]

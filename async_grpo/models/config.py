@@ -10,6 +10,9 @@ the exact Llama-3.2-1B/3B shapes. Field names map onto Hugging Face `LlamaConfig
     n_heads          <- num_attention_heads     max_seq_len  <- max_position_embeddings
     rope_theta       <- rope_theta              norm_eps     <- rms_norm_eps
     tie_embeddings   <- tie_word_embeddings     rope_scaling <- rope_scaling (rope_type "llama3")
+    qkv_bias         <- True for Qwen2 (q/k/v projections with biases)
+
+`async_grpo.models.hf` reads and writes Hugging Face checkpoints with this mapping.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class LlamaConfig:
       param_dtype: storage dtype of the parameters (float32 by default, also under bf16 compute).
       rope_scaling: optional Llama-3 RoPE frequency scaling (set for the Llama-3.2 presets).
       init_std: standard deviation of the normal initializer of all matrices (HF initializer_range).
+      qkv_bias: if True the q/k/v projections have biases (Qwen2); False (Llama) by default.
       attention_impl: "einsum" (explicit grouped einsum, exact float32 on CPU; the default), or
         "xla"/"cudnn" to route through `jax.nn.dot_product_attention` (cudnn = fused flash attention
         on NVIDIA GPUs, bf16 only).
@@ -104,6 +108,7 @@ class LlamaConfig:
     rope_scaling: RopeScaling | None = None
     init_std: float = 0.02
     attention_impl: str = "einsum"
+    qkv_bias: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
@@ -120,6 +125,8 @@ class LlamaConfig:
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(
                     f"LlamaConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
+        if not isinstance(self.qkv_bias, bool):
+            raise ValueError(f"LlamaConfig.qkv_bias must be a bool, got {self.qkv_bias!r}")
         if self.attention_impl not in _ATTENTION_IMPLS:
             raise ValueError(f"LlamaConfig.attention_impl must be one of {_ATTENTION_IMPLS}, "
                              f"got {self.attention_impl!r}")
@@ -152,6 +159,8 @@ class LlamaConfig:
         d, h, k, hd, m, v = (self.d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.mlp_dim,
                              self.vocab_size)
         per_layer = d * hd * (2 * h + 2 * k) + 3 * d * m + 2 * d
+        if self.qkv_bias:
+            per_layer += hd * (h + 2 * k)
         return v * d * (1 if self.tie_embeddings else 2) + self.n_layers * per_layer + d
 
     def matmul_params(self) -> int:

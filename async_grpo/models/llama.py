@@ -27,6 +27,7 @@ Parameter layout (HF Llama name → our path, kernel shape; HF `nn.Linear` weigh
     model.layers.i.post_attention_layernorm  layers/i/post_attention_layernorm/scale  [D]
     model.norm.weight                     norm/scale  [D]
     lm_head.weight (untied only)          lm_head/kernel  [D, V]
+    model.layers.i.self_attn.{q,k,v}_proj.bias (qkv_bias only)  .../{q,k,v}_proj/bias  [H|K, Dh]
 
 HF permutes q/k rows when converting Meta checkpoints so that "rotate_half" applies; checkpoints
 in HF format therefore load without any further permutation.
@@ -56,6 +57,9 @@ PARAM_AXES: dict[tuple[str, str], tuple[str, ...]] = {
     ("q_proj", "kernel"): ("embed", "heads", "head_dim"),
     ("k_proj", "kernel"): ("embed", "kv_heads", "head_dim"),
     ("v_proj", "kernel"): ("embed", "kv_heads", "head_dim"),
+    ("q_proj", "bias"): ("heads", "head_dim"),          # qkv_bias (Qwen2) only
+    ("k_proj", "bias"): ("kv_heads", "head_dim"),
+    ("v_proj", "bias"): ("kv_heads", "head_dim"),
     ("o_proj", "kernel"): ("heads", "head_dim", "embed"),
     ("gate_proj", "kernel"): ("embed", "mlp"),
     ("up_proj", "kernel"): ("embed", "mlp"),
@@ -201,11 +205,19 @@ class Embedder(nnx.Module):
 
 
 class Proj(nnx.Module):
-    """A bias-free projection whose kernel is contracted with the input by an einsum."""
+    """A projection whose kernel is contracted with the input by an einsum.
 
-    def __init__(self, cfg: LlamaConfig, shape: tuple[int, ...], *, rngs: nnx.Rngs, name: str):
+    With `bias=True` (q/k/v under `qkv_bias`) it also holds a zero-initialised bias over the output
+    dims `shape[1:]`, which the caller adds (it knows the output layout)."""
+
+    def __init__(self, cfg: LlamaConfig, shape: tuple[int, ...], *, rngs: nnx.Rngs, name: str,
+                 bias: bool = False):
         self.kernel = _param(rngs, nnx.initializers.normal(cfg.init_std), shape,
                              PARAM_AXES[(name, "kernel")], cfg)
+        if bias:
+            self.bias = _param(rngs, nnx.initializers.zeros, shape[1:], PARAM_AXES[(name, "bias")],
+                               cfg)
+        self.has_bias = bias
         self.dtype = cfg.compute_dtype
 
     def __call__(self, eq: str, x: Array) -> Array:
@@ -228,9 +240,9 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         d, h, k, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = Proj(cfg, (d, h, hd), rngs=rngs, name="q_proj")
-        self.k_proj = Proj(cfg, (d, k, hd), rngs=rngs, name="k_proj")
-        self.v_proj = Proj(cfg, (d, k, hd), rngs=rngs, name="v_proj")
+        self.q_proj = Proj(cfg, (d, h, hd), rngs=rngs, name="q_proj", bias=cfg.qkv_bias)
+        self.k_proj = Proj(cfg, (d, k, hd), rngs=rngs, name="k_proj", bias=cfg.qkv_bias)
+        self.v_proj = Proj(cfg, (d, k, hd), rngs=rngs, name="v_proj", bias=cfg.qkv_bias)
         self.o_proj = Proj(cfg, (h, hd, d), rngs=rngs, name="o_proj")
         self.n_kv_heads, self.q_per_kv, self.head_dim = k, cfg.q_per_kv, hd
         self.dtype = cfg.compute_dtype
@@ -239,9 +251,14 @@ class Attention(nnx.Module):
     def __call__(self, x, sin, cos, mask, kv: tuple[Array, Array] | None = None,
                  index: Array | None = None):
         """x [B, T, D]; mask [B, T, S] bool; kv: cached (k, v) [B, K, S, Dh] written at `index`."""
-        q = apply_rope(self.q_proj("btd,dhk->bthk", x), sin, cos)
-        k = apply_rope(self.k_proj("btd,dhk->bthk", x), sin, cos).transpose(0, 2, 1, 3)
+        q, k = self.q_proj("btd,dhk->bthk", x), self.k_proj("btd,dhk->bthk", x)
         v = self.v_proj("btd,dhk->bhtk", x)
+        if self.q_proj.has_bias:  # added before RoPE, as in HF Qwen2
+            q = q + self.q_proj.bias[...].astype(q.dtype)
+            k = k + self.k_proj.bias[...].astype(k.dtype)
+            v = v + self.v_proj.bias[...].astype(v.dtype)[:, None, :]
+        q = apply_rope(q, sin, cos)
+        k = apply_rope(k, sin, cos).transpose(0, 2, 1, 3)
         if kv is not None:
             k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, 0, index, 0))
             v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, 0, index, 0))

@@ -23,7 +23,7 @@ from async_grpo import tasks as tasks_lib
 from async_grpo.config import OptimizerConfig, RunConfig
 from async_grpo.rl.objectives import GRPOObjective, SFTObjective
 from async_grpo.rl.rollout import Evaluator, Rollouts, RolloutSource
-from async_grpo.tasks import HELDOUT, CharTokenizer
+from async_grpo.tasks import HELDOUT, CharTokenizer, HFTokenizer
 
 
 @dataclasses.dataclass
@@ -32,7 +32,7 @@ class Components:
 
     config: RunConfig
     task: tasks_lib.Task
-    tokenizer: CharTokenizer
+    tokenizer: CharTokenizer | HFTokenizer
     model_config: models.LlamaConfig
     graphdef: Any
     init_params: Any
@@ -64,25 +64,51 @@ def make_optimizer(opt: OptimizerConfig, total_steps: int,
     return optax.chain(*chain)
 
 
-def _task_and_budgets(config: RunConfig):
+def make_tokenizer(config: RunConfig) -> CharTokenizer | HFTokenizer:
+    """model.tokenizer_path's (or model.hf_path's) Hugging Face tokenizer, else characters."""
+    return tasks_lib.load_tokenizer(config.model.resolved_tokenizer_path())
+
+
+def _task_and_budgets(config: RunConfig, tokenizer=None):
+    """(task, max prompt tokens, max new tokens). With the character tokenizer a token is a
+    character; with an HF tokenizer a file-based task's prompts and answers are encoded to measure
+    them, and a procedural task's (ASCII) text is bounded by one token per character."""
+    tokenizer = make_tokenizer(config) if tokenizer is None else tokenizer
     try:
-        task = tasks_lib.get_task(config.task.name, **config.task.kwargs)
+        task = tasks_lib.get_task(config.task.name, **config.task.task_kwargs())
     except ValueError as e:
-        raise ValueError(f"task.kwargs={config.task.kwargs!r}: {e}") from None
+        raise ValueError(f"task.kwargs={config.task.task_kwargs()!r}: {e}") from None
+    task = tasks_lib.format_task(task, tokenizer, config.task.prompt_format)
     max_prompt = 1 + task.max_prompt_chars                 # bos + prompt characters
-    max_new = config.max_new_tokens or task.max_answer_chars + 2
+    answer = task.max_answer_chars
+    if not isinstance(tokenizer, CharTokenizer) and hasattr(task, "pool"):
+        problems = task.pool(tasks_lib.TRAIN) + task.pool(HELDOUT)
+        max_prompt = max(len(tokenizer.encode(p.prompt, add_bos=True)) for p in problems)
+        answer = max(len(tokenizer.encode(p.answer)) for p in problems)
+    max_new = config.max_new_tokens or answer + 2
     return task, max_prompt, max_new
 
 
-def _model_config(config: RunConfig, tokenizer: CharTokenizer, needed: int):
+def _model_config(config: RunConfig, tokenizer, needed: int):
     overrides = dict(config.model.overrides)
-    overrides.setdefault("vocab_size", tokenizer.vocab_size)
-    if config.model.max_seq_len:
-        overrides.setdefault("max_seq_len", config.model.max_seq_len)
-    try:
-        cfg = models.get_config(config.model.preset, **overrides)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"model.overrides={dict(config.model.overrides)!r}: {e}") from None
+    if config.model.hf_path:
+        try:
+            cfg = models.config_from_hf(models.hf.read_config(config.model.hf_path),
+                                        dtype=overrides.pop("dtype", "float32"),
+                                        param_dtype=overrides.pop("param_dtype", None))
+        except ValueError as e:
+            raise ValueError(f"model.hf_path={config.model.hf_path!r}: {e}") from None
+        if config.model.max_seq_len:
+            overrides["max_seq_len"] = config.model.max_seq_len
+        cfg = dataclasses.replace(cfg, **overrides)
+    else:
+        overrides.setdefault("vocab_size", tokenizer.vocab_size)
+        if config.model.max_seq_len:
+            overrides.setdefault("max_seq_len", config.model.max_seq_len)
+        try:
+            cfg = models.get_config(config.model.preset, **overrides)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"model.overrides={dict(config.model.overrides)!r}: {e}") from None
     if cfg.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"model vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
                          f"{tokenizer.vocab_size}")
@@ -91,6 +117,13 @@ def _model_config(config: RunConfig, tokenizer: CharTokenizer, needed: int):
                          f"tokens needed by the longest {config.task.name} prompt + response; "
                          "raise model.max_seq_len")
     return cfg
+
+
+def _initial_model(config: RunConfig, model_cfg):
+    """θ_0 before any checkpoint: model.hf_path's weights, else a fresh init (seed)."""
+    if config.model.hf_path:
+        return models.load_params(config.model.hf_path, model_cfg)
+    return models.init_model(model_cfg, config.seed)
 
 
 def _evaluator(config, graphdef, task, tokenizer, max_prompt, max_new) -> Evaluator:
@@ -114,18 +147,24 @@ def resolve_init_dir(init_from: str) -> str:
 
 
 def build_grpo(config: RunConfig) -> Components:
-    """The GRPO components; θ_0 is loaded from the SFT checkpoint at `config.init_from`."""
-    tokenizer = CharTokenizer()
-    task, max_prompt, max_new = _task_and_budgets(config)
+    """The GRPO components; θ_0 is loaded from the SFT checkpoint at `config.init_from`, or is
+    model.hf_path's weights when init_from is empty."""
+    tokenizer = make_tokenizer(config)
+    task, max_prompt, max_new = _task_and_budgets(config, tokenizer)
     model_cfg = _model_config(config, tokenizer, max_prompt + max_new)
-    init_dir = resolve_init_dir(config.init_from)
-    graphdef, template = models.init_model(model_cfg, config.seed)
-    try:
-        _, items = ckpt_lib.load_latest(init_dir, {"params": template}, what="SFT checkpoint")
-    except Exception as e:  # structure/shape mismatch: say which config produced it
-        raise ValueError(f"could not load the SFT checkpoint in {init_dir!r} into model preset "
-                         f"{config.model.preset!r} ({e}); was it trained with the same "
-                         "config.model?") from e
+    if config.model.hf_path and not config.init_from:
+        init_dir = ""
+        graphdef, params = _initial_model(config, model_cfg)
+        items = {"params": params}
+    else:
+        init_dir = resolve_init_dir(config.init_from)
+        graphdef, template = models.init_model(model_cfg, config.seed)
+        try:
+            _, items = ckpt_lib.load_latest(init_dir, {"params": template}, what="SFT checkpoint")
+        except Exception as e:  # structure/shape mismatch: say which config produced it
+            raise ValueError(f"could not load the SFT checkpoint in {init_dir!r} into model "
+                             f"{config.model.hf_path or config.model.preset!r} ({e}); was it "
+                             "trained with the same config.model?") from e
     rc = config.rl
     objective = GRPOObjective(
         graphdef, losses.make_loss(rc.loss, **rc.loss_kwargs),
@@ -147,12 +186,13 @@ def build_grpo(config: RunConfig) -> Components:
 
 
 def build_sft(config: RunConfig) -> Components:
-    """The SFT components; θ_0 is a fresh init of the model (seed `config.seed`)."""
-    tokenizer = CharTokenizer()
-    task, max_prompt, max_new = _task_and_budgets(config)
+    """The SFT components; θ_0 is model.hf_path's weights, else a fresh init (seed
+    `config.seed`)."""
+    tokenizer = make_tokenizer(config)
+    task, max_prompt, max_new = _task_and_budgets(config, tokenizer)
     seq_len = max_prompt + task.max_answer_chars + 1
     model_cfg = _model_config(config, tokenizer, max(seq_len, max_prompt + max_new))
-    graphdef, params = models.init_model(model_cfg, config.seed)
+    graphdef, params = _initial_model(config, model_cfg)
     return Components(
         config=config, task=task, tokenizer=tokenizer, model_config=model_cfg,
         graphdef=graphdef, init_params=params,
@@ -165,8 +205,8 @@ def build_sft(config: RunConfig) -> Components:
 def save_random_init(config: RunConfig, path: str) -> str:
     """Saves a random init of `config.model` (seed `config.seed`) as the SFT checkpoint of
     `path`, for runs, tests and benchmarks that start GRPO without an SFT run. -> `path`."""
-    tokenizer = CharTokenizer()
-    _, max_prompt, max_new = _task_and_budgets(config)
+    tokenizer = make_tokenizer(config)
+    _, max_prompt, max_new = _task_and_budgets(config, tokenizer)
     _, params = models.init_model(_model_config(config, tokenizer, max_prompt + max_new),
                                   config.seed)
     with ckpt_lib.make_manager(os.path.join(path, ckpt_lib.CHECKPOINT_DIR)) as m:

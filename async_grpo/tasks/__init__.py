@@ -8,7 +8,9 @@
 from async_grpo.tasks.arithmetic import Addition, Multiplication, parse_int
 from async_grpo.tasks.base import HELDOUT, SPLITS, TRAIN, Problem, Score, Task, split_hash
 from async_grpo.tasks.countdown import Countdown, parse_expr
+from async_grpo.tasks.formatting import PROMPT_FORMATS, FormattedTask, format_task
 from async_grpo.tasks.gsm8k import GSM8K, extract_answer, load_gsm8k_jsonl, normalize_number
+from async_grpo.tasks.hf_tokenizer import HFTokenizer, load_tokenizer
 from async_grpo.tasks.sequence import Reverse, Sort
 from async_grpo.tasks.tokenizer import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, CharTokenizer)
 
@@ -36,5 +38,6 @@ __all__ = [
     "Addition", "Multiplication", "Countdown", "Reverse", "Sort", "GSM8K", "Task", "Problem",
     "Score", "TRAIN", "HELDOUT", "SPLITS", "TASKS", "get_task", "CharTokenizer", "PAD_ID",
     "BOS_ID", "EOS_ID", "UNK_ID", "extract_answer", "normalize_number", "load_gsm8k_jsonl",
-    "parse_expr", "parse_int", "split_hash",
+    "parse_expr", "parse_int", "split_hash", "HFTokenizer", "load_tokenizer", "PROMPT_FORMATS",
+    "FormattedTask", "format_task",
 ]

@@ -8,6 +8,7 @@ import numpy as np
 
 from async_grpo.tasks.base import MALFORMED, RIGHT, WRONG, Problem, Score, Task
 from async_grpo.tasks.token_rewards import IntegerAnswer, TokenReward
+from async_grpo.tasks.tokenizer import CharTokenizer
 
 _INT_RE = re.compile(r"-?\d+")
 
@@ -50,6 +51,8 @@ class _BinaryArithmetic(Task):
         return Problem(prompt=f"{a}{self.op}{b}=", answer=str(c), meta={"a": a, "b": b, "result": c})
 
     def token_reward(self, tokenizer):
+        if not isinstance(tokenizer, CharTokenizer):
+            return None   # the token rewards are written for one character per token
         return TokenReward(IntegerAnswer.for_tokenizer(tokenizer), _result)
 
     def _score(self, problem: Problem, response: str) -> Score:

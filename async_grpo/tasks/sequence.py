@@ -8,6 +8,7 @@ import numpy as np
 
 from async_grpo.tasks.base import MALFORMED, RIGHT, WRONG, Problem, Score, Task
 from async_grpo.tasks.token_rewards import ExactString, TokenReward
+from async_grpo.tasks.tokenizer import CharTokenizer
 
 
 def _answer(problem: Problem) -> str:
@@ -33,6 +34,8 @@ class _SequenceTask(Task):
         return Problem(prompt=f"{self.tag}:{s}=", answer=self.transform(s), meta={"input": s})
 
     def token_reward(self, tokenizer):
+        if not isinstance(tokenizer, CharTokenizer):
+            return None   # the token rewards are written for one character per token
         return TokenReward(ExactString.for_tokenizer(tokenizer, self.alphabet), _answer)
 
     def _score(self, problem: Problem, response: str) -> Score:

@@ -1,0 +1,70 @@
+r"""GRPO on GSM8K from a Hugging Face Qwen2.5 checkpoint on your own GPU (the paper's setting).
+
+Nothing is downloaded: point the config at local files (the checkpoint directory holds
+config.json, *.safetensors and tokenizer.json; GSM8K as {"question", "answer"} JSONL):
+
+  python -m experiments.train --config=experiments/configs/gsm8k_qwen.py \
+      --workdir=runs/gsm8k_qwen/S8_lr1e-6 \
+      --config.model.hf_path=/path/to/Qwen2.5-1.5B-Instruct \
+      --config.task.path=/path/to/gsm8k/train.jsonl \
+      --config.staleness.max_lag=8 --config.rl.optimizer.lr=1e-6
+
+GRPO starts from the checkpoint's weights (no init_from). To warm-start a base model with SFT on
+the reference answers first: `python -m experiments.sft` with the same flags and
+--workdir=runs/gsm8k_qwen/sft, then add --config.init_from=runs/gsm8k_qwen/sft to the train
+command. The paper's grid (fixed staleness S in {8, 16, 32} x Adam learning rate in
+[1e-7, 1e-6]) is `SWEEP` below, one run per cell:
+
+  for S in 8 16 32; do for lr in 1e-7 3e-7 1e-6; do
+    python -m experiments.train --config=experiments/configs/gsm8k_qwen.py \
+        --workdir=runs/gsm8k_qwen/S${S}_lr${lr} --config.model.hf_path=$MODEL \
+        --config.task.path=$GSM8K --config.staleness.max_lag=$S --config.rl.optimizer.lr=$lr
+  done; done
+
+Hardware and memory (an estimate from the shapes, not a measurement: no run of this config on a
+GPU has been made yet). Qwen2.5-1.5B has 1.54e9 parameters (tied embeddings, q/k/v biases). The
+learner holds float32 params, gradients and two Adam moments (16 B/param = 25 GB), the frozen
+reference policy (4 B/param = 6 GB), the cosine diagnostics' two copies (8 B/param = 12 GB; off
+with --config.diagnostics.cosines=false) and queue_size + 1 behaviour snapshots (4 B/param each);
+the bfloat16 KV cache (28 layers x 2 KV heads x 128 dims: 28 KB/token) for 64 x 8 x 768 tokens
+is 11 GB. Expect about 70 GB: one 80 GB A100/H100 or an H200. Qwen2.5-0.5B (4.9e8 params) fits
+a 40 GB GPU. Qwen2.5's vocabulary (151,936 ids) makes the logits of a 512-sequence learner batch
+large: lower rl.prompts_per_step if the learner runs out of memory.
+"""
+
+from experiments.configs import common
+
+# The paper's grid over this config: fixed staleness S and the Adam learning rate.
+SWEEP = {"staleness.max_lag": [8, 16, 32], "rl.optimizer.lr": [1e-7, 3e-7, 1e-6]}
+
+
+def get_config():
+    c = common.get_base_config()
+    c.task.name = "gsm8k"
+    c.task.kwargs = {"fallback_last_number": True}   # instruct models rarely write "####"
+    c.task.path = ""                                  # set --config.task.path
+    c.task.prompt_format = "chat"                     # the Instruct checkpoints' chat template
+    c.model.hf_path = ""                              # set --config.model.hf_path
+    c.model.max_seq_len = 0                           # the checkpoint's context length
+    c.model.overrides = {"dtype": "bfloat16", "param_dtype": "float32", "attention_impl": "xla"}
+    c.max_new_tokens = 512
+    c.eval.num_problems = 500
+    c.eval.batch_size = 250
+    c.rl.steps = 500
+    c.rl.prompts_per_step = 64
+    c.rl.group_size = 8
+    c.rl.temperature = 1.0
+    c.rl.eval_every = 50
+    c.rl.checkpoint_every = 50
+    c.rl.loss = "grpo"
+    c.rl.loss_kwargs = {"kl_coef": 0.0}
+    c.rl.optimizer.lr = 1e-6                          # Adam, no weight decay, constant after warm-up
+    c.rl.optimizer.warmup_steps = 10
+    c.rl.optimizer.weight_decay = 0.0
+    c.staleness.policy = "fixed"
+    c.staleness.max_lag = 8
+    c.staleness.queue_size = 2
+    c.sft.steps = 200
+    c.sft.batch_size = 32
+    c.sft.optimizer.lr = 1e-5
+    return c
