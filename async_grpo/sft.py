@@ -60,7 +60,8 @@ def run_sft(config: RunConfig, workdir: str, *, comps: Components | None = None,
     `sft.checkpoint_every` steps and at the end, and on SIGINT/SIGTERM; a rerun resumes from the
     newest one bit-identically, and a finished run returns at once. `comps` defaults to
     `build_sft(config)`."""
-    workdir_lib.claim(workdir, "sft", config.record("sft"), allow_changed)
+    workdir_lib.claim(workdir, "sft", config.record("sft"), allow_changed,
+                      defaults=RunConfig().record("sft"))
     sc = config.sft
     comps = build_sft(config) if comps is None else comps
     logging.info("model %s: %d params", config.model.preset, models.param_count(comps.init_params))

@@ -81,8 +81,12 @@ def check_writable(workdir: str) -> None:
 
 
 def claim(workdir: str, kind: str, config: Mapping[str, Any],
-          allow_changed: Iterable[str] = ()) -> dict:
-    """Checks (and on first use records) that `workdir` holds this run; -> the record."""
+          allow_changed: Iterable[str] = (), defaults: Mapping[str, Any] | None = None) -> dict:
+    """Checks (and on first use records) that `workdir` holds this run; -> the record.
+
+    `defaults` (the same nesting as `config`) are the current code's default values: a key the
+    record lacks (added to the code after the run started) is not a change when its value is
+    its default, since the code that started the run behaved as that default does."""
     check_writable(workdir)
     path = os.path.join(workdir, RECORD)
     config = json.loads(json.dumps(config))        # plain JSON values, as stored
@@ -99,6 +103,9 @@ def claim(workdir: str, kind: str, config: Mapping[str, Any],
         raise WorkdirError(f"--workdir={workdir!r} holds a {record.get('kind')!r} run, not "
                            f"{kind!r}; use another workdir.")
     changed = diff(record["config"], config)
+    flat_defaults = _flatten(json.loads(json.dumps(defaults or {})))
+    changed = {k: (a, b) for k, (a, b) in changed.items()
+               if not (a == "<absent>" and k in flat_defaults and flat_defaults[k] == b)}
     allowed = set(allow_changed)
     refused = {k: v for k, v in changed.items() if k not in allowed}
     if refused:

@@ -36,7 +36,8 @@ def parse(argv, kind: str) -> config_lib.RunConfig:
     if not WORKDIR.value:
         raise app.UsageError("--workdir is required.")
     try:
-        workdir_lib.claim(WORKDIR.value, kind, config.record(kind), ALLOW_CHANGED.value)
+        workdir_lib.claim(WORKDIR.value, kind, config.record(kind), ALLOW_CHANGED.value,
+                          defaults=config_lib.RunConfig().record(kind))
     except workdir_lib.WorkdirError as e:
         raise app.UsageError(str(e)) from None
     workdir_lib.quiet_orbax()

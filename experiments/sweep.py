@@ -105,7 +105,8 @@ def run_lm_sweep(c, workdir: str, plan: Plan, shard: int = 0, num_shards: int = 
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard={shard} with --num_shards={num_shards}: "
                          "need 0 <= shard < num_shards")
-    workdir_lib.claim(workdir, "sweep_lm", json.loads(c.to_json()))
+    workdir_lib.claim(workdir, "sweep_lm", json.loads(c.to_json()),
+                      defaults={"run": config_lib.RunConfig().to_dict()})
     t0 = time.time()
     config = _warm_start(plan, workdir, shard)
     comps = components.build_grpo(config)
@@ -239,11 +240,18 @@ def lm_table(r: dict) -> str:
                  (f"; the chunks took {metrics_lib.format_duration(sum(walls))} in all"
                   if len(walls) == r["num_chunks"] else
                   "; chunk wall times not recorded (chunks written before they were saved)") +
-                 "; invocations (wall incl. the SFT warm start when it ran, chunks computed): " +
-                 ", ".join(f"{metrics_lib.format_duration(v['wall_s'])} ({v['chunks_computed']})"
-                           for v in r.get("invocations", [{"wall_s": r["wall_s"],
-                                                           "chunks_computed": "?"}])))
+                 _invocations(r.get("invocations", [])))
     return "\n".join(lines)
+
+
+def _invocations(runs: list) -> str:
+    """The invocations that computed chunks (wall incl. the SFT warm start when it ran), and
+    how many only refit finished chunks."""
+    work = [v for v in runs if v["chunks_computed"]]
+    out = "; ".join(f"an invocation computed {v['chunks_computed']} chunk(s) in "
+                    f"{metrics_lib.format_duration(v['wall_s'])}" for v in work)
+    refits = len(runs) - len(work)
+    return (f"; {out}" if out else "") + (f"; {refits} rerun(s) only refit" if refits else "")
 
 
 def _plot(r, col, acc, stem):
@@ -303,7 +311,10 @@ def main(argv):
                              "need 0 <= shard < num_shards")
     except ValueError as e:
         raise app.UsageError(f"bad config: {e}") from None
-    print(run_lm_sweep(c, workdir, plan, _SHARD.value, _NUM_SHARDS.value))
+    try:
+        print(run_lm_sweep(c, workdir, plan, _SHARD.value, _NUM_SHARDS.value))
+    except workdir_lib.WorkdirError as e:
+        raise app.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":

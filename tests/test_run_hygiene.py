@@ -58,6 +58,21 @@ def test_claim_refuses_a_different_config_naming_the_keys(tmp_path):
         workdir_lib.claim(wd, "sft", longer)
 
 
+def test_a_key_added_to_the_code_at_its_default_is_not_a_change(tmp_path):
+    """A workdir recorded before a config key existed resumes when the key is at its default
+    (the old code behaved as the default does), and is refused when it is not."""
+    wd = str(tmp_path / "w")
+    workdir_lib.claim(wd, "grpo", {"rl": {"steps": 10}})
+    defaults = {"rl": {"steps": 5}, "task": {"path": ""}}
+    workdir_lib.claim(wd, "grpo", {"rl": {"steps": 10}, "task": {"path": ""}}, defaults=defaults)
+    with pytest.raises(workdir_lib.WorkdirError, match=r"task.path: '<absent>' -> 'x.jsonl'"):
+        workdir_lib.claim(wd, "grpo", {"rl": {"steps": 10}, "task": {"path": "x.jsonl"}},
+                          defaults=defaults)
+    with pytest.raises(workdir_lib.WorkdirError, match=r"rl.steps: 10 -> 5"):   # present: a change
+        workdir_lib.claim(wd, "grpo", {"rl": {"steps": 5}, "task": {"path": ""}},
+                          defaults=defaults)
+
+
 def test_bad_workdirs_are_refused(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")

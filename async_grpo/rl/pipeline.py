@@ -129,7 +129,8 @@ def run(config: RunConfig, comps: Components, workdir: str, *, learner: Optional
     config is refused unless the differing keys are in `allow_changed`. `learner` (optional) is a
     prebuilt `make_learner(config, comps)`: reusing one across runs reuses its compiled update.
     """
-    workdir_lib.claim(workdir, "grpo", config.record("grpo"), allow_changed)
+    workdir_lib.claim(workdir, "grpo", config.record("grpo"), allow_changed,
+                      defaults=RunConfig().record("grpo"))
     return _Run(config, comps, workdir, learner or make_learner(config, comps, devices)).train()
 
 
