@@ -26,6 +26,7 @@ sweep exact_sweep_sync --config.train.staleness=sync_interval
 sweep exact_sweep_T2000 --config.train.num_steps=2000
 sweep exact_sweep_nokl --config.testbed.kl_coef=0.0
 sweep exact_sweep_sampled --config.train.mode=sampled --config.variants=grpo
+sweep exact_sweep_delayed --config.train.mode=delayed --config.variants=grpo
 [ -f "$RUNS/exact_group_bias/results.json" ] || $PY -m experiments.exact_group_bias --workdir="$RUNS/exact_group_bias"
 
 # SFT and GRPO on addition (docs/sync_grpo.md), the staleness curves (docs/pipeline.md).

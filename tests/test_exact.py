@@ -1,6 +1,7 @@
 """Tests of the exact testbed (async_grpo/testbeds/exact.py)."""
 
 
+import chex
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -325,6 +326,32 @@ def test_sampled_mode_training_runs_through_the_library():
     assert np.all(np.isfinite(m["J"])) and np.all(np.isfinite(m["h_used_norm"]))
     assert np.all(m["cos_sampled_pop"] < 1.0)  # sampling noise and finite-G bias are visible
     assert np.all(s["J_final"] > s["J_init"])
+
+
+def test_delayed_mode_follows_the_on_policy_update_of_the_stale_parameters():
+    """mode="delayed" applies H(φ_t, φ_t): with the fixed lag s_t = min(t, S) its update at step t
+    is the on-policy update H(θ_{t−S}, θ_{t−S}) the run itself had at step t − S; at S = 0 it is
+    the population run."""
+    tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
+    lag = 3
+    tc = ex.TrainConfig(num_steps=25, optimizer="sgd", mode="delayed", max_lag_cap=lag)
+    m, _ = ex.run_cells(tb, tc, ex.make_cells([0.5], [0], [lag], [0.0], max_lag_cap=lag))
+    used, on = m["h_used_norm"][0], m["h_on_norm"][0]
+    np.testing.assert_allclose(used[lag:], on[:-lag], rtol=1e-5)
+    np.testing.assert_allclose(used[:lag], on[0], rtol=1e-5)
+    assert not np.allclose(used[lag:], on[lag:], rtol=1e-3)       # it is not the current one
+    pop = ex.TrainConfig(num_steps=25, optimizer="sgd", mode="population", max_lag_cap=0)
+    dly = ex.TrainConfig(num_steps=25, optimizer="sgd", mode="delayed", max_lag_cap=0)
+    cell = ex.make_cells([0.5], [0], [0], [0.0], max_lag_cap=0)
+    np.testing.assert_allclose(ex.run_cells(tb, dly, cell)[0]["J"],
+                               ex.run_cells(tb, pop, cell)[0]["J"], rtol=1e-6)
+    # The variant does not matter in delayed mode: at θ = φ every variant's H is the same.
+    phi = ex.init_params(tb, jax.random.PRNGKey(3))
+    ref = ex.init_params(tb, jax.random.PRNGKey(4))
+    h = {loss: ex.population_H(ex.make_testbed(ex.TestbedConfig(**{**_SMALL, "loss": loss})),
+                               phi, phi, ref) for loss in ("grpo", "no_ratio", "gspo")}
+    for loss in ("no_ratio", "gspo"):
+        chex.assert_trees_all_close(h[loss], h["grpo"], rtol=1e-5, atol=1e-7)
 
 
 def test_collapse_flag_catches_non_finite_and_drops():

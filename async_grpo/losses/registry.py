@@ -307,7 +307,8 @@ def _pg():
 def _no_ratio():
     """Stale policy gradient without an importance ratio: f = A·log π_θ on the behavior samples
     (ratio_level "none", no clip), GRPO advantage, seq-mean-token-mean, no KL. Off-policy its
-    gradient is E_{π_b}[A ∇log π_θ], the classic delayed gradient: the null model against which
+    gradient is E_{π_b}[A ∇log π_θ]: only partly delayed (samples and advantages from π_b,
+    ∇log π at the current θ), not the pure delayed gradient ∇J(θ_b). The baseline against which
     the ratio and clip of the other variants are measured (docs/exact_testbed.md)."""
     return dict(kind="surrogate", std_normalize=True, ratio_level="none", clip_mode="none",
                 aggregation="seq-mean-token-mean", kl_coef=0.0)

@@ -271,7 +271,8 @@ def grpo_surrogate(
       log s_i = (1/|y_i|) Σ_t d_t, shared by all tokens of row i;
     * ``"sequence"`` (sequence-level IS): log ρ_i = Σ_t d_t, shared by all tokens of row i;
     * ``"none"``: no ratio; f = A·log π_θ, the plain (stale) policy gradient on behavior samples,
-      whose gradient E_{π_b}[A ∇log π_θ] is the delayed-gradient null model (needs clip_mode
+      whose gradient E_{π_b}[A ∇log π_θ] is a partly delayed gradient (samples and advantages
+      from π_b, ∇log π at the current θ; not the pure delayed gradient ∇J(θ_b)) (needs clip_mode
       "none"; at π_θ = π_b its gradient equals the token-ratio one). With `proximal_logp` the
       decoupled weight π_prox/π_b still applies.
 

@@ -49,7 +49,10 @@ Objects
   a token sum, L/normalizer for Dr. GRPO's). Variants without an exact population form (TIS,
   MIS, dual clip, CISPO, decoupled PPO, the product sequence ratio) are refused with a clear
   error. In SAMPLED mode (`sampled_loss`) the variant itself (`async_grpo.losses.make_loss`) is
-  evaluated on G responses per prompt drawn from π_φ, exactly as the learner sees them.
+  evaluated on G responses per prompt drawn from π_φ, exactly as the learner sees them. In
+  DELAYED mode training follows the pure delayed gradient H(φ, φ): the on-policy update of the
+  stale parameters, every factor evaluated at φ, applied at θ (the classic delayed-gradient
+  model; the stale surrogate H(θ, φ) evaluates ∇log π_θ and the KL at the current θ).
 * Surrogate-gradient mapping H(θ, φ) := ∇_θ L(θ; φ) (`population_H`, `sampled_H`), φ held fixed.
   SIGN CONVENTION: L is a loss to MINIMIZE, so H points uphill on the loss and −H is the ascent
   direction on J. Every cosine against ∇J in this module is taken with −H:
@@ -109,7 +112,7 @@ REWARDS = ("exact", "partial", "sum_mod")
 POPULATION_RATIO_LEVELS = ("token", "sequence_geomean", "none")
 POPULATION_CLIP_MODES = ("ppo", "none")
 OPTIMIZERS = ("sgd", "adam")
-MODES = ("population", "sampled")
+MODES = ("population", "sampled", "delayed")
 
 Params = Any
 
@@ -254,7 +257,8 @@ class TrainConfig:
     optimizer: str = "adam"
     b2: float = 0.999
     opt_eps: float = 1e-8
-    mode: str = "population"       # which H drives training; δ etc. are always population-exact.
+    mode: str = "population"       # which H drives training: population H(θ,φ), sampled H(θ,φ),
+    #                                or delayed H(φ,φ); δ etc. are always population-exact.
     group_size: int = 8            # G for sampled mode.
     diagnostics: bool = True       # compute H(θ,θ), ∇J, δ and the cosines each step.
     collapse: collapse_lib.CollapseRules = simulate.default_collapse()
@@ -669,8 +673,8 @@ def make_optimizer(tc: TrainConfig, lr, b1) -> optax.GradientTransformation:
 def update_fn(tb: Testbed, tc: TrainConfig):
     """The testbed's update mapping for the simulator: (θ, φ, key, ctx) -> (H, metrics).
 
-    H is the population H(θ, φ) or, in sampled mode, the sampled H on G fresh responses per
-    prompt from π_φ. Metrics: the population loss, its clip fraction, the entropy, ‖H_pop‖, ‖∇J‖,
+    H is the population H(θ, φ); in sampled mode the sampled H on G fresh responses per prompt
+    from π_φ; in delayed mode H(φ, φ), the pure delayed gradient. Metrics: the population loss, its clip fraction, the entropy, ‖H_pop‖, ‖∇J‖,
     cos(−H_pop, ∇J) and, with diagnostics, δ and cos(−H(θ,θ), ∇J) (module docstring).
     """
     use_ref = tb.cfg.kl_coef > 0
@@ -688,6 +692,9 @@ def update_fn(tb: Testbed, tc: TrainConfig):
             h_used = sampled_H(tb, theta, phi, idx, ref)
             m["h_used_norm"] = optax.tree.norm(h_used)
             m["cos_sampled_pop"] = tree_cosine(h_used, h_pop)
+        elif tc.mode == "delayed":
+            h_used = population_H(tb, phi, phi, ctx.theta0 if use_ref else None)
+            m["h_used_norm"] = optax.tree.norm(h_used)
         if tc.diagnostics:
             h_on = population_H(tb, theta, theta, ref)
             dn, hn = optax.tree.norm(optax.tree.sub(h_pop, h_on)), optax.tree.norm(h_on)
