@@ -90,7 +90,7 @@ def exact_sweep(d: str) -> str:
                 else _alpha(f), ""]
     lines.append("| " + " | ".join(row) + " |")
     seeds = len(variants[0]["seeds"])
-    lines += ["", f"{seeds} seeds; η grid ×{variants[0]['lrs'][1] / variants[0]['lrs'][0]:.3f} "
+    lines += ["", f"{seeds} seeds, {_precision(s)}; η grid ×{variants[0]['lrs'][1] / variants[0]['lrs'][0]:.3f} "
                   f"from {_g(variants[0]['lrs'][0])} to {_g(variants[0]['lrs'][-1])}; the "
                   "α is the interval-censored maximum-likelihood fit over S ≥ 1 (each seed's η_max "
                   "enters as the grid interval that brackets it, or as a bound when nothing or "
@@ -105,6 +105,10 @@ def _alpha(f: dict) -> str:
         return f"n/a ({f.get('reason', 'not identified')})"
     lo, hi = f["ci"]
     return f"{f['alpha']:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{f['alpha']:.2f}"
+
+
+def _precision(summary: dict) -> str:
+    return "float64" if summary.get("config", {}).get("x64") else "float32"
 
 
 def _setting(v: dict) -> str:
@@ -127,7 +131,8 @@ def exact_families(*dirs: str) -> str:
             s0 = f"{_g(gm.get('0'))}" + (f" ({cens0} censored)" if cens0 else "")
             f = r["alpha_fit_S_ge_1"]
             frac = np.mean([np.mean(x) for x in r["collapse_frac"].values()])
-            lines.append(f"| `{os.path.basename(d)}` | {_setting(v)} | {v['variant']} | "
+            lines.append(f"| `{os.path.basename(d)}` | {_setting(v)}, {_precision(s)} | "
+                         f"{v['variant']} | "
                          f"{s0} → {_g(min(pos))}–{_g(max(pos))} | {_alpha(f)} | "
                          f"{_g(f['sigma'], 2)} | {frac:.2f} |")
     return "\n".join(lines)
@@ -240,16 +245,30 @@ def staleness_curves(*dirs: str) -> str:
 
 def isa_spread(*dirs: str) -> str:
     """The same experiment with XLA restricted to other instruction sets: headline numbers."""
-    lines = ["| run | XLA_FLAGS | headline numbers |", "|---|---|---|"]
+    lines = ["| run | XLA_FLAGS | precision | headline numbers |", "|---|---|---|---|"]
+    first = {}      # precision -> the first exact sweep of that precision (the reference)
+
+    def flags_of(sweep_dir, variant):
+        with open(os.path.join(sweep_dir, variant, "cells.csv"), encoding="utf-8") as f:
+            return [row["collapsed"] for row in csv.DictReader(f)]
+
     for d in dirs:
         if os.path.exists(os.path.join(d, "summary.json")):
             s = _load(os.path.join(d, "summary.json"))
+            prec = _precision(s)
+            ref = first.setdefault(prec, d)
             parts = []
             for v in s["variants"]:
                 r = v["results"][0]
                 f = r["alpha_fit_S_ge_1"]
-                parts.append(f"{v['variant']}: α = {_alpha(f)}, "
-                             f"η_max(S=1) = {_g(r['eta_max_geomean']['1'])}")
+                part = (f"{v['variant']}: α = {_alpha(f)}, "
+                        f"η_max(S=1) = {_g(r['eta_max_geomean']['1'])}")
+                if ref != d:
+                    mine, theirs = flags_of(d, v["variant"]), flags_of(ref, v["variant"])
+                    differ = sum(a != b for a, b in zip(mine, theirs))
+                    part += (f", collapse flag differs from `{ref.split(os.sep, 1)[-1]}` in "
+                             f"{differ} of {len(mine)} cells")
+                parts.append(part)
             flags = s.get("machine", {}).get("xla_flags", "") or "none (native)"
         else:
             ev = _evals(d)
@@ -262,7 +281,8 @@ def isa_spread(*dirs: str) -> str:
                      "greedy at each evaluation " +
                      " / ".join(f"{100 * r['heldout/accuracy']:.1f}" for r in ev)]
             flags = _run_record(d).get("machine", {}).get("xla_flags", "") or "none (native)"
-        lines.append(f"| `{d.split(os.sep, 1)[-1]}` | `{flags}` | {'; '.join(parts)} |")
+            prec = "float32"
+        lines.append(f"| `{d.split(os.sep, 1)[-1]}` | `{flags}` | {prec} | {'; '.join(parts)} |")
     return "\n".join(lines)
 
 

@@ -41,8 +41,12 @@ done
 $PY -m experiments.plot_staleness --out="$RUNS/stale/curves.png" "$RUNS/stale/S0" "$RUNS/stale/S2" "$RUNS/stale/S8"
 
 # The same code with XLA restricted to other instruction sets (docs/reproducibility.md).
+# The exact sweep in float32 (the precision of the re-check) natively and under two instruction
+# sets, then in float64 (the default) under the same two.
+sweep f32/exact_sweep --config.x64=False
 for ISA in AVX2 SSE4_2; do
-  XLA_FLAGS=--xla_cpu_max_isa=$ISA sweep isa_$ISA/exact_sweep
+  XLA_FLAGS=--xla_cpu_max_isa=$ISA sweep isa_$ISA/exact_sweep --config.x64=False
+  XLA_FLAGS=--xla_cpu_max_isa=$ISA sweep isa_$ISA/exact_sweep_x64
   XLA_FLAGS=--xla_cpu_max_isa=$ISA $PY -m experiments.sft --config=$CFG --workdir="$RUNS/isa_$ISA/sft"
 done
 
