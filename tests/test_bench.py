@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow       # ~45 s; the pipeline it times is tested in tests/test_pipeline.py
 def test_async_pipeline_bench_runs_and_reports(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")

@@ -91,7 +91,7 @@ def _flat(tree):
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
 
 
-@pytest.mark.parametrize("td_kl", [0.0, 0.04])
+@pytest.mark.parametrize("td_kl", [pytest.param(0.0, marks=pytest.mark.slow), 0.04])
 def test_corrected_mode_interpolates_surrogate_and_total_derivative(comps, td_kl):
     """corrected with c = 0 is `surrogate` and c = 1 is `total_derivative` (the same code path,
     so bit for bit); c = 0.5 is their average (the gradient is linear in the loss)."""

@@ -8,6 +8,7 @@ from experiments import plot_staleness
 from tests import helpers
 
 
+@pytest.mark.slow       # ~50 s (three pipeline runs); the figure style is tested in test_figures
 def test_plot_reward_curves_and_lag_histograms(tmp_path):
     helpers.random_init(tmp_path / "init")
     dirs = []
