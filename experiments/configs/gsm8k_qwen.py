@@ -32,39 +32,5 @@ a 40 GB GPU. Qwen2.5's vocabulary (151,936 ids) makes the logits of a 512-sequen
 large: lower rl.prompts_per_step if the learner runs out of memory.
 """
 
-from experiments.configs import common
-
-# The paper's grid over this config: fixed staleness S and the Adam learning rate.
-SWEEP = {"staleness.max_lag": [8, 16, 32], "rl.optimizer.lr": [1e-7, 3e-7, 1e-6]}
-
-
-def get_config():
-    c = common.get_base_config()
-    c.task.name = "gsm8k"
-    c.task.kwargs = {"fallback_last_number": True}   # instruct models rarely write "####"
-    c.task.path = ""                                  # set --config.task.path
-    c.task.prompt_format = "chat"                     # the Instruct checkpoints' chat template
-    c.model.hf_path = ""                              # set --config.model.hf_path
-    c.model.max_seq_len = 0                           # the checkpoint's context length
-    c.model.overrides = {"dtype": "bfloat16", "param_dtype": "float32", "attention_impl": "xla"}
-    c.max_new_tokens = 512
-    c.eval.num_problems = 500
-    c.eval.batch_size = 250
-    c.rl.steps = 500
-    c.rl.prompts_per_step = 64
-    c.rl.group_size = 8
-    c.rl.temperature = 1.0
-    c.rl.eval_every = 50
-    c.rl.checkpoint_every = 50
-    c.rl.loss = "grpo"
-    c.rl.loss_kwargs = {"kl_coef": 0.0}
-    c.rl.optimizer.lr = 1e-6                          # Adam, no weight decay, constant after warm-up
-    c.rl.optimizer.warmup_steps = 10
-    c.rl.optimizer.weight_decay = 0.0
-    c.staleness.policy = "fixed"
-    c.staleness.max_lag = 8
-    c.staleness.queue_size = 2
-    c.sft.steps = 200
-    c.sft.batch_size = 32
-    c.sft.optimizer.lr = 1e-5
-    return c
+# The same run and grid as gsm8k_llama.py; only the checkpoint (--config.model.hf_path) differs.
+from experiments.configs.gsm8k_llama import SWEEP, get_config  # noqa: F401  pylint: disable=unused-import
