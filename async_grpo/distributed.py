@@ -68,6 +68,18 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     return True
 
 
+def process_slot() -> tuple[int, int]:
+    """(this process's id, number of processes) from the environment variables `initialize`
+    reads, without starting `jax.distributed`: for jobs whose processes share nothing but a
+    directory (e.g. the shards of `experiments.sweep`). (0, 1) when they are unset."""
+    n = int(_env("num_processes") or 1)
+    pid = _env("process_id")
+    if n > 1 and pid is None:
+        raise ValueError(f"{_ENV['num_processes'][0]}={n} is set but no process id "
+                         f"({' or '.join(_ENV['process_id'])})")
+    return (int(pid) if n > 1 else 0), n
+
+
 def is_multiprocess() -> bool:
     return jax.process_count() > 1
 

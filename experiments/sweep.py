@@ -10,8 +10,10 @@ An exact-testbed config (it has a `testbed` section) runs `experiments.exact_swe
 of one compiled program sized to `memory_budget_gb`, and each finished chunk is saved atomically
 to <workdir>/chunks/ (never recomputed; a different config in the same workdir is refused). To
 spread a grid over processes or hosts sharing the workdir, run `--num_shards=N --shard=I` for
-I = 0..N-1: shard I takes every N-th chunk, shard 0 trains the SFT warm start and writes the
-results once all chunks are there. Cells share nothing, so shards need no jax.distributed.
+I = 0..N-1, or the same command on every host of a job whose launcher sets
+ASYNC_GRPO_NUM_PROCESSES / ASYNC_GRPO_PROCESS_ID (or JAX_NUM_PROCESSES / JAX_PROCESS_ID): shard I
+takes every N-th chunk, shard 0 trains the SFT warm start and writes the results once all chunks
+are there. Cells share nothing, so the shards start no jax.distributed job.
 
 LM results in <workdir>: cells.csv (one row per cell: S, η, seed, collapse step and rule,
 rewards, held-out greedy accuracy at the end, drifts and diagnostics), curves.npz (per-step
@@ -34,7 +36,7 @@ from ml_collections import config_flags
 
 from async_grpo import collapse as collapse_lib
 from async_grpo import config as config_lib
-from async_grpo import figures, files
+from async_grpo import distributed, figures, files
 from async_grpo import metrics as metrics_lib
 from async_grpo import workdir as workdir_lib
 from async_grpo.rl import components, population
@@ -283,10 +285,13 @@ def _define_flags():
                                               "experiments/configs/exact_sweep.py.",
                                               lock_config=True)
     _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-    _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "LM sweeps: processes (or hosts) "
-                                       "sharing the workdir, each run with its own --shard.")
-    _SHARD = flags.DEFINE_integer("shard", 0, "LM sweeps: this process's shard, 0..num_shards-1; "
-                                  "it runs every num_shards-th chunk (0 also the SFT and results).")
+    _NUM_SHARDS = flags.DEFINE_integer(
+        "num_shards", 0, "LM sweeps: processes (or hosts) sharing the workdir, each with its own "
+        "--shard (0: from ASYNC_GRPO_NUM_PROCESSES / JAX_NUM_PROCESSES, else 1).")
+    _SHARD = flags.DEFINE_integer(
+        "shard", -1, "LM sweeps: this process's shard, 0..num_shards-1 (-1: from "
+        "ASYNC_GRPO_PROCESS_ID / JAX_PROCESS_ID, else 0); it runs every num_shards-th chunk, "
+        "shard 0 also the SFT warm start and the results.")
 
 
 def main(argv):
@@ -306,13 +311,16 @@ def main(argv):
     try:
         plan = lm_plan(c)
         workdir_lib.check_writable(workdir)
-        if not 0 <= _SHARD.value < _NUM_SHARDS.value:
-            raise ValueError(f"--shard={_SHARD.value} with --num_shards={_NUM_SHARDS.value}: "
+        env_shard, env_count = distributed.process_slot()
+        num_shards = _NUM_SHARDS.value or env_count
+        shard = _SHARD.value if _SHARD.value >= 0 else env_shard
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"--shard={shard} with --num_shards={num_shards}: "
                              "need 0 <= shard < num_shards")
     except ValueError as e:
         raise app.UsageError(f"bad config: {e}") from None
     try:
-        print(run_lm_sweep(c, workdir, plan, _SHARD.value, _NUM_SHARDS.value))
+        print(run_lm_sweep(c, workdir, plan, shard, num_shards))
     except workdir_lib.WorkdirError as e:
         raise app.UsageError(str(e)) from None
 

@@ -126,6 +126,20 @@ def test_initialize_is_a_noop_for_one_process(monkeypatch):
         distributed.initialize("localhost:1", 2, 3)
 
 
+def test_process_slot_reads_the_environment_without_starting_jax_distributed(monkeypatch):
+    for k in ("ASYNC_GRPO_NUM_PROCESSES", "JAX_NUM_PROCESSES", "ASYNC_GRPO_PROCESS_ID",
+              "JAX_PROCESS_ID"):
+        monkeypatch.delenv(k, raising=False)
+    assert distributed.process_slot() == (0, 1)
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    with pytest.raises(ValueError, match="no process id"):
+        distributed.process_slot()
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    assert distributed.process_slot() == (3, 4)
+    monkeypatch.setenv("ASYNC_GRPO_PROCESS_ID", "1")            # ours win over JAX's
+    assert distributed.process_slot() == (1, 4)
+
+
 def test_process_share():
     items = list(range(8))
     assert distributed.process_share(items, 0, 2) == [0, 1, 2, 3]

@@ -79,8 +79,10 @@ def test_two_shards_write_the_same_table(one, tmp_path):
         [sys.executable, "-m", "experiments.sweep",
          "--config=experiments/configs/sweep_lm.py:quick", f"--workdir={two}", *SMALL,
          f"--config.run.init_from={wd / 'sft'}",
-         "--num_shards=2", f"--shard={i}"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         *(["--num_shards=2", "--shard=0"] if i == 0 else [])],     # shard 1: from the env
+        cwd=REPO, env=dict(env, **({} if i == 0 else {"ASYNC_GRPO_NUM_PROCESSES": "2",
+                                                       "ASYNC_GRPO_PROCESS_ID": "1"})),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
     outs = [p.communicate(timeout=900) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outs]
