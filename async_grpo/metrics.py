@@ -7,6 +7,12 @@ tensorboardX, one `Summary` event per step holding every scalar (one event per s
 `SummaryWriter.add_scalar` writes them, costs ~40 µs each: 2.9 ms for 70 scalars, against 0.16 ms
 batched). Values must be scalars (python numbers, numpy/JAX 0-d arrays); non-finite values are
 written as JSON `NaN`/`Infinity` like the `json` module does, never dropped.
+
+The event file is written synchronously (tensorboardX's `EventsWriter`, not its `FileWriter`):
+the `FileWriter` hands events to a background thread through a queue, and its `flush()` does not
+drain that queue, so "flush before a checkpoint" could leave the last steps unwritten and a
+killed, resumed run would miss them for good (seen in tests/test_run_hygiene.py). `flush()` here
+puts every written step on disk; between flushes the file is flushed every `TB_FLUSH_SECS`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from async_grpo import files
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
+TB_FLUSH_SECS = 10.0
 
 
 def _scalar(v: Any) -> float | int | bool:
@@ -61,16 +68,19 @@ class MetricsWriter:
         self._t0 = time.time()
         self._tb = None
         if tensorboard:
-            from tensorboardX import FileWriter  # pylint: disable=import-outside-toplevel
-            from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
-            from tensorboardX.proto import summary_pb2  # pylint: disable=import-outside-toplevel
-            self._tb = FileWriter(os.path.join(workdir, TB_DIR), flush_secs=10)
-            self._summary = summary_pb2.Summary
+            # pylint: disable=import-outside-toplevel
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto import event_pb2, summary_pb2
+            os.makedirs(os.path.join(workdir, TB_DIR), exist_ok=True)
+            # The pid in the name: two writers opened in the same second get two files.
+            self._tb = EventsWriter(os.path.join(workdir, TB_DIR, "events"), f".{os.getpid()}")
+            self._event, self._summary = event_pb2.Event, summary_pb2.Summary
             if purge_step is not None:
-                self._tb.add_event(event_pb2.Event(step=int(purge_step),
-                                                   file_version="brain.Event:2"))
-                self._tb.add_event(event_pb2.Event(step=int(purge_step), session_log=(
-                    event_pb2.SessionLog(status=event_pb2.SessionLog.START))))
+                self._tb.write_event(event_pb2.Event(
+                    wall_time=time.time(), step=int(purge_step),
+                    session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+            self._tb.flush()
+            self._tb_flushed = time.time()
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         scalars = to_scalars(metrics)
@@ -80,15 +90,19 @@ class MetricsWriter:
         self._file.flush()
         if self._tb is not None:
             summary = self._summary
-            self._tb.add_summary(summary(value=[
-                summary.Value(tag=self.prefix + k, simple_value=float(v))
-                for k, v in scalars.items()]), global_step=int(step))
+            values = [summary.Value(tag=self.prefix + k, simple_value=float(v))
+                      for k, v in scalars.items()]
+            self._tb.write_event(self._event(wall_time=time.time(), step=int(step),
+                                             summary=summary(value=values)))
+            if time.time() - self._tb_flushed > TB_FLUSH_SECS:
+                self.flush()
         return rec
 
     def flush(self):
         self._file.flush()
         if self._tb is not None:
             self._tb.flush()
+            self._tb_flushed = time.time()
 
     def close(self):
         if not self._file.closed:

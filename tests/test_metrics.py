@@ -106,3 +106,24 @@ def test_resumed_writer_purges_the_steps_it_rewrites(tmp_path):
             w.write(t, {"a": 10.0 * t})
     assert [(s, v) for s, _, v in _read_events(os.path.join(wd, "tb"))] == [
         (1, 1.0), (2, 20.0), (3, 30.0), (4, 40.0)]
+
+
+def test_flush_puts_every_written_step_on_disk_before_a_kill(tmp_path):
+    """What a checkpoint relies on: after `flush()`, a process killed at once (no close, no
+    atexit) has every written step in its event file. tensorboardX's FileWriter failed this (its
+    flush does not drain the queue to its writer thread), so a resumed run lost steps for good."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    code = ("import os, sys\n"
+            "from async_grpo import metrics\n"
+            "w = metrics.MetricsWriter(sys.argv[1])\n"
+            "for i in range(1, 301):\n"
+            "    w.write(i, {'loss': float(i), 'reward': 0.5})\n"
+            "w.flush()\n"
+            "os._exit(0)\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=repo,
+                   env=dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu"), timeout=120)
+    steps = [s for s, tag, _ in metrics_lib.read_tensorboard(str(tmp_path / "tb"))
+             if tag == "loss"]
+    assert steps == list(range(1, 301))
