@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from async_grpo.tasks.tokenizer import CharTokenizer
+from async_grpo.tasks.tokenizer import CharTokenizer, decode_rows, pad_batch
 
 try:  # optional: only the chat template needs it
     import jinja2
@@ -147,26 +147,11 @@ class HFTokenizer:
                      ) -> tuple[np.ndarray, np.ndarray]:
         """Texts -> (tokens int32 [B, L] right-padded with pad_id, lengths int32 [B]), as
         `CharTokenizer.batch_encode` (a text longer than `max_len` raises ValueError)."""
-        seqs = [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
-        longest = max((len(s) for s in seqs), default=0)
-        if max_len is None:
-            max_len = max(longest, 1)
-        elif longest > max_len:
-            bad = max(range(len(seqs)), key=lambda k: len(seqs[k]))
-            raise ValueError(
-                f"text {texts[bad]!r} encodes to {longest} tokens, longer than max_len={max_len}")
-        tokens = np.full((len(seqs), max_len), self.pad_id, dtype=np.int32)
-        lengths = np.zeros((len(seqs),), dtype=np.int32)
-        for b, s in enumerate(seqs):
-            tokens[b, :len(s)] = s
-            lengths[b] = len(s)
-        return tokens, lengths
+        return pad_batch(texts, [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts],
+                         self.pad_id, max_len)
 
     def batch_decode(self, tokens: np.ndarray, lengths: np.ndarray | None = None) -> list[str]:
-        tokens = np.asarray(tokens)
-        if lengths is None:
-            return [self.decode(row) for row in tokens]
-        return [self.decode(row[:int(n)]) for row, n in zip(tokens, np.asarray(lengths))]
+        return decode_rows(self.decode, tokens, lengths)
 
     # --- chat template --------------------------------------------------------------------------
     def render_chat(self, messages: str | Sequence[dict[str, Any]], *,

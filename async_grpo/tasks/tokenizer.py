@@ -81,23 +81,36 @@ class CharTokenizer:
 
         L is `max_len` if given (a text longer than that raises ValueError), else the longest text.
         """
-        seqs = [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
-        longest = max((len(s) for s in seqs), default=0)
-        if max_len is None:
-            max_len = max(longest, 1)
-        elif longest > max_len:
-            bad = max(range(len(seqs)), key=lambda k: len(seqs[k]))
-            raise ValueError(
-                f"text {texts[bad]!r} encodes to {longest} tokens, longer than max_len={max_len}")
-        tokens = np.full((len(seqs), max_len), PAD_ID, dtype=np.int32)
-        lengths = np.zeros((len(seqs),), dtype=np.int32)
-        for b, s in enumerate(seqs):
-            tokens[b, :len(s)] = s
-            lengths[b] = len(s)
-        return tokens, lengths
+        return pad_batch(texts, [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts],
+                         PAD_ID, max_len)
 
     def batch_decode(self, tokens: np.ndarray, lengths: np.ndarray | None = None) -> list[str]:
-        tokens = np.asarray(tokens)
-        if lengths is None:
-            return [self.decode(row) for row in tokens]
-        return [self.decode(row[:int(n)]) for row, n in zip(tokens, np.asarray(lengths))]
+        return decode_rows(self.decode, tokens, lengths)
+
+
+def pad_batch(texts: Sequence[str], seqs: Sequence[Sequence[int]], pad_id: int,
+              max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists -> (tokens int32 [B, L] right-padded with `pad_id`, lengths int32 [B]); L is
+    `max_len` (a longer sequence raises ValueError naming its text), else the longest. Shared by
+    every tokenizer's `batch_encode`."""
+    longest = max((len(q) for q in seqs), default=0)
+    if max_len is None:
+        max_len = max(longest, 1)
+    elif longest > max_len:
+        bad = max(range(len(seqs)), key=lambda k: len(seqs[k]))
+        raise ValueError(
+            f"text {texts[bad]!r} encodes to {longest} tokens, longer than max_len={max_len}")
+    tokens = np.full((len(seqs), max_len), pad_id, dtype=np.int32)
+    lengths = np.zeros((len(seqs),), dtype=np.int32)
+    for b, q in enumerate(seqs):
+        tokens[b, :len(q)] = q
+        lengths[b] = len(q)
+    return tokens, lengths
+
+
+def decode_rows(decode, tokens: np.ndarray, lengths: np.ndarray | None = None) -> list[str]:
+    """`decode` of each row of `tokens` (cut at `lengths` when given)."""
+    tokens = np.asarray(tokens)
+    if lengths is None:
+        return [decode(row) for row in tokens]
+    return [decode(row[:int(n)]) for row, n in zip(tokens, np.asarray(lengths))]
