@@ -5,6 +5,8 @@ Launch (from the repository root):
   python -m experiments.sweep --config=experiments/configs/sweep_lm.py --workdir=runs/sweep_lm
   python -m experiments.sweep --config=experiments/configs/sweep_lm.py:quick \
       --workdir=runs/sweep_lm_quick
+  python -m experiments.sweep --config=experiments/configs/sweep_lm.py:study \
+      --workdir=runs/reproduce/lm_sweep     # the grid of `experiments.reproduce --scale=cpu`
 
 The run config (`c.run`, a full `async_grpo.config.RunConfig`) is the addition task with the
 `tiny` model; every cell starts from one SFT checkpoint (`c.run.init_from`, or an SFT run into
@@ -70,6 +72,13 @@ def get_config(arg=None):
         c.lr_max = 4e-3
         c.lrs_per_octave = 1
         c.num_seeds = 2
+    elif arg == "study":           # the CPU-scale study (experiments.reproduce), ~5 minutes
+        run.rl.steps = 100
+        c.lags = "0,2,8"
+        c.lr_min = 3e-5
+        c.lr_max = 2e-3
+        c.lrs_per_octave = 1
+        c.num_seeds = 2
     elif arg not in (None, ""):
-        raise ValueError(f"sweep_lm config argument {arg!r}: use nothing or 'quick'")
+        raise ValueError(f"sweep_lm config argument {arg!r}: use nothing, 'quick' or 'study'")
     return c
