@@ -20,7 +20,8 @@ and 0 ≤ s_t ≤ S. This module runs that loop for any model problem: the calle
 `make_train(...)` returns ``train(cell) -> (metrics {name: [T]}, summary {name: scalar})``: the
 whole run as one `lax.scan` over steps with a ring buffer of the last S_max + 1 iterates, so
 ``jax.jit(jax.vmap(train))`` runs a grid of cells at once (`run_cells`, or `run_cells_chunked` for
-grids larger than memory, with hooks to save and skip finished chunks). Every cell needs
+grids larger than memory, with hooks to save and skip finished chunks; both can return block
+means of the traces over `trace_every` steps for long runs). Every cell needs
 ``"seed"`` (θ_0 and every key derive from it) and ``"max_lag"`` (S).
 
 Recorded every step besides the update's own metrics: ``lag`` (s_t), ``J`` (with an objective),
@@ -156,6 +157,7 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
 
     train.collapse = collapse
     train.max_lag_cap = max_lag_cap
+    train.num_steps = num_steps
     return train
 
 
@@ -201,29 +203,67 @@ def cell_arrays(cells: Mapping[str, np.ndarray]) -> dict:
     return {k: jnp.asarray(v, INT_KEYS.get(k, fdtype)) for k, v in cells.items()}
 
 
+def check_trace_every(num_steps: int, trace_every: int) -> None:
+    """`trace_every` k must be an integer >= 1 that divides the horizon T."""
+    _check_int("trace_every", trace_every, 1)
+    if num_steps % trace_every:
+        raise ValueError(f"trace_every = {trace_every} must divide the number of steps T = "
+                         f"{num_steps} (the traces are means over blocks of k steps).")
+
+
+def thin_traces(metrics: Mapping[str, jax.Array], trace_every: int) -> dict:
+    """Block means of per-step traces [..., T] -> [..., T / k], k = `trace_every`: entry i is the
+    mean over steps ik, …, ik + k − 1 (booleans become fractions). k = 1 returns them unchanged."""
+    if trace_every == 1:
+        return dict(metrics)
+    out = {}
+    for name, v in metrics.items():
+        t = v.shape[-1]
+        check_trace_every(t, trace_every)
+        v = v.astype(jnp.result_type(float)) if not jnp.issubdtype(v.dtype, jnp.floating) else v
+        out[name] = v.reshape(v.shape[:-1] + (t // trace_every, trace_every)).mean(-1)
+    return out
+
+
 @functools.lru_cache(maxsize=32)
-def _compiled_grid(train, keep_metrics: Optional[tuple[str, ...]]):
+def _compiled_grid(train, keep_metrics: Optional[tuple[str, ...]], trace_every: int = 1):
     def run(cells):
         metrics, summary = jax.vmap(train)(cells)
         if keep_metrics is not None:
             metrics = {k: v for k, v in metrics.items() if k in keep_metrics}
-        return metrics, summary
+        return thin_traces(metrics, trace_every), summary
 
     return jax.jit(run)
 
 
+def _check_keep(train, keep_metrics, trace_every):
+    if keep_metrics is not None:
+        bad = [k for k in keep_metrics if not isinstance(k, str) or not k]
+        if bad:
+            raise ValueError(f"keep_metrics must be metric names, got {list(keep_metrics)}.")
+    num_steps = getattr(train, "num_steps", None)
+    _check_int("trace_every", trace_every, 1)
+    if num_steps is not None:
+        check_trace_every(num_steps, trace_every)
+
+
 def run_cells(train, cells: Mapping[str, np.ndarray], *,
-              keep_metrics: Optional[Sequence[str]] = None) -> tuple[dict, dict]:
-    """Runs every cell in one vmapped, jitted program; returns numpy (metrics [C, T], summary
-    [C]). `keep_metrics` limits the per-step metrics returned (memory: C × T per metric)."""
+              keep_metrics: Optional[Sequence[str]] = None,
+              trace_every: int = 1) -> tuple[dict, dict]:
+    """Runs every cell in one vmapped, jitted program; returns numpy (metrics [C, T / k], summary
+    [C]). `keep_metrics` limits the per-step metrics returned (memory: C × T per metric);
+    `trace_every` = k > 1 returns block means over k steps (`thin_traces`; k must divide T)."""
     validate_cells(cells, train.max_lag_cap)
-    fn = _compiled_grid(train, None if keep_metrics is None else tuple(keep_metrics))
+    _check_keep(train, keep_metrics, trace_every)
+    fn = _compiled_grid(train, None if keep_metrics is None else tuple(keep_metrics),
+                        int(trace_every))
     metrics, summary = fn(cell_arrays(cells))
     return jax.tree.map(np.asarray, metrics), jax.tree.map(np.asarray, summary)
 
 
 def run_cells_chunked(train, cells: Mapping[str, np.ndarray], *, chunk_size: int,
                       keep_metrics: Optional[Sequence[str]] = None,
+                      trace_every: int = 1,
                       on_chunk: Optional[Callable[[int, dict, dict], None]] = None,
                       skip_chunk: Optional[Callable[[int], Optional[tuple]]] = None
                       ) -> tuple[dict, dict]:
@@ -234,7 +274,9 @@ def run_cells_chunked(train, cells: Mapping[str, np.ndarray], *, chunk_size: int
     """
     n = validate_cells(cells, train.max_lag_cap)
     _check_int("chunk_size", chunk_size, 1)
-    fn = _compiled_grid(train, None if keep_metrics is None else tuple(keep_metrics))
+    _check_keep(train, keep_metrics, trace_every)
+    fn = _compiled_grid(train, None if keep_metrics is None else tuple(keep_metrics),
+                        int(trace_every))
     outs = []
     for i, start in enumerate(range(0, n, chunk_size)):
         saved = skip_chunk(i) if skip_chunk is not None else None

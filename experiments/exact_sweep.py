@@ -12,9 +12,13 @@ in fixed-size chunks. Every finished chunk is saved to <workdir>/<variant>/chunk
 rename), so a killed sweep loses at most the chunk in flight; rerunning with the same workdir
 and config reuses the saved chunks (a different config in the same workdir is refused).
 
-Writes, per variant: cells.csv (S, η, seed, b1, J_init, J_final, J_best, collapse_step,
+Writes, per variant: chunks/chunk_*.npz (per cell: the summary, s_*, and the per-step traces
+m_* of `--config.keep_metrics`, default J only, as block means over `--config.trace_every`
+steps), cells.csv (S, η, seed, b1, J_init, J_final, J_best, collapse_step,
 collapsed), summary.json (η_max per S and seed, the fit η_max ∝ S^−α over S ≥ 1 with a bootstrap
-interval over seeds, the collapse-time law), phase.png/.pdf; and <workdir>/summary.json with all
+interval over seeds, the collapse-time law; with clip_frac, update_norm and drift_cycle among the
+traces also the regime: the clip radius and the clip fraction, update norm and within-cycle drift
+at each seed's η_max, `regime_summary`), phase.png/.pdf; and <workdir>/summary.json with all
 variants, the config, the machine and the wall times. Prints a summary table at the end.
 """
 
@@ -42,10 +46,29 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf
 
 plan = xc.sweep_plan
 
+# Config keys added after results existed, with the value that reproduces the old behaviour: left
+# out of the fingerprint at that value, so older workdirs still resume (their chunks hold J only).
+_FINGERPRINT_DEFAULTS = {"keep_metrics": "J", "trace_every": 1}
+
+
 def _fingerprint(c, variant) -> str:
     d = json.loads(c.to_json())
+    for k, v in _FINGERPRINT_DEFAULTS.items():
+        if k in d and d[k] == v:
+            del d[k]
     d["variant"] = variant
     return json.dumps(d, sort_keys=True)
+
+
+def _check_trace_names(train, names, variant):
+    """Refuses a trace name the run does not record (e.g. h_used_norm outside sampled mode)."""
+    cell = {"lr": np.float64(1.0), "seed": np.uint32(0), "max_lag": np.int32(0),
+            "b1": np.float64(0.0)}
+    known = set(jax.eval_shape(train, cell)[0])
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise app.UsageError(f"--config.keep_metrics: variant {variant!r} records no metric "
+                             f"{bad}; it records {sorted(known)}.")
 
 
 def run_variant(c, p, variant: str, workdir: str) -> dict:
@@ -92,9 +115,12 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
                      variant, i + 1, n_chunks, len(s["J_final"]), chunk_times[-1],
                      metrics_lib.format_duration(left))
 
+    names, every = p["keep_metrics"], p["trace_every"]
+    _check_trace_names(ex.make_train(tb, tc), names, variant)
     t0 = time.time()
-    _, summ = ex.run_cells_chunked(tb, tc, cells, chunk_size=min(c.chunk_size, n),
-                                   keep_metrics=("J",), on_chunk=on_chunk, skip_chunk=skip_chunk)
+    traces, summ = ex.run_cells_chunked(tb, tc, cells, chunk_size=min(c.chunk_size, n),
+                                        keep_metrics=names, trace_every=every,
+                                        on_chunk=on_chunk, skip_chunk=skip_chunk)
     wall = time.time() - t0
 
     files.write_csv_atomic(os.path.join(vdir, "cells.csv"), {
@@ -136,17 +162,87 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
             "alpha_fit_S_ge_1": fit,
             "collapse_time_law": {"all": law_all, "per_S": law_per_s},
         })
+    regime = regime_summary(traces, summ, cells, lags, lrs, per_b1, tb.cfg, tc)
     result = {"variant": variant, "testbed": dataclasses.asdict(p["testbeds"][variant]),
               "surrogate": p["testbeds"][variant].surrogate, "train": dataclasses.asdict(tc),
               "collapse_rules": tc.collapse.describe(),
               "lags": lags, "lrs": lrs.tolist(), "seeds": seeds, "num_cells": n,
-              "wall_s": wall, "chunk_s": chunk_times, "results": per_b1}
+              "wall_s": wall, "chunk_s": chunk_times, "results": per_b1,
+              "traces": {"metrics": list(names), "trace_every": every}}
+    if regime is not None:
+        result["regime"] = regime
     files.write_json_atomic(os.path.join(vdir, "summary.json"), result)
     try:
         _plot(result, collapsed, t_col, os.path.join(vdir, "phase"))
     except Exception as e:  # pylint: disable=broad-except
         logging.warning("plotting failed: %s", e)
     return result
+
+
+CLIP_ONSET = 0.01   # the clip radius is the within-cycle drift at which 1 % of the mass clips
+
+
+def _pre_collapse(trace, collapse_step, every):
+    """[C, B] block traces with the blocks at or after each cell's collapse set to NaN."""
+    blocks = np.arange(trace.shape[1]) * every
+    cut = np.where(collapse_step >= 0, collapse_step, np.iinfo(np.int64).max)
+    return np.where(blocks[None, :] + every <= cut[:, None], trace.astype(float), np.nan)
+
+
+def clip_radius(drift, clip, onset=CLIP_ONSET, bins=24):
+    """R_clip: the within-cycle drift ‖θ − φ‖ at which the population clip fraction reaches
+    `onset`, from pooled (drift, clip fraction) pairs: the pairs are binned by log drift (equal
+    counts) and R_clip is the median drift of the first bin whose median clip fraction is
+    >= onset. -> (R_clip or None if no bin reaches it, the largest drift seen)."""
+    ok = np.isfinite(drift) & np.isfinite(clip) & (drift > 0)
+    d, cf = drift[ok], clip[ok]
+    if d.size < bins:
+        return None, float(d.max()) if d.size else None
+    order = np.argsort(d)
+    for part in np.array_split(order, bins):
+        if np.median(cf[part]) >= onset:
+            return float(np.median(d[part])), float(d.max())
+    return None, float(d.max())
+
+
+def regime_summary(traces, summ, cells, lags, lrs, per_b1, tb_cfg, tc):
+    """Which regime the grid is in, from the traces (needs clip_frac, update_norm, drift_cycle in
+    `keep_metrics`; else None): the clip radius R_clip (`clip_radius`, pooled over every S ≥ 1
+    cell before its collapse) and, per S and b1, medians over the cells at each seed's η_max
+    (the largest η that did not collapse) and their steps of the clip fraction, the update norm
+    ‖u_t‖ and the within-cycle drift ‖θ_t − φ_t‖, the last two also in units of R_clip."""
+    need = ("clip_frac", "update_norm", "drift_cycle")
+    if not all(k in traces for k in need):
+        return None
+    every = tc.num_steps // traces["J"].shape[1]
+    cs = summ["collapse_step"].astype(np.int64)
+    tr = {k: _pre_collapse(traces[k], cs, every) for k in need}
+    stale = cells["max_lag"] >= 1
+    r_clip, d_max = clip_radius(tr["drift_cycle"][stale].ravel(), tr["clip_frac"][stale].ravel())
+    out = {"clip_onset": CLIP_ONSET, "R_clip": r_clip, "max_drift_cycle": d_max,
+           "clip_eps": tb_cfg.surrogate.get("clip_eps"), "trace_every": every, "per_b1": []}
+    for r in per_b1:
+        rows = {}
+        for s in lags:
+            etas = np.array(r["eta_max"][str(s)])
+            cens = np.array(r["eta_max_censor"][str(s)])
+            sel = np.zeros(len(cs), bool)
+            for seed, (e, cen) in enumerate(zip(etas, cens)):
+                if cen == -1:     # every η collapsed: no stable cell
+                    continue
+                sel |= ((cells["max_lag"] == s) & np.isclose(cells["lr"], e) &
+                        (cells["seed"] == seed) & np.isclose(cells["b1"], r["b1"]))
+            row = {"n_cells": int(sel.sum())}
+            for k in need:
+                v = tr[k][sel]
+                row[f"{k}_median"] = float(np.nanmedian(v)) if np.isfinite(v).any() else None
+                row[f"{k}_p90"] = float(np.nanpercentile(v, 90)) if np.isfinite(v).any() else None
+            for k in ("update_norm", "drift_cycle"):
+                m = row[f"{k}_median"]
+                row[f"{k}_over_R_clip"] = (m / r_clip if (m is not None and r_clip) else None)
+            rows[str(s)] = row
+        out["per_b1"].append({"b1": r["b1"], "at_eta_max": rows})
+    return out
 
 
 def _plot(result, collapsed, t_col, stem):
@@ -275,7 +371,30 @@ def summary_table(results: list[dict]) -> str:
             lines.append(f"  collapse-time law over {law['n']} late collapses (after the warm-up): "
                          f"t ~ eta^{law['slope']:.2f} (R^2 {law['r2']:.2f}; t*eta=const means -1)")
             lines.append(f"  fit eta_max ∝ S^-alpha (S>=1, censored MLE): {xa.format_alpha(fit)}")
+            if res.get("regime"):
+                lines += _regime_lines(res["regime"], r["b1"])
     return "\n".join(lines)
+
+
+def _regime_lines(reg, b1):
+    rc = reg["R_clip"]
+    lines = [f"  regime: clip radius R_clip (drift where {reg['clip_onset']:.0%} of the mass "
+             f"clips) = {'never reached' if rc is None else f'{rc:.3g}'}; largest within-cycle "
+             f"drift {reg['max_drift_cycle'] or 0:.3g}. At each seed's eta_max (medians over "
+             "steps before collapse):",
+             f"  {'S':>3} {'cells':>5} {'clip_frac':>9} {'clip p90':>8} {'|u|':>9} "
+             f"{'|u|/R':>7} {'drift_cyc':>9} {'drift/R':>7}"]
+    f = lambda x, spec: "—" if x is None else format(x, spec)
+    for blk in reg["per_b1"]:
+        if blk["b1"] != b1:
+            continue
+        for s, row in blk["at_eta_max"].items():
+            lines.append(f"  {s:>3} {row['n_cells']:>5d} {f(row['clip_frac_median'], '9.3g')} "
+                         f"{f(row['clip_frac_p90'], '8.3g')} {f(row['update_norm_median'], '9.3g')} "
+                         f"{f(row['update_norm_over_R_clip'], '7.3g')} "
+                         f"{f(row['drift_cycle_median'], '9.3g')} "
+                         f"{f(row['drift_cycle_over_R_clip'], '7.3g')}")
+    return lines
 
 
 def run_sweep(c, workdir: str, p=None) -> str:

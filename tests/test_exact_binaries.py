@@ -1,5 +1,6 @@
 """Tests of the exact-testbed binaries' planning/analysis code and one end-to-end sweep."""
 
+import json
 import os
 import subprocess
 import sys
@@ -47,12 +48,18 @@ def test_default_plans_are_valid():
     ("testbed.vocab_size", 64, "too many to enumerate"),
     ("testbed.seq_len", 9, "too many to enumerate"),
     ("train.staleness", "lifo", "Unknown staleness"),
+    ("trace_every", 7, "trace_every must be an integer >= 1 that divides train.num_steps = 500"),
+    ("trace_every", 0, "trace_every must be an integer >= 1"),
+    ("keep_metrics", "J,,", None),
 ])
 def test_sweep_plan_rejects_bad_flags_before_compiling(field, value, match, monkeypatch):
     c = sweep_cfg.get_config()
     node, _, leaf = field.rpartition(".")
     setattr(c[node] if node else c, leaf, value)
     _no_jit(monkeypatch)
+    if match is None:      # accepted: empty names are dropped, J is always kept
+        assert xc.sweep_plan(c)["keep_metrics"] == ("J",)
+        return
     with pytest.raises(ValueError, match=match):
         xc.sweep_plan(c)
 
@@ -145,3 +152,57 @@ def test_sweep_binary_end_to_end_and_resume(tmp_path):
     assert (tmp_path / "no_ratio" / "cells.csv").read_text() == before
     out = _run(["experiments.exact_sweep", *flags_[:-1], "--config.n_boot=51"])
     assert out.returncode != 0 and "different config" in out.stderr + out.stdout
+
+
+def test_fingerprint_of_the_default_traces_is_the_one_older_workdirs_hold():
+    """keep_metrics / trace_every came later: at their defaults the fingerprint is what a workdir
+    written before them holds, so it still resumes; other values make it a different config."""
+    from experiments import exact_sweep as es
+    c = sweep_cfg.get_config()
+    old = json.loads(c.to_json())
+    for k in ("keep_metrics", "trace_every"):
+        del old[k]
+    old["variant"] = "grpo"
+    assert es._fingerprint(c, "grpo") == json.dumps(old, sort_keys=True)
+    with c.unlocked():
+        c.keep_metrics = "J,cos_update"
+    assert es._fingerprint(c, "grpo") != json.dumps(old, sort_keys=True)
+
+
+def test_clip_radius_is_the_drift_where_the_clip_sets_in():
+    from experiments import exact_sweep as es
+    d = np.geomspace(1e-3, 10, 4000)
+    clip = np.clip((d - 0.5) / 5, 0, 1)                  # clipping starts at drift 0.5
+    r, d_max = es.clip_radius(d, clip, onset=0.01, bins=40)
+    assert 0.5 < r < 0.5 * 1.4 and d_max == d[-1]
+    assert es.clip_radius(d, 0 * d)[0] is None
+    assert es.clip_radius(d, np.where(d < 1, np.nan, clip))[0] > 1   # NaN (after collapse) left out
+
+
+def test_sweep_saves_the_requested_traces_and_the_regime(tmp_path):
+    from experiments import exact_sweep as es
+    c = sweep_cfg.get_config()
+    with c.unlocked():
+        c.variants, c.lags, c.lr_min, c.lr_max, c.lrs_per_octave = "grpo", "0,2", 8.0, 64.0, 1
+        c.num_seeds, c.n_boot, c.train.num_steps, c.chunk_size = 2, 20, 40, 16
+        c.collapse.warmup, c.collapse.patience = 2, 2
+        c.keep_metrics = "J,cos_update,drift_cycle,drift_cum,update_norm,clip_frac"
+        c.trace_every = 4
+    table = es.run_sweep(c, str(tmp_path))
+    z = np.load(tmp_path / "grpo" / "chunks" / "chunk_00000.npz")
+    names = ["J", "cos_update", "drift_cycle", "drift_cum", "update_norm", "clip_frac"]
+    assert sorted(k[2:] for k in z.files if k.startswith("m_")) == sorted(names)
+    assert z["m_J"].shape == (16, 10)                  # 2 S x 4 η x 2 seeds, 40 / 4 blocks
+    s0 = z["s_J_init"] * 0 == 0
+    assert s0.all() and np.isfinite(z["m_update_norm"]).all()
+    lag0 = np.arange(16) < 8
+    assert np.all(z["m_drift_cycle"][lag0] == 0) and np.all(z["m_clip_frac"][lag0] == 0)
+    assert np.all(z["m_drift_cycle"][~lag0][:, 1:] > 0)
+    summ = json.loads((tmp_path / "grpo" / "summary.json").read_text())
+    assert summ["traces"] == {"metrics": names, "trace_every": 4}
+    reg = summ["regime"]
+    assert set(reg["per_b1"][0]["at_eta_max"]) == {"0", "2"} and "regime: clip radius" in table
+    with c.unlocked():
+        c.keep_metrics = "J,no_such_metric"
+    with pytest.raises(Exception, match="records no metric"):
+        es.run_sweep(c, str(tmp_path / "other"))

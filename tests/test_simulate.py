@@ -106,3 +106,47 @@ def test_bad_settings_fail_clearly():
         _version_problem(5, "fixed", max_lag_cap=-1)
     with pytest.raises(ValueError, match="grid is empty"):
         simulate.make_cells(max_lag=[], seed=[0])
+
+
+def _drifting_problem(num_steps):
+    """A noisy stale descent on ‖θ‖²/2: every recorded trace varies from step to step."""
+    def update(theta, phi, key, ctx):
+        return phi + 0.3 * jax.random.normal(key, theta.shape), {"phi0": phi[0]}
+
+    return simulate.make_train(update, lambda key, cell: jax.random.normal(key, (3,)),
+                               lambda cell: optax.sgd(cell["lr"]), num_steps=num_steps,
+                               staleness="fixed", max_lag_cap=3,
+                               objective=lambda theta, ctx: -jnp.sum(theta ** 2))
+
+
+def test_trace_every_returns_block_means_of_the_full_traces():
+    with jax.enable_x64(True):      # float64: block means agree with numpy's to rounding
+        _check_block_means()
+
+
+def _check_block_means():
+    train = _drifting_problem(24)
+    cells = simulate.make_cells(max_lag=[0, 3], lr=[0.1, 0.7], seed=[0, 1])
+    keep = ("J", "cos_update", "update_norm", "finite")
+    full, s_full = simulate.run_cells(train, cells, keep_metrics=keep)
+    thin, s_thin = simulate.run_cells(train, cells, keep_metrics=keep, trace_every=4)
+    assert set(thin) == set(keep) and thin["J"].shape == (8, 6)
+    for k in keep:
+        want = full[k].astype(float).reshape(8, 6, 4).mean(-1)
+        np.testing.assert_allclose(thin[k], want, rtol=1e-12, atol=0)
+    assert np.ptp(thin["cos_update"]) > 0.1          # a real trace, not a constant
+    for k in s_full:                                  # the summary is untouched
+        np.testing.assert_array_equal(s_full[k], s_thin[k])
+    chunked, _ = simulate.run_cells_chunked(train, cells, chunk_size=3, keep_metrics=keep,
+                                            trace_every=4)
+    for k in keep:
+        np.testing.assert_allclose(chunked[k], thin[k], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("every,match", [(5, "must divide the number of steps T = 24"),
+                                         (0, "trace_every must be an integer >= 1")])
+def test_trace_every_must_divide_the_horizon(every, match):
+    train = _drifting_problem(24)
+    with pytest.raises(ValueError, match=match):
+        simulate.run_cells(train, simulate.make_cells(max_lag=[0], lr=[0.1], seed=[0]),
+                           trace_every=every)

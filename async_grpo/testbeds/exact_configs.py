@@ -79,8 +79,15 @@ def sweep_plan(c) -> dict:
             tbs[v] = testbed_config(c, v)
         except ValueError as e:
             raise ValueError(f"--config.variants: variant {v!r}: {e}") from e
+    keep = tuple(dict.fromkeys(["J"] + parse_list(c.get("keep_metrics", "J"), str,
+                                                  "keep_metrics")))
+    every = c.get("trace_every", 1)
+    if (not isinstance(every, int) or isinstance(every, bool) or every < 1
+            or c.train.num_steps % every):
+        raise ValueError(f"--config.trace_every must be an integer >= 1 that divides "
+                         f"train.num_steps = {c.train.num_steps}, got {every!r}.")
     return dict(variants=variants, lags=lags, lrs=lrs, seeds=seeds, b1s=b1s, train=tcs,
-                testbeds=tbs)
+                testbeds=tbs, keep_metrics=keep, trace_every=every)
 
 
 def bias_plan(c) -> dict:

@@ -52,6 +52,12 @@ def get_config():
     c.num_seeds = 5
     c.b1s = ""                 # SGD momentum / Adam β1, comma-separated (a grid axis); "" = 0 for
                                # SGD, 0.9 for Adam.
+    # Per-step traces saved in the chunk files (comma-separated metric names of
+    # async_grpo.simulate / exact.update_fn; J is always kept), e.g.
+    # "J,cos_update,drift_cycle,drift_cum,update_norm,clip_frac" (the last three also give the
+    # regime table). trace_every = k > 1 saves block means over k steps (k must divide T).
+    c.keep_metrics = "J"
+    c.trace_every = 1
     c.chunk_size = 128         # cells per compiled chunk; finished chunks are saved and reused.
     # Float64 by default: in float32 the cells at the stability edge are chaotic, so the CPU's
     # instruction set (the order of float32 reductions) moves η_max by a grid step and α by ~0.1
