@@ -344,7 +344,32 @@ def bench_lm_grid(d: str) -> str:
     return "\n".join(lines)
 
 
+def study_claims(d: str) -> str:
+    """The claims table of a study directory (`experiments.reproduce`), as `experiments.study`
+    renders it for <workdir>/results.md."""
+    from experiments import study  # pylint: disable=import-outside-toplevel
+    if not os.path.isdir(d):
+        raise MissingResults(d)
+    return study.claims_markdown(study.load_study(d))
+
+
+def study_stages(d: str) -> str:
+    """What each stage of a study directory ran: command and wall time."""
+    lines = ["| stage | command | wall |", "|---|---|---|"]
+    found = False
+    for stage in sorted(glob.glob(os.path.join(d, "*", "stage.json"))):
+        s = _load(stage)
+        found = True
+        cmd = s["command"].split(" -m ", 1)[-1]
+        lines.append(f"| {os.path.basename(os.path.dirname(stage))} | `python -m {cmd}` | "
+                     f"{s['wall_s']:.0f} s |")
+    if not found:
+        raise MissingResults(os.path.join(d, "*/stage.json"))
+    return "\n".join(lines)
+
+
 REPORTS: dict[str, Callable[..., str]] = {
+    "study_claims": study_claims, "study_stages": study_stages,
     "lm_sweep": lm_sweep, "bench_lm_grid": bench_lm_grid,
     "exact_sweep": exact_sweep, "exact_families": exact_families,
     "exact_collapse_law": exact_collapse_law, "exact_bias": exact_bias, "sft_grpo": sft_grpo,

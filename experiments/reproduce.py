@@ -195,7 +195,7 @@ def run_stage(stage: Stage, scale: str, workdir: str, progress: Progress,
 # S·η_max ≈ 1.6e-6 at S ∈ {8, 16, 32}; the grid brackets η_max by a factor ≥ 4 on both sides at
 # every S, adds S = 0 and S = 2, and has 3 seeds.
 GPU_LAGS = (0, 2, 8, 16, 32)
-GPU_LRS = (3e-8, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5)
+GPU_LRS = (1e-8, 3e-8, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5)
 GPU_SEEDS = (0, 1, 2)
 GPU_STEPS = 400
 

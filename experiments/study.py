@@ -93,8 +93,13 @@ def load_exact(d: str) -> dict[str, dict]:
     top = os.path.join(d, "summary.json")
     if not os.path.exists(top):
         return {}
-    variants = [v["variant"] for v in _read_json(top)["variants"]]
-    return {v: load_exact_variant(os.path.join(d, v)) for v in variants}
+    summary = _read_json(top)
+    stride = int(summary.get("config", {}).get("trace_every", 1) or 1)
+    out = {}
+    for v in (v["variant"] for v in summary["variants"]):
+        out[v] = load_exact_variant(os.path.join(d, v))
+        out[v]["stride"] = stride     # steps per trace point (block means when > 1)
+    return out
 
 
 def load_lm(d: str) -> dict[str, Any] | None:
@@ -104,7 +109,8 @@ def load_lm(d: str) -> dict[str, Any] | None:
     with np.load(os.path.join(d, "curves.npz")) as z:
         traces = {k.replace("__", "/"): z[k] for k in z.files}
     return {"summary": _read_json(os.path.join(d, "summary.json")),
-            "cells": read_csv(os.path.join(d, "cells.csv")), "traces": traces, "dir": d}
+            "cells": read_csv(os.path.join(d, "cells.csv")), "traces": traces, "dir": d,
+            "stride": 1}
 
 
 def load_bias(d: str) -> dict[str, Any] | None:
@@ -147,7 +153,8 @@ def grid(run: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{run.get('dir')}: the grid is not a full (S, η, seed) product")
     collapsed = c["collapsed"][index].astype(bool)
     t_col = c["collapse_step"][index].astype(int)
-    steps = next(iter(run["traces"].values())).shape[1] if run["traces"] else None
+    stride = run.get("stride", 1)
+    steps = next(iter(run["traces"].values())).shape[1] * stride if run["traces"] else None
     return dict(lags=lags, lrs=lrs, seeds=seeds, collapsed=collapsed, t_collapse=t_col,
                 index=index, num_steps=steps)
 
@@ -165,7 +172,7 @@ def alpha_of(run: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def panels(study) -> list[tuple[str, dict]]:
+def grids_of(study) -> list[tuple[str, dict]]:
     """(title, run) of every grid in the study, in a fixed order."""
     out = []
     for name, label in (("exact", "exact, population"), ("sampled", "exact, sampled G")):
@@ -190,15 +197,15 @@ def _edges(x):
 
 
 def _grid_axes(n):
-    ncols = min(3, max(1, n))
-    nrows = -(-n // ncols)
-    fig, axes = figures.figure("full", ncols=ncols, nrows=nrows, aspect=0.9, squeeze=False)
+    """Two panels per row (legends sit below each panel), full width."""
+    nrows = max(1, -(-n // 2))
+    fig, axes = figures.figure("full", ncols=2, nrows=nrows, aspect=1.0, squeeze=False)
     return fig, axes.ravel()
 
 
 def fig_phase(study, stem: str) -> None:
     """Figure 1: collapse fraction over (η, S) per grid, each seed's η_max, the fitted boundary."""
-    panels = panels(study)
+    panels = grids_of(study)
     with figures.style():
         fig, axes = _grid_axes(max(1, len(panels)))
         if not panels:
@@ -237,7 +244,7 @@ def fig_phase(study, stem: str) -> None:
 
 def fig_eta_max(study, stem: str) -> None:
     """Figure 2: η_max(S) per grid, log–log, per-seed (censored marks), the α fit, 1/S, S = 0."""
-    panels = panels(study)
+    panels = grids_of(study)
     with figures.style():
         fig, axes = _grid_axes(max(1, len(panels)))
         if not panels:
@@ -274,7 +281,7 @@ def fig_eta_max(study, stem: str) -> None:
             ax.set_xlabel("staleness S")
             ax.set_ylabel("η_max (largest stable η)")
             ax.set_title(title, loc="left")
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
         for ax in axes[len(panels):]:
             ax.set_visible(False)
         fig.suptitle("Figure 2. Largest stable learning rate against staleness", fontsize=8)
@@ -291,7 +298,7 @@ def _warmup(run) -> int:
 
 def fig_t_collapse(study, stem: str) -> None:
     """Figure 3: collapse step + 1 against 1/η, one colour per S; t·η = const is a line of slope 1."""
-    panels = panels(study)
+    panels = grids_of(study)
     with figures.style():
         fig, axes = _grid_axes(max(1, len(panels)))
         if not panels:
@@ -403,7 +410,7 @@ def aligned_traces(trace: np.ndarray, t_collapse: np.ndarray, before: int) -> np
 def fig_cosine(study, stem: str, window: int = 10) -> None:
     """Figure 5: running mean of the consecutive-update (exact) / consecutive-gradient (LM) cosine:
     stable runs against the step, collapsing runs against steps before their collapse."""
-    runs = [(t, r) for t, r in panels(study) if _cos_trace(r)[0] is not None]
+    runs = [(t, r) for t, r in grids_of(study) if _cos_trace(r)[0] is not None]
     with figures.style():
         fig, axes = _grid_axes(max(1, len(runs)))
         if not runs:
@@ -415,9 +422,11 @@ def fig_cosine(study, stem: str, window: int = 10) -> None:
             col = run["cells"]["collapsed"].astype(bool)
             tc = run["cells"]["collapse_step"].astype(int)
             warm = _warmup(run)
+            stride = run.get("stride", 1)
             late = col & (tc > warm)
             stable = ~col
-            steps = np.arange(tr.shape[1])
+            steps = np.arange(tr.shape[1]) * stride
+            tc = tc // stride             # the trace point holding the collapse step
             if stable.any():
                 q = np.nanpercentile(rm[stable], [25, 50, 75], axis=0)
                 ax.plot(steps, q[1], color=figures.OKABE_ITO[0],
@@ -427,7 +436,7 @@ def fig_cosine(study, stem: str, window: int = 10) -> None:
             if late.any():
                 before = int(min(tr.shape[1], max(20, np.median(tc[late]))))
                 al = aligned_traces(rm[late], tc[late], before)
-                x = np.arange(-before + 1, 1)
+                x = np.arange(-before + 1, 1) * stride
                 q = np.nanpercentile(al, [25, 50, 75], axis=0)
                 ax2 = ax.twiny()
                 ax2.plot(x, q[1], color=figures.OKABE_ITO[3],
@@ -440,7 +449,7 @@ def fig_cosine(study, stem: str, window: int = 10) -> None:
                 h2, l2 = [], []
             ax.axhline(0, color="0.5", lw=0.6)
             ax.set_xlabel("step (stable runs)")
-            ax.set_ylabel(f"cosine, mean of last {window}")
+            ax.set_ylabel(f"cosine, mean of last {window * stride} steps")
             ax.set_title(title, loc="left", pad=18)
             h, l = ax.get_legend_handles_labels()
             ax.legend(h + h2, l + l2, loc="upper center", bbox_to_anchor=(0.5, -0.3))
@@ -468,7 +477,7 @@ def pick_lag(g) -> int:
 
 def fig_reward(study, stem: str) -> None:
     """Figure 6: objective J (exact) or rollout reward (LM) of seed 0 at one S, across η."""
-    runs = [(t, r) for t, r in panels(study) if _reward_trace(r)[0] is not None]
+    runs = [(t, r) for t, r in grids_of(study) if _reward_trace(r)[0] is not None]
     with figures.style():
         fig, axes = _grid_axes(max(1, len(runs)))
         if not runs:
@@ -483,12 +492,13 @@ def fig_reward(study, stem: str) -> None:
             for c, j in zip(colors, pick):
                 row = g["index"][i, j, 0]
                 y = tr[row]
-                ax.plot(np.arange(len(y)), y, color=c, lw=0.9,
+                stride = run.get("stride", 1)
+                ax.plot(np.arange(len(y)) * stride, y, color=c, lw=0.9,
                         label=f"η = {lrs[j]:.3g}" + (" (collapsed)" if g["collapsed"][i, j, 0]
                                                        else ""))
                 if g["collapsed"][i, j, 0]:
                     t = g["t_collapse"][i, j, 0]
-                    ax.plot([t], [y[min(t, len(y) - 1)]], "x", color=c, ms=5)
+                    ax.plot([t], [y[min(t // stride, len(y) - 1)]], "x", color=c, ms=5)
             ax.set_xlabel("learner step")
             ax.set_ylabel("J(θ)" if name == "J" else "mean rollout reward")
             ax.set_title(f"{title}, S = {g['lags'][i]}, seed {g['seeds'][0]}", loc="left")
@@ -546,24 +556,39 @@ def grid_line(run) -> str:
 
 
 def regime(run) -> dict[str, Any]:
-    """The drift regime just below η_max: mean clip fraction and update norm over the steps of
-    each S's largest stable η (all seeds stable there), from the traces the sweep kept."""
+    """The drift regime just below η_max.
+
+    Exact grids: from the sweep's regime summary (`experiments.exact_sweep.regime_summary`): the
+    median within-cycle drift ‖θ − φ‖ at each seed's η_max over S ≥ 1, in units of the clip
+    radius R_clip (the drift where clipping starts); ≥ 1 is the large-drift regime, where stale
+    updates are clipped. LM grids: the mean clip fraction over the steps of each S's largest
+    stable η (≥ `CLIP_BINDING`: clipping binds)."""
+    reg = run["summary"].get("regime")
+    if reg:
+        ratios = [row["drift_cycle_over_R_clip"] for s, row in
+                  reg["per_b1"][0]["at_eta_max"].items()
+                  if int(s) >= 1 and row.get("drift_cycle_over_R_clip") is not None]
+        if ratios:
+            r = float(max(ratios))
+            label = ("large drift" if r >= 1 else "small drift") + (
+                f": within-cycle drift at η_max up to {r:.2g}× the clip radius")
+            return {"label": label, "drift_over_R_clip": r}
     tr = run["traces"]
     if "clip_frac" not in tr and "loss/clip_frac" not in tr:
-        return {"label": "regime not measured (no clip-fraction trace)", "clip_frac": None}
+        return {"label": "regime not measured (no traces)", "clip_frac": None}
     clip = tr.get("clip_frac", tr.get("loss/clip_frac"))
     g = grid(run)
     vals = []
     for i in range(len(g["lags"])):
         ok = np.where(~g["collapsed"][i].any(1))[0]
-        if ok.size:
+        if ok.size and g["lags"][i] >= 1:
             vals.append(np.nanmean(clip[g["index"][i, ok[-1]]]))
     if not vals:
-        return {"label": "regime not measured (nothing stable)", "clip_frac": None}
+        return {"label": "regime not measured (nothing stable at S ≥ 1)", "clip_frac": None}
     c = float(np.max(vals))
-    label = ("large drift: clipping binds just below η_max" if c >= CLIP_BINDING else
-             "small drift: clipping does not bind just below η_max")
-    return {"label": label + f" (clip fraction ≤ {c:.1%})", "clip_frac": c}
+    label = ("large drift: clipping binds" if c >= CLIP_BINDING else
+             "small drift: clipping does not bind") + f" (clip fraction at η_max ≤ {c:.1%})"
+    return {"label": label, "clip_frac": c}
 
 
 def claim_rows(study) -> dict[int, list[dict]]:
@@ -598,7 +623,7 @@ def claim_rows(study) -> dict[int, list[dict]]:
                      f"{_fmt(traj.get('clip_onset_drift_p05'), 2)}); s·η predicts the drift "
                      "only loosely because the update size varies along a run; "
                      f"{traj['frac_stale_steps_clipped']:.0%} of stale steps are clipped")))
-    for title, run in panels(study):
+    for title, run in grids_of(study):
         fit = alpha_of(run)
         reg = regime(run)
         if fit.get("alpha") is None:

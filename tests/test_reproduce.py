@@ -1,0 +1,130 @@
+"""experiments.reproduce and experiments.study: figure selection, ETA, the GPU commands, the
+analysis helpers, and (end to end) the tiny reproduction plus the notebook run on its results."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import reproduce, study
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_parse_figures_accepts_names_numbers_and_all_and_refuses_the_rest():
+    assert reproduce.parse_figures("all") == list(study.FIGURES)
+    assert reproduce.parse_figures("eta_max, 1") == ["phase", "eta_max"]
+    assert reproduce.parse_figures("6,cosine") == ["cosine", "reward"]
+    for bad in ("7", "phases", "", " , "):
+        with pytest.raises(ValueError, match="--figure"):
+            reproduce.parse_figures(bad)
+
+
+def test_stages_follow_the_figures():
+    names = {s.name for s in reproduce.stages_for(["delta"], "cpu")}
+    assert names == {"exact_bias"}
+    names = {s.name for s in reproduce.stages_for(["phase"], "cpu")}
+    assert "exact_bias" not in names and {"exact_sweep", "lm_sweep"} <= names
+    # the tiny scale has no LM stage (minutes even on the smallest grid)
+    assert "lm_sweep" not in {s.name for s in reproduce.stages_for(study.FIGURES, "tiny")}
+
+
+def test_progress_eta_rescales_the_stages_left_by_the_measured_speed():
+    p = reproduce.Progress({"a": 10.0, "b": 30.0}, out=io.StringIO())
+    assert p.eta() == pytest.approx(40.0)
+    assert p.eta("a", 4.0) == pytest.approx(36.0)
+    p.done["a"] = 20.0                    # twice as slow as estimated
+    assert p.eta() == pytest.approx(60.0)
+    assert p.eta("b", 50.0) == pytest.approx(10.0)
+    p.say("hello")
+    assert "ETA" in p.out.getvalue() and "hello" in p.out.getvalue()
+
+
+def test_gpu_scale_writes_the_commands_and_runs_nothing(tmp_path):
+    paths = reproduce.write_gpu(str(tmp_path))
+    text = open(paths[0]).read()
+    n = len(reproduce.GPU_LAGS) * len(reproduce.GPU_LRS) * len(reproduce.GPU_SEEDS)
+    assert text.count("python -m experiments.train") == n
+    assert "--config.staleness.max_lag=32" in text and "gsm8k_llama.py" in text
+    # the grid brackets the paper's S·η_max ≈ 1.6e-6 by at least 4x on both sides at S = 8..32
+    for s in (8, 16, 32):
+        assert min(reproduce.GPU_LRS) * 4 <= 1.6e-6 / s
+        assert max(reproduce.GPU_LRS) >= 4 * 1.6e-6 / s
+    assert not any(p.name.startswith(("exact", "lm_sweep")) for p in tmp_path.iterdir())
+
+
+def test_running_mean_and_alignment():
+    x = np.arange(10, dtype=float)[None]
+    rm = study.running_mean(x, 3)
+    np.testing.assert_allclose(rm[0, :4], [0, 0.5, 1, 2])
+    np.testing.assert_allclose(rm[0, -1], 8.0)
+    al = study.aligned_traces(np.tile(np.arange(10.0), (2, 1)), np.array([5, 1]), 4)
+    np.testing.assert_allclose(al[0], [2, 3, 4, 5])
+    assert np.isnan(al[1, :2]).all() and (al[1, 2:] == [0, 1]).all()
+
+
+def _fake_run(collapse_step, lags=(0, 1), lrs=(1.0, 2.0), seeds=(0, 1), steps=30):
+    rows = [(s, lr, seed) for s in lags for lr in lrs for seed in seeds]
+    cells = {"S": np.array([r[0] for r in rows], float), "lr": np.array([r[1] for r in rows]),
+             "seed": np.array([r[2] for r in rows], float)}
+    cells["collapse_step"] = np.asarray(collapse_step, float)
+    cells["collapsed"] = (cells["collapse_step"] >= 0).astype(float)
+    return {"cells": cells, "traces": {"J": np.zeros((len(rows), steps))}, "summary": {},
+            "dir": "fake"}
+
+
+def test_grid_recovers_the_product_and_refuses_a_partial_grid():
+    run = _fake_run([-1, -1, -1, 5, -1, 7, 3, 4])
+    g = study.grid(run)
+    assert g["collapsed"].shape == (2, 2, 2) and g["num_steps"] == 30
+    assert g["collapsed"][1, 1].all() and not g["collapsed"][0, 0].any()
+    assert g["t_collapse"][0, 1, 1] == 5
+    assert study.pick_lag(g) == 1
+    run["cells"] = {k: v[:-1] for k, v in run["cells"].items()}
+    with pytest.raises(ValueError, match="not a full"):
+        study.grid(run)
+
+
+def test_claims_markdown_of_an_empty_study_says_not_measured():
+    md = study.claims_markdown({"exact": {}, "sampled": {}, "bias": None, "lm": None})
+    assert md.count("Not measured at this scale") == 5
+    assert "GPU-scale run" in md
+
+
+def test_tiny_reproduction_end_to_end_then_the_notebook_on_its_results(tmp_path):
+    """The README's main job at toy size: every stage runs, the six figures and the claims table
+    are written; a second call reuses every stage; the notebook runs on the results."""
+    wd = tmp_path / "study"
+    cmd = [sys.executable, "-m", "experiments.reproduce", "--scale=tiny", f"--workdir={wd}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "ETA" in out.stdout
+    for i, name in enumerate(study.FIGURES):
+        for ext in ("png", "pdf"):
+            assert (wd / "figures" / f"fig{i + 1}_{name}.{ext}").stat().st_size > 1000
+    md = (wd / "results.md").read_text()
+    assert "**Claim 1.**" in md and "**Claim 5.**" in md
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("reusing finished results") == 3
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(os.path.join(ROOT, "notebooks", "study.ipynb"), as_version=4)
+    os.environ["ASYNC_GRPO_RESULTS"] = str(wd)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={
+            "metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
+    finally:
+        del os.environ["ASYNC_GRPO_RESULTS"]
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+    assert "exact population" in text and "S=  0" in text
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+                 for o in c.get("outputs", []))
+    assert images == len(study.FIGURES)
