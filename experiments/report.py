@@ -344,13 +344,16 @@ def bench_lm_grid(d: str) -> str:
     return "\n".join(lines)
 
 
-def study_claims(d: str) -> str:
+def study_claims(d: str, *extra: str) -> str:
     """The claims table of a study directory (`experiments.reproduce`), as `experiments.study`
-    renders it for <workdir>/results.md."""
+    renders it for <workdir>/results.md; `extra` exact-sweep directories add their grids (each
+    labelled by its directory name)."""
     from experiments import study  # pylint: disable=import-outside-toplevel
-    if not os.path.isdir(d):
-        raise MissingResults(d)
-    return study.claims_markdown(study.load_study(d))
+    for x in (d,) + extra:
+        if not os.path.exists(os.path.join(x, "summary.json")) and x != d or not os.path.isdir(x):
+            raise MissingResults(x)
+    return study.claims_markdown(study.load_study(
+        d, {os.path.basename(x).replace("_", " "): x for x in extra}))
 
 
 def study_stages(d: str) -> str:

@@ -121,12 +121,14 @@ def load_bias(d: str) -> dict[str, Any] | None:
             "controlled": read_csv(os.path.join(d, "controlled.csv")), "dir": d}
 
 
-def load_study(d: str) -> dict[str, Any]:
-    """Every stage of a study directory that has results."""
+def load_study(d: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every stage of a study directory that has results, plus `extra` exact-sweep directories
+    ({label: path}, e.g. more grids of the same testbed) shown and tabulated after them."""
     return {"exact": load_exact(os.path.join(d, "exact_sweep")),
             "sampled": load_exact(os.path.join(d, "exact_sampled")),
             "bias": load_bias(os.path.join(d, "exact_bias")),
-            "lm": load_lm(os.path.join(d, "lm_sweep")), "dir": d}
+            "lm": load_lm(os.path.join(d, "lm_sweep")), "dir": d,
+            "extra": {label: load_exact(path) for label, path in (extra or {}).items()}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,6 +182,9 @@ def grids_of(study) -> list[tuple[str, dict]]:
             out.append((f"{label}: {v}", run))
     if study.get("lm"):
         out.append(("LM (addition): grpo", study["lm"]))
+    for label, runs in (study.get("extra") or {}).items():
+        for v, run in runs.items():
+            out.append((f"{label}: {v}", run))
     return out
 
 
