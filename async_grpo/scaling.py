@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -88,12 +89,15 @@ def _log_interval_prob(z_lo: np.ndarray, z_hi: np.ndarray) -> np.ndarray:
     return lb + np.log1p(-np.exp(np.minimum(la - lb, 0.0)) + 1e-300)
 
 
-def _interval_nll(p, x, y_lo, y_hi):
-    """−log-likelihood of y ~ N(a − α·x, σ²) seen as intervals [y_lo, y_hi) (±inf for bounds),
-    p = (a, α, log σ), and its gradient."""
-    a, alpha, log_s = p
-    mu, sig = a - alpha * x, np.exp(log_s)
-    z_lo, z_hi = (y_lo - mu) / sig, (y_hi - mu) / sig
+def _censored_nll(mu, dmu, log_s, y_lo, y_hi):
+    """−log-likelihood of y_i ~ N(μ_i, σ²) seen as intervals [y_lo, y_hi) (±inf for bounds), and
+    its gradient with respect to (θ, log σ), given μ [n] and its Jacobian ∂μ/∂θ [n, k].
+
+    Every interval-censored fit of this module is this likelihood with its own mean model μ(θ):
+    a line in log S (`_interval_nll`), the delayed-gradient null, the two-constraint rule."""
+    sig = np.exp(log_s)
+    with np.errstate(invalid="ignore"):
+        z_lo, z_hi = (y_lo - mu) / sig, (y_hi - mu) / sig
     log_p = _log_interval_prob(z_lo, z_hi)
 
     def ratio(z):             # φ(z)/P and z·φ(z)/P, both zero at z = ±inf
@@ -103,29 +107,54 @@ def _interval_nll(p, x, y_lo, y_hi):
 
     (r_lo, zr_lo), (r_hi, zr_hi) = ratio(z_lo), ratio(z_hi)
     d_mu = (r_lo - r_hi) / sig                          # d log P / d μ
-    grad = -np.array([d_mu.sum(), -(d_mu * x).sum(), (zr_lo - zr_hi).sum()])
+    grad = -np.concatenate([np.asarray(dmu).T @ d_mu, [(zr_lo - zr_hi).sum()]])
     return -log_p.sum(), grad
+
+
+def _interval_nll(p, x, y_lo, y_hi):
+    """−log-likelihood of y ~ N(a − α·x, σ²) seen as intervals [y_lo, y_hi) (±inf for bounds),
+    p = (a, α, log σ), and its gradient."""
+    a, alpha, log_s = p
+    return _censored_nll(a - alpha * x, np.stack([np.ones_like(x), -x], 1), log_s, y_lo, y_hi)
+
+
+def _mle(model, starts, y_lo, y_hi, sigma_min, bounds=None, method="TNC"):
+    """Maximum likelihood of `_censored_nll` with mean model ``model(θ) -> (μ, ∂μ/∂θ)``:
+    a bounded quasi-Newton method with the analytic gradient from each start
+    p0 = (*θ0, log σ0), σ ≥ sigma_min, the best finite optimum. `bounds` boxes θ (None: free).
+
+    TNC by default: scipy's L-BFGS-B reaches OpenBLAS for its 3-vectors and, on a loaded
+    machine, spends ~7 ms per iteration in thread hand-offs (20× TNC on the 2-core VM); the
+    bootstraps below refit hundreds of times. `_censored_fit` keeps L-BFGS-B so that
+    `bootstrap_alpha`'s published numbers do not move."""
+    def nll(p):
+        mu, dmu = model(p[:-1])
+        return _censored_nll(mu, dmu, p[-1], y_lo, y_hi)
+
+    best = None
+    for p0 in starts:
+        k = len(p0) - 1
+        box = list(bounds) if bounds is not None else [(None, None)] * k
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            r = optimize.minimize(nll, np.asarray(p0, float), jac=True, method=method,
+                                  bounds=box + [(np.log(sigma_min), None)])
+        if np.isfinite(r.fun) and (best is None or r.fun < best.fun):
+            best = r
+    return best
 
 
 def _censored_fit(x, y_lo, y_hi, sigma_min, starts=None):
     """MLE of (a, α, log σ) for `_interval_nll`: L-BFGS-B with the analytic gradient, σ ≥
     sigma_min, the best of a few starts (least squares on interval midpoints and two others)."""
-    def nll(p):
-        return _interval_nll(p, x, y_lo, y_hi)
-
     if starts is None:
         mid = np.where(np.isfinite(y_lo) & np.isfinite(y_hi), (y_lo + y_hi) / 2,
                        np.where(np.isfinite(y_lo), y_lo, y_hi))
         slope, icpt = np.polyfit(x, mid, 1)
         s0 = np.log(max(float(np.std(mid - (icpt + slope * x))), 2 * sigma_min))
         starts = [(icpt, -slope, s0), (float(np.mean(mid)), 0.0, s0), (icpt, 1.0 - slope, s0)]
-    best = None
-    for p0 in starts:
-        r = optimize.minimize(nll, p0, jac=True, method="L-BFGS-B",
-                              bounds=[(None, None), (None, None), (np.log(sigma_min), None)])
-        if np.isfinite(r.fun) and (best is None or r.fun < best.fun):
-            best = r
-    return best
+    ones = np.ones_like(x)
+    return _mle(lambda th: (th[0] - th[1] * x, np.stack([ones, -x], 1)), starts, y_lo, y_hi,
+                sigma_min, method="L-BFGS-B")
 
 
 def bootstrap_alpha(lags: Sequence[int], lrs: Sequence[float], collapsed: np.ndarray, *,
@@ -275,3 +304,511 @@ def linearity_break(x: np.ndarray, y: np.ndarray, slope: float, *, tol: float = 
     # report the first bad point beyond the last run of good ones at small x.
     first_bad = int(np.argmax(bad))
     return float(x[first_bad])
+
+
+# ---------------------------------------------------------------------------------------------
+# η_max at a horizon T, from one long sweep
+# ---------------------------------------------------------------------------------------------
+
+def _int_array(x, name):
+    a = np.asarray(x)
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+            raise ValueError(f"{name} must hold integers; got {a.ravel()[:5]}...")
+        a = a.astype(np.int64)
+    return a.astype(np.int64)
+
+
+def collapsed_at_horizon(collapse_step, horizon: int, *, patience: int = 1) -> np.ndarray:
+    """Whether each run counts as collapsed within its first `horizon` learner steps.
+
+    The horizon T counts learner steps: a run of horizon T performs steps t = 0 … T−1
+    (`collapse_step` is 0-based, −1 = never collapsed). The collapse rules
+    (`async_grpo.collapse`) are causal: the rule that fires at step c uses steps ≤ c only, so a
+    shorter run with the same seed would have flagged the same step, and one sweep of length
+    T_max gives the collapse map at every horizon T ≤ T_max:
+
+        collapsed(T) = (c ≥ 0) and (c + patience − 1 ≤ T − 1),   i.e.  0 ≤ c ≤ T − patience.
+
+    With `patience` p > 1 the collapse step is the *first* step of a p-step streak, which a run
+    of T steps confirms only if the streak ends by step T − 1; p = 1 gives 0 ≤ c < T. (A collapse
+    flagged at the end of a warm-up happened no later than that; horizons inside the warm-up
+    cannot see any drop-rule collapse, so use horizons longer than warm-up + patience.)
+
+    Args:
+      collapse_step: int array of any shape, −1 for runs that never collapsed.
+      horizon: T ≥ 1. patience: the collapse rule's patience, ≥ 1.
+    Returns bool array, the shape of `collapse_step`.
+    """
+    c = _int_array(collapse_step, "collapse_step")
+    if np.any(c < -1):
+        raise ValueError(f"collapse_step must be >= 0 or -1 (never); got min {c.min()}")
+    if int(horizon) != horizon or horizon < 1:
+        raise ValueError(f"horizon must be an integer >= 1; got {horizon!r}")
+    if int(patience) != patience or patience < 1:
+        raise ValueError(f"patience must be an integer >= 1; got {patience!r}")
+    return (c >= 0) & (c <= int(horizon) - int(patience))
+
+
+def horizon_table(lags: Sequence[int], lrs: Sequence[float], collapse_step,
+                  horizons: Sequence[int], *, num_steps: int, patience: int = 1
+                  ) -> dict[str, np.ndarray]:
+    """The collapse table at every horizon and the η_max interval of each (S, T, seed).
+
+    η_max at horizon T, for one (S, seed): the largest grid η below the smallest grid η whose run
+    collapsed within T steps (`collapsed_at_horizon`), known as the interval [lo, hi) the grid
+    brackets it in (`eta_max_intervals`: hi = inf when no η collapsed by T, lo = 0 when all did).
+
+    Args:
+      lags: S values, length nS. lrs: strictly increasing η grid, length E.
+      collapse_step: int [nS, E, nseed], −1 = never, from one sweep of `num_steps` steps.
+      horizons: horizons T, each 1 ≤ T ≤ num_steps.
+      num_steps: the sweep's length T_max (a horizon beyond it is refused: runs were not observed
+        that long).
+
+    Returns a dict:
+      collapsed: bool [nS, nT, E, nseed], the collapse map at each horizon;
+      S, T, seed, lo, hi: flat rows, one per (S, T, seed) (seed = the seed's index), in the order
+        of ``np.ndindex(nS, nT, nseed)``, ready for `fit_two_constraint`.
+    """
+    lags = _int_array(lags, "lags")
+    lrs = np.asarray(lrs, float)
+    c = _int_array(collapse_step, "collapse_step")
+    horizons = _int_array(horizons, "horizons")
+    if c.ndim != 3 or c.shape[:2] != (len(lags), len(lrs)):
+        raise ValueError(f"collapse_step has shape {c.shape}; expected [nS={len(lags)}, "
+                         f"E={len(lrs)}, nseed]")
+    if horizons.ndim != 1 or horizons.size == 0:
+        raise ValueError("horizons must be a non-empty 1-d list of integers")
+    if np.any(horizons < 1) or np.any(horizons > num_steps):
+        raise ValueError(f"horizons must lie in [1, num_steps={num_steps}]; got "
+                         f"{horizons.tolist()}")
+    if np.any(c >= num_steps):
+        raise ValueError(f"collapse_step has {c.max()} >= num_steps={num_steps}: wrong num_steps?")
+    coll = np.stack([collapsed_at_horizon(c, h, patience=patience) for h in horizons], 1)
+    n_s, n_t, n_seed = len(lags), len(horizons), c.shape[2]
+    lo = np.empty((n_s, n_t, n_seed))
+    hi = np.empty((n_s, n_t, n_seed))
+    for j in range(n_t):
+        lo[:, j], hi[:, j] = eta_max_intervals(lrs, coll[:, j])
+    ii, jj, kk = np.meshgrid(np.arange(n_s), np.arange(n_t), np.arange(n_seed), indexing="ij")
+    return {"collapsed": coll, "S": lags[ii].ravel(), "T": horizons[jj].ravel(),
+            "seed": kk.ravel(), "lo": lo.ravel(), "hi": hi.ravel()}
+
+
+# ---------------------------------------------------------------------------------------------
+# shared pieces of the interval-censored fits below
+# ---------------------------------------------------------------------------------------------
+
+def _check_rows(**cols):
+    """Equal-length 1-d float arrays; the names go into the error."""
+    out = {k: np.asarray(v, float).ravel() for k, v in cols.items()}
+    n = {k: v.size for k, v in out.items()}
+    if len(set(n.values())) != 1:
+        raise ValueError(f"row arrays differ in length: {n}")
+    if next(iter(n.values())) == 0:
+        raise ValueError("no rows")
+    return out
+
+
+def _log_intervals(lo, hi):
+    """log η intervals; checks 0 ≤ lo < hi ≤ inf."""
+    if np.any(~np.isfinite(lo)) or np.any(lo < 0) or np.any(np.isnan(hi)) or np.any(hi <= lo):
+        bad = np.nonzero(~((lo >= 0) & np.isfinite(lo) & (hi > lo)))[0][:3]
+        raise ValueError(f"intervals need 0 <= lo < hi <= inf; rows {bad.tolist()} have lo="
+                         f"{lo[bad].tolist()}, hi={hi[bad].tolist()}")
+    with np.errstate(divide="ignore"):
+        return np.log(lo), np.log(hi)
+
+
+def _sigma_floor(y_lo, y_hi):
+    """A quarter of the median log width of the bracketed intervals (as `bootstrap_alpha`)."""
+    w = (y_hi - y_lo)[np.isfinite(y_lo) & np.isfinite(y_hi)]
+    return float(np.median(w)) / 4 if w.size else 0.05
+
+
+def _seed_resample(seed_ids, rng):
+    """Row indices of a bootstrap resample of the seeds (with replacement, jointly over cells)."""
+    uniq = np.unique(seed_ids)
+    pick = rng.choice(uniq, uniq.size, replace=True)
+    return np.concatenate([np.nonzero(seed_ids == u)[0] for u in pick])
+
+
+def _quantile_ci(samples, level):
+    samples = np.asarray(samples, float)
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return [math.nan, math.nan]
+    q = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    return [float(q[0]), float(q[1])]
+
+
+def _lag_rows(lags, lrs, collapsed):
+    """Flat (S, seed, lo, hi) rows of a collapse map [nS, E, nseed] (`eta_max_intervals`)."""
+    lags, lrs = np.asarray(lags), np.asarray(lrs, float)
+    collapsed = np.asarray(collapsed, bool)
+    if collapsed.ndim != 3 or collapsed.shape[:2] != (len(lags), len(lrs)):
+        raise ValueError(f"collapsed has shape {collapsed.shape}; expected [nS={len(lags)}, "
+                         f"E={len(lrs)}, nseed]")
+    lo, hi = eta_max_intervals(lrs, collapsed)
+    n_seed = collapsed.shape[2]
+    return (np.repeat(lags.astype(float), n_seed), np.tile(np.arange(n_seed), len(lags)),
+            lo.ravel(), hi.ravel())
+
+
+# ---------------------------------------------------------------------------------------------
+# the delayed-gradient null  η_max = η0 / (S + c)
+# ---------------------------------------------------------------------------------------------
+
+_LOG_C_BOUNDS = (math.log(1e-4), math.log(1e4))
+
+
+def _null_model(s):
+    def model(th):
+        c = np.exp(th[1])
+        return th[0] - np.log(s + c), np.stack([np.ones_like(s), -c / (s + c)], 1)
+    return model
+
+
+def _fit_null_rows(s, y_lo, y_hi, sigma_min, starts=None):
+    if starts is None:
+        mid = np.where(np.isfinite(y_lo) & np.isfinite(y_hi), (y_lo + y_hi) / 2,
+                       np.where(np.isfinite(y_lo), y_lo, y_hi))
+        s0 = math.log(max(float(np.std(mid)), 2 * sigma_min))
+        starts = []
+        for c0 in (0.1, 1.0, 10.0):
+            starts.append((float(np.median(mid + np.log(s + c0))), math.log(c0), s0))
+    return _mle(_null_model(s), starts, y_lo, y_hi, sigma_min,
+                bounds=[(None, None), _LOG_C_BOUNDS])
+
+
+def _fit_power_rows(s, y_lo, y_hi, sigma_min, starts=None):
+    return _censored_fit(np.log(s), y_lo, y_hi, sigma_min, starts)
+
+
+def fit_null_model(lags: Sequence[int], lrs: Sequence[float], collapsed: np.ndarray, *,
+                   min_lag: int = 0, n_boot: int = 500, seed: int = 0, level: float = 0.95,
+                   min_bracketed_frac: float = 0.5) -> dict[str, Any]:
+    """The delayed-gradient null η_max = η0/(S + c), against the power law η_max ∝ S^−α.
+
+    A gradient applied S steps late behaves, for a quadratic-like loss, as if the step were
+    taken S + c times over (c ≈ 1 for a fixed lag): η_max = η0/(S + c), which bends away from a
+    power law at small S and is ∝ 1/S for S ≫ c. The fit is the interval-censored maximum
+    likelihood of `bootstrap_alpha` with mean model μ(S) = log η0 − log(S + c) for log η_max,
+    scatter σ (floored at a quarter of the median log grid step), over the cells with
+    S ≥ `min_lag` (S = 0 is allowed: η_max(0) = η0/c). c is searched in [1e−4, 1e4]; when the
+    optimum sits at either end (the data do not bend, or bend everywhere) c is not identified
+    and is reported as NaN with a reason. The interval is a percentile bootstrap over seeds.
+
+    Comparison: both models have 3 parameters, so their log-likelihoods compare directly (AIC
+    difference = 2·Δ). The power law needs S ≥ 1, so both are (re)fitted on the same cells,
+    S ≥ max(1, min_lag), and ``compare`` holds loglik_null, loglik_power and delta_loglik =
+    loglik_null − loglik_power (> 0: the null explains the intervals better).
+
+    Returns a dict: eta0, c (NaN with `reason` when not identified), ci_eta0, ci_c, sigma,
+    loglik (of the null on its own cells), n_cells, n_bracketed, n_boot_identified, level,
+    compare {cells, n_cells, loglik_null, loglik_power, delta_loglik, alpha}.
+    """
+    s, seed_ids, lo, hi = _lag_rows(lags, lrs, collapsed)
+    if int(min_lag) != min_lag or min_lag < 0:
+        raise ValueError(f"min_lag must be an integer >= 0; got {min_lag!r}")
+    y_lo_all, y_hi_all = _log_intervals(lo, hi)
+    steps = np.diff(np.log(np.asarray(lrs, float)))
+    sigma_min = float(np.median(steps)) / 4 if steps.size else 0.05
+    use = s >= min_lag
+    s_u, sid, y_lo, y_hi = s[use], seed_ids[use], y_lo_all[use], y_hi_all[use]
+    bracketed = np.isfinite(y_lo) & np.isfinite(y_hi)
+    nan = math.nan
+    out = {"eta0": nan, "c": nan, "ci_eta0": [nan, nan], "ci_c": [nan, nan], "sigma": nan,
+           "loglik": nan, "n_cells": int(s_u.size), "n_bracketed": int(bracketed.sum()),
+           "n_boot": n_boot, "n_boot_identified": 0, "level": level,
+           "method": f"interval-censored MLE of log eta_max = log eta0 - log(S + c) over "
+                     f"S >= {min_lag}; bootstrap over seeds",
+           "compare": {}}
+
+    def enough(b, ss):
+        return np.unique(ss[b]).size >= 2 and b.mean() >= min_bracketed_frac
+
+    def at_bound(r):
+        return min(abs(r.x[1] - _LOG_C_BOUNDS[0]), abs(r.x[1] - _LOG_C_BOUNDS[1])) < 1e-3
+
+    if not enough(bracketed, s_u):
+        out["reason"] = (f"needs bracketed eta_max at two or more S >= {min_lag} (has "
+                         f"{np.unique(s_u[bracketed]).size}) and at least "
+                         f"{min_bracketed_frac:.0%} of the cells bracketed (has "
+                         f"{bracketed.sum()} of {bracketed.size})")
+        return out
+    point = _fit_null_rows(s_u, y_lo, y_hi, sigma_min)
+    out.update(sigma=float(np.exp(point.x[2])), loglik=float(-point.fun))
+    if at_bound(point):
+        out["reason"] = (f"c at the end of its search range ({np.exp(point.x[1]):.3g}): the "
+                         f"intervals do not fix the bend of eta0/(S + c)")
+    else:
+        out.update(eta0=float(np.exp(point.x[0])), c=float(np.exp(point.x[1])))
+        rng = np.random.default_rng(seed)
+        eta0s, cs = [], []
+        for _ in range(n_boot):
+            idx = _seed_resample(sid, rng)
+            b = bracketed[idx]
+            if not enough(b, s_u[idx]):
+                continue
+            r = _fit_null_rows(s_u[idx], y_lo[idx], y_hi[idx], sigma_min, starts=[point.x])
+            if r is not None and not at_bound(r):
+                eta0s.append(np.exp(r.x[0]))
+                cs.append(np.exp(r.x[1]))
+        out.update(n_boot_identified=len(cs), ci_eta0=_quantile_ci(eta0s, level),
+                   ci_c=_quantile_ci(cs, level))
+    # both models on the same cells, S >= max(1, min_lag)
+    cmp_ = s >= max(1, min_lag)
+    b = np.isfinite(y_lo_all[cmp_]) & np.isfinite(y_hi_all[cmp_])
+    if np.unique(s[cmp_][b]).size >= 2:
+        args = (s[cmp_], y_lo_all[cmp_], y_hi_all[cmp_], sigma_min)
+        rn, rp = _fit_null_rows(*args), _fit_power_rows(*args)
+        out["compare"] = {"cells": f"S >= {max(1, min_lag)}", "n_cells": int(cmp_.sum()),
+                          "loglik_null": float(-rn.fun), "loglik_power": float(-rp.fun),
+                          "delta_loglik": float(rp.fun - rn.fun), "alpha": float(rp.x[1])}
+    else:
+        out["compare"] = {"reason": "fewer than two S >= 1 with a bracketed eta_max"}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the two-constraint rule  η_max(S, T) = min{ a / S_eff, b / T }
+# ---------------------------------------------------------------------------------------------
+
+def effective_lag(lags, s_offset: int = 1) -> np.ndarray:
+    """S_eff = S + s_offset, the number of updates the learner's parameters move away from the
+    behavior policy by the end of a step (see `fit_two_constraint`)."""
+    if s_offset not in (0, 1):
+        raise ValueError(f"s_offset must be 0 or 1; got {s_offset!r}")
+    s = np.asarray(lags, float)
+    if np.any(s < 0) or np.any(~np.isfinite(s)):
+        raise ValueError(f"lags must be finite and >= 0; got min {np.min(s)}")
+    return s + s_offset
+
+
+def _two_constraint_model(s_eff, t, log_g):
+    """μ = min(log a − log S_eff, log b − log T) − log G; S_eff = 0 leaves only the horizon."""
+    with np.errstate(divide="ignore"):
+        log_s, log_t = np.log(s_eff), np.log(t)
+
+    def model(th):
+        mu_s = th[0] - log_s - log_g                   # +inf where S_eff = 0
+        mu_h = th[1] - log_t - log_g
+        stale = mu_s <= mu_h
+        return np.where(stale, mu_s, mu_h), np.stack([stale, ~stale], 1).astype(float)
+    return model
+
+
+def fit_two_constraint(s, t, lo, hi, seed, *, g_upd=None, s_offset: int = 1,
+                       sigma_min: float | None = None, n_boot: int = 300, boot_seed: int = 0,
+                       level: float = 0.95, min_bracketed_frac: float = 0.3,
+                       min_per_constraint: int = 2) -> dict[str, Any]:
+    """Fit the paper's two-constraint rule to η_max intervals of (S, T) cells.
+
+    The rule (arXiv 2607.01083): η ≪ min{R_batch/(S·G_upd), R_crit/(T·G_upd)}. The within-cycle
+    drift ‖θ_t − φ_t‖ ≤ S·η·G_upd must stay inside the batch-level clipping radius R_batch, and
+    the cumulative drift ‖θ_T − θ_0‖ ≤ T·η·G_upd inside the critical radius R_crit. As a model
+    of the stability edge:
+
+        log η_max(S, T) = min{ log a − log S_eff,  log b − log T } − log G + σ·ε,   ε ~ N(0, 1),
+
+    with a = R_batch/G_upd, b = R_crit/G_upd (η units) when `g_upd` is None (G = 1), or, when a
+    G_upd is given per row (the measured update norm per unit η, `g_upd_per_cell`), a = R_batch
+    and b = R_crit directly in parameter-norm units. Fitted by the interval-censored maximum
+    likelihood of `bootstrap_alpha` (each row's η_max known only as [lo, hi), bounds included),
+    over (log a, log b, log σ); σ is floored at `sigma_min` (default: a quarter of the median log
+    width of the bracketed intervals).
+
+    S_eff. With `s_offset` = 1 (default) S_eff = S + 1: the step at lag S is computed on a batch
+    from φ = θ_{t−S}, and the update it produces moves the parameters to θ_{t+1}, S + 1 updates
+    away from φ: that is the distance over which the clipped surrogate built on φ's samples must
+    stay faithful, and it is the number of updates per behavior version under a sync interval of
+    S + 1. It keeps S = 0 (on-policy) under the one-step safety constraint η·G_upd ≲ R_batch
+    (one step can still leave the clip band), so a finite η_max at S = 0 and T → 0 is
+    predicted, as the S = 0 rows of a grid show. With `s_offset` = 0 S_eff = S as printed in the
+    paper, and S = 0 rows are constrained by the horizon alone. The two choices differ only at
+    small S; fit both and compare ``loglik``.
+
+    Identification: a is fitted only from cells where the stale constraint is the smaller one at
+    the fit, b only from cells where the horizon one is. Each needs `min_per_constraint`
+    bracketed rows on its side, and `min_bracketed_frac` of all rows must be bracketed; an
+    unidentified constant is NaN with a `reason` (the other stays, if identified: e.g. a grid
+    whose cells are all horizon-limited fixes b and says a is not identified).
+
+    Args:
+      s, t, lo, hi, seed: equal-length rows (e.g. `horizon_table`'s S, T, lo, hi, seed).
+      g_upd: None or per-row G_upd > 0.
+      n_boot: bootstrap resamples of the seeds (jointly over cells), percentile CI at `level`.
+
+    Returns a dict: a, b (or R_batch, R_crit when g_upd is given: the same numbers, in
+    parameter-norm units), log_a, log_b, sigma, ci_a, ci_b, loglik, n_rows, n_bracketed,
+    n_stale_bracketed, n_horizon_bracketed, identified {a, b}, s_offset, units ("eta" or
+    "parameter norm"), crossover ("T = (b/a)·S_eff": the horizon where the two constraints
+    meet), n_boot_identified, reason (when anything is not identified).
+    """
+    r = _check_rows(s=s, t=t, lo=lo, hi=hi, seed=seed,
+                    g=np.ones(np.size(s)) if g_upd is None else g_upd)
+    if np.any(r["t"] < 1) or np.any(~np.isfinite(r["t"])):
+        raise ValueError(f"horizons t must be finite and >= 1; got min {r['t'].min()}")
+    if np.any(~(r["g"] > 0)) or np.any(~np.isfinite(r["g"])):
+        raise ValueError("g_upd must be finite and > 0 in every row")
+    s_eff = effective_lag(r["s"], s_offset)
+    y_lo, y_hi = _log_intervals(r["lo"], r["hi"])
+    if sigma_min is None:
+        sigma_min = _sigma_floor(y_lo, y_hi)
+    if not sigma_min > 0:
+        raise ValueError(f"sigma_min must be > 0; got {sigma_min!r}")
+    log_g, sid = np.log(r["g"]), r["seed"]
+    bracketed = np.isfinite(y_lo) & np.isfinite(y_hi)
+    units = "eta" if g_upd is None else "parameter norm"
+    names = ("a", "b") if g_upd is None else ("R_batch", "R_crit")
+    nan = math.nan
+    out = {names[0]: nan, names[1]: nan, "log_a": nan, "log_b": nan, "sigma": nan,
+           "ci_" + names[0]: [nan, nan], "ci_" + names[1]: [nan, nan], "loglik": nan,
+           "n_rows": int(y_lo.size), "n_bracketed": int(bracketed.sum()),
+           "n_stale_bracketed": 0, "n_horizon_bracketed": 0,
+           "identified": {names[0]: False, names[1]: False}, "s_offset": s_offset,
+           "units": units, "names": list(names), "crossover": nan, "level": level,
+           "n_boot": n_boot, "n_boot_identified": 0,
+           "method": "interval-censored MLE of log eta_max = min(log a - log S_eff, "
+                     "log b - log T) - log G; bootstrap over seeds"}
+    if bracketed.sum() < 2 * min_per_constraint or bracketed.mean() < min_bracketed_frac:
+        out["reason"] = (f"needs at least {2 * min_per_constraint} bracketed rows and "
+                         f"{min_bracketed_frac:.0%} of the rows bracketed (has "
+                         f"{bracketed.sum()} of {bracketed.size})")
+        return out
+    mid = np.where(bracketed, (y_lo + y_hi) / 2, np.where(np.isfinite(y_lo), y_lo, y_hi))
+    with np.errstate(divide="ignore"):
+        ka = (mid + np.log(s_eff) + log_g)[bracketed & (s_eff > 0)]
+    kb = (mid + np.log(r["t"]) + log_g)[bracketed]
+    s0 = math.log(max(float(np.std(mid[bracketed])) / 2, 2 * sigma_min))
+    qa = np.quantile(ka, [0.5, 0.9, 1.0]) if ka.size else np.array([0.0, 5.0, 10.0])
+    starts = [(la, lb, s0) for la in qa for lb in np.quantile(kb, [0.5, 0.9, 1.0])]
+    span = float(np.ptp(np.concatenate([ka, kb]))) + 20.0
+    centre = float(np.median(kb))
+    bounds = [(centre - span, centre + span)] * 2
+
+    def fit(idx, st):
+        m = _two_constraint_model(s_eff[idx], r["t"][idx], log_g[idx])
+        res = _mle(m, st, y_lo[idx], y_hi[idx], sigma_min, bounds=bounds)
+        _, d = m(res.x[:2])
+        b = bracketed[idx]
+        return res, int((d[:, 0].astype(bool) & b).sum()), int((d[:, 1].astype(bool) & b).sum())
+
+    point, n_a, n_b = fit(np.arange(y_lo.size), starts)
+    ok = {names[0]: n_a >= min_per_constraint, names[1]: n_b >= min_per_constraint}
+    out.update(loglik=float(-point.fun), sigma=float(np.exp(point.x[2])), n_stale_bracketed=n_a,
+               n_horizon_bracketed=n_b, identified=ok)
+    why = []
+    for k, (name, n_side, side) in enumerate(zip(names, (n_a, n_b), ("stale", "horizon"))):
+        if ok[name]:
+            out[name] = float(np.exp(point.x[k]))
+            out["log_" + "ab"[k]] = float(point.x[k])
+        else:
+            why.append(f"{name} not identified: the {side} constraint binds at {n_side} "
+                       f"bracketed rows (needs {min_per_constraint})")
+    if why:
+        out["reason"] = "; ".join(why)
+    if all(ok.values()):
+        out["crossover"] = float(np.exp(point.x[1] - point.x[0]))
+    rng = np.random.default_rng(boot_seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = _seed_resample(sid, rng)
+        if bracketed[idx].sum() < 2 * min_per_constraint:
+            continue
+        res, nb_a, nb_b = fit(idx, [point.x])
+        boots.append((np.exp(res.x[0]) if nb_a >= min_per_constraint else nan,
+                      np.exp(res.x[1]) if nb_b >= min_per_constraint else nan))
+    if boots:
+        boots = np.array(boots)
+        out["n_boot_identified"] = int(np.isfinite(boots).all(1).sum())
+        for k, name in enumerate(names):
+            if ok[name]:
+                out["ci_" + name] = _quantile_ci(boots[:, k], level)
+    return out
+
+
+def predict_two_constraint(fit: dict[str, Any], s, t, *, g_upd=None) -> np.ndarray:
+    """η_max = min{a/S_eff, b/T}/G of a `fit_two_constraint` result at cells (s, t) (broadcast).
+
+    A fit made with per-cell G_upd (units "parameter norm") needs `g_upd` here too: η_max =
+    min{R_batch/(S_eff·G), R_crit/(T·G)}. An unidentified constant makes the prediction NaN."""
+    s_eff = effective_lag(s, fit["s_offset"])
+    t = np.asarray(t, float)
+    if np.any(t < 1):
+        raise ValueError(f"horizons t must be >= 1; got min {t.min()}")
+    if fit["units"] == "parameter norm":
+        if g_upd is None:
+            raise ValueError("this fit was made with per-cell g_upd (R_batch, R_crit in "
+                             "parameter-norm units): pass g_upd")
+        g = np.asarray(g_upd, float)
+    elif g_upd is not None:
+        raise ValueError("this fit was made without g_upd (a, b in eta units); do not pass one")
+    else:
+        g = 1.0
+    with np.errstate(divide="ignore"):
+        stale = np.where(s_eff > 0, np.exp(fit["log_a"]) / s_eff, np.inf)
+    return np.minimum(stale, np.exp(fit["log_b"]) / t) / g
+
+
+def heldout_error(pred, lo, hi) -> dict[str, Any]:
+    """How well predicted η_max values match held-out intervals [lo, hi).
+
+    Over bracketed rows (0 < lo, hi < inf): median_abs_log_ratio = median |log(pred/√(lo·hi))|
+    (the geometric midpoint stands for the unknown η_max; a grid of step r can do no better than
+    about log(r)/4 on average), frac_in_interval = fraction with lo ≤ pred < hi. Over bounds:
+    frac_bounds_consistent = fraction with pred ≥ lo (nothing collapsed) or pred < hi
+    (everything collapsed). NaN predictions are refused."""
+    r = _check_rows(pred=pred, lo=lo, hi=hi)
+    if np.any(~np.isfinite(r["pred"])) or np.any(r["pred"] <= 0):
+        raise ValueError("pred must be finite and > 0 (an unidentified fit predicts NaN)")
+    _log_intervals(r["lo"], r["hi"])
+    p, lo, hi = r["pred"], r["lo"], r["hi"]
+    br = (lo > 0) & np.isfinite(hi)
+    nb = ~br
+    out = {"n_bracketed": int(br.sum()), "n_bounds": int(nb.sum()),
+           "median_abs_log_ratio": math.nan, "frac_in_interval": math.nan,
+           "frac_bounds_consistent": math.nan}
+    if br.any():
+        out["median_abs_log_ratio"] = float(np.median(np.abs(np.log(p[br] / np.sqrt(
+            lo[br] * hi[br])))))
+        out["frac_in_interval"] = float(np.mean((p[br] >= lo[br]) & (p[br] < hi[br])))
+    if nb.any():
+        ok = np.where(np.isinf(hi[nb]), p[nb] >= lo[nb], p[nb] < hi[nb])
+        out["frac_bounds_consistent"] = float(ok.mean())
+    return out
+
+
+def g_upd_per_cell(update_norm, lrs, collapse_step) -> np.ndarray:
+    """G_upd of each run: the median over its pre-collapse steps of ‖θ_{t+1} − θ_t‖/η.
+
+    update_norm [runs, T] (‖θ_{t+1} − θ_t‖ = η‖u_t‖, the simulator's ``update_norm``), lrs
+    [runs] (each run's η), collapse_step [runs] (−1 = never). Steps t < c of a run collapsed at
+    c ≥ 1 (step 0 alone if c = 0), every step otherwise; non-finite values are skipped. For
+    Adam-like updates ‖u‖ hardly depends on η, so G_upd is comparable across cells."""
+    u = np.asarray(update_norm, float)
+    lrs = np.asarray(lrs, float)
+    c = _int_array(collapse_step, "collapse_step")
+    if u.ndim != 2 or lrs.shape != (u.shape[0],) or c.shape != (u.shape[0],):
+        raise ValueError(f"update_norm must be [runs, T] with lrs and collapse_step [runs]; got "
+                         f"{u.shape}, {lrs.shape}, {c.shape}")
+    if np.any(~(lrs > 0)):
+        raise ValueError("lrs must be > 0")
+    steps = np.arange(u.shape[1])[None, :]
+    end = np.where(c < 0, u.shape[1], np.maximum(c, 1))[:, None]
+    v = np.where((steps < end) & np.isfinite(u), u, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN rows give NaN, silently
+        return np.nanmedian(v, axis=1) / lrs
+
+
+def radii(fit: dict[str, Any], g_upd: float) -> dict[str, float]:
+    """R_batch = a·G_upd, R_crit = b·G_upd from an η-unit `fit_two_constraint` result and one
+    G_upd (e.g. the median of `g_upd_per_cell` over the grid)."""
+    if fit["units"] != "eta":
+        raise ValueError("this fit already gives R_batch and R_crit (it was made with g_upd)")
+    if not g_upd > 0 or not np.isfinite(g_upd):
+        raise ValueError(f"g_upd must be finite and > 0; got {g_upd!r}")
+    return {"R_batch": fit["a"] * g_upd, "R_crit": fit["b"] * g_upd, "g_upd": float(g_upd)}
