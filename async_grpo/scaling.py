@@ -6,6 +6,24 @@
   bootstrap over seeds; `fit_power_law`: plain least squares on log–log points.
 * `collapse_time_law`: does t_collapse·η stay constant (log t vs log η slope ≈ −1)?
 * `fit_through_origin`, `linearity_break`: ‖δ‖ ≈ c·x in the small-drift regime and where it fails.
+
+The scaling-law study (η_max over S and the horizon T, which constraint binds, early warning):
+
+* `collapsed_at_horizon`, `horizon_table`: η_max at horizon T from one sweep of length T_max
+  (the collapse rule is causal), as (S, T, seed) rows of intervals.
+* `fit_null_model`: the delayed-gradient null η_max = η0/(S + c), with the power law's
+  log-likelihood on the same cells.
+* `fit_two_constraint`, `predict_two_constraint`, `heldout_error`, `g_upd_per_cell`, `radii`:
+  η_max(S, T) = min{a/S_eff, b/T} (a = R_batch/G_upd, b = R_crit/G_upd), fitted, predicted on
+  held-out cells, scored; R_batch, R_crit in parameter-norm units from a measured G_upd.
+* `collapse_time_per_lag`, `classify_regimes`, `drift_bound_traces`: t_c·η per S, and whether
+  each run ran into the batch radius ("stale-limited"), the critical radius
+  ("horizon-limited") or neither ("stable").
+* `cosine_scores`, `cosine_auc`, `auc_mann_whitney`, `running_mean`, `cosine_alarm`: does the
+  consecutive-update cosine separate collapsing from stable runs, and how many steps ahead.
+
+Every fit is the interval-censored likelihood `_censored_nll` with its own mean model; a fit
+without enough bracketed η_max returns NaN (or None in `bootstrap_alpha`) and a `reason`.
 """
 
 from __future__ import annotations
@@ -15,7 +33,7 @@ import warnings
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import optimize, special
+from scipy import optimize, special, stats
 
 
 def eta_max_per_seed(lrs: Sequence[float], collapsed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,15 +136,15 @@ def _interval_nll(p, x, y_lo, y_hi):
     return _censored_nll(a - alpha * x, np.stack([np.ones_like(x), -x], 1), log_s, y_lo, y_hi)
 
 
-def _mle(model, starts, y_lo, y_hi, sigma_min, bounds=None, method="TNC"):
+def _mle(model, starts, y_lo, y_hi, sigma_min, bounds=None):
     """Maximum likelihood of `_censored_nll` with mean model ``model(θ) -> (μ, ∂μ/∂θ)``:
     a bounded quasi-Newton method with the analytic gradient from each start
     p0 = (*θ0, log σ0), σ ≥ sigma_min, the best finite optimum. `bounds` boxes θ (None: free).
 
-    TNC by default: scipy's L-BFGS-B reaches OpenBLAS for its 3-vectors and, on a loaded
-    machine, spends ~7 ms per iteration in thread hand-offs (20× TNC on the 2-core VM); the
-    bootstraps below refit hundreds of times. `_censored_fit` keeps L-BFGS-B so that
-    `bootstrap_alpha`'s published numbers do not move."""
+    TNC: scipy's L-BFGS-B calls OpenBLAS on its 3-vectors and, on a loaded machine, spends
+    ~7 ms per iteration in thread hand-offs (20–30× TNC on the shared 2-core VM), and every
+    bootstrap refits hundreds of times. (Moving `bootstrap_alpha` from L-BFGS-B to TNC changed
+    its α and CI ends by < 1e−6 on the synthetic maps of tests/test_scaling.py.)"""
     def nll(p):
         mu, dmu = model(p[:-1])
         return _censored_nll(mu, dmu, p[-1], y_lo, y_hi)
@@ -136,7 +154,7 @@ def _mle(model, starts, y_lo, y_hi, sigma_min, bounds=None, method="TNC"):
         k = len(p0) - 1
         box = list(bounds) if bounds is not None else [(None, None)] * k
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            r = optimize.minimize(nll, np.asarray(p0, float), jac=True, method=method,
+            r = optimize.minimize(nll, np.asarray(p0, float), jac=True, method="TNC",
                                   bounds=box + [(np.log(sigma_min), None)])
         if np.isfinite(r.fun) and (best is None or r.fun < best.fun):
             best = r
@@ -144,7 +162,7 @@ def _mle(model, starts, y_lo, y_hi, sigma_min, bounds=None, method="TNC"):
 
 
 def _censored_fit(x, y_lo, y_hi, sigma_min, starts=None):
-    """MLE of (a, α, log σ) for `_interval_nll`: L-BFGS-B with the analytic gradient, σ ≥
+    """MLE of (a, α, log σ) for `_interval_nll` (`_mle`, analytic gradient), σ ≥
     sigma_min, the best of a few starts (least squares on interval midpoints and two others)."""
     if starts is None:
         mid = np.where(np.isfinite(y_lo) & np.isfinite(y_hi), (y_lo + y_hi) / 2,
@@ -154,7 +172,7 @@ def _censored_fit(x, y_lo, y_hi, sigma_min, starts=None):
         starts = [(icpt, -slope, s0), (float(np.mean(mid)), 0.0, s0), (icpt, 1.0 - slope, s0)]
     ones = np.ones_like(x)
     return _mle(lambda th: (th[0] - th[1] * x, np.stack([ones, -x], 1)), starts, y_lo, y_hi,
-                sigma_min, method="L-BFGS-B")
+                sigma_min)
 
 
 def bootstrap_alpha(lags: Sequence[int], lrs: Sequence[float], collapsed: np.ndarray, *,
@@ -812,3 +830,350 @@ def radii(fit: dict[str, Any], g_upd: float) -> dict[str, float]:
     if not g_upd > 0 or not np.isfinite(g_upd):
         raise ValueError(f"g_upd must be finite and > 0; got {g_upd!r}")
     return {"R_batch": fit["a"] * g_upd, "R_crit": fit["b"] * g_upd, "g_upd": float(g_upd)}
+
+
+# ---------------------------------------------------------------------------------------------
+# collapse time per S, and which constraint each cell ran into
+# ---------------------------------------------------------------------------------------------
+
+def collapse_time_per_lag(lags, lrs, collapse_step, *, min_step: int = -1,
+                          quantiles: Sequence[float] = (0.16, 0.84)) -> dict[str, Any]:
+    """The collapse-time law t_c·η ≈ R_crit/G_upd, per S.
+
+    Rows are runs: lags [n] (S), lrs [n] (η), collapse_step [n] (−1 = never; those are left
+    out). t_c = collapse_step + 1, the number of learner steps up to and including the one the
+    rule fired at (as `collapse_time_law`). Runs with collapse_step ≤ `min_step` (flagged at
+    the end of a warm-up: their real time is unknown) are left out and counted.
+
+    Returns {"per_lag": {S: {n, n_censored, median_t_eta, q16_t_eta, q84_t_eta (the
+    `quantiles` of t_c·η), slope (of log t_c on log η; −1 means t_c·η constant), r2,
+    gcv_t_eta}}, "all": the same over every S}. Entries with no collapsed run hold NaN.
+    """
+    r = _check_rows(s=lags, eta=lrs, c=collapse_step)
+    c = _int_array(r["c"], "collapse_step")
+    if np.any(c < -1):
+        raise ValueError(f"collapse_step must be >= 0 or -1 (never); got min {c.min()}")
+    if np.any(~(r["eta"] > 0)):
+        raise ValueError("lrs must be > 0")
+    q = np.asarray(quantiles, float)
+    if q.shape != (2,) or not 0 <= q[0] < q[1] <= 1:
+        raise ValueError(f"quantiles must be two increasing numbers in [0, 1]; got {quantiles}")
+
+    def one(sel):
+        col = sel & (c >= 0)
+        law = collapse_time_law(r["eta"][col], c[col], min_step=min_step)
+        ok = col & (c > min_step)
+        prod = (c[ok] + 1.0) * r["eta"][ok]
+        qs = np.quantile(prod, q) if prod.size else [math.nan, math.nan]
+        return {**law, "q16_t_eta": float(qs[0]), "q84_t_eta": float(qs[1])}
+
+    return {"per_lag": {int(s) if float(s).is_integer() else float(s): one(r["s"] == s)
+                        for s in np.unique(r["s"])},
+            "all": one(np.ones_like(c, bool)), "quantiles": q.tolist()}
+
+
+REGIMES = ("stale-limited", "horizon-limited", "stable")
+
+
+def drift_bound_traces(lags, lrs, g_upd, num_steps: int, *, s_offset: int = 1
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The drift bounds of the two-constraint rule as traces [runs, num_steps], for
+    `classify_regimes` when the real drifts were not recorded: within-cycle S_eff·η·G_upd at
+    every step, cumulative (t + 1)·η·G_upd after the update of step t (so that it reaches
+    R_crit within a horizon of T steps iff T·η·G_upd ≥ R_crit, as in `fit_two_constraint`).
+    g_upd: scalar or [runs]; use g_upd = 1 with a, b from an η-unit fit."""
+    s_eff = effective_lag(lags, s_offset)
+    eta = np.asarray(lrs, float)
+    g = np.broadcast_to(np.asarray(g_upd, float), s_eff.shape)
+    if eta.shape != s_eff.shape or s_eff.ndim != 1:
+        raise ValueError(f"lags and lrs must be 1-d of one length; got {s_eff.shape}, "
+                         f"{eta.shape}")
+    step = (eta * g)[:, None]
+    steps = np.arange(1, int(num_steps) + 1, dtype=float)[None, :]
+    return np.broadcast_to(s_eff[:, None] * step, (s_eff.size, int(num_steps))).copy(), \
+        steps * step
+
+
+def classify_regimes(lags, drift_cycle, drift_cum, collapse_step, r_batch: float,
+                     r_crit: float) -> dict[str, Any]:
+    """Which constraint of the two-constraint rule each run ran into, and first.
+
+    For run i with collapse step c (−1 = never: all its steps count), over steps t ≤ c (the
+    drift at step c is measured on θ_c, the parameters the collapsing update started from):
+    t_b = first t with within-cycle drift ‖θ_t − φ_t‖ ≥ R_batch, t_r = first t with cumulative
+    drift ‖θ_t − θ_0‖ ≥ R_crit (non-finite values never count).
+
+    * "stale-limited": t_b exists and comes no later than t_r (or t_r does not exist): the
+      batch's clipped surrogate stopped being a faithful model before the horizon constraint
+      bit;
+    * "horizon-limited": t_r exists and comes strictly before t_b (or t_b does not exist);
+    * "stable": neither radius was reached.
+
+    `drift_cycle`, `drift_cum` [runs, T] are the recorded traces (the simulator's
+    ``drift_cycle``, ``drift_cum``) in the units of r_batch, r_crit (parameter norm with a
+    `fit_two_constraint` made with g_upd), or the bounds of `drift_bound_traces`.
+
+    Returns {"regime": [runs] str, "t_batch", "t_crit": [runs] first crossing steps (−1: none),
+    "counts": {S: {regime: n}}, "vs_collapse": {S: {regime: {"collapsed": n,
+    "not_collapsed": n}}}} — the second table checks the rule: a "stable" run that collapsed, or
+    a limited one that did not, is a miss.
+    """
+    dc, dk = np.asarray(drift_cycle, float), np.asarray(drift_cum, float)
+    c = _int_array(collapse_step, "collapse_step")
+    s = np.asarray(lags)
+    if dc.ndim != 2 or dk.shape != dc.shape or c.shape != (dc.shape[0],) or \
+            s.shape != c.shape:
+        raise ValueError(f"drift traces must be [runs, T] of one shape with lags and "
+                         f"collapse_step [runs]; got {dc.shape}, {dk.shape}, {s.shape}, "
+                         f"{c.shape}")
+    for name, v in (("r_batch", r_batch), ("r_crit", r_crit)):
+        if not v > 0 or not np.isfinite(v):
+            raise ValueError(f"{name} must be finite and > 0; got {v!r} (an unidentified fit?)")
+    if np.any(c < -1) or np.any(c >= dc.shape[1]):
+        raise ValueError(f"collapse_step must be -1 or in [0, T={dc.shape[1]}); got "
+                         f"[{c.min()}, {c.max()}]")
+    steps = np.arange(dc.shape[1])[None, :]
+    live = steps <= np.where(c < 0, dc.shape[1], c)[:, None]
+
+    def first(hit):
+        hit = hit & live
+        return np.where(hit.any(1), hit.argmax(1), -1)
+
+    with np.errstate(invalid="ignore"):
+        t_b, t_r = first(dc >= r_batch), first(dk >= r_crit)
+    stale = (t_b >= 0) & ((t_r < 0) | (t_b <= t_r))
+    horizon = (t_r >= 0) & ~stale
+    regime = np.where(stale, REGIMES[0], np.where(horizon, REGIMES[1], REGIMES[2]))
+    counts, vs = {}, {}
+    for sv in np.unique(s):
+        key = int(sv) if float(sv).is_integer() else float(sv)
+        m = s == sv
+        counts[key] = {g: int((regime[m] == g).sum()) for g in REGIMES}
+        vs[key] = {g: {"collapsed": int(((regime == g) & m & (c >= 0)).sum()),
+                       "not_collapsed": int(((regime == g) & m & (c < 0)).sum())}
+                   for g in REGIMES}
+    return {"regime": regime, "t_batch": t_b, "t_crit": t_r, "counts": counts,
+            "vs_collapse": vs, "r_batch": float(r_batch), "r_crit": float(r_crit)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the consecutive-update cosine as an early warning
+# ---------------------------------------------------------------------------------------------
+
+def auc_mann_whitney(pos, neg) -> float:
+    """ROC AUC = P(score of a positive > score of a negative) + ½·P(tie), the Mann–Whitney U
+    statistic over n_pos·n_neg (equal to the area under the empirical ROC curve). NaN if
+    either sample is empty."""
+    pos, neg = np.asarray(pos, float).ravel(), np.asarray(neg, float).ravel()
+    if np.any(~np.isfinite(pos)) or np.any(~np.isfinite(neg)):
+        raise ValueError("scores must be finite")
+    if pos.size == 0 or neg.size == 0:
+        return math.nan
+    ranks = stats.rankdata(np.concatenate([pos, neg]))     # ties get their mean rank
+    u = ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2
+    return float(u / (pos.size * neg.size))
+
+
+def _check_traces(cos, collapse_step):
+    x = np.asarray(cos, float)
+    c = _int_array(collapse_step, "collapse_step")
+    if x.ndim != 2 or c.shape != (x.shape[0],):
+        raise ValueError(f"cos must be [runs, T] and collapse_step [runs]; got {x.shape}, "
+                         f"{c.shape}")
+    if np.any(c < -1) or np.any(c >= x.shape[1]):
+        raise ValueError(f"collapse_step must be -1 or in [0, T={x.shape[1]}); got "
+                         f"[{c.min()}, {c.max()}]")
+    return x, c
+
+
+def _check_window(window, first_step):
+    if int(window) != window or window < 1:
+        raise ValueError(f"window must be an integer >= 1; got {window!r}")
+    if int(first_step) != first_step or first_step < 0:
+        raise ValueError(f"first_step must be an integer >= 0; got {first_step!r}")
+
+
+def cosine_scores(cos, collapse_step, window: int, lead: int, *, stable_end: str = "matched",
+                  first_step: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per-run score: the mean consecutive-update cosine over a window before collapse.
+
+    A run that collapsed at step c scores mean(cos[e − w + 1 … e]) with e = c − k: the w =
+    `window` steps ending k = `lead` steps before the collapse step. A stable run (c = −1) has no
+    collapse to align to; its window ends at e = c* − k with c* a *matched* time:
+    ``stable_end="matched"`` (default) draws c* for each stable run from the collapse steps of
+    the collapsing runs (seeded by `seed`), so that both classes are scored at the same
+    distribution of training times and a cosine that merely drifts with t cannot separate them;
+    ``"end"`` takes c* = the run's last step (the whole run was stable; biased when the cosine
+    trends with t). Steps before `first_step` are never used (the simulator records cos = 0 at
+    t = 0). A run whose window does not fit (e − w + 1 < first_step) or holds a non-finite value
+    scores NaN and is left out by `cosine_auc`.
+
+    Returns {"score": [runs], "collapsing": [runs] bool, "end": [runs] window end (−1 when it
+    does not fit)}.
+    """
+    x, c = _check_traces(cos, collapse_step)
+    _check_window(window, first_step)
+    if int(lead) != lead or lead < 0:
+        raise ValueError(f"lead must be an integer >= 0; got {lead!r}")
+    if stable_end not in ("matched", "end"):
+        raise ValueError(f"stable_end must be 'matched' or 'end'; got {stable_end!r}")
+    collapsing = c >= 0
+    anchor = c.copy()
+    stable = ~collapsing
+    if stable_end == "end":
+        anchor[stable] = x.shape[1] - 1
+    elif stable.any():
+        if not collapsing.any():
+            raise ValueError("stable_end='matched' needs at least one collapsing run")
+        anchor[stable] = np.random.default_rng(seed).choice(c[collapsing], stable.sum())
+    end = anchor - int(lead)
+    fits = end - window + 1 >= first_step
+    score = np.full(x.shape[0], math.nan)
+    csum = np.concatenate([np.zeros((x.shape[0], 1)), np.cumsum(x, 1)], 1)
+    i = np.nonzero(fits)[0]
+    score[i] = (csum[i, end[i] + 1] - csum[i, end[i] + 1 - window]) / window
+    return {"score": score, "collapsing": collapsing, "end": np.where(fits, end, -1)}
+
+
+def cosine_auc(cos, collapse_step, window: int, leads: Sequence[int], *,
+               stable_end: str = "matched", first_step: int = 1, n_boot: int = 1000,
+               level: float = 0.95, auc_threshold: float = 0.8, seed: int = 0
+               ) -> dict[str, Any]:
+    """How well, and how far ahead, the consecutive-update cosine separates collapsing runs.
+
+    For each lead k in `leads`: the ROC AUC (`auc_mann_whitney`) of the `cosine_scores` of
+    collapsing (positive) against stable runs, with a percentile bootstrap CI at `level`
+    (collapsing and stable runs resampled separately, with replacement; resamples with one
+    class empty are skipped). Runs whose window does not fit at that k are left out and
+    counted. The stable runs' matched times are drawn once (same `seed`) for every k.
+
+    Lead time: the largest k such that AUC ≥ `auc_threshold` at every listed lead ≤ k
+    (``lead_time``), and the same with the CI's lower end ≥ auc_threshold
+    (``lead_time_conservative``); NaN, with a `reason`, when even the smallest lead fails.
+
+    Returns {"leads", "auc", "ci" ([lo, hi] per lead), "n_collapsing", "n_stable" (per lead),
+    "lead_time", "lead_time_conservative", "window", "stable_end", "auc_threshold", "level"}.
+    """
+    leads = _int_array(leads, "leads")
+    if leads.ndim != 1 or leads.size == 0 or np.any(leads < 0) or np.any(np.diff(leads) <= 0):
+        raise ValueError(f"leads must be a non-empty increasing list of integers >= 0; got "
+                         f"{leads.tolist()}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1); got {level!r}")
+    rng = np.random.default_rng(seed + 1)
+    out = {"leads": leads.tolist(), "auc": [], "ci": [], "n_collapsing": [], "n_stable": [],
+           "window": int(window), "stable_end": stable_end, "auc_threshold": auc_threshold,
+           "level": level, "n_boot": n_boot}
+    for k in leads:
+        sc = cosine_scores(cos, collapse_step, window, int(k), stable_end=stable_end,
+                           first_step=first_step, seed=seed)
+        ok = np.isfinite(sc["score"])
+        pos, neg = sc["score"][ok & sc["collapsing"]], sc["score"][ok & ~sc["collapsing"]]
+        out["n_collapsing"].append(int(pos.size))
+        out["n_stable"].append(int(neg.size))
+        out["auc"].append(auc_mann_whitney(pos, neg))
+        boots = [auc_mann_whitney(rng.choice(pos, pos.size), rng.choice(neg, neg.size))
+                 for _ in range(n_boot if pos.size and neg.size else 0)]
+        out["ci"].append(_quantile_ci(boots, level))
+
+    def lead_time(vals):
+        good = np.asarray(vals, float) >= auc_threshold         # NaN counts as failing
+        if not good[0]:
+            return math.nan
+        return int(leads[len(good) if good.all() else int(np.argmin(good)) - 1])
+
+    out["lead_time"] = lead_time(out["auc"])
+    out["lead_time_conservative"] = lead_time([lo for lo, _ in out["ci"]])
+    if not math.isfinite(out["lead_time"]):
+        out["reason"] = (f"AUC at the smallest lead ({int(leads[0])}) is {out['auc'][0]:.3f} < "
+                         f"{auc_threshold} (n = {out['n_collapsing'][0]} collapsing, "
+                         f"{out['n_stable'][0]} stable)")
+    return out
+
+
+def running_mean(x, window: int, *, first_step: int = 1) -> np.ndarray:
+    """Trailing mean over `window` steps of each row of x [runs, T]; NaN where the window
+    starts before `first_step`."""
+    x = np.asarray(x, float)
+    _check_window(window, first_step)
+    out = np.full(x.shape, math.nan)
+    csum = np.cumsum(x[:, first_step:], 1)
+    csum = np.concatenate([np.zeros((x.shape[0], 1)), csum], 1)
+    if x.shape[1] - first_step >= window:
+        out[:, first_step + window - 1:] = (csum[:, window:] - csum[:, :-window]) / window
+    return out
+
+
+def _alarm_steps(rm, c, thr):
+    """First step each run's running mean ≥ thr, before its collapse step (−1: none)."""
+    steps = np.arange(rm.shape[1])[None, :]
+    limit = np.where(c < 0, rm.shape[1], c)[:, None]
+    with np.errstate(invalid="ignore"):
+        hit = (rm >= thr) & (steps < limit)
+    return np.where(hit.any(1), hit.argmax(1), -1)
+
+
+def cosine_alarm(cos, collapse_step, window: int, train, *, first_step: int = 1,
+                 quantiles: Sequence[float] = (0.16, 0.84)) -> dict[str, Any]:
+    """An alarm on the running mean of the consecutive-update cosine, and how early it rings.
+
+    The alarm of run i rings at the first step t with running_mean(cos, window)[i, t] ≥ θ,
+    counted only strictly before the collapse step (t < c; for stable runs any step). The
+    threshold θ is chosen on the training runs (`train`, bool [runs]) to maximise Youden's J =
+    (fraction of collapsing runs alarmed before collapse) − (fraction of stable runs alarmed at
+    all), over the candidate values the training runs' running means take (ties: the larger θ).
+    It is then applied, unchanged, to the other runs (the test runs): a threshold chosen and
+    scored on the same runs flatters itself. Stable runs are watched over their whole length,
+    as a monitor would be.
+
+    Returns {"threshold", "train": {tpr, fpr, n_collapsing, n_stable}, "test": {tpr, fpr,
+    n_collapsing, n_stable, median_lead, q16_lead, q84_lead (steps c − t_alarm over alarmed
+    collapsing test runs)}, "alarm_step": [runs] (−1: none)}; NaNs and a `reason` when either
+    class is missing from the training runs.
+    """
+    x, c = _check_traces(cos, collapse_step)
+    train = np.asarray(train)
+    if train.dtype != bool or train.shape != c.shape:
+        raise ValueError(f"train must be a bool mask [runs={c.size}]; got {train.dtype} "
+                         f"{train.shape}")
+    q = np.asarray(quantiles, float)
+    rm = running_mean(x, window, first_step=first_step)
+    coll = c >= 0
+    nan = math.nan
+    out = {"threshold": nan, "window": int(window),
+           "train": {"tpr": nan, "fpr": nan, "n_collapsing": int((train & coll).sum()),
+                     "n_stable": int((train & ~coll).sum())},
+           "test": {"tpr": nan, "fpr": nan, "n_collapsing": int((~train & coll).sum()),
+                    "n_stable": int((~train & ~coll).sum()), "median_lead": nan,
+                    "q16_lead": nan, "q84_lead": nan},
+           "alarm_step": np.full(c.size, -1)}
+    if not (train & coll).any() or not (train & ~coll).any():
+        out["reason"] = "the training runs need both collapsing and stable runs"
+        return out
+    cand = np.unique(rm[train][np.isfinite(rm[train])])
+    if cand.size > 512:
+        cand = np.unique(np.quantile(cand, np.linspace(0, 1, 512)))
+    best = None
+    for thr in cand:
+        a = _alarm_steps(rm[train], c[train], thr) >= 0
+        j = a[coll[train]].mean() - a[~coll[train]].mean()
+        if best is None or j >= best[0]:
+            best = (j, thr)
+    thr = float(best[1])
+    alarm = _alarm_steps(rm, c, thr)
+    out["threshold"], out["alarm_step"] = thr, alarm
+
+    def rates(m):
+        a = alarm[m] >= 0
+        cm = coll[m]
+        return (float(a[cm].mean()) if cm.any() else nan,
+                float(a[~cm].mean()) if (~cm).any() else nan)
+
+    out["train"]["tpr"], out["train"]["fpr"] = rates(train)
+    out["test"]["tpr"], out["test"]["fpr"] = rates(~train)
+    hit = ~train & coll & (alarm >= 0)
+    if hit.any():
+        lead = (c[hit] - alarm[hit]).astype(float)
+        out["test"]["median_lead"] = float(np.median(lead))
+        out["test"]["q16_lead"], out["test"]["q84_lead"] = map(float, np.quantile(lead, q))
+    return out
