@@ -521,11 +521,14 @@ def fit_null_model(lags: Sequence[int], lrs: Sequence[float], collapsed: np.ndar
     Comparison: both models have 3 parameters, so their log-likelihoods compare directly (AIC
     difference = 2·Δ). The power law needs S ≥ 1, so both are (re)fitted on the same cells,
     S ≥ max(1, min_lag), and ``compare`` holds loglik_null, loglik_power and delta_loglik =
-    loglik_null − loglik_power (> 0: the null explains the intervals better).
+    loglik_null − loglik_power (> 0: the null explains the intervals better), with the null's
+    η0 and c on those cells (c_at_bound: c ran to 1e−4 or 1e4, the null degenerating into a
+    power law with α = 1 or a constant).
 
     Returns a dict: eta0, c (NaN with `reason` when not identified), ci_eta0, ci_c, sigma,
     loglik (of the null on its own cells), n_cells, n_bracketed, n_boot_identified, level,
-    compare {cells, n_cells, loglik_null, loglik_power, delta_loglik, alpha}.
+    compare {cells, n_cells, loglik_null, loglik_power, delta_loglik, alpha, eta0, c,
+    c_at_bound}.
     """
     s, seed_ids, lo, hi = _lag_rows(lags, lrs, collapsed)
     if int(min_lag) != min_lag or min_lag < 0:
@@ -584,7 +587,9 @@ def fit_null_model(lags: Sequence[int], lrs: Sequence[float], collapsed: np.ndar
         rn, rp = _fit_null_rows(*args), _fit_power_rows(*args)
         out["compare"] = {"cells": f"S >= {max(1, min_lag)}", "n_cells": int(cmp_.sum()),
                           "loglik_null": float(-rn.fun), "loglik_power": float(-rp.fun),
-                          "delta_loglik": float(rp.fun - rn.fun), "alpha": float(rp.x[1])}
+                          "delta_loglik": float(rp.fun - rn.fun), "alpha": float(rp.x[1]),
+                          "eta0": float(np.exp(rn.x[0])), "c": float(np.exp(rn.x[1])),
+                          "c_at_bound": bool(at_bound(rn))}
     else:
         out["compare"] = {"reason": "fewer than two S >= 1 with a bracketed eta_max"}
     return out
@@ -1029,9 +1034,9 @@ def cosine_scores(cos, collapse_step, window: int, lead: int, *, stable_end: str
     end = anchor - int(lead)
     fits = end - window + 1 >= first_step
     score = np.full(x.shape[0], math.nan)
-    csum = np.concatenate([np.zeros((x.shape[0], 1)), np.cumsum(x, 1)], 1)
     i = np.nonzero(fits)[0]
-    score[i] = (csum[i, end[i] + 1] - csum[i, end[i] + 1 - window]) / window
+    cols = end[i, None] - window + 1 + np.arange(window)[None, :]
+    score[i] = x[i[:, None], cols].mean(1)               # NaN iff the window holds a NaN
     return {"score": score, "collapsing": collapsing, "end": np.where(fits, end, -1)}
 
 
@@ -1096,11 +1101,12 @@ def running_mean(x, window: int, *, first_step: int = 1) -> np.ndarray:
     starts before `first_step`."""
     x = np.asarray(x, float)
     _check_window(window, first_step)
+    if x.ndim != 2:
+        raise ValueError(f"x must be [runs, T]; got shape {x.shape}")
     out = np.full(x.shape, math.nan)
-    csum = np.cumsum(x[:, first_step:], 1)
-    csum = np.concatenate([np.zeros((x.shape[0], 1)), csum], 1)
-    if x.shape[1] - first_step >= window:
-        out[:, first_step + window - 1:] = (csum[:, window:] - csum[:, :-window]) / window
+    if x.shape[1] - first_step >= window:          # a NaN spoils only the windows holding it
+        view = np.lib.stride_tricks.sliding_window_view(x[:, first_step:], window, axis=1)
+        out[:, first_step + window - 1:] = view.mean(-1)
     return out
 
 
@@ -1177,3 +1183,36 @@ def cosine_alarm(cos, collapse_step, window: int, train, *, first_step: int = 1,
         out["test"]["median_lead"] = float(np.median(lead))
         out["test"]["q16_lead"], out["test"]["q84_lead"] = map(float, np.quantile(lead, q))
     return out
+
+
+def _fmt(x, spec=".3g"):
+    return "n/a" if x is None or not np.isfinite(x) else format(x, spec)
+
+
+def format_null_model(fit: dict[str, Any]) -> str:
+    """One line for a `fit_null_model` result, or why there is none."""
+    cmp_ = fit.get("compare", {})
+    versus = (f"; vs power law on {cmp_['cells']}: loglik {cmp_['loglik_null']:.2f} (null) vs "
+              f"{cmp_['loglik_power']:.2f} (power, alpha = {cmp_['alpha']:.3f})"
+              if "loglik_null" in cmp_ else "")
+    if not np.isfinite(fit["c"]):
+        return f"eta0/(S + c): n/a ({fit.get('reason', 'not identified')}){versus}"
+    lo, hi = fit["ci_c"]
+    return (f"eta_max = {_fmt(fit['eta0'])}/(S + {_fmt(fit['c'])}), c {fit['level']:.0%} CI "
+            f"[{_fmt(lo)}, {_fmt(hi)}], sigma(log eta_max) = {fit['sigma']:.3f}{versus}")
+
+
+def format_two_constraint(fit: dict[str, Any]) -> str:
+    """One line for a `fit_two_constraint` result; unidentified constants print as n/a."""
+    na, nb = fit["names"]
+    parts = []
+    for name in (na, nb):
+        lo, hi = fit["ci_" + name]
+        parts.append(f"{name} = {_fmt(fit[name])} [{_fmt(lo)}, {_fmt(hi)}]")
+    line = (f"eta_max = min{{{na}/(S+{fit['s_offset']}), {nb}/T}}"
+            f"{'' if fit['units'] == 'eta' else '/G_upd'}: " + ", ".join(parts) +
+            f" ({fit['level']:.0%} CI over seeds), sigma = {_fmt(fit['sigma'])}, crossover "
+            f"T = {_fmt(fit['crossover'])}*(S+{fit['s_offset']}); bracketed rows: "
+            f"{fit['n_stale_bracketed']} stale-, {fit['n_horizon_bracketed']} horizon-limited "
+            f"of {fit['n_rows']}")
+    return line + (f" -- {fit['reason']}" if "reason" in fit else "")

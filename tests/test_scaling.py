@@ -146,6 +146,7 @@ def test_null_model_recovers_eta0_and_c_and_beats_the_power_law():
     assert abs(np.log(fit["eta0"] / 2.0)) < 0.15 and abs(np.log(fit["c"] / 3.0)) < 0.3, fit
     assert fit["ci_c"][0] <= fit["c"] <= fit["ci_c"][1] and fit["n_boot_identified"] > 90
     assert fit["compare"]["delta_loglik"] > 3                # the bend is seen
+    assert "(S + 3." in scaling.format_null_model(fit)
     # power-law data with alpha = 0.5 have no 1/(S + c) shape: the power law wins
     pw = _map(lrs, lags[1:], lambda s: 1.0 / s ** 0.5, n_seed=6, jitter=0.15)
     fit = scaling.fit_null_model(lags[1:], lrs, pw, n_boot=0)
@@ -156,6 +157,7 @@ def test_null_model_says_why_without_data():
     lrs = 2.0 ** np.arange(0, 5)
     fit = scaling.fit_null_model([0, 1, 2], lrs, np.zeros((3, 5, 4), bool), n_boot=10)
     assert np.isnan(fit["eta0"]) and np.isnan(fit["c"]) and "two or more" in fit["reason"]
+    assert "n/a" in scaling.format_null_model(fit)
     with pytest.raises(ValueError, match="min_lag"):
         scaling.fit_null_model([0, 1, 2], lrs, np.zeros((3, 5, 4), bool), min_lag=-1)
 
@@ -202,7 +204,7 @@ def test_two_constraint_recovers_a_b_and_predicts_held_out_horizons():
     assert abs(np.log(fit["a"] / A_TRUE)) < 0.15 and abs(np.log(fit["b"] / B_TRUE)) < 0.2, fit
     assert fit["ci_a"][0] <= fit["a"] <= fit["ci_a"][1]
     assert fit["n_stale_bracketed"] >= 10 and fit["n_horizon_bracketed"] >= 10
-    assert "reason" not in fit
+    assert "reason" not in fit and "n/a" not in scaling.format_two_constraint(fit)
     pred = scaling.predict_two_constraint(fit, tab["S"][~train], tab["T"][~train])
     err = scaling.heldout_error(pred, tab["lo"][~train], tab["hi"][~train])
     step = np.log(2.0) / 2                                   # the grid's log step
@@ -279,6 +281,7 @@ def test_two_constraint_says_what_is_not_identified():
     seed = np.tile([0, 1, 2], 16)
     fit = scaling.fit_two_constraint(s, t, grid[k - 1], grid[k], seed, n_boot=20)
     assert np.isnan(fit["a"]) and "a not identified" in fit["reason"]
+    assert "a = n/a" in scaling.format_two_constraint(fit)
     assert abs(np.log(fit["b"] / 2.0)) < 0.2 and np.isnan(fit["crossover"])
     assert np.isnan(scaling.predict_two_constraint(fit, [1], [100])).all()
     only_bounds = scaling.fit_two_constraint(s, t, grid[k], np.full(s.size, np.inf), seed)
@@ -412,6 +415,13 @@ def test_cosine_scores_windows():
     assert sc["score"][0] == 4.0 and sc["end"][0] == 5       # mean of steps 3, 4, 5
     assert sc["score"][1] == 7.0                             # steps 6, 7, 8 (end = 9 − 1)
     assert np.isnan(sc["score"][2]) and sc["end"][2] == -1   # window would reach step 0
+    y = x.copy()
+    y[0, 1] = np.nan                                         # outside run 0's window
+    assert scaling.cosine_scores(y, [6, -1, 2], window=3, lead=1, stable_end="end")[
+        "score"][0] == 4.0
+    rm = scaling.running_mean(y, 3)
+    assert np.isnan(rm[0, :4]).all() and rm[0, 4] == 3.0 and rm[1, 3] == 2.0
+    assert np.isnan(rm[1, :3]).all()                         # window would reach step 0
     ends = {int(scaling.cosine_scores(x, [6, -1, 2], window=3, lead=1, seed=k)["end"][1])
             for k in range(20)}                              # anchor drawn from {6, 2}
     assert ends == {5, -1}                                   # 2 − 1 = 1: the window won't fit
