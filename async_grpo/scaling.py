@@ -509,9 +509,11 @@ def fit_null_model(lags: Sequence[int], lrs: Sequence[float], collapsed: np.ndar
                    min_bracketed_frac: float = 0.5) -> dict[str, Any]:
     """The delayed-gradient null η_max = η0/(S + c), against the power law η_max ∝ S^−α.
 
-    A gradient applied S steps late behaves, for a quadratic-like loss, as if the step were
-    taken S + c times over (c ≈ 1 for a fixed lag): η_max = η0/(S + c), which bends away from a
-    power law at small S and is ∝ 1/S for S ≫ c. The fit is the interval-censored maximum
+    Gradient descent with a fixed delay S on a quadratic of curvature λ, x_{t+1} = x_t −
+    ηλ·x_{t−S}, is stable iff ηλ < 2·sin(π/(2(2S + 1))) ≈ (π/2)/(S + ½) for S ≥ 1 (exact 2 at
+    S = 0, 1 at S = 1): η_max = η0/(S + c) (least squares over S = 1…32: η0 = 1.58/λ,
+    c = 0.57; c → ½ as S → ∞) is the null a staleness law must beat.
+    It bends away from a power law at small S and is ∝ 1/S for S ≫ c. The fit is the interval-censored maximum
     likelihood of `bootstrap_alpha` with mean model μ(S) = log η0 − log(S + c) for log η_max,
     scatter σ (floored at a quarter of the median log grid step), over the cells with
     S ≥ `min_lag` (S = 0 is allowed: η_max(0) = η0/c). c is searched in [1e−4, 1e4]; when the
@@ -560,6 +562,9 @@ def fit_null_model(lags: Sequence[int], lrs: Sequence[float], collapsed: np.ndar
                          f"{bracketed.sum()} of {bracketed.size})")
         return out
     point = _fit_null_rows(s_u, y_lo, y_hi, sigma_min)
+    if point is None:
+        out["reason"] = "the likelihood was not finite at any start"
+        return out
     out.update(sigma=float(np.exp(point.x[2])), loglik=float(-point.fun))
     if at_bound(point):
         out["reason"] = (f"c at the end of its search range ({np.exp(point.x[1]):.3g}): the "
@@ -715,11 +720,16 @@ def fit_two_constraint(s, t, lo, hi, seed, *, g_upd=None, s_offset: int = 1,
     def fit(idx, st):
         m = _two_constraint_model(s_eff[idx], r["t"][idx], log_g[idx])
         res = _mle(m, st, y_lo[idx], y_hi[idx], sigma_min, bounds=bounds)
+        if res is None:
+            return None, 0, 0
         _, d = m(res.x[:2])
         b = bracketed[idx]
         return res, int((d[:, 0].astype(bool) & b).sum()), int((d[:, 1].astype(bool) & b).sum())
 
     point, n_a, n_b = fit(np.arange(y_lo.size), starts)
+    if point is None:
+        out["reason"] = "the likelihood was not finite at any start"
+        return out
     ok = {names[0]: n_a >= min_per_constraint, names[1]: n_b >= min_per_constraint}
     out.update(loglik=float(-point.fun), sigma=float(np.exp(point.x[2])), n_stale_bracketed=n_a,
                n_horizon_bracketed=n_b, identified=ok)
@@ -742,6 +752,8 @@ def fit_two_constraint(s, t, lo, hi, seed, *, g_upd=None, s_offset: int = 1,
         if bracketed[idx].sum() < 2 * min_per_constraint:
             continue
         res, nb_a, nb_b = fit(idx, [point.x])
+        if res is None:
+            continue
         boots.append((np.exp(res.x[0]) if nb_a >= min_per_constraint else nan,
                       np.exp(res.x[1]) if nb_b >= min_per_constraint else nan))
     if boots:
@@ -1085,7 +1097,7 @@ def cosine_auc(cos, collapse_step, window: int, leads: Sequence[int], *,
         good = np.asarray(vals, float) >= auc_threshold         # NaN counts as failing
         if not good[0]:
             return math.nan
-        return int(leads[len(good) if good.all() else int(np.argmin(good)) - 1])
+        return int(leads[len(good) - 1 if good.all() else int(np.argmin(good)) - 1])
 
     out["lead_time"] = lead_time(out["auc"])
     out["lead_time_conservative"] = lead_time([lo for lo, _ in out["ci"]])

@@ -153,6 +153,18 @@ def test_null_model_recovers_eta0_and_c_and_beats_the_power_law():
     assert fit["compare"]["delta_loglik"] < -3, fit["compare"]
 
 
+def test_null_model_on_delayed_gradient_descent():
+    """The docstring's example: delayed GD on a unit quadratic is stable iff η < 2 sin(π/(4S+2)),
+    which least squares on the exact log η_max over S = 1…32 fits with η0 = 1.581, c = 0.573
+    (→ π/2, 1/2 as S → ∞); the censored fit to the grid intervals finds the same curve."""
+    lrs = 2.0 ** np.arange(-8, 2, 0.125)
+    lags = [1, 2, 4, 8, 16, 32]
+    edge = 2 * np.sin(np.pi / (4 * np.asarray(lags) + 2))
+    collapsed = np.repeat((lrs[None, :] >= edge[:, None])[..., None], 3, axis=2)
+    fit = scaling.fit_null_model(lags, lrs, collapsed, min_lag=1, n_boot=0)
+    assert abs(fit["eta0"] / 1.581 - 1) < 0.03 and abs(fit["c"] - 0.573) < 0.1, fit
+
+
 def test_null_model_says_why_without_data():
     lrs = 2.0 ** np.arange(0, 5)
     fit = scaling.fit_null_model([0, 1, 2], lrs, np.zeros((3, 5, 4), bool), n_boot=10)
@@ -399,6 +411,8 @@ def test_cosine_separates_collapsing_runs_and_gives_a_lead_time():
     assert 10 <= out["lead_time"] <= 20, out                 # window 10 ending k before t_c
     assert out["lead_time_conservative"] <= out["lead_time"]
     assert out["n_collapsing"][0] == 20 and out["n_stable"][0] == 20
+    near = scaling.cosine_auc(x, c, window=10, leads=[0, 2, 4], n_boot=0)
+    assert near["lead_time"] == 4 and np.isnan(near["lead_time_conservative"])  # no CI, no claim
 
 
 def test_cosine_without_signal_gives_auc_near_half():
