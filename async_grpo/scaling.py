@@ -930,6 +930,16 @@ def classify_regimes(lags, drift_cycle, drift_cum, collapse_step, r_batch: float
     ``drift_cycle``, ``drift_cum``) in the units of r_batch, r_crit (parameter norm with a
     `fit_two_constraint` made with g_upd), or the bounds of `drift_bound_traces`.
 
+    Which to pass: the radii `fit_two_constraint` returns are where the drift *bounds*
+    S_eff·η·G_upd and T·η·G_upd sit at the stability edge, so `drift_bound_traces` classifies
+    consistently with the fit: with them a run is "stale-limited" iff S_eff·η ≥ a (its bound is
+    over the radius from step 0), else "horizon-limited" iff (t + 1)·η reaches b by its last
+    counted step, else "stable" (η-unit fit, G = 1). The recorded drifts are at most the bounds (equal only when consecutive updates are
+    aligned: ballistic drift) and the recorded ``drift_cycle`` ‖θ_t − φ_t‖ spans S updates, not
+    S + 1; against the same radii they call fewer runs limited. Comparing both classifications
+    (and `vs_collapse`) shows whether the radii are reached by the real drift or only by its
+    bound.
+
     Returns {"regime": [runs] str, "t_batch", "t_crit": [runs] first crossing steps (−1: none),
     "counts": {S: {regime: n}}, "vs_collapse": {S: {regime: {"collapsed": n,
     "not_collapsed": n}}}} — the second table checks the rule: a "stable" run that collapsed, or
