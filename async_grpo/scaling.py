@@ -512,8 +512,8 @@ def fit_null_model(lags: Sequence[int], lrs: Sequence[float], collapsed: np.ndar
     Gradient descent with a fixed delay S on a quadratic of curvature λ, x_{t+1} = x_t −
     ηλ·x_{t−S}, is stable iff ηλ < 2·sin(π/(2(2S + 1))) ≈ (π/2)/(S + ½) for S ≥ 1 (exact 2 at
     S = 0, 1 at S = 1): η_max = η0/(S + c) (least squares over S = 1…32: η0 = 1.58/λ,
-    c = 0.57; c → ½ as S → ∞) is the null a staleness law must beat.
-    It bends away from a power law at small S and is ∝ 1/S for S ≫ c. The fit is the interval-censored maximum
+    c = 0.57; c → ½ as S → ∞) is the null a staleness law must beat. It bends away from a
+    power law at small S and is ∝ 1/S for S ≫ c. The fit is the interval-censored maximum
     likelihood of `bootstrap_alpha` with mean model μ(S) = log η0 − log(S + c) for log η_max,
     scatter σ (floored at a quarter of the median log grid step), over the cells with
     S ≥ `min_lag` (S = 0 is allowed: η_max(0) = η0/c). c is searched in [1e−4, 1e4]; when the
@@ -652,11 +652,10 @@ def fit_two_constraint(s, t, lo, hi, seed, *, g_upd=None, s_offset: int = 1,
     from φ = θ_{t−S}, and the update it produces moves the parameters to θ_{t+1}, S + 1 updates
     away from φ: that is the distance over which the clipped surrogate built on φ's samples must
     stay faithful, and it is the number of updates per behavior version under a sync interval of
-    S + 1. It keeps S = 0 (on-policy) under the one-step safety constraint η·G_upd ≲ R_batch
-    (one step can still leave the clip band), so a finite η_max at S = 0 and T → 0 is
-    predicted, as the S = 0 rows of a grid show. With `s_offset` = 0 S_eff = S as printed in the
-    paper, and S = 0 rows are constrained by the horizon alone. The two choices differ only at
-    small S; fit both and compare ``loglik``.
+    S + 1. It keeps S = 0 (on-policy) under the one-step safety constraint η·G_upd ≲ R_batch (one
+    step can still leave the clip band): η_max at S = 0 stays finite as T → 0. With `s_offset` = 0
+    S_eff = S as printed in the paper, and S = 0 rows are constrained by the horizon alone. The two
+    choices differ only at small S; fit both and compare ``loglik``.
 
     Identification: a is fitted only from cells where the stale constraint is the smaller one at
     the fit, b only from cells where the horizon one is. Each needs `min_per_constraint`
@@ -670,10 +669,10 @@ def fit_two_constraint(s, t, lo, hi, seed, *, g_upd=None, s_offset: int = 1,
       n_boot: bootstrap resamples of the seeds (jointly over cells), percentile CI at `level`.
 
     Returns a dict: a, b (or R_batch, R_crit when g_upd is given: the same numbers, in
-    parameter-norm units), log_a, log_b, sigma, ci_a, ci_b, loglik, n_rows, n_bracketed,
-    n_stale_bracketed, n_horizon_bracketed, identified {a, b}, s_offset, units ("eta" or
-    "parameter norm"), crossover ("T = (b/a)·S_eff": the horizon where the two constraints
-    meet), n_boot_identified, reason (when anything is not identified).
+    parameter-norm units; `names` lists the two keys), log_a, log_b, sigma, ci_a, ci_b (ci_R_batch,
+    ci_R_crit), loglik, n_rows, n_bracketed, n_stale_bracketed, n_horizon_bracketed, identified
+    {name: bool}, s_offset, units ("eta" or "parameter norm"), crossover (b/a: the constraints meet
+    at T = (b/a)·S_eff), n_boot_identified, reason (when anything is not identified).
     """
     r = _check_rows(s=s, t=t, lo=lo, hi=hi, seed=seed,
                     g=np.ones(np.size(s)) if g_upd is None else g_upd)
@@ -930,15 +929,15 @@ def classify_regimes(lags, drift_cycle, drift_cum, collapse_step, r_batch: float
     ``drift_cycle``, ``drift_cum``) in the units of r_batch, r_crit (parameter norm with a
     `fit_two_constraint` made with g_upd), or the bounds of `drift_bound_traces`.
 
-    Which to pass: the radii `fit_two_constraint` returns are where the drift *bounds*
-    S_eff·η·G_upd and T·η·G_upd sit at the stability edge, so `drift_bound_traces` classifies
-    consistently with the fit: with them a run is "stale-limited" iff S_eff·η ≥ a (its bound is
-    over the radius from step 0), else "horizon-limited" iff (t + 1)·η reaches b by its last
-    counted step, else "stable" (η-unit fit, G = 1). The recorded drifts are at most the bounds (equal only when consecutive updates are
-    aligned: ballistic drift) and the recorded ``drift_cycle`` ‖θ_t − φ_t‖ spans S updates, not
-    S + 1; against the same radii they call fewer runs limited. Comparing both classifications
-    (and `vs_collapse`) shows whether the radii are reached by the real drift or only by its
-    bound.
+    Which to pass: the radii `fit_two_constraint` returns are where the drift *bounds* S_eff·η·G_upd
+    and T·η·G_upd sit at the stability edge, so `drift_bound_traces` classifies consistently with
+    the fit: with them a run is "stale-limited" iff S_eff·η ≥ a (its bound is over the radius from
+    step 0), else "horizon-limited" iff (t + 1)·η reaches b by its last counted step, else "stable"
+    (η-unit fit, G = 1). The recorded drifts are at most the bounds (equal only when consecutive
+    updates are aligned: ballistic drift) and the recorded ``drift_cycle`` ‖θ_t − φ_t‖ spans S
+    updates, not S + 1; against the same radii they call fewer runs limited. Comparing both
+    classifications (and `vs_collapse`) shows whether the radii are reached by the real drift or
+    only by its bound.
 
     Returns {"regime": [runs] str, "t_batch", "t_crit": [runs] first crossing steps (−1: none),
     "counts": {S: {regime: n}}, "vs_collapse": {S: {regime: {"collapsed": n,
