@@ -668,6 +668,10 @@ def fit_two_constraint(s, t, lo, hi, seed, *, g_upd=None, s_offset: int = 1,
       g_upd: None or per-row G_upd > 0.
       n_boot: bootstrap resamples of the seeds (jointly over cells), percentile CI at `level`.
 
+    Rows of one seed at several horizons come from the same runs and are not independent: the
+    bootstrap resamples each seed with all its rows, so the CI allows for that; ``loglik``
+    treats rows as independent, so use it only to compare models fitted to the same rows.
+
     Returns a dict: a, b (or R_batch, R_crit when g_upd is given: the same numbers, in
     parameter-norm units; `names` lists the two keys), log_a, log_b, sigma, ci_a, ci_b (ci_R_batch,
     ci_R_crit), loglik, n_rows, n_bracketed, n_stale_bracketed, n_horizon_bracketed, identified
