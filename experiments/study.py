@@ -43,6 +43,16 @@ from async_grpo import scaling
 
 FIGURES = ("phase", "eta_max", "t_collapse", "delta", "cosine", "reward")
 
+# Verdict thresholds, stated once (docs/results.md prints them).
+LINEAR_SLOPE = (0.9, 1.1)      # claim 1: log-log slope of ‖δ‖ vs the drift counts as linear
+T_ETA_SLOPE = (-1.25, -0.75)   # claim 3: slope of log t_c vs log η counts as t·η = const
+T_ETA_SPREAD = 2.0             # claim 3: max/min over S of the median t·η counts as S-independent
+CLIP_BINDING = 0.05            # regime: mean clip fraction ≥ 5 % just below η_max = clip binds
+COS_WINDOW = 20                # claim 5: the cosine is averaged over the last 20 steps
+COS_LEADS = (0, 20, 50, 100)   # claim 5: ... ending this many steps before the collapse
+COS_ZERO = 0.1                 # claim 5: |median cosine of stable runs| ≤ 0.1 counts as ≈ 0
+HORIZON_FRACS = (0.125, 0.25, 0.5, 1.0)   # claim 4: horizons T' = frac·T of one sweep
+
 
 # ----------------------------------------------------------------------------------------------
 # Loading.
@@ -393,15 +403,6 @@ def _cos_trace(run):
     return None, None
 
 
-def running_mean(x: np.ndarray, w: int) -> np.ndarray:
-    """Trailing mean over the last `w` steps (fewer at the start), along the last axis."""
-    c = np.cumsum(np.nan_to_num(x), axis=-1)
-    out = c.copy()
-    out[..., w:] = c[..., w:] - c[..., :-w]
-    n = np.minimum(np.arange(1, x.shape[-1] + 1), w)
-    return out / n
-
-
 def aligned_traces(trace: np.ndarray, t_collapse: np.ndarray, before: int) -> np.ndarray:
     """[runs, before] slices of `trace` ending at each run's collapse step (NaN where short)."""
     out = np.full((len(trace), before), np.nan)
@@ -412,7 +413,7 @@ def aligned_traces(trace: np.ndarray, t_collapse: np.ndarray, before: int) -> np
     return out
 
 
-def fig_cosine(study, stem: str, window: int = 10) -> None:
+def fig_cosine(study, stem: str, window: int = COS_WINDOW) -> None:
     """Figure 5: running mean of the consecutive-update (exact) / consecutive-gradient (LM) cosine:
     stable runs against the step, collapsing runs against steps before their collapse."""
     runs = [(t, r) for t, r in grids_of(study) if _cos_trace(r)[0] is not None]
@@ -422,7 +423,7 @@ def fig_cosine(study, stem: str, window: int = 10) -> None:
             _empty(axes[0], "no cosine traces (run the sweeps with traces kept)")
         for ax, (title, run) in zip(axes, runs):
             name, tr = _cos_trace(run)
-            rm = running_mean(tr, window)
+            rm = scaling.running_mean(tr, max(1, window // run.get("stride", 1)))
             g = grid(run)
             col = run["cells"]["collapsed"].astype(bool)
             tc = run["cells"]["collapse_step"].astype(int)
@@ -454,7 +455,7 @@ def fig_cosine(study, stem: str, window: int = 10) -> None:
                 h2, l2 = [], []
             ax.axhline(0, color="0.5", lw=0.6)
             ax.set_xlabel("step (stable runs)")
-            ax.set_ylabel(f"cosine, mean of last {window * stride} steps")
+            ax.set_ylabel(f"cosine, mean of last {max(1, window // stride) * stride} steps")
             ax.set_title(title, loc="left", pad=18)
             h, l = ax.get_legend_handles_labels()
             ax.legend(h + h2, l + l2, loc="upper center", bbox_to_anchor=(0.5, -0.3))
@@ -541,11 +542,6 @@ def _finite(x) -> bool:
 # The claims table (docs/results.md and <workdir>/results.md).
 # ----------------------------------------------------------------------------------------------
 
-# Verdict thresholds, stated once (docs/results.md prints them).
-LINEAR_SLOPE = (0.9, 1.1)      # claim 1: log-log slope of ‖δ‖ vs the drift counts as linear
-T_ETA_SLOPE = (-1.25, -0.75)   # claim 3: slope of log t_c vs log η counts as t·η = const
-T_ETA_SPREAD = 2.0             # claim 3: max/min over S of the median t·η counts as S-independent
-CLIP_BINDING = 0.05            # regime: mean clip fraction ≥ 5 % just below η_max = clip binds
 
 
 def _fmt(x, digits=3):
@@ -649,40 +645,145 @@ def claim_rows(study) -> dict[int, list[dict]]:
                            " outside the interval")
         rows[2].append(dict(testbed=f"{title}; {reg['label']}", measured=measured,
                             interval=interval, grid=grid_line(run), verdict=verdict))
-        g = grid(run)
-        warm = _warmup(run)
-        per_s = []
-        for i, s in enumerate(g["lags"]):
-            col = g["collapsed"][i]
-            lr = np.broadcast_to(g["lrs"][:, None], col.shape)
-            law = scaling.collapse_time_law(lr[col], g["t_collapse"][i][col], min_step=warm)
-            if law["n"] >= 2:
-                per_s.append((s, law))
-        col = g["collapsed"]
-        lr = np.broadcast_to(g["lrs"][None, :, None], col.shape)
-        law = scaling.collapse_time_law(lr[col], g["t_collapse"][col], min_step=warm)
-        if law["n"] < 3 or not per_s:
-            rows[3].append(dict(testbed=title, measured=f"{law['n']} timed collapses",
-                                interval="—", grid=grid_line(run),
-                                verdict="not measured: too few collapses after the warm-up"))
-        else:
-            meds = np.array([l["median_t_eta"] for _, l in per_s])
-            spread = float(meds.max() / meds.min())
-            slope_ok = T_ETA_SLOPE[0] <= law["slope"] <= T_ETA_SLOPE[1]
-            verdict = ("supported: t_c·η is constant and S-independent" if slope_ok and
-                       spread <= T_ETA_SPREAD else
-                       "not supported: " + ", ".join(
-                           ([f"t_c ∝ η^{law['slope']:.2f}, not η^−1"] if not slope_ok else []) +
-                           ([f"median t_c·η varies {spread:.1f}× across S"]
-                            if spread > T_ETA_SPREAD else [])))
-            rows[3].append(dict(
-                testbed=title,
-                measured=f"slope of log t_c vs log η = {law['slope']:.2f}; median t_c·η per S: "
-                         + ", ".join(f"S={s}: {l['median_t_eta']:.3g}" for s, l in per_s),
-                interval=f"{law['n']} timed collapses ({law['n_censored']} at the warm-up end "
-                         f"left out); geometric CV of t·η {law['gcv_t_eta']:.2f}",
-                grid=grid_line(run), verdict=verdict))
+        rows[3].append(collapse_law_row(title, run))
+        rows[4].append(two_constraint_row(title, run))
+        rows[5].append(cosine_row(title, run))
     return rows
+
+
+def _rows_of(run):
+    """Per-run arrays (S, η, collapse step) in cell order."""
+    c = run["cells"]
+    return c["S"].astype(int), c["lr"], c["collapse_step"].astype(int)
+
+
+def collapse_law_row(title, run) -> dict:
+    """Claim 3: t_c·η per S (`scaling.collapse_time_per_lag`) over collapses after the warm-up."""
+    lags, lrs, cs = _rows_of(run)
+    law = scaling.collapse_time_per_lag(lags, lrs, cs, min_step=_warmup(run))
+    per = {int(k): v for k, v in law["per_lag"].items() if v["n"] >= 2}
+    allv = law["all"]
+    base = dict(testbed=title, grid=grid_line(run))
+    if allv["n"] < 3 or not per:
+        return dict(base, measured=f"{allv['n']} timed collapses", interval="—",
+                    verdict="not measured: too few collapses after the warm-up")
+    meds = np.array([v["median_t_eta"] for v in per.values()])
+    spread = float(meds.max() / meds.min())
+    slope_ok = T_ETA_SLOPE[0] <= allv["slope"] <= T_ETA_SLOPE[1]
+    if slope_ok and spread <= T_ETA_SPREAD:
+        verdict = "supported: t_c·η is constant and S-independent"
+    else:
+        verdict = "not supported: " + ", ".join(
+            ([f"t_c ∝ η^{allv['slope']:.2f}, not η^−1"] if not slope_ok else []) +
+            ([f"median t_c·η varies {spread:.1f}× across S"] if spread > T_ETA_SPREAD else []))
+    return dict(base,
+                measured=f"slope of log t_c on log η {allv['slope']:.2f}; median t_c·η per S: " +
+                         ", ".join(f"S={k}: {v['median_t_eta']:.3g} [{v['q16_t_eta']:.3g}, "
+                                   f"{v['q84_t_eta']:.3g}]" for k, v in sorted(per.items())),
+                interval=f"16–84 % of runs per S; {allv['n']} timed collapses "
+                         f"({allv['n_censored']} flagged at the warm-up end left out)",
+                verdict=verdict)
+
+
+def two_constraint_row(title, run, holdout: str = "auto") -> dict:
+    """Claim 4: fit η_max(S, T') = min{a/(S+1), b/T'} on part of the (S, T') cells of one sweep
+    (T' = `HORIZON_FRACS`·T, from the causal collapse rule) and predict the rest.
+
+    Held out: every cell at the longest horizon T, and every horizon of the second-largest S
+    (an extrapolation in T and an interpolation in S). `scaling.fit_two_constraint` fits a and b
+    only where their constraint binds; a constant that never binds on the grid is reported as
+    not identified and, for the prediction, taken as not binding (b = ∞: no horizon limit)."""
+    g = grid(run)
+    base = dict(testbed=title, grid=grid_line(run))
+    steps = g["num_steps"]
+    if not steps:
+        return dict(base, measured="—", interval="—", verdict="not measured: no traces")
+    horizons = sorted({max(1, int(round(f * steps))) for f in HORIZON_FRACS})
+    patience = int(run["summary"].get("train", {}).get("collapse", {}).get("patience", 1) or 1) \
+        if "train" in run["summary"] else 1
+    tab = scaling.horizon_table(g["lags"], g["lrs"], g["t_collapse"], horizons, num_steps=steps,
+                                patience=min(patience, horizons[0]))
+    s_rows, t_rows = tab["S"], tab["T"]
+    pos = sorted(x for x in g["lags"] if x >= 1)
+    s_out = pos[-2] if len(pos) >= 3 else None
+    held = (t_rows == horizons[-1]) | (s_rows == s_out)
+    fit = scaling.fit_two_constraint(s_rows[~held], t_rows[~held], tab["lo"][~held],
+                                     tab["hi"][~held], tab["seed"][~held], n_boot=200)
+    a, b = fit["a"], fit["b"]
+    measured = scaling.format_two_constraint(fit)
+    if not _finite(a):
+        return dict(base, measured=measured, interval="—",
+                    verdict=f"not measured: {fit.get('reason', 'a not identified')}")
+    pfit = dict(fit)
+    if not _finite(b):
+        pfit["log_b"] = math.inf
+    pred = scaling.predict_two_constraint(pfit, s_rows[held], t_rows[held])
+    err = scaling.heldout_error(pred, tab["lo"][held], tab["hi"][held])
+    step = float(np.median(np.diff(np.log(g["lrs"])))) if len(g["lrs"]) > 1 else math.nan
+    within = err["median_abs_log_ratio"] <= step if _finite(err["median_abs_log_ratio"]) else False
+    interval = (f"held-out {err['n_bracketed']} bracketed + {err['n_bounds']} bound rows "
+                f"(T = {horizons[-1]}" + (f", S = {s_out}" if s_out is not None else "") +
+                f"): median |log(pred/η_max)| {_fmt(err['median_abs_log_ratio'], 2)} "
+                f"(grid step {step:.2f}), {_fmt(100 * err['frac_in_interval'], 2)} % inside the "
+                f"interval, bounds consistent {_fmt(100 * err['frac_bounds_consistent'], 2)} %")
+    if not _finite(b):
+        verdict = ("regime-dependent: only the stale constraint binds on this grid (b not "
+                   "identified: no cell is horizon-limited); ")
+    else:
+        verdict = ""
+    verdict += ("held-out η_max predicted within one grid step" if within else
+                "held-out η_max missed by more than one grid step")
+    return dict(base, measured=measured, interval=interval, verdict=verdict)
+
+
+def cosine_row(title, run) -> dict:
+    """Claim 5: the consecutive-update cosine (exact; consecutive-gradient cosine on the LM) of
+    collapsing vs stable runs (`scaling.cosine_auc`, stable windows at matched times)."""
+    name, tr = _cos_trace(run)
+    base = dict(testbed=title, grid=grid_line(run))
+    if name is None:
+        return dict(base, measured="—", interval="—", verdict="not measured: no cosine traces")
+    stride = run.get("stride", 1)
+    _, _, cs = _rows_of(run)
+    warm = _warmup(run)
+    keep = (cs < 0) | (cs > warm)          # collapses at the warm-up end have no real time
+    c_pts = np.where(cs >= 0, cs // stride, -1)[keep]
+    x = tr[keep]
+    w = max(1, COS_WINDOW // stride)
+    leads = sorted({k // stride for k in COS_LEADS})
+    n_col, n_st = int((c_pts >= 0).sum()), int((c_pts < 0).sum())
+    if n_col < 3 or n_st < 3:
+        return dict(base, measured=f"{n_col} timed collapsing, {n_st} stable runs", interval="—",
+                    verdict="not measured: needs ≥ 3 runs of each kind")
+    auc = scaling.cosine_auc(x, c_pts, w, leads, n_boot=500)
+    sc = scaling.cosine_scores(x, c_pts, w, 0)
+    ok = np.isfinite(sc["score"])
+    st = sc["score"][ok & ~sc["collapsing"]]
+    co = sc["score"][ok & sc["collapsing"]]
+    q = lambda v: f"{np.median(v):.3f} [{np.percentile(v, 25):.3f}, {np.percentile(v, 75):.3f}]"
+    measured = (f"cosine (mean of {w * stride} steps) stable {q(st)}, before collapse {q(co)}; "
+                f"AUC by lead (steps): " + ", ".join(
+                    f"{k * stride}: {a:.2f}" for k, a in zip(auc["leads"], auc["auc"])))
+    lo, hi = auc["ci"][0]
+    interval = (f"AUC at lead 0: [{_fmt(lo, 2)}, {_fmt(hi, 2)}] ({auc['level']:.0%} bootstrap over "
+                f"runs; {auc['n_collapsing'][0]} collapsing, {auc['n_stable'][0]} stable); "
+                f"cosines: median [IQR] over runs")
+    zero = abs(float(np.median(st))) <= COS_ZERO
+    sep = _finite(lo) and lo > 0.5 and np.median(co) > np.median(st)
+    rev = _finite(hi) and hi < 0.5
+    lead = auc["lead_time"]
+    if sep and zero:
+        verdict = "supported: stable ≈ 0 and higher before collapse"
+    elif sep:
+        verdict = (f"partly: higher before collapse, but stable runs are not ≈ 0 "
+                   f"(|median| > {COS_ZERO})")
+    elif rev:
+        verdict = "not supported: the cosine is LOWER before collapse than in stable runs"
+    else:
+        verdict = "not supported: the cosine does not separate collapsing from stable runs"
+    if _finite(lead):
+        verdict += f"; warns ≥ {lead * stride} steps ahead (AUC ≥ {auc['auc_threshold']})"
+    return dict(base, measured=measured, interval=interval, verdict=verdict)
 
 
 CLAIMS = {

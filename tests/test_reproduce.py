@@ -58,11 +58,7 @@ def test_gpu_scale_writes_the_commands_and_runs_nothing(tmp_path):
     assert not any(p.name.startswith(("exact", "lm_sweep")) for p in tmp_path.iterdir())
 
 
-def test_running_mean_and_alignment():
-    x = np.arange(10, dtype=float)[None]
-    rm = study.running_mean(x, 3)
-    np.testing.assert_allclose(rm[0, :4], [0, 0.5, 1, 2])
-    np.testing.assert_allclose(rm[0, -1], 8.0)
+def test_traces_aligned_on_the_collapse_step():
     al = study.aligned_traces(np.tile(np.arange(10.0), (2, 1)), np.array([5, 1]), 4)
     np.testing.assert_allclose(al[0], [2, 3, 4, 5])
     assert np.isnan(al[1, :2]).all() and (al[1, 2:] == [0, 1]).all()
