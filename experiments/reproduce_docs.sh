@@ -55,6 +55,14 @@ for V in :quick ""; do D=sweep_lm${V/:/_}
   $PY -m experiments.sweep --config=experiments/configs/sweep_lm.py$V --workdir="$RUNS/$D"
 done
 
+# The study (docs/results.md): the CPU-scale reproduction, its figures copied into docs/, and the
+# extra small-drift grids of the claims table (experiments/configs/study_small_drift.py).
+$PY -m experiments.reproduce --figure=all --scale=cpu --workdir="$RUNS/reproduce"
+mkdir -p docs/figures/study && cp "$RUNS"/reproduce/figures/fig*.png docs/figures/study/
+for V in adam sgd; do
+  $PY -m experiments.exact_sweep --config=experiments/configs/study_small_drift.py:$V --workdir="$RUNS/study/small_drift_$V"
+done
+
 # Benchmarks last (timings: run them on an otherwise idle machine).
 [ -f "$RUNS/bench_exact_grid/bench.json" ] || $PY -m bench.exact_grid --workdir="$RUNS/bench_exact_grid"
 mkdir -p "$RUNS/bench"

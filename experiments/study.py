@@ -48,6 +48,7 @@ LINEAR_SLOPE = (0.9, 1.1)      # claim 1: log-log slope of ‖δ‖ vs the drift
 T_ETA_SLOPE = (-1.25, -0.75)   # claim 3: slope of log t_c vs log η counts as t·η = const
 T_ETA_SPREAD = 2.0             # claim 3: max/min over S of the median t·η counts as S-independent
 CLIP_BINDING = 0.05            # regime: mean clip fraction ≥ 5 % just below η_max = clip binds
+MIN_SEEDS = 3                  # claim 2: a seed bootstrap over fewer seeds is no interval
 COS_WINDOW = 20                # claim 5: the cosine is averaged over the last 20 steps
 COS_LEADS = (0, 20, 50, 100)   # claim 5: ... ending this many steps before the collapse
 COS_ZERO = 0.1                 # claim 5: |median cosine of stable runs| ≤ 0.1 counts as ≈ 0
@@ -638,6 +639,9 @@ def claim_rows(study) -> dict[int, list[dict]]:
                         f"{fit['n_upper_bound']} censored (S, seed)")
             if ci[0] is None:
                 verdict = "not measured: the bootstrap is not identified"
+            elif len(grid(run)["seeds"]) < MIN_SEEDS:
+                verdict = (f"not measured: {len(grid(run)['seeds'])} seeds (a bootstrap over "
+                           f"fewer than {MIN_SEEDS} seeds is not an interval)")
             elif ci[0] <= 1.0 <= ci[1]:
                 verdict = "supported: α = 1 inside the interval"
             else:
