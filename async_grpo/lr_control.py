@@ -55,6 +55,9 @@ import jax.numpy as jnp
 import optax
 
 
+OVER_RTOL = 1e-9   # a drift counts as over m·R_batch beyond this relative rounding slack
+
+
 class Params(NamedTuple):
     """Controller settings (scalars; traced values are fine, so a grid can vmap over them).
 
@@ -74,7 +77,8 @@ class State(NamedTuple):
     """What the controller has measured so far (all scalars)."""
     steps: jax.Array          # steps seen
     max_drift: jax.Array      # max_t ‖θ_t − φ_t‖ measured
-    over: jax.Array           # steps with ‖θ_t − φ_t‖ > m·R_batch (0 under the guarantee)
+    over: jax.Array           # steps with ‖θ_t − φ_t‖ > m·R_batch·(1 + OVER_RTOL) (0 under the
+    #                           guarantee)
     limited: jax.Array        # steps with c_t < 1
     scale_sum: jax.Array      # Σ_t c_t (mean effective η / base η = scale_sum / steps)
     last: jax.Array           # c_t of the latest step
@@ -143,7 +147,7 @@ def scale(params: Params, state: State, *, update_norm, max_lag, drift_cycle=0.0
     c = jnp.where(jnp.isnan(norm), jnp.nan, c)
     d = jnp.asarray(drift_cycle, dtype)
     new = State(steps=state.steps + 1, max_drift=jnp.maximum(state.max_drift, d),
-                over=state.over + (d > margin * r_batch).astype(jnp.int32),
+                over=state.over + (d > margin * r_batch * (1 + OVER_RTOL)).astype(jnp.int32),
                 limited=state.limited + (c < 1).astype(jnp.int32),
                 scale_sum=state.scale_sum + c, last=c)
     return c, new
