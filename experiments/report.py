@@ -344,12 +344,50 @@ def bench_lm_grid(d: str) -> str:
     return "\n".join(lines)
 
 
+def lr_controller(*dirs: str) -> str:
+    """experiments.lr_controller: per S, the best fixed η, the largest never-collapsing fixed η
+    and the controller at the largest base η (each mode and margin), on held-out seeds."""
+    lines = []
+    for d in dirs:
+        r = _load(os.path.join(d, "summary.json"))
+        k, eta0 = r["k_steps"], max(r["config"]["controller"]["base_lrs"].split(","), key=float)
+        c = r["config"]
+        lines += [f"**`{d.split(os.sep, 1)[-1]}`**: {c['testbed']['policy']}, "
+                  f"{c['train']['optimizer']}, {c['train']['staleness']}, "
+                  f"{c['train']['mode']}, T = {c['train']['num_steps']}, variant "
+                  f"{r['variant']}; R_batch = {r['r_batch']:.3g} ({r['r_batch_source']}); "
+                  f"held-out seeds {r['eval_seeds']}; controller rows at base η0 = {eta0}.", "",
+                  f"| S | run | J@{k} | mean J | final J | collapsed | mean η_t/η0 | max ‖θ−φ‖ |",
+                  "|---|---|---|---|---|---|---|---|"]
+
+        def row(s, name, x, scale="—"):
+            return (f"| {s} | {name} | {x['J_at_k']:.3f} | {x['J_mean']:.3f} ± "
+                    f"{x['J_mean_sd']:.3f} | {x['J_final']:.3f} ± {x['J_final_sd']:.3f} | "
+                    f"{x['collapse_rate']:.2f} | {scale} | {_g(x['drift_cycle_max'])} |")
+
+        for t in r["table"]:
+            b = t["fixed_best"]
+            lines.append(row(t["S"], f"fixed η = {_g(b['lr'])} (best mean J)", b))
+            big = t["fixed_largest_stable_lr"]
+            if big is not None and big != b["lr"]:
+                x = next(q for q in t["fixed_per_lr"] if q["lr"] == big)
+                lines.append(row(t["S"], f"fixed η = {_g(big)} (largest never collapsing)", x))
+            for q in t["control"]:
+                if q["base_lr"] == float(eta0):
+                    lines.append(row(t["S"], f"{q['mode']}, m = {q['margin']:g}", q,
+                                     f"{q['lr_scale_mean']:.3f}"))
+        lines += ["", f"Means over {len(r['eval_seeds'])} seeds ± sd over seeds; float64. "
+                      f"{_machine_line(r.get('machine', {}))}", ""]
+    return "\n".join(lines)
+
+
 REPORTS: dict[str, Callable[..., str]] = {
     "lm_sweep": lm_sweep, "bench_lm_grid": bench_lm_grid,
     "exact_sweep": exact_sweep, "exact_families": exact_families,
     "exact_collapse_law": exact_collapse_law, "exact_bias": exact_bias, "sft_grpo": sft_grpo,
     "staleness_curves": staleness_curves, "isa_spread": isa_spread,
     "bench_exact_grid": bench_exact_grid, "group_bias": group_bias,
+    "lr_controller": lr_controller,
 }
 
 

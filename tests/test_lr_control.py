@@ -1,7 +1,11 @@
 """The staleness-aware learning-rate controller (async_grpo.lr_control) and its wiring into the
 simulator, the exact testbed and experiments/lr_controller.py."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +17,9 @@ from async_grpo import lr_control as lc
 from async_grpo import simulate
 from async_grpo.testbeds import exact as ex
 from experiments import lr_controller as lcb
+from experiments import report
 from experiments.configs import lr_controller as lcb_cfg
+from tests.helpers import repo_root
 
 
 @pytest.fixture(autouse=True)
@@ -311,3 +317,30 @@ def test_estimate_r_batch_reads_the_edge_of_stability():
     assert est["peak_drift_collapsed_quantiles"][-1] == 9.0
     with pytest.raises(ValueError, match="bracketed"):
         lcb.estimate_r_batch(lags, lrs, seeds, np.zeros_like(collapsed), step, drift)
+
+
+@pytest.mark.slow
+def test_binary_end_to_end_and_its_report(tmp_path):
+    """A tiny run of experiments/lr_controller.py: R_batch measured, the table's numbers in
+    summary.json, and the docs' report kind renders them."""
+    root = repo_root()
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+    work = tmp_path / "runs" / "ctl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.lr_controller", f"--workdir={work}",
+         "--config.lags=0,1,4", "--config.lr_min=4", "--config.lr_max=64",
+         "--config.num_seeds=2", "--config.eval_seeds=2,3", "--config.train.num_steps=60",
+         "--config.k_steps=10", "--config.controller.base_lrs=64",
+         "--config.controller.margins=0.5"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((work / "summary.json").read_text())
+    calib = json.loads((work / "calibration.json").read_text())
+    assert s["r_batch"] == calib["r_batch"] > 0 and calib["n_edges"] >= 1
+    assert [t["S"] for t in s["table"]] == [0, 1, 4]
+    for t in s["table"][1:]:
+        for q in t["control"]:
+            assert q["drift_cycle_max"] <= 0.5 * s["r_batch"] * (1 + 1e-9) or q["mode"] != "rule"
+    text = report.render("lr_controller ctl", str(tmp_path / "runs"))
+    assert "| 4 | rule, m = 0.5 |" in text and "fixed η =" in text
+    assert "rule m=0.5 η0=64" in proc.stdout
