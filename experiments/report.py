@@ -372,10 +372,12 @@ def lr_controller(*dirs: str) -> str:
             if big is not None and big != b["lr"]:
                 x = next(q for q in t["fixed_per_lr"] if q["lr"] == big)
                 lines.append(row(t["S"], f"fixed η = {_g(big)} (largest never collapsing)", x))
-            for q in t["control"]:
-                if q["base_lr"] == float(eta0):
-                    lines.append(row(t["S"], f"{q['mode']}, m = {q['margin']:g}", q,
-                                     f"{q['lr_scale_mean']:.3f}"))
+            ctl = [q for q in t["control"] if q["base_lr"] == float(eta0)]
+            if t["S"] == 0:     # no within-cycle drift: every mode and margin is the base η
+                ctl = [dict(ctl[0], mode="controller (inactive at S = 0)", margin=None)]
+            for q in ctl:
+                name = q["mode"] + ("" if q["margin"] is None else f", m = {q['margin']:g}")
+                lines.append(row(t["S"], name, q, f"{q['lr_scale_mean']:.3f}"))
         lines += ["", f"Means over {len(r['eval_seeds'])} seeds ± sd over seeds; float64. "
                       f"{_machine_line(r.get('machine', {}))}", ""]
     return "\n".join(lines)
