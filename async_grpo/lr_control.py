@@ -1,7 +1,8 @@
 r"""A staleness-aware learning-rate controller: the within-cycle drift stays under m·R_batch.
 
 Setting (arXiv 2607.01083, docs/exact_testbed.md). The learner at step t updates θ_t with a
-batch drawn from the behavior policy φ_t = θ_{t−s_t}, 0 ≤ s_t ≤ S, and applies u_t = θ_{t+1} − θ_t.
+batch drawn from the behavior policy φ_t = θ_{t−s_t}, 0 ≤ s_t ≤ S, and applies
+u_t = θ_{t+1} − θ_t.
 The paper's two-constraint rule asks for
 
     η ≪ min{ R_batch / (S·G_upd),  R_crit / (T·G_upd) },
@@ -22,14 +23,16 @@ effective learning rate η_t = c_t·η, with c_t = min{1, w_t, k_t} (c_t = 1 whe
       online. For ANY lag schedule with 0 ≤ s_t ≤ S (triangle inequality),
           ‖θ_t − φ_t‖ = ‖Σ_{k=t−s_t}^{t−1} u_k‖ ≤ Σ_{k=t−s_t}^{t−1} ‖u_k‖ ≤ s_t·m·R_batch/S
                       ≤ m·R_batch.
-    - lookahead (lookahead = 1): w_t = (m·R_batch − D⁺_t)_+ / ‖û_t‖ with the MEASURED distance
-      D⁺_t = ‖θ_t − φ_{t+1}‖ from the current iterate to the behavior policy of the NEXT batch
-      (known to an asynchronous learner: that batch's rollouts come from a stored version).
-      Then ‖θ_{t+1} − φ_{t+1}‖ ≤ D⁺_t + ‖u_t‖ ≤ m·R_batch whenever D⁺_t ≤ m·R_batch (if D⁺_t
-      is already larger, c_t = 0: the learner waits until the behavior policy catches up). It
-      is far less conservative than the rule when consecutive updates cancel (stale clipped
-      GRPO zig-zags with cos(u_t, u_{t−1}) ≈ −1, so ‖θ_t − φ_t‖ ≪ S·‖u‖), at the cost of
-      keeping the behavior versions (the simulator's ring buffer has them).
+    - lookahead (lookahead = 1): w_t = (m·R_batch − D⁺_t)_+ / (√S·‖û_t‖) when S ≥ 1, with the
+      MEASURED distance D⁺_t = ‖θ_t − φ_{t+1}‖ from the current iterate to the behavior policy
+      of the NEXT batch (known to an asynchronous learner: that batch's rollouts come from a
+      stored version). Then ‖θ_{t+1} − φ_{t+1}‖ ≤ D⁺_t + ‖u_t‖ ≤ m·R_batch whenever
+      D⁺_t ≤ m·R_batch (always so for the fixed lag with aligned updates; if D⁺_t is already
+      larger, which random lags can cause, c_t = 0 until the behavior policy catches up). The
+      1/√S spends the remaining budget over the cycle at the diffusive rate. When consecutive
+      updates cancel (stale clipped GRPO zig-zags with cos(u_t, u_{t−1}) ≈ −1, so
+      ‖θ_t − φ_t‖ ≪ S·‖u‖) it allows larger steps than the rule, at the cost of keeping the
+      behavior versions (the simulator's ring buffer has them).
 * cumulative bound (only when R_crit > 0): k_t = (m·R_crit − ‖θ_t − θ_0‖)_+ / ‖û_t‖, so
   ‖θ_{t+1} − θ_0‖ ≤ ‖θ_t − θ_0‖ + ‖u_t‖ ≤ max(m·R_crit, ‖θ_t − θ_0‖): the cumulative drift
   never grows past m·R_crit (a trust region around θ_0; learning stops there).
@@ -41,8 +44,10 @@ which the guarantees make 0 when the lags respect S) so a run shows how tight ea
 Use. `scale(params, state, ...)` is a pure, jittable function (vmap it over cells: `Params`
 holds traced scalars); `scale_by_drift_control(params)` wraps it as an
 `optax.GradientTransformationExtraArgs` to chain after an optimizer (extra args `max_lag`,
-`drift_cycle`, `drift_cum`, `drift_next`). `async_grpo.simulate.make_train(..., lr_control=...)` applies it in
-the simulator's step; `validate` checks concrete values before anything is traced.
+`drift_cycle`, `drift_cum`, `drift_next`). `async_grpo.simulate.make_train(..., lr_control=...)`
+applies it in the simulator's step; `validate` checks concrete values before anything is
+traced. How R_batch is measured, and how the controller compares with the best fixed η on the
+exact testbed: docs/lr_controller.md (experiments/lr_controller.py).
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ Recorded every step besides the update's own metrics: ``lag`` (s_t), ``J`` (with
 ``cos_update`` cos(u_t, u_{t−1}) of consecutive updates (0 at t = 0), ``finite`` and
 ``collapsed`` (and ``lr_scale`` with the optional learning-rate controller,
 `async_grpo.lr_control`). Norms are Euclidean over the flattened pytree. The summary holds
-``collapse_step`` (−1: none), ``collapsed``, ``drift_final`` and, with an objective, ``J_init``, ``J_final``,
-``J_best``.
+``collapse_step`` (−1: none), ``collapsed``, ``drift_final`` and, with an objective,
+``J_init``, ``J_final``, ``J_best``.
 
 See docs/simulator.md for a worked example on a model problem of one's own; the exact testbed
 (`async_grpo.testbeds.exact.make_train`) is one instance.
