@@ -60,7 +60,8 @@ def plan(c) -> dict:
     if not modes or bad:
         raise ValueError(f"--config.controller.modes: unknown {bad or 'empty'}; valid: "
                          f"{list(MODES)}.")
-    base_lrs = xc.parse_list(c.controller.base_lrs, float, "controller.base_lrs")
+    base_lrs = (list(p["lrs"]) if str(c.controller.base_lrs).strip() == "grid" else
+                xc.parse_list(c.controller.base_lrs, float, "controller.base_lrs"))
     ex.validate_grid(base_lrs, eval_seeds, p["lags"], p["b1s"])
     margins = xc.parse_list(c.controller.margins, float, "controller.margins")
     if not margins:

@@ -350,13 +350,13 @@ def lr_controller(*dirs: str) -> str:
     lines = []
     for d in dirs:
         r = _load(os.path.join(d, "summary.json"))
-        k, eta0 = r["k_steps"], max(r["config"]["controller"]["base_lrs"].split(","), key=float)
+        k, eta0 = r["k_steps"], max(q["base_lr"] for q in r["table"][0]["control"])
         c = r["config"]
         lines += [f"**`{d.split(os.sep, 1)[-1]}`**: {c['testbed']['policy']}, "
                   f"{c['train']['optimizer']}, {c['train']['staleness']}, "
                   f"{c['train']['mode']}, T = {c['train']['num_steps']}, variant "
                   f"{r['variant']}; R_batch = {r['r_batch']:.3g} ({r['r_batch_source']}); "
-                  f"held-out seeds {r['eval_seeds']}; controller rows at base η0 = {eta0}.", "",
+                  f"held-out seeds {r['eval_seeds']}; controller rows at base η0 = {_g(eta0)}.", "",
                   f"| S | run | J@{k} | mean J | final J | collapsed | mean η_t/η0 | max ‖θ−φ‖ |",
                   "|---|---|---|---|---|---|---|---|"]
 
@@ -372,7 +372,7 @@ def lr_controller(*dirs: str) -> str:
             if big is not None and big != b["lr"]:
                 x = next(q for q in t["fixed_per_lr"] if q["lr"] == big)
                 lines.append(row(t["S"], f"fixed η = {_g(big)} (largest never collapsing)", x))
-            ctl = [q for q in t["control"] if q["base_lr"] == float(eta0)]
+            ctl = [q for q in t["control"] if q["base_lr"] == eta0]
             if t["S"] == 0:     # no within-cycle drift: every mode and margin is the base η
                 ctl = [dict(ctl[0], mode="controller (inactive at S = 0)", margin=None)]
             for q in ctl:

@@ -4,6 +4,8 @@ Launch (from the repository root; this config is the default of the binary):
 
   python -m experiments.lr_controller --workdir=runs/controller
   python -m experiments.lr_controller --workdir=runs/controller_sampled --config.train.mode=sampled
+  # the controller at every η of the grid (a controlled stability map):
+  python -m experiments.lr_controller --workdir=runs/controller_map --config.controller.base_lrs=grid
 
 The testbed, surrogate ("grpo"), optimizer, horizon, collapse rules, S grid and η grid are those
 of experiments/configs/exact_sweep.py (the default stability map). Two stages:
@@ -33,6 +35,6 @@ def get_config():
         "margins": "0.25,0.5,1",         # margin m (comma-separated: one set of runs each)
         "r_crit": 0.0,
         "modes": "rule,lookahead",       # async_grpo.lr_control: rule (0) / lookahead (1)
-        "base_lrs": "16,512",            # base η of the controlled runs
+        "base_lrs": "16,512",            # base η of the controlled runs; "grid": every grid η
     })
     return c
