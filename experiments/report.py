@@ -383,13 +383,43 @@ def lr_controller(*dirs: str) -> str:
     return "\n".join(lines)
 
 
+def lr_controller_map(d: str) -> str:
+    """experiments.lr_controller with the controller at every grid η: per S, the fraction of
+    (η, seed) cells that collapsed with a fixed η and with the controller (each mode and
+    margin), and the mean J of the best fixed η against the controller's at the largest η0."""
+    r = _load(os.path.join(d, "summary.json"))
+    runs = sorted({(q["mode"], q["margin"]) for q in r["table"][0]["control"]})
+    lrs = r["lrs"]
+    head = ["S", "fixed: collapsed", "fixed: best mean J (η)"]
+    for mode, m in runs:
+        head += [f"{mode}, m = {m:g}: collapsed", f"{mode}, m = {m:g}: mean J at η0 = "
+                                                  f"{_g(max(lrs))}"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for t in r["table"]:
+        fixed = t["fixed_per_lr"]
+        b = t["fixed_best"]
+        cells = [str(t["S"]), f"{np.mean([q['collapse_rate'] for q in fixed]):.2f}",
+                 f"{b['J_mean']:.3f} ({_g(b['lr'])})"]
+        for mode, m in runs:
+            qs = [q for q in t["control"] if q["mode"] == mode and q["margin"] == m]
+            top = max(qs, key=lambda q: q["base_lr"])
+            cells += [f"{np.mean([q['collapse_rate'] for q in qs]):.2f}", f"{top['J_mean']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Base η0 on the whole grid ({len(lrs)} values, {_g(lrs[0])} … {_g(lrs[-1])}) "
+                  f"× {len(r['eval_seeds'])} held-out seeds {r['eval_seeds']}; R_batch = "
+                  f"{r['r_batch']:.3g} ({r['r_batch_source']}); {r['config']['train']['mode']} "
+                  f"mode, T = {r['config']['train']['num_steps']}, float64. "
+                  f"{_machine_line(r.get('machine', {}))}"]
+    return "\n".join(lines)
+
+
 REPORTS: dict[str, Callable[..., str]] = {
     "lm_sweep": lm_sweep, "bench_lm_grid": bench_lm_grid,
     "exact_sweep": exact_sweep, "exact_families": exact_families,
     "exact_collapse_law": exact_collapse_law, "exact_bias": exact_bias, "sft_grpo": sft_grpo,
     "staleness_curves": staleness_curves, "isa_spread": isa_spread,
     "bench_exact_grid": bench_exact_grid, "group_bias": group_bias,
-    "lr_controller": lr_controller,
+    "lr_controller": lr_controller, "lr_controller_map": lr_controller_map,
 }
 
 

@@ -343,4 +343,6 @@ def test_binary_end_to_end_and_its_report(tmp_path):
             assert q["drift_cycle_max"] <= 0.5 * s["r_batch"] * (1 + 1e-9) or q["mode"] != "rule"
     text = report.render("lr_controller ctl", str(tmp_path / "runs"))
     assert "| 4 | rule, m = 0.5 |" in text and "fixed η =" in text
+    table = report.render("lr_controller_map ctl", str(tmp_path / "runs"))
+    assert table.splitlines()[2].startswith("| 0 | ") and "rule, m = 0.5: collapsed" in table
     assert "rule m=0.5 η0=64" in proc.stdout
