@@ -724,7 +724,7 @@ def make_train(tb: Testbed, tc: TrainConfig) -> Callable[[Mapping[str, jax.Array
     validate_train_config(tc)
     fdtype = jnp.result_type(float)
     use_ref = tb.cfg.kl_coef > 0
-    control = (lambda cell: lr_control_lib.Params(*(cell[k] for k in CONTROL_KEYS))
+    control = ((lambda cell: lr_control_lib.Params(*(cell[k] for k in CONTROL_KEYS)))
                if tc.lr_control else None)
     return simulate.make_train(
         update_fn(tb, tc), lambda key, cell: init_params(tb, key),
