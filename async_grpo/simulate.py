@@ -27,9 +27,10 @@ means of the traces over `trace_every` steps for long runs). Every cell needs
 Recorded every step besides the update's own metrics: ``lag`` (s_t), ``J`` (with an objective),
 ``drift_cycle`` ‖θ_t − φ_t‖, ``drift_cum`` ‖θ_t − θ_0‖, ``update_norm`` ‖θ_{t+1} − θ_t‖,
 ``cos_update`` cos(u_t, u_{t−1}) of consecutive updates (0 at t = 0), ``finite`` and
-``collapsed``. Norms are Euclidean over the flattened pytree. The summary holds ``collapse_step``
-(−1: none), ``collapsed``, ``drift_final`` and, with an objective, ``J_init``, ``J_final``,
-``J_best``.
+``collapsed`` (and ``lr_scale`` with the optional learning-rate controller,
+`async_grpo.lr_control`). Norms are Euclidean over the flattened pytree. The summary holds
+``collapse_step`` (−1: none), ``collapsed``, ``drift_final`` and, with an objective,
+``J_init``, ``J_final``, ``J_best``.
 
 See docs/simulator.md for a worked example on a model problem of one's own; the exact testbed
 (`async_grpo.testbeds.exact.make_train`) is one instance.
@@ -47,6 +48,7 @@ import numpy as np
 import optax
 
 from async_grpo import collapse as collapse_lib
+from async_grpo import lr_control as lr_control_lib
 from async_grpo import staleness as staleness_lib
 from async_grpo.diagnostics import tree_cosine
 
@@ -84,9 +86,18 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
                optimizer: Callable[[Cell], optax.GradientTransformation], *, num_steps: int,
                staleness: str = "fixed", max_lag_cap: int = 16, geometric_p: float = 0.5,
                objective: Optional[Callable[[Params, Context], jax.Array]] = None,
-               collapse: Optional[collapse_lib.CollapseRules] = None
+               collapse: Optional[collapse_lib.CollapseRules] = None,
+               lr_control: Optional[Callable[[Cell], lr_control_lib.Params]] = None
                ) -> Callable[[Cell], tuple[dict, dict]]:
-    """Returns ``train(cell) -> (metrics, summary)``; see the module docstring."""
+    """Returns ``train(cell) -> (metrics, summary)``; see the module docstring.
+
+    `lr_control(cell) -> async_grpo.lr_control.Params` (optional) turns on the staleness-aware
+    learning-rate controller: each step's optimizer update is multiplied by c_t
+    (`lr_control.scale`, with S = cell["max_lag"] and, for its lookahead mode, the distance
+    ‖θ_t − φ_{t+1}‖ to the next step's behavior policy), so the within-cycle drift stays under
+    margin·R_batch; the step then also records ``lr_scale`` (c_t) and the summary
+    ``lr_scale_mean``, ``lr_limited_frac`` and ``drift_cycle_max``.
+    """
     _check_int("num_steps", num_steps, 1, MAX_STEPS)
     _check_int("max_lag_cap (S_max)", max_lag_cap, 0, MAX_LAG_CAP)
     staleness_lib.check_policy_name(staleness, scheduled_only=True)
@@ -109,6 +120,9 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
         ring = jax.tree.map(lambda x: jnp.broadcast_to(x, (k_ring,) + x.shape), theta0)
         carry0 = dict(theta=theta0, opt_state=opt.init(theta0), ring=ring, key=k_run,
                       prev_u=jax.tree.map(jnp.zeros_like, theta0))
+        if lr_control is not None:
+            ctl = lr_control_lib.scale_by_drift_control(lr_control(cell))
+            carry0["lr_control"] = ctl.init(theta0)
         if collapse is not None:
             initial = j0 if collapse.metric == "J" else None
             dtype = j0.dtype if j0 is not None else jnp.result_type(float)
@@ -124,18 +138,34 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
             m = dict(m, lag=lag)
             if objective is not None:
                 m["J"] = objective(theta, ctx)
+            m.update(drift_cycle=optax.tree.norm(optax.tree.sub(theta, phi)),
+                     drift_cum=optax.tree.norm(optax.tree.sub(theta, theta0)))
             updates, opt_state = opt.update(h, carry["opt_state"], theta)
+            extra = {}
+            if lr_control is not None:
+                # The next step's behavior policy φ_{t+1} = θ_{t+1−s_{t+1}}: its lag from the
+                # key the next step will draw it with (the key chain is only read here).
+                next_lag = staleness_lib.scheduled_lag(staleness, t + 1, s_max,
+                                                       jax.random.split(key, 3)[1],
+                                                       geometric_p=geometric_p)
+                phi_next = jax.tree.map(lambda r: r[(t + 1 - next_lag) % k_ring], ring)
+                drift_next = jnp.where(next_lag > 0,
+                                       optax.tree.norm(optax.tree.sub(theta, phi_next)), 0.0)
+                updates, ctl_state = ctl.update(updates, carry["lr_control"], theta,
+                                                max_lag=s_max, drift_cycle=m["drift_cycle"],
+                                                drift_cum=m["drift_cum"], drift_next=drift_next)
+                m["lr_scale"] = ctl_state.last
+                extra["lr_control"] = ctl_state
             new_theta = optax.apply_updates(theta, updates)
             u = optax.tree.sub(new_theta, theta)
-            m.update(drift_cycle=optax.tree.norm(optax.tree.sub(theta, phi)),
-                     drift_cum=optax.tree.norm(optax.tree.sub(theta, theta0)),
-                     update_norm=optax.tree.norm(u),
+            m.update(update_norm=optax.tree.norm(u),
                      cos_update=jnp.where(t > 0, tree_cosine(u, carry["prev_u"]), 0.0))
             finite = jnp.isfinite(optax.tree.norm(new_theta))
             if objective is not None:
                 finite = finite & jnp.isfinite(m["J"])
             m["finite"] = finite
-            new_carry = dict(theta=new_theta, opt_state=opt_state, ring=ring, key=key, prev_u=u)
+            new_carry = dict(theta=new_theta, opt_state=opt_state, ring=ring, key=key, prev_u=u,
+                             **extra)
             if collapse is not None:
                 state = collapse_lib.update(collapse, carry["collapse"], t, m)
                 m["collapsed"] = state["collapse_step"] >= 0
@@ -144,6 +174,10 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
 
         carry, metrics = jax.lax.scan(step, carry0, jnp.arange(num_steps, dtype=jnp.int32))
         summary = {"drift_final": optax.tree.norm(optax.tree.sub(carry["theta"], theta0))}
+        if lr_control is not None:
+            cs = carry["lr_control"]
+            summary.update(lr_scale_mean=cs.scale_sum / num_steps,
+                           lr_limited_frac=cs.limited / num_steps, drift_cycle_max=cs.max_drift)
         if objective is not None:
             j_final = objective(carry["theta"], ctx)
             js = metrics["J"]
@@ -156,6 +190,7 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
         return metrics, summary
 
     train.collapse = collapse
+    train.lr_control = lr_control
     train.max_lag_cap = max_lag_cap
     train.num_steps = num_steps
     return train

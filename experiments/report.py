@@ -227,6 +227,8 @@ def staleness_curves(*dirs: str) -> str:
     lines = ["| run | realized lags | rollout reward, first → last 20 steps | held-out greedy at each evaluation | mean KL(behavior‖current) k3 | mean clip frac | mean ‖θ_t − φ_t‖ | wall |",
              "|---|---|---|---|---|---|---|---|"]
     for d in dirs:
+        if not os.path.isdir(d):
+            raise MissingResults(d)
         recs = [r for r in metrics_lib.read_metrics(d) if "rollout/reward" in r]
         if not recs:
             raise MissingResults(d)
@@ -371,6 +373,75 @@ def study_stages(d: str) -> str:
     return "\n".join(lines)
 
 
+def lr_controller(*dirs: str) -> str:
+    """experiments.lr_controller: per S, the best fixed η, the largest never-collapsing fixed η
+    and the controller at the largest base η (each mode and margin), on held-out seeds."""
+    lines = []
+    for d in dirs:
+        r = _load(os.path.join(d, "summary.json"))
+        k, eta0 = r["k_steps"], max(q["base_lr"] for q in r["table"][0]["control"])
+        c = r["config"]
+        lines += [f"**`{d.split(os.sep, 1)[-1]}`**: {c['testbed']['policy']}, "
+                  f"{c['train']['optimizer']}, {c['train']['staleness']}, "
+                  f"{c['train']['mode']}, T = {c['train']['num_steps']}, variant "
+                  f"{r['variant']}; R_batch = {r['r_batch']:.3g} ({r['r_batch_source']}); "
+                  f"held-out seeds {r['eval_seeds']}; controller rows at base η0 = {_g(eta0)}.", "",
+                  f"| S | run | J@{k} | mean J | final J | collapsed | mean η_t/η0 | max ‖θ−φ‖ |",
+                  "|---|---|---|---|---|---|---|---|"]
+
+        def row(s, name, x, scale="—"):
+            return (f"| {s} | {name} | {x['J_at_k']:.3f} | {x['J_mean']:.3f} ± "
+                    f"{x['J_mean_sd']:.3f} | {x['J_final']:.3f} ± {x['J_final_sd']:.3f} | "
+                    f"{x['collapse_rate']:.2f} | {scale} | {_g(x['drift_cycle_max'])} |")
+
+        for t in r["table"]:
+            b = t["fixed_best"]
+            lines.append(row(t["S"], f"fixed η = {_g(b['lr'])} (best mean J)", b))
+            big = t["fixed_largest_stable_lr"]
+            if big is not None and big != b["lr"]:
+                x = next(q for q in t["fixed_per_lr"] if q["lr"] == big)
+                lines.append(row(t["S"], f"fixed η = {_g(big)} (largest never collapsing)", x))
+            ctl = [q for q in t["control"] if q["base_lr"] == eta0]
+            if t["S"] == 0:     # no within-cycle drift: every mode and margin is the base η
+                ctl = [dict(ctl[0], mode="controller (inactive at S = 0)", margin=None)]
+            for q in ctl:
+                name = q["mode"] + ("" if q["margin"] is None else f", m = {q['margin']:g}")
+                lines.append(row(t["S"], name, q, f"{q['lr_scale_mean']:.3f}"))
+        lines += ["", f"Means over {len(r['eval_seeds'])} seeds ± sd over seeds; float64. "
+                      f"{_machine_line(r.get('machine', {}))}", ""]
+    return "\n".join(lines)
+
+
+def lr_controller_map(d: str) -> str:
+    """experiments.lr_controller with the controller at every grid η: per S, the fraction of
+    (η, seed) cells that collapsed with a fixed η and with the controller (each mode and
+    margin), and the mean J of the best fixed η against the controller's at the largest η0."""
+    r = _load(os.path.join(d, "summary.json"))
+    runs = sorted({(q["mode"], q["margin"]) for q in r["table"][0]["control"]})
+    lrs = r["lrs"]
+    head = ["S", "fixed: collapsed", "fixed: best mean J (η)"]
+    for mode, m in runs:
+        head += [f"{mode}, m = {m:g}: collapsed", f"{mode}, m = {m:g}: mean J at η0 = "
+                                                  f"{_g(max(lrs))}"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for t in r["table"]:
+        fixed = t["fixed_per_lr"]
+        b = t["fixed_best"]
+        cells = [str(t["S"]), f"{np.mean([q['collapse_rate'] for q in fixed]):.2f}",
+                 f"{b['J_mean']:.3f} ({_g(b['lr'])})"]
+        for mode, m in runs:
+            qs = [q for q in t["control"] if q["mode"] == mode and q["margin"] == m]
+            top = max(qs, key=lambda q: q["base_lr"])
+            cells += [f"{np.mean([q['collapse_rate'] for q in qs]):.2f}", f"{top['J_mean']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Base η0 on the whole grid ({len(lrs)} values, {_g(lrs[0])} … {_g(lrs[-1])}) "
+                  f"× {len(r['eval_seeds'])} held-out seeds {r['eval_seeds']}; R_batch = "
+                  f"{r['r_batch']:.3g} ({r['r_batch_source']}); {r['config']['train']['mode']} "
+                  f"mode, T = {r['config']['train']['num_steps']}, float64. "
+                  f"{_machine_line(r.get('machine', {}))}"]
+    return "\n".join(lines)
+
+
 REPORTS: dict[str, Callable[..., str]] = {
     "study_claims": study_claims, "study_stages": study_stages,
     "lm_sweep": lm_sweep, "bench_lm_grid": bench_lm_grid,
@@ -378,6 +449,7 @@ REPORTS: dict[str, Callable[..., str]] = {
     "exact_collapse_law": exact_collapse_law, "exact_bias": exact_bias, "sft_grpo": sft_grpo,
     "staleness_curves": staleness_curves, "isa_spread": isa_spread,
     "bench_exact_grid": bench_exact_grid, "group_bias": group_bias,
+    "lr_controller": lr_controller, "lr_controller_map": lr_controller_map,
 }
 
 

@@ -28,6 +28,13 @@ sweep exact_sweep_nokl --config.testbed.kl_coef=0.0
 sweep exact_sweep_sampled --config.train.mode=sampled --config.variants=grpo
 sweep exact_sweep_delayed --config.train.mode=delayed --config.variants=grpo
 [ -f "$RUNS/exact_group_bias/results.json" ] || $PY -m experiments.exact_group_bias --workdir="$RUNS/exact_group_bias"
+# The staleness-aware learning-rate controller (docs/lr_controller.md).
+for args in "controller" "controller_confirm --config.eval_seeds=8,9,10,11,12" \
+            "controller_sampled --config.train.mode=sampled" \
+            "controller_map --config.controller.base_lrs=grid --config.controller.modes=rule --config.controller.margins=0.25,0.5"; do
+  set -- $args; dir=$1; shift
+  [ -f "$RUNS/$dir/summary.json" ] || $PY -m experiments.lr_controller --workdir="$RUNS/$dir" "$@"
+done
 
 # SFT and GRPO on addition (docs/sync_grpo.md), the staleness curves (docs/pipeline.md).
 CFG=experiments/configs/addition.py

@@ -99,6 +99,7 @@ import optax
 
 from async_grpo import collapse as collapse_lib
 from async_grpo import losses
+from async_grpo import lr_control as lr_control_lib
 from async_grpo import simulate
 from async_grpo import staleness as staleness_lib
 from async_grpo.diagnostics import tree_cosine
@@ -262,6 +263,8 @@ class TrainConfig:
     group_size: int = 8            # G for sampled mode.
     diagnostics: bool = True       # compute H(θ,θ), ∇J, δ and the cosines each step.
     collapse: collapse_lib.CollapseRules = simulate.default_collapse()
+    lr_control: bool = False       # the staleness-aware η controller (async_grpo.lr_control);
+    #                                every cell then needs CONTROL_KEYS, the base η is cell "lr".
 
     def __post_init__(self):
         validate_train_config(self)
@@ -286,6 +289,8 @@ def validate_train_config(tc: TrainConfig) -> None:
         raise ValueError(f"collapse must be a CollapseRules, got {tc.collapse!r}.")
     if not 0 <= tc.b2 < 1:
         raise ValueError(f"b2 must be in [0, 1), got {tc.b2}.")
+    if not isinstance(tc.lr_control, bool):
+        raise ValueError(f"lr_control must be True or False, got {tc.lr_control!r}.")
 
 
 def validate_grid(lrs: Sequence[float], seeds: Sequence[int], lags: Sequence[int],
@@ -662,6 +667,9 @@ def bias_diagnostics(tb: Testbed, theta: Params, phi: Params, ref: Params | None
 
 
 CELL_KEYS = ("lr", "seed", "max_lag", "b1")
+# Cell keys of the learning-rate controller (TrainConfig.lr_control): R_batch, the margin m,
+# R_crit (0 = no cumulative bound) and the mode (0 rule, 1 lookahead); see async_grpo.lr_control.
+CONTROL_KEYS = ("r_batch", "margin", "r_crit", "lookahead")
 
 
 def make_optimizer(tc: TrainConfig, lr, b1) -> optax.GradientTransformation:
@@ -716,12 +724,14 @@ def make_train(tb: Testbed, tc: TrainConfig) -> Callable[[Mapping[str, jax.Array
     validate_train_config(tc)
     fdtype = jnp.result_type(float)
     use_ref = tb.cfg.kl_coef > 0
+    control = ((lambda cell: lr_control_lib.Params(*(cell[k] for k in CONTROL_KEYS)))
+               if tc.lr_control else None)
     return simulate.make_train(
         update_fn(tb, tc), lambda key, cell: init_params(tb, key),
         lambda cell: make_optimizer(tc, jnp.asarray(cell["lr"], fdtype),
                                     jnp.asarray(cell["b1"], fdtype)),
         num_steps=tc.num_steps, staleness=tc.staleness, max_lag_cap=tc.max_lag_cap,
-        geometric_p=tc.geometric_p, collapse=tc.collapse,
+        geometric_p=tc.geometric_p, collapse=tc.collapse, lr_control=control,
         objective=lambda theta, ctx: objective(tb, theta, ctx.theta0 if use_ref else None))
 
 
@@ -747,6 +757,22 @@ def run_cells_chunked(tb: Testbed, tc: TrainConfig, cells: Mapping[str, np.ndarr
     return simulate.run_cells_chunked(make_train(tb, tc), cells, chunk_size=chunk_size, **kwargs)
 
 
+def with_control(cells: Mapping[str, np.ndarray], r_batch: float, margin: float,
+                 r_crit: float = 0.0, lookahead: float = 0.0) -> dict[str, np.ndarray]:
+    """`cells` plus the controller's keys (CONTROL_KEYS), the same values in every cell."""
+    vals = (r_batch, margin, r_crit, lookahead)
+    lr_control_lib.validate(lr_control_lib.Params(*vals))
+    n = len(cells["lr"])
+    return dict(cells, **{k: np.full(n, float(v)) for k, v in zip(CONTROL_KEYS, vals)})
+
+
 def _validate_cells(tc: TrainConfig, cells: Mapping[str, np.ndarray]) -> None:
     validate_grid(list(cells["lr"]), [int(s) for s in cells["seed"]],
                   [int(s) for s in cells["max_lag"]], list(cells["b1"]), max_lag_cap=tc.max_lag_cap)
+    if tc.lr_control:
+        missing = [k for k in CONTROL_KEYS if k not in cells]
+        if missing:
+            raise ValueError(f"TrainConfig.lr_control is on but the cells lack {missing}; add "
+                             "them with exact.with_control(cells, r_batch, margin, ...).")
+        for vals in zip(*(np.asarray(cells[k]).tolist() for k in CONTROL_KEYS)):
+            lr_control_lib.validate(lr_control_lib.Params(*vals))

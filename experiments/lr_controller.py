@@ -1,0 +1,273 @@
+r"""Does a staleness-aware learning-rate controller beat the best fixed η? (exact testbed)
+
+  python -m experiments.lr_controller --workdir=runs/controller
+  python -m experiments.lr_controller --workdir=runs/controller_sampled --config.train.mode=sampled
+
+(Config: experiments/configs/lr_controller.py; its docstring describes the two stages.)
+
+1. Calibration: the fixed-η (S, η, seed) grid of the default stability map (seeds 0..4), with the
+   within-cycle drift ‖θ_t − φ_t‖ kept every step. R_batch is MEASURED there (`estimate_r_batch`):
+   for every S ≥ 1 and seed whose η_max is bracketed (a collapse above a stable η), the edge run
+   is the stable run at η_max, one grid step below a collapse; its peak within-cycle drift over
+   the whole run is a drift that the testbed survives right at the edge of stability, while
+   one step of η higher the run collapses. R_batch is the median of these peaks over (S, seed).
+   The peak drift of the collapsing neighbour before its collapse step is recorded beside it.
+2. Evaluation on held-out seeds: the fixed-η grid, and the controller (`async_grpo.lr_control`)
+   in each mode at each base η, with R_batch from stage 1 and margin m. For each S the table
+   lists the best fixed η (the η with the highest mean J over the run, averaged over seeds) and
+   the controlled runs: J after k steps, mean J over the run, final J, collapse rate, the mean
+   effective η / base η and the largest measured within-cycle drift.
+
+Writes <workdir>/calibration.json, <workdir>/cells_fixed.csv, <workdir>/cells_control.csv and
+<workdir>/summary.json (the table's numbers, R_batch, config, machine, wall times); prints the
+table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app, flags
+import jax
+from ml_collections import config_flags
+import numpy as np
+
+from async_grpo import files
+from async_grpo import lr_control
+from async_grpo import scaling as xa
+from async_grpo import workdir as workdir_lib
+from async_grpo.testbeds import exact as ex
+from async_grpo.testbeds import exact_configs as xc
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
+                               "lr_controller.py")
+MODES = {"rule": 0.0, "lookahead": 1.0}
+KEEP = ("J", "drift_cycle", "update_norm")
+
+
+def plan(c) -> dict:
+    """Parses and validates the config (nothing compiled)."""
+    p = xc.sweep_plan(c)
+    if len(p["variants"]) != 1:
+        raise ValueError(f"--config.variants must name one variant, got {p['variants']}.")
+    eval_seeds = xc.parse_list(c.eval_seeds, int, "eval_seeds")
+    if not eval_seeds or min(eval_seeds) < 0:
+        raise ValueError(f"--config.eval_seeds must be integers >= 0, got {c.eval_seeds!r}.")
+    modes = xc.parse_list(c.controller.modes, str, "controller.modes")
+    bad = [m for m in modes if m not in MODES]
+    if not modes or bad:
+        raise ValueError(f"--config.controller.modes: unknown {bad or 'empty'}; valid: "
+                         f"{list(MODES)}.")
+    base_lrs = (list(p["lrs"]) if str(c.controller.base_lrs).strip() == "grid" else
+                xc.parse_list(c.controller.base_lrs, float, "controller.base_lrs"))
+    ex.validate_grid(base_lrs, eval_seeds, p["lags"], p["b1s"])
+    margins = xc.parse_list(c.controller.margins, float, "controller.margins")
+    if not margins:
+        raise ValueError("--config.controller.margins is empty.")
+    r_batch = c.controller.r_batch
+    for m in margins:
+        lr_control.validate(lr_control.Params(1.0 if r_batch is None else r_batch, m,
+                                              c.controller.r_crit))
+    if not isinstance(c.k_steps, int) or not 1 <= c.k_steps <= c.train.num_steps:
+        raise ValueError(f"--config.k_steps must be an integer in [1, num_steps], got "
+                         f"{c.k_steps!r}.")
+    return dict(p, eval_seeds=eval_seeds, modes=modes, base_lrs=base_lrs, margins=margins)
+
+
+def estimate_r_batch(lags, lrs, seeds, collapsed, collapse_step, drift) -> dict:
+    """R_batch from a fixed-η grid (module docstring, stage 1).
+
+    collapsed, collapse_step: [nS, E, nseed]; drift: [nS, E, nseed, T] within-cycle drift.
+    """
+    eta, censor = xa.eta_max_per_seed(lrs, collapsed)
+    edges = []
+    for i, s in enumerate(lags):
+        if s < 1:
+            continue
+        for k, seed in enumerate(seeds):
+            if censor[i, k] != 0:
+                continue
+            j = int(np.searchsorted(lrs, eta[i, k]))
+            t_fail = int(collapse_step[i, j + 1, k])
+            edges.append({"S": int(s), "seed": int(seed), "eta_max": float(lrs[j]),
+                          "peak_drift_stable": float(np.max(drift[i, j, k])),
+                          "eta_collapsed": float(lrs[j + 1]), "collapse_step": t_fail,
+                          "peak_drift_collapsed_before_collapse": float(
+                              np.max(drift[i, j + 1, k, :max(t_fail, 1)]))})
+    if not edges:
+        raise ValueError("No (S >= 1, seed) has a bracketed eta_max: R_batch cannot be measured "
+                         "from this grid; widen the eta grid or set --config.controller.r_batch.")
+    ok = np.array([e["peak_drift_stable"] for e in edges])
+    fail = np.array([e["peak_drift_collapsed_before_collapse"] for e in edges])
+    return {"r_batch": float(np.median(ok)), "n_edges": len(edges),
+            "peak_drift_stable_quantiles": np.quantile(ok, [0, .25, .5, .75, 1]).tolist(),
+            "peak_drift_collapsed_quantiles": np.quantile(fail, [0, .25, .5, .75, 1]).tolist(),
+            "edges": edges}
+
+
+def _run(tb, tc, cells, chunk_size, keep):
+    return ex.run_cells_chunked(tb, tc, cells, chunk_size=min(chunk_size, len(cells["lr"])),
+                                keep_metrics=keep)
+
+
+def _stats(m, s, sel, k):
+    """Mean over the selected cells (seeds) of J@k, mean J, final J, collapse rate; sd = the
+    standard deviation over seeds."""
+    j = m["J"][sel]
+    return {"J_at_k": float(np.mean(j[:, k - 1])), "J_mean": float(np.mean(j)),
+            "J_mean_sd": float(np.std(j.mean(1))),
+            "J_final": float(np.mean(s["J_final"][sel])),
+            "J_final_sd": float(np.std(s["J_final"][sel])),
+            "collapse_rate": float(np.mean(s["collapsed"][sel])), "n": int(sel.sum())}
+
+
+def run(c, workdir: str, p=None) -> str:
+    p = plan(c) if p is None else p
+    if c.x64:
+        jax.config.update("jax_enable_x64", True)
+    os.makedirs(workdir, exist_ok=True)
+    variant = p["variants"][0]
+    tb = ex.make_testbed(p["testbeds"][variant])
+    lags, lrs, b1s = p["lags"], np.array(p["lrs"]), p["b1s"]
+    if len(b1s) != 1:
+        raise app.UsageError("--config.b1s must hold one value here.")
+    tc_fixed = p["train"]
+    tc_ctl = xc.train_config(c, tc_fixed.max_lag_cap, lr_control=True)
+    walls = {}
+    r_batch = c.controller.r_batch
+    calib = None
+    if r_batch is None:
+        t0 = time.time()
+        seeds = p["seeds"]
+        cells = ex.make_cells(p["lrs"], seeds, lags, b1s, max_lag_cap=tc_fixed.max_lag_cap)
+        m, s = _run(tb, tc_fixed, cells, c.chunk_size, ("drift_cycle",))
+        shape = (len(lags), len(lrs), len(seeds))
+        calib = estimate_r_batch(lags, lrs, seeds, s["collapsed"].reshape(shape),
+                                 s["collapse_step"].reshape(shape),
+                                 m["drift_cycle"].reshape(shape + (-1,)))
+        calib["collapse_frac_per_S"] = {str(S): float(v) for S, v in zip(
+            lags, s["collapsed"].reshape(shape).mean((1, 2)))}
+        calib["seeds"] = seeds
+        r_batch = calib["r_batch"]
+        walls["calibration_s"] = time.time() - t0
+        files.write_json_atomic(os.path.join(workdir, "calibration.json"), calib)
+    r_crit, k = float(c.controller.r_crit), c.k_steps
+
+    t0 = time.time()
+    seeds = p["eval_seeds"]
+    fixed = ex.make_cells(p["lrs"], seeds, lags, b1s, max_lag_cap=tc_fixed.max_lag_cap)
+    mf, sf = _run(tb, tc_fixed, fixed, c.chunk_size, KEEP)
+    walls["fixed_s"] = time.time() - t0
+    files.write_csv_atomic(os.path.join(workdir, "cells_fixed.csv"), {
+        "S": fixed["max_lag"], "lr": fixed["lr"], "seed": fixed["seed"],
+        "J_at_k": mf["J"][:, k - 1], "J_mean": mf["J"].mean(1), "J_final": sf["J_final"],
+        "collapse_step": sf["collapse_step"], "collapsed": sf["collapsed"].astype(int),
+        "drift_cycle_max": mf["drift_cycle"].max(1)})
+
+    t0 = time.time()
+    parts = []
+    for mode in p["modes"]:
+        for margin in p["margins"]:
+            cl = ex.make_cells(p["base_lrs"], seeds, lags, b1s, max_lag_cap=tc_fixed.max_lag_cap)
+            parts.append(ex.with_control(cl, r_batch, margin, r_crit, MODES[mode]))
+    ctl = {key: np.concatenate([q[key] for q in parts]) for key in parts[0]}
+    mc, sc = _run(tb, tc_ctl, ctl, c.chunk_size, KEEP + ("lr_scale",))
+    walls["control_s"] = time.time() - t0
+    mode_names = {v: n for n, v in MODES.items()}
+    files.write_csv_atomic(os.path.join(workdir, "cells_control.csv"), {
+        "mode": [mode_names[v] for v in ctl["lookahead"]], "margin": ctl["margin"],
+        "S": ctl["max_lag"],
+        "base_lr": ctl["lr"], "seed": ctl["seed"], "J_at_k": mc["J"][:, k - 1],
+        "J_mean": mc["J"].mean(1), "J_final": sc["J_final"],
+        "collapse_step": sc["collapse_step"], "collapsed": sc["collapsed"].astype(int),
+        "lr_scale_mean": sc["lr_scale_mean"], "drift_cycle_max": mc["drift_cycle"].max(1)})
+
+    table = []
+    for s_val in lags:
+        row = {"S": int(s_val)}
+        per_lr = []
+        for e in lrs:
+            sel = (fixed["max_lag"] == s_val) & (fixed["lr"] == e)
+            per_lr.append(dict(_stats(mf, sf, sel, k), lr=float(e),
+                               drift_cycle_max=float(mf["drift_cycle"][sel].max())))
+        best = max(per_lr, key=lambda r: r["J_mean"])
+        row["fixed_best"] = best
+        stable = [r for r in per_lr if r["collapse_rate"] == 0]
+        row["fixed_largest_stable_lr"] = max(r["lr"] for r in stable) if stable else None
+        row["fixed_best_stable"] = max(stable, key=lambda r: r["J_mean"]) if stable else None
+        row["fixed_per_lr"] = per_lr
+        row["control"] = []
+        for mode in p["modes"]:
+            for margin in p["margins"]:
+                for e in p["base_lrs"]:
+                    sel = ((ctl["max_lag"] == s_val) & (ctl["lr"] == e)
+                           & (ctl["lookahead"] == MODES[mode]) & (ctl["margin"] == margin))
+                    row["control"].append(dict(
+                        _stats(mc, sc, sel, k), mode=mode, margin=margin, base_lr=float(e),
+                        lr_scale_mean=float(np.mean(sc["lr_scale_mean"][sel])),
+                        drift_cycle_max=float(mc["drift_cycle"][sel].max())))
+        table.append(row)
+    summary = {"config": json.loads(c.to_json()), "machine": workdir_lib.machine(),
+               "wall_s": walls, "variant": variant, "r_batch": r_batch,
+               "r_batch_source": "measured (calibration.json)" if calib else "config",
+               "margins": p["margins"], "r_crit": r_crit, "k_steps": k, "eval_seeds": seeds,
+               "calibration_seeds": calib["seeds"] if calib else None,
+               "lrs": lrs.tolist(), "table": table}
+    files.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    return format_table(summary) + f"\nresults in {workdir}"
+
+
+def _pm(r, key):
+    return f"{r[key]:.4f}±{r[key + '_sd']:.4f}"
+
+
+def format_table(summary: dict) -> str:
+    k = summary["k_steps"]
+    lines = [f"variant={summary['variant']} mode={summary['config']['train']['mode']} "
+             f"R_batch={summary['r_batch']:.3g} ({summary['r_batch_source']}) "
+             f"margins={summary['margins']} R_crit={summary['r_crit']} "
+             f"eval seeds={summary['eval_seeds']} T={summary['config']['train']['num_steps']}",
+             "Fixed: the grid η with the highest mean J (over steps and seeds). Controller: base "
+             "η; scale = mean effective η / base η; maxD = largest within-cycle drift measured.",
+             "± = sd over seeds.",
+             f"  {'S':>3} {'run':<27} {'J@' + str(k):>7} {'J mean':>14} {'J final':>14} "
+             f"{'collapse':>8} {'scale':>6} {'maxD':>7}"]
+    for row in summary["table"]:
+        b = row["fixed_best"]
+        lines.append(f"  {row['S']:>3} {'fixed η=' + format(b['lr'], '.3g'):<27} "
+                     f"{b['J_at_k']:>7.4f} {_pm(b, 'J_mean'):>14} {_pm(b, 'J_final'):>14} "
+                     f"{b['collapse_rate']:>8.2f} {'':>6} {b['drift_cycle_max']:>7.3g}")
+        for r in row["control"]:
+            name = f"{r['mode']} m={r['margin']:g} η0={r['base_lr']:.3g}"
+            lines.append(f"  {'':>3} {name:<27} {r['J_at_k']:>7.4f} {_pm(r, 'J_mean'):>14} "
+                         f"{_pm(r, 'J_final'):>14} {r['collapse_rate']:>8.2f} "
+                         f"{r['lr_scale_mean']:>6.3f} {r['drift_cycle_max']:>7.3g}")
+        lines.append(f"      (largest fixed η with no collapse: {row['fixed_largest_stable_lr']})")
+    return "\n".join(lines)
+
+
+def _define_flags():
+    global _CONFIG, _WORKDIR
+    _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
+                                              "Config file (experiments/configs/lr_controller.py).",
+                                              lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required.")
+    try:
+        p = plan(_CONFIG.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    print(run(_CONFIG.value, _WORKDIR.value, p))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
