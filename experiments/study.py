@@ -139,7 +139,14 @@ def load_study(d: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
             "sampled": load_exact(os.path.join(d, "exact_sampled")),
             "bias": load_bias(os.path.join(d, "exact_bias")),
             "lm": load_lm(os.path.join(d, "lm_sweep")), "dir": d,
-            "extra": {label: load_exact(path) for label, path in (extra or {}).items()}}
+            "extra": {label: _load_grid_dir(path) for label, path in (extra or {}).items()}}
+
+
+def _load_grid_dir(path: str) -> dict[str, dict]:
+    """{variant: run} of an exact sweep, or {"grpo": run} of an LM sweep (it has curves.npz)."""
+    if os.path.exists(os.path.join(path, "curves.npz")):
+        return {"grpo": load_lm(path)}
+    return load_exact(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,7 +405,10 @@ def fig_delta(study, stem: str) -> None:
 
 
 def _cos_trace(run):
-    for k in ("cos_update", "cos/consecutive_grads", "cos/consecutive_updates"):
+    """The consecutive-gradient cosine: `cos_grad` (exact: consecutive update directions h_t
+    before the optimizer, the right one under Adam, whose momentum makes cos_update ≈ β1),
+    the LM learner's `cos/consecutive_grads`, else `cos_update`."""
+    for k in ("cos_grad", "cos/consecutive_grads", "cos_update", "cos/consecutive_updates"):
         if k in run["traces"]:
             return k, run["traces"][k]
     return None, None
@@ -639,6 +649,9 @@ def claim_rows(study) -> dict[int, list[dict]]:
                         f"{fit['n_upper_bound']} censored (S, seed)")
             if ci[0] is None:
                 verdict = "not measured: the bootstrap is not identified"
+            elif (grid(run)["lags"] >= 1).sum() < 3:
+                verdict = ("not measured: fewer than 3 values of S ≥ 1 (a slope through two "
+                           "grid-resolution intervals is not a measurement)")
             elif len(grid(run)["seeds"]) < MIN_SEEDS:
                 verdict = (f"not measured: {len(grid(run)['seeds'])} seeds (a bootstrap over "
                            f"fewer than {MIN_SEEDS} seeds is not an interval)")
