@@ -17,7 +17,7 @@ m_* of `--config.keep_metrics`, default J only, as block means over `--config.tr
 steps), cells.csv (S, η, seed, b1, J_init, J_final, J_best, collapse_step,
 collapsed), summary.json (η_max per S and seed, the fit η_max ∝ S^−α over S ≥ 1 with a bootstrap
 interval over seeds, the collapse-time law; with clip_frac, update_norm and drift_cycle among the
-traces also the regime: the clip radius and the clip fraction, update norm and within-cycle drift
+traces (or clip_frac_sampled) also the regime: the clip radius and the clip fraction, update norm and within-cycle drift
 at each seed's η_max, `regime_summary`), phase.png/.pdf; and <workdir>/summary.json with all
 variants, the config, the machine and the wall times. Prints a summary table at the end.
 """
@@ -206,20 +206,23 @@ def clip_radius(drift, clip, onset=CLIP_ONSET, bins=24):
 
 
 def regime_summary(traces, summ, cells, lags, lrs, per_b1, tb_cfg, tc):
-    """Which regime the grid is in, from the traces (needs clip_frac, update_norm, drift_cycle in
-    `keep_metrics`; else None): the clip radius R_clip (`clip_radius`, pooled over every S ≥ 1
+    """Which regime the grid is in, from the traces (needs clip_frac — the exact population clip
+    fraction — or else clip_frac_sampled (the library's, on the sample), update_norm and
+    drift_cycle in `keep_metrics`; else None): the clip radius R_clip (`clip_radius`, pooled over every S ≥ 1
     cell before its collapse) and, per S and b1, medians over the cells at each seed's η_max
     (the largest η that did not collapse) and their steps of the clip fraction, the update norm
     ‖u_t‖ and the within-cycle drift ‖θ_t − φ_t‖, the last two also in units of R_clip."""
-    need = ("clip_frac", "update_norm", "drift_cycle")
-    if not all(k in traces for k in need):
+    clip_key = "clip_frac" if "clip_frac" in traces else "clip_frac_sampled"
+    if not all(k in traces for k in (clip_key, "update_norm", "drift_cycle")):
         return None
+    traces = dict(traces, clip_frac=traces[clip_key])
+    need = ("clip_frac", "update_norm", "drift_cycle")
     every = tc.num_steps // traces["J"].shape[1]
     cs = summ["collapse_step"].astype(np.int64)
     tr = {k: _pre_collapse(traces[k], cs, every) for k in need}
     stale = cells["max_lag"] >= 1
     r_clip, d_max = clip_radius(tr["drift_cycle"][stale].ravel(), tr["clip_frac"][stale].ravel())
-    out = {"clip_onset": CLIP_ONSET, "R_clip": r_clip, "max_drift_cycle": d_max,
+    out = {"clip_metric": clip_key, "clip_onset": CLIP_ONSET, "R_clip": r_clip, "max_drift_cycle": d_max,
            "clip_eps": tb_cfg.surrogate.get("clip_eps"), "trace_every": every, "per_b1": []}
     for r in per_b1:
         rows = {}

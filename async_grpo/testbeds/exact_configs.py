@@ -20,8 +20,11 @@ def loss_overrides(c) -> dict:
 
 
 def testbed_config(c, variant: str = "grpo") -> ex.TestbedConfig:
-    """TestbedConfig from `c.testbed` with the loss `variant` and `c.loss_kwargs`."""
-    return ex.TestbedConfig(**dict(c.testbed), loss=variant, loss_kwargs=loss_overrides(c))
+    """TestbedConfig from `c.testbed` with the loss `variant` and `c.loss_kwargs`; in sampled
+    mode (`c.train.mode`) also variants without an exact population form (`sampled_only`)."""
+    sampled = c.get("train") is not None and c.train.get("mode") == "sampled"
+    return ex.TestbedConfig(**dict(c.testbed), loss=variant, loss_kwargs=loss_overrides(c),
+                            sampled_only=bool(sampled))
 
 
 def collapse_rules(c) -> collapse_lib.CollapseRules:
