@@ -47,9 +47,13 @@ Objects
   leave-one-out has no population form beyond its G/(G−1) factor, which is dropped), and c the
   constant factor of the variant's aggregation at fixed length L (1 for the token means, L for
   a token sum, L/normalizer for Dr. GRPO's). Variants without an exact population form (TIS,
-  MIS, dual clip, CISPO, decoupled PPO, the product sequence ratio) are refused with a clear
-  error. In SAMPLED mode (`sampled_loss`) the variant itself (`async_grpo.losses.make_loss`) is
-  evaluated on G responses per prompt drawn from π_φ, exactly as the learner sees them. In
+  MIS, dual clip, CISPO, decoupled PPO, the product sequence ratio, total_derivative) are refused
+  with a clear error, unless `TestbedConfig.sampled_only`: then they train in sampled mode only
+  and no population-mode metric is recorded. In SAMPLED mode (`sampled_loss`) the variant itself
+  (`async_grpo.losses.make_loss`) is evaluated on G responses per prompt drawn from π_φ, exactly
+  as the learner sees them; a variant needing a proximal policy (decoupled PPO) gets
+  π_prox = sg(π_θ), the learner's current policy (one update per batch), which makes its
+  gradient that of the unclipped token ratio (`pg`). In
   DELAYED mode training follows the pure delayed gradient H(φ, φ): the on-policy update of the
   stale parameters, every factor evaluated at φ, applied at θ (the classic delayed-gradient
   model; the stale surrogate H(θ, φ) evaluates ∇log π_θ and the KL at the current θ).
