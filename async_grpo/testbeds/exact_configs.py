@@ -89,8 +89,13 @@ def sweep_plan(c) -> dict:
             or c.train.num_steps % every):
         raise ValueError(f"--config.trace_every must be an integer >= 1 that divides "
                          f"train.num_steps = {c.train.num_steps}, got {every!r}.")
+    horizons = parse_list(c.get("horizons", ""), int, "horizons")
+    bad = [h for h in horizons if not 1 <= h <= c.train.num_steps]
+    if bad:
+        raise ValueError(f"--config.horizons {bad}: every horizon T' must be in [1, "
+                         f"train.num_steps = {c.train.num_steps}].")
     return dict(variants=variants, lags=lags, lrs=lrs, seeds=seeds, b1s=b1s, train=tcs,
-                testbeds=tbs, keep_metrics=keep, trace_every=every)
+                testbeds=tbs, keep_metrics=keep, trace_every=every, horizons=sorted(set(horizons)))
 
 
 def bias_plan(c) -> dict:

@@ -59,15 +59,18 @@ def get_config(arg="adam"):
         c.train.optimizer = "adam"
         c.lr_min, c.lr_max, c.lrs_per_octave = 0.02, 0.64, 1
         c.train.num_steps, c.trace_every = 10000, 50
+        c.horizons = "1250,2500,5000,10000"
         if arg == "adam_variants":
             c.variants = SAMPLED_VARIANTS
             c.keep_metrics = VARIANT_TRACES
             c.lags = "0,1,4,16"
             c.num_seeds = 2
             c.train.num_steps = 5000
+            c.horizons = "1250,2500,5000"
     elif arg == "sgd":
         c.lr_min, c.lr_max, c.lrs_per_octave = 2.0, 8.0, 2
         c.train.num_steps, c.trace_every = 8000, 50
+        c.horizons = "1000,2000,4000,8000"
     elif arg == "large_variants":      # the default grid (SGD, T = 500) in sampled mode, η 1 … 128
         c.variants = SAMPLED_VARIANTS
         c.keep_metrics = VARIANT_TRACES
