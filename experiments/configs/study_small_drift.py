@@ -67,6 +67,7 @@ def get_config(arg="adam"):
             c.num_seeds = 2
             c.train.num_steps = 5000
             c.horizons = "1250,2500,5000"
+            c.n_boot = 500     # 6 variants x 4 fits; the bootstrap dominates the analysis time
     elif arg == "sgd":
         c.lr_min, c.lr_max, c.lrs_per_octave = 2.0, 8.0, 2
         c.train.num_steps, c.trace_every = 8000, 50
@@ -75,6 +76,7 @@ def get_config(arg="adam"):
         c.variants = SAMPLED_VARIANTS
         c.keep_metrics = VARIANT_TRACES
         c.lr_min, c.lr_max = 1.0, 128.0
+        c.n_boot = 500
         c.trace_every = 5
     else:                              # the default population grid, step-3 variants
         c.variants = POPULATION_VARIANTS
