@@ -34,7 +34,10 @@ from experiments.configs import exact_sweep
 TRACES = "J,cos_update,drift_cycle,drift_cum,update_norm,clip_frac"
 # Variants without a population form record no population clip fraction: the variant runs keep
 # the library's clip fraction on the sample (0 for a loss without a clip) for every variant.
-VARIANT_TRACES = "J,cos_update,drift_cycle,drift_cum,update_norm,clip_frac_sampled,cos_used"
+# cos_grad (the consecutive cosine of the update directions before Adam) came after the two main
+# grids ran; under Adam's β1 = 0.9 cos_update is ≈ 0.9 in every run, so cos_grad is the one to read.
+VARIANT_TRACES = ("J,cos_update,cos_grad,drift_cycle,drift_cum,update_norm,clip_frac_sampled,"
+                  "cos_used")
 # Variants run in step 3. pg = GRPO's token ratio without the clip (token-mean, which equals
 # GRPO's seq-mean-token-mean at the testbed's fixed length): "GRPO with clipping off".
 # decoupled_ppo is left out: with one update per batch its proximal policy is the current θ_t
