@@ -14,12 +14,14 @@ and config reuses the saved chunks (a different config in the same workdir is re
 
 Writes, per variant: chunks/chunk_*.npz (per cell: the summary, s_*, and the per-step traces
 m_* of `--config.keep_metrics`, default J only, as block means over `--config.trace_every`
-steps), cells.csv (S, η, seed, b1, J_init, J_final, J_best, collapse_step,
-collapsed), summary.json (η_max per S and seed, the fit η_max ∝ S^−α over S ≥ 1 with a bootstrap
-interval over seeds, the collapse-time law; with clip_frac, update_norm and drift_cycle among the
-traces (or clip_frac_sampled) also the regime: the clip radius and the clip fraction, update norm and within-cycle drift
-at each seed's η_max, `regime_summary`), phase.png/.pdf; and <workdir>/summary.json with all
-variants, the config, the machine and the wall times. Prints a summary table at the end.
+steps), cells.csv (S, η, seed, b1, J_init, J_final, J_best, collapse_step, collapsed),
+summary.json (η_max per S and seed, the fit η_max ∝ S^−α over S ≥ 1 with a bootstrap interval
+over seeds, the collapse-time law; η_max and α at the shorter horizons T' of `--config.horizons`,
+a run counting as collapsed at T' iff its collapse step is <= T'; with clip_frac (or
+clip_frac_sampled), update_norm and drift_cycle among the traces also the regime: the clip radius
+and the clip fraction, update norm and within-cycle drift at each seed's η_max,
+`regime_summary`), phase.png/.pdf; and <workdir>/summary.json with all variants, the config, the
+machine and the wall times. Prints a summary table at the end.
 """
 
 from __future__ import annotations
