@@ -26,11 +26,13 @@ means of the traces over `trace_every` steps for long runs). Every cell needs
 
 Recorded every step besides the update's own metrics: ``lag`` (s_t), ``J`` (with an objective),
 ``drift_cycle`` ‖θ_t − φ_t‖, ``drift_cum`` ‖θ_t − θ_0‖, ``update_norm`` ‖θ_{t+1} − θ_t‖,
-``cos_update`` cos(u_t, u_{t−1}) of consecutive updates (0 at t = 0), ``finite`` and
-``collapsed`` (and ``lr_scale`` with the optional learning-rate controller,
-`async_grpo.lr_control`). Norms are Euclidean over the flattened pytree. The summary holds
-``collapse_step`` (−1: none), ``collapsed``, ``drift_final`` and, with an objective,
-``J_init``, ``J_final``, ``J_best``.
+``cos_update`` cos(u_t, u_{t−1}) of consecutive updates and ``cos_grad`` cos(h_t, h_{t−1}) of
+consecutive update directions before the optimizer (equal for plain SGD; under momentum or Adam
+the β1 average alone makes consecutive updates correlated, so only cos_grad tells diffusive from
+ballistic directions there; both 0 at t = 0), ``finite`` and ``collapsed`` (and ``lr_scale``
+with the optional learning-rate controller, `async_grpo.lr_control`). Norms are Euclidean over
+the flattened pytree. The summary holds ``collapse_step`` (−1: none), ``collapsed``,
+``drift_final`` and, with an objective, ``J_init``, ``J_final``, ``J_best``.
 
 See docs/simulator.md for a worked example on a model problem of one's own; the exact testbed
 (`async_grpo.testbeds.exact.make_train`) is one instance.
@@ -119,7 +121,8 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
         j0 = objective(theta0, ctx) if objective is not None else None
         ring = jax.tree.map(lambda x: jnp.broadcast_to(x, (k_ring,) + x.shape), theta0)
         carry0 = dict(theta=theta0, opt_state=opt.init(theta0), ring=ring, key=k_run,
-                      prev_u=jax.tree.map(jnp.zeros_like, theta0))
+                      prev_u=jax.tree.map(jnp.zeros_like, theta0),
+                      prev_h=jax.tree.map(jnp.zeros_like, theta0))
         if lr_control is not None:
             ctl = lr_control_lib.scale_by_drift_control(lr_control(cell))
             carry0["lr_control"] = ctl.init(theta0)
@@ -159,13 +162,14 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
             new_theta = optax.apply_updates(theta, updates)
             u = optax.tree.sub(new_theta, theta)
             m.update(update_norm=optax.tree.norm(u),
-                     cos_update=jnp.where(t > 0, tree_cosine(u, carry["prev_u"]), 0.0))
+                     cos_update=jnp.where(t > 0, tree_cosine(u, carry["prev_u"]), 0.0),
+                     cos_grad=jnp.where(t > 0, tree_cosine(h, carry["prev_h"]), 0.0))
             finite = jnp.isfinite(optax.tree.norm(new_theta))
             if objective is not None:
                 finite = finite & jnp.isfinite(m["J"])
             m["finite"] = finite
             new_carry = dict(theta=new_theta, opt_state=opt_state, ring=ring, key=key, prev_u=u,
-                             **extra)
+                             prev_h=h, **extra)
             if collapse is not None:
                 state = collapse_lib.update(collapse, carry["collapse"], t, m)
                 m["collapsed"] = state["collapse_step"] >= 0

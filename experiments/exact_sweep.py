@@ -14,12 +14,14 @@ and config reuses the saved chunks (a different config in the same workdir is re
 
 Writes, per variant: chunks/chunk_*.npz (per cell: the summary, s_*, and the per-step traces
 m_* of `--config.keep_metrics`, default J only, as block means over `--config.trace_every`
-steps), cells.csv (S, η, seed, b1, J_init, J_final, J_best, collapse_step,
-collapsed), summary.json (η_max per S and seed, the fit η_max ∝ S^−α over S ≥ 1 with a bootstrap
-interval over seeds, the collapse-time law; with clip_frac, update_norm and drift_cycle among the
-traces also the regime: the clip radius and the clip fraction, update norm and within-cycle drift
-at each seed's η_max, `regime_summary`), phase.png/.pdf; and <workdir>/summary.json with all
-variants, the config, the machine and the wall times. Prints a summary table at the end.
+steps), cells.csv (S, η, seed, b1, J_init, J_final, J_best, collapse_step, collapsed),
+summary.json (η_max per S and seed, the fit η_max ∝ S^−α over S ≥ 1 with a bootstrap interval
+over seeds, the collapse-time law; η_max and α at the shorter horizons T' of `--config.horizons`,
+a run counting as collapsed at T' iff its collapse step is <= T'; with clip_frac (or
+clip_frac_sampled), update_norm and drift_cycle among the traces also the regime: the clip radius
+and the clip fraction, update norm and within-cycle drift at each seed's η_max,
+`regime_summary`), phase.png/.pdf; and <workdir>/summary.json with all variants, the config, the
+machine and the wall times. Prints a summary table at the end.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ plan = xc.sweep_plan
 # Config keys added after results existed, with the value that reproduces the old behaviour: left
 # out of the fingerprint at that value, so older workdirs still resume (their chunks hold J only).
 _FINGERPRINT_DEFAULTS = {"keep_metrics": "J", "trace_every": 1}
+# Keys that only change the analysis of the saved chunks, never their content.
+_ANALYSIS_ONLY = ("horizons",)
 
 
 def _fingerprint(c, variant) -> str:
@@ -56,6 +60,8 @@ def _fingerprint(c, variant) -> str:
     for k, v in _FINGERPRINT_DEFAULTS.items():
         if k in d and d[k] == v:
             del d[k]
+    for k in _ANALYSIS_ONLY:
+        d.pop(k, None)
     d["variant"] = variant
     return json.dumps(d, sort_keys=True)
 
@@ -147,6 +153,16 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
             ci = col[i]
             law_per_s[str(s)] = xa.collapse_time_law(lr_full[i][ci], t_col[i, ..., bi][ci],
                                                      min_step=warm)
+        horizons = {}
+        for h in p.get("horizons", ()):
+            col_h = col & (t_col[..., bi] <= h)     # the collapse rule is causal
+            eta_h, cens_h = xa.eta_max_per_seed(lrs, col_h)
+            horizons[str(h)] = {
+                "eta_max_geomean": {str(s): float(np.exp(np.log(eta_h[i]).mean()))
+                                    for i, s in enumerate(lags)},
+                "n_censored": {str(s): int((cens_h[i] != 0).sum()) for i, s in enumerate(lags)},
+                "collapsed_cells": {str(s): int(col_h[i].sum()) for i, s in enumerate(lags)},
+                "alpha_fit_S_ge_1": xa.bootstrap_alpha(lags, lrs, col_h, n_boot=c.n_boot)}
         per_b1.append({
             "b1": b1,
             "eta_max": {str(s): eta[i].tolist() for i, s in enumerate(lags)},
@@ -161,6 +177,7 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
                             for i, s in enumerate(lags)},
             "alpha_fit_S_ge_1": fit,
             "collapse_time_law": {"all": law_all, "per_S": law_per_s},
+            **({"horizons": horizons} if horizons else {}),
         })
     regime = regime_summary(traces, summ, cells, lags, lrs, per_b1, tb.cfg, tc)
     result = {"variant": variant, "testbed": dataclasses.asdict(p["testbeds"][variant]),
@@ -206,20 +223,23 @@ def clip_radius(drift, clip, onset=CLIP_ONSET, bins=24):
 
 
 def regime_summary(traces, summ, cells, lags, lrs, per_b1, tb_cfg, tc):
-    """Which regime the grid is in, from the traces (needs clip_frac, update_norm, drift_cycle in
-    `keep_metrics`; else None): the clip radius R_clip (`clip_radius`, pooled over every S ≥ 1
+    """Which regime the grid is in, from the traces (needs clip_frac — the exact population clip
+    fraction — or else clip_frac_sampled (the library's, on the sample), update_norm and
+    drift_cycle in `keep_metrics`; else None): the clip radius R_clip (`clip_radius`, pooled over every S ≥ 1
     cell before its collapse) and, per S and b1, medians over the cells at each seed's η_max
     (the largest η that did not collapse) and their steps of the clip fraction, the update norm
     ‖u_t‖ and the within-cycle drift ‖θ_t − φ_t‖, the last two also in units of R_clip."""
-    need = ("clip_frac", "update_norm", "drift_cycle")
-    if not all(k in traces for k in need):
+    clip_key = "clip_frac" if "clip_frac" in traces else "clip_frac_sampled"
+    if not all(k in traces for k in (clip_key, "update_norm", "drift_cycle")):
         return None
+    traces = dict(traces, clip_frac=traces[clip_key])
+    need = ("clip_frac", "update_norm", "drift_cycle")
     every = tc.num_steps // traces["J"].shape[1]
     cs = summ["collapse_step"].astype(np.int64)
     tr = {k: _pre_collapse(traces[k], cs, every) for k in need}
     stale = cells["max_lag"] >= 1
     r_clip, d_max = clip_radius(tr["drift_cycle"][stale].ravel(), tr["clip_frac"][stale].ravel())
-    out = {"clip_onset": CLIP_ONSET, "R_clip": r_clip, "max_drift_cycle": d_max,
+    out = {"clip_metric": clip_key, "clip_onset": CLIP_ONSET, "R_clip": r_clip, "max_drift_cycle": d_max,
            "clip_eps": tb_cfg.surrogate.get("clip_eps"), "trace_every": every, "per_b1": []}
     for r in per_b1:
         rows = {}
@@ -371,9 +391,29 @@ def summary_table(results: list[dict]) -> str:
             lines.append(f"  collapse-time law over {law['n']} late collapses (after the warm-up): "
                          f"t ~ eta^{law['slope']:.2f} (R^2 {law['r2']:.2f}; t*eta=const means -1)")
             lines.append(f"  fit eta_max ∝ S^-alpha (S>=1, censored MLE): {xa.format_alpha(fit)}")
+            if r.get("horizons"):
+                lines += _horizon_lines(r["horizons"], res["lags"])
             if res.get("regime"):
                 lines += _regime_lines(res["regime"], r["b1"])
     return "\n".join(lines)
+
+
+def _horizon_lines(horizons, lags):
+    lines = ["  eta_max(geo) at shorter horizons T' (collapsed at T' iff collapse_step <= T'; "
+             "* = some seeds censored), and alpha:",
+             "  " + f"{'T':>7} " + " ".join(f"{f'S={s}':>9}" for s in lags) + "  alpha [CI]"]
+    for h, row in horizons.items():
+        cells = " ".join(f"{row['eta_max_geomean'][str(s)]:>8.3g}"
+                         f"{'*' if row['n_censored'][str(s)] else ' '}" for s in lags)
+        lines.append(f"  {h:>7} {cells}  {xa.format_alpha(row['alpha_fit_S_ge_1']).split(',')[0]}"
+                     f" {_ci(row['alpha_fit_S_ge_1'])}")
+    return lines
+
+
+def _ci(fit):
+    if fit.get("alpha") is None or fit["ci"][0] is None:
+        return ""
+    return f"[{fit['ci'][0]:.2f}, {fit['ci'][1]:.2f}]"
 
 
 def _regime_lines(reg, b1):

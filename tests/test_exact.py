@@ -433,3 +433,66 @@ def test_run_cells_validates_hand_made_cells_before_compiling(monkeypatch):
     monkeypatch.setattr(jax, "jit", no_jit)
     with pytest.raises(ValueError, match="S must be an integer >= 0"):
         ex.run_cells(tb, ex.TrainConfig(max_lag_cap=4), cells)
+
+
+# ----------------------------------------------------------------------------------------------
+# Variants without a population form, in sampled mode (sampled_only).
+# ----------------------------------------------------------------------------------------------
+
+
+def _two_policies(tb):
+    return ex.init_params(tb, jax.random.PRNGKey(0)), ex.init_params(tb, jax.random.PRNGKey(1))
+
+
+def _tiny(loss, **kw):
+    return ex.make_testbed(ex.TestbedConfig(num_prompts=2, vocab_size=2, seq_len=2, loss=loss,
+                                            sampled_only=True, **kw))
+
+
+def test_total_derivative_is_unbiased_for_grad_J_at_any_staleness():
+    """E over every group from a STALE π_φ of the total-derivative gradient is −∇J(θ) (G = 2, 3)."""
+    with jax.enable_x64(True):
+        tb = _tiny("total_derivative")
+        theta, phi = _two_policies(tb)
+        g = ex.grad_objective(tb, theta)
+        for group in (2, 3):
+            e = ex.expected_group_gradient(tb, theta, phi, group)
+            for a, b in zip(jax.tree.leaves(e), jax.tree.leaves(g)):
+                np.testing.assert_allclose(a, -b, rtol=1e-9, atol=1e-12)
+        assert optax.tree.norm(optax.tree.sub(theta, phi)) > 0.1   # really stale
+
+
+def test_sampled_only_variants_reduce_to_their_base_where_they_must():
+    """On one sampled batch: decoupled PPO with π_prox = sg(π_θ) IS pg at any θ ≠ φ (one step
+    per batch); TIS (cap 2) equals DAPO and MIS (window [0.5, 2]) equals GRPO on policy."""
+    with jax.enable_x64(True):
+        theta, phi = _two_policies(_tiny("pg"))
+        idx = ex.sample_responses(_tiny("pg"), jax.random.PRNGKey(3), phi, 4)
+
+        def h(loss, th, ph):
+            return jax.tree.leaves(ex.sampled_H(_tiny(loss), th, ph, idx))
+
+        for a, b in zip(h("decoupled_ppo", theta, phi), h("pg", theta, phi)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+        for var, base in (("tis", "dapo"), ("mis", "grpo")):
+            for a, b in zip(h(var, phi, phi), h(base, phi, phi)):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+            # off policy they differ (else the test could not tell them apart)
+            assert max(np.abs(a - b).max() for a, b in zip(h(var, theta, phi),
+                                                           h(base, theta, phi))) > 1e-6
+
+
+def test_sampled_only_variants_train_only_in_sampled_mode():
+    with pytest.raises(ValueError, match="no exact population form"):
+        ex.TestbedConfig(loss="tis")
+    with pytest.raises(ValueError, match="not a GRPO-family surrogate"):
+        ex.TestbedConfig(loss="total_derivative")
+    tb = ex.make_testbed(ex.TestbedConfig(loss="tis", sampled_only=True))
+    assert not tb.cfg.has_population_form
+    with pytest.raises(ValueError, match="trains only in sampled mode"):
+        ex.make_train(tb, ex.TrainConfig(num_steps=5, mode="population"))
+    tc = ex.TrainConfig(num_steps=12, mode="sampled", optimizer="sgd", max_lag_cap=2,
+                        diagnostics=False)
+    m, s = ex.run_cells(tb, tc, ex.make_cells([4.0], [0], [0, 2], [0.0], max_lag_cap=2))
+    assert "clip_frac" not in m and np.isfinite(m["J"]).all()
+    assert np.all(m["clip_frac_sampled"][0] == 0) and m["clip_frac_sampled"][1].max() > 0

@@ -51,6 +51,7 @@ def test_default_plans_are_valid():
     ("trace_every", 7, "trace_every must be an integer >= 1 that divides train.num_steps = 500"),
     ("trace_every", 0, "trace_every must be an integer >= 1"),
     ("keep_metrics", "J,,", None),
+    ("horizons", "100,501", r"horizons \[501\]: every horizon T' must be in \[1, train.num_steps = 500\]"),
 ])
 def test_sweep_plan_rejects_bad_flags_before_compiling(field, value, match, monkeypatch):
     c = sweep_cfg.get_config()
@@ -160,9 +161,12 @@ def test_fingerprint_of_the_default_traces_is_the_one_older_workdirs_hold():
     from experiments import exact_sweep as es
     c = sweep_cfg.get_config()
     old = json.loads(c.to_json())
-    for k in ("keep_metrics", "trace_every"):
+    for k in ("keep_metrics", "trace_every", "horizons"):
         del old[k]
     old["variant"] = "grpo"
+    assert es._fingerprint(c, "grpo") == json.dumps(old, sort_keys=True)
+    with c.unlocked():
+        c.horizons = "100,250"           # analysis only: same chunks, same fingerprint
     assert es._fingerprint(c, "grpo") == json.dumps(old, sort_keys=True)
     with c.unlocked():
         c.keep_metrics = "J,cos_update"
@@ -188,6 +192,7 @@ def test_sweep_saves_the_requested_traces_and_the_regime(tmp_path):
         c.collapse.warmup, c.collapse.patience = 2, 2
         c.keep_metrics = "J,cos_update,drift_cycle,drift_cum,update_norm,clip_frac"
         c.trace_every = 4
+        c.horizons = "10,40"
     table = es.run_sweep(c, str(tmp_path))
     z = np.load(tmp_path / "grpo" / "chunks" / "chunk_00000.npz")
     names = ["J", "cos_update", "drift_cycle", "drift_cum", "update_norm", "clip_frac"]
@@ -200,6 +205,13 @@ def test_sweep_saves_the_requested_traces_and_the_regime(tmp_path):
     assert np.all(z["m_drift_cycle"][~lag0][:, 1:] > 0)
     summ = json.loads((tmp_path / "grpo" / "summary.json").read_text())
     assert summ["traces"] == {"metrics": names, "trace_every": 4}
+    res = summ["results"][0]
+    cs = np.where(z["s_collapsed"], z["s_collapse_step"], 10 ** 9).reshape(2, 4, 2)
+    for h in (10, 40):                      # η_max at T' from collapse_step <= T'
+        got = res["horizons"][str(h)]["collapsed_cells"]
+        assert got == {"0": int((cs[0] <= h).sum()), "2": int((cs[1] <= h).sum())}
+    assert res["horizons"]["40"]["eta_max_geomean"] == res["eta_max_geomean"]
+    assert "at shorter horizons" in table
     reg = summ["regime"]
     assert set(reg["per_b1"][0]["at_eta_max"]) == {"0", "2"} and "regime: clip radius" in table
     with c.unlocked():

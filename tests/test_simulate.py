@@ -150,3 +150,22 @@ def test_trace_every_must_divide_the_horizon(every, match):
     with pytest.raises(ValueError, match=match):
         simulate.run_cells(train, simulate.make_cells(max_lag=[0], lr=[0.1], seed=[0]),
                            trace_every=every)
+
+
+def test_cos_grad_is_cos_update_for_plain_sgd_but_not_under_momentum():
+    with jax.enable_x64(True):
+        def update(theta, phi, key, ctx):
+            return 0.05 * phi + jax.random.normal(key, theta.shape), {}   # mostly noise
+
+        def train(momentum):
+            return simulate.make_train(update, lambda key, cell: jnp.ones(4),
+                                       lambda cell: optax.sgd(0.1, momentum=momentum),
+                                       num_steps=40, staleness="fixed", max_lag_cap=2,
+                                       collapse=None)
+
+        cells = simulate.make_cells(max_lag=[0, 2], seed=[0, 1])
+        m, _ = simulate.run_cells(train(None), cells, keep_metrics=("cos_update", "cos_grad"))
+        np.testing.assert_allclose(m["cos_grad"], m["cos_update"], rtol=1e-9, atol=1e-12)
+        assert np.all(m["cos_grad"][:, 0] == 0) and np.ptp(m["cos_grad"]) > 0.5
+        m, _ = simulate.run_cells(train(0.9), cells, keep_metrics=("cos_update", "cos_grad"))
+        assert m["cos_update"][:, 10:].mean() > m["cos_grad"][:, 10:].mean() + 0.3

@@ -47,9 +47,13 @@ Objects
   leave-one-out has no population form beyond its G/(G−1) factor, which is dropped), and c the
   constant factor of the variant's aggregation at fixed length L (1 for the token means, L for
   a token sum, L/normalizer for Dr. GRPO's). Variants without an exact population form (TIS,
-  MIS, dual clip, CISPO, decoupled PPO, the product sequence ratio) are refused with a clear
-  error. In SAMPLED mode (`sampled_loss`) the variant itself (`async_grpo.losses.make_loss`) is
-  evaluated on G responses per prompt drawn from π_φ, exactly as the learner sees them. In
+  MIS, dual clip, CISPO, decoupled PPO, the product sequence ratio, total_derivative) are refused
+  with a clear error, unless `TestbedConfig.sampled_only`: then they train in sampled mode only
+  and no population-mode metric is recorded. In SAMPLED mode (`sampled_loss`) the variant itself
+  (`async_grpo.losses.make_loss`) is evaluated on G responses per prompt drawn from π_φ, exactly
+  as the learner sees them; a variant needing a proximal policy (decoupled PPO) gets
+  π_prox = sg(π_θ), the learner's current policy (one update per batch), which makes its
+  gradient that of the unclipped token ratio (`pg`). In
   DELAYED mode training follows the pure delayed gradient H(φ, φ): the on-policy update of the
   stale parameters, every factor evaluated at φ, applied at θ (the classic delayed-gradient
   model; the stale surrogate H(θ, φ) evaluates ∇log π_θ and the KL at the current θ).
@@ -130,6 +134,10 @@ class TestbedConfig:
     `loss` names a registered variant of `async_grpo.losses` and `loss_kwargs` overrides its
     settings (a dict or (key, value) pairs; stored as a sorted tuple so the config stays
     hashable). The variant's KL settings are not used (the testbed's KL is exact: `kl_coef`).
+    `sampled_only` admits every registered GRPO-family or total-derivative variant, also those
+    without an exact population form (TIS, MIS, decoupled PPO, total_derivative, …); such a
+    testbed trains only in sampled mode, where the library's loss is evaluated on the samples,
+    and records no population-mode metrics (`has_population_form`).
     """
 
     num_prompts: int = 8
@@ -146,6 +154,7 @@ class TestbedConfig:
     loss: str = "grpo"
     loss_kwargs: Any = ()
     kl_coef: float = 0.0
+    sampled_only: bool = False
 
     def __post_init__(self):
         items = self.loss_kwargs.items() if isinstance(self.loss_kwargs, Mapping) else \
@@ -160,7 +169,13 @@ class TestbedConfig:
     @functools.cached_property
     def surrogate(self) -> dict:
         """The loss variant's full settings (`losses.loss_config`), KL turned off."""
-        return surrogate_settings(self.loss, dict(self.loss_kwargs))
+        return surrogate_settings(self.loss, dict(self.loss_kwargs),
+                                  require_population=not self.sampled_only)
+
+    @property
+    def has_population_form(self) -> bool:
+        """Whether `population_loss` expresses the variant exactly."""
+        return self.surrogate["population_form"]
 
     # The settings the population mode reads.
     clip_eps = property(lambda self: self.surrogate["clip_eps"])
@@ -174,7 +189,7 @@ class TestbedConfig:
     def aggregation_scale(self) -> float:
         """The factor c by which the variant's aggregation differs from the per-sequence token
         mean when every response has exactly L real tokens."""
-        agg, length = self.surrogate["aggregation"], self.seq_len
+        agg, length = self.surrogate.get("aggregation"), self.seq_len
         if agg == "seq-mean-token-sum":
             return float(length)
         if agg == "seq-mean-token-sum-norm":
@@ -182,28 +197,38 @@ class TestbedConfig:
         return 1.0
 
 
-def surrogate_settings(loss: str, loss_kwargs: Mapping[str, Any] | None = None) -> dict:
-    """`losses.loss_config(loss, **loss_kwargs)` with the KL off, checked for an exact population
-    form; raises ValueError naming what the population mode cannot express."""
+def surrogate_settings(loss: str, loss_kwargs: Mapping[str, Any] | None = None, *,
+                       require_population: bool = True) -> dict:
+    """`losses.loss_config(loss, **loss_kwargs)` with the KL off and ``population_form`` (whether
+    the population mode expresses it exactly). With `require_population` (default) a variant
+    without an exact population form raises ValueError naming what the population mode cannot
+    express; without it, total-derivative variants are admitted too (for sampled mode)."""
     loss_kwargs = dict(loss_kwargs or {})
     kl_keys = sorted(k for k in loss_kwargs if k.startswith("kl_"))
     if kl_keys:
         raise ValueError(f"loss_kwargs {kl_keys}: the testbed's KL term is exact; set the "
                          "testbed's kl_coef instead.")
     c = losses.loss_config(loss, **loss_kwargs)
+    if c["kind"] == "total_derivative" and not require_population:
+        c["kl_coef"] = 0.0
+        c["population_form"] = False
+        return c
     if c["kind"] != "surrogate":
         raise ValueError(f"Loss {loss!r} is not a GRPO-family surrogate (kind {c['kind']!r}); "
-                         f"the exact testbed needs one of the surrogate variants.")
+                         f"the exact testbed needs one of the surrogate variants (or "
+                         f"sampled_only=True, sampled mode).")
     unsupported = [k for k in ("tis_cap", "mis_low", "mis_high", "mis_veto") if c[k] is not None]
     if c["requires_proximal"]:
         unsupported.append("requires_proximal")
-    if (c["clip_mode"] not in POPULATION_CLIP_MODES or c["ratio_level"] not in
-            POPULATION_RATIO_LEVELS or unsupported):
+    c["population_form"] = not (c["clip_mode"] not in POPULATION_CLIP_MODES or c["ratio_level"]
+                                not in POPULATION_RATIO_LEVELS or unsupported)
+    if not c["population_form"] and require_population:
         raise ValueError(
             f"Loss {loss!r} (clip_mode={c['clip_mode']!r}, ratio_level={c['ratio_level']!r}"
             f"{', ' + ', '.join(unsupported) if unsupported else ''}) has no exact population form "
             f"in this testbed; it supports clip_mode in {list(POPULATION_CLIP_MODES)}, ratio_level "
-            f"in {list(POPULATION_RATIO_LEVELS)} and no TIS/MIS/proximal policy.")
+            f"in {list(POPULATION_RATIO_LEVELS)} and no TIS/MIS/proximal policy (sampled mode "
+            f"runs it with sampled_only=True).")
     c["kl_coef"] = 0.0
     return c
 
@@ -234,12 +259,16 @@ def validate_testbed_config(cfg: TestbedConfig) -> None:
         raise ValueError(f"Unknown reward {cfg.reward!r}; valid: {list(REWARDS)}.")
     if not _is_int(cfg.sum_modulus) or cfg.sum_modulus < 0 or cfg.sum_modulus == 1:
         raise ValueError(f"sum_modulus must be 0 (use vocab_size) or >= 2, got {cfg.sum_modulus!r}.")
+    if not isinstance(cfg.sampled_only, bool):
+        raise ValueError(f"sampled_only must be a bool, got {cfg.sampled_only!r}.")
     sur = cfg.surrogate   # validates the loss name, overrides and the population form
-    if not 0 < sur["clip_eps"] < 1:
+    if sur["kind"] == "total_derivative":
+        pass
+    elif not 0 < sur["clip_eps"] < 1:
         raise ValueError(f"clip_eps must be in (0, 1), got {sur['clip_eps']}.")
-    if sur["clip_eps_high"] is not None and not sur["clip_eps_high"] > 0:
+    elif sur["clip_eps_high"] is not None and not sur["clip_eps_high"] > 0:
         raise ValueError(f"clip_eps_high must be > 0 or None, got {sur['clip_eps_high']}.")
-    if not sur["adv_eps"] >= 0:
+    elif not sur["adv_eps"] >= 0:
         raise ValueError(f"adv_eps must be >= 0, got {sur['adv_eps']}.")
     if not cfg.kl_coef >= 0:
         raise ValueError(f"kl_coef must be >= 0, got {cfg.kl_coef}.")
@@ -587,14 +616,27 @@ def library_loss(cfg: TestbedConfig):
     return losses.make_loss(cfg.loss, **dict(cfg.loss_kwargs), kl_coef=0.0)
 
 
+def sampled_loss_and_metrics(tb: Testbed, theta: Params, phi: Params, idx: jax.Array,
+                             ref: Params | None = None) -> tuple[jax.Array, dict]:
+    """(L(θ; φ), the library's metrics) on the sampled groups `idx` [P, G].
+
+    A variant that needs a proximal policy (decoupled PPO) gets π_prox = sg(π_θ): the learner
+    takes one step per batch, so the proximal policy is the current θ_t (u = π_θ/π_prox is 1 at
+    the evaluation point and the gradient is the untruncated IS one, sg(π_θ/π_b)·A·∇log π_θ)."""
+    logp, beh, r, mask = sampled_batch(tb, theta, phi, idx)
+    kw = {}
+    if tb.cfg.surrogate.get("requires_proximal"):
+        kw["proximal_logp"] = jax.lax.stop_gradient(logp)
+    loss, met = library_loss(tb.cfg)(logp, beh, r, mask, group_size=idx.shape[1], **kw)
+    if ref is not None and tb.cfg.kl_coef > 0:
+        loss = loss + tb.cfg.kl_coef * kl_to_ref(tb, theta, ref)
+    return loss, met
+
+
 def sampled_loss(tb: Testbed, theta: Params, phi: Params, idx: jax.Array,
                  ref: Params | None = None) -> jax.Array:
     """L(θ; φ) on the sampled groups `idx` [P, G], computed by the loss library."""
-    logp, beh, r, mask = sampled_batch(tb, theta, phi, idx)
-    loss, _ = library_loss(tb.cfg)(logp, beh, r, mask, group_size=idx.shape[1])
-    if ref is not None and tb.cfg.kl_coef > 0:
-        loss = loss + tb.cfg.kl_coef * kl_to_ref(tb, theta, ref)
-    return loss
+    return sampled_loss_and_metrics(tb, theta, phi, idx, ref)[0]
 
 
 def sampled_H(tb: Testbed, theta: Params, phi: Params, idx: jax.Array,
@@ -678,32 +720,49 @@ def make_optimizer(tc: TrainConfig, lr, b1) -> optax.GradientTransformation:
     return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=b1, b2=tc.b2, eps=tc.opt_eps)
 
 
+def g_dtype(tree) -> Any:
+    return jax.tree.leaves(tree)[0].dtype
+
+
 def update_fn(tb: Testbed, tc: TrainConfig):
     """The testbed's update mapping for the simulator: (θ, φ, key, ctx) -> (H, metrics).
 
     H is the population H(θ, φ); in sampled mode the sampled H on G fresh responses per prompt
-    from π_φ; in delayed mode H(φ, φ), the pure delayed gradient. Metrics: the population loss, its clip fraction, the entropy, ‖H_pop‖, ‖∇J‖,
-    cos(−H_pop, ∇J) and, with diagnostics, δ and cos(−H(θ,θ), ∇J) (module docstring).
+    from π_φ; in delayed mode H(φ, φ), the pure delayed gradient. Metrics: the entropy, ‖∇J‖;
+    for a variant with a population form the population loss, its clip fraction, ‖H_pop‖,
+    cos(−H_pop, ∇J) and, with diagnostics, δ and cos(−H(θ,θ), ∇J) (module docstring); in
+    sampled mode ‖H_used‖, cos(−H_used, ∇J) (`cos_used`), the library's clip fraction on the
+    sample (`clip_frac_sampled`) and, with a population form, cos(H_used, H_pop).
     """
     use_ref = tb.cfg.kl_coef > 0
+    pop = tb.cfg.has_population_form
+    if not pop and tc.mode != "sampled":
+        raise ValueError(f"Loss {tb.cfg.loss!r} has no exact population form; it trains only in "
+                         f"sampled mode (got mode {tc.mode!r}).")
 
     def update(theta, phi, key, ctx):
         ref = ctx.theta0 if use_ref else None
-        (loss_pop, aux), h_pop = population_loss_and_H(tb, theta, phi, ref)
         g = grad_objective(tb, theta, ref)
-        m = {"loss_pop": loss_pop, "clip_frac": aux["clip_frac"], "entropy": entropy(tb, theta),
-             "h_pop_norm": optax.tree.norm(h_pop), "grad_j_norm": optax.tree.norm(g),
-             "cos_stale": tree_cosine(_neg(h_pop), g)}
-        h_used = h_pop
+        m = {"entropy": entropy(tb, theta), "grad_j_norm": optax.tree.norm(g)}
+        if pop:
+            (loss_pop, aux), h_pop = population_loss_and_H(tb, theta, phi, ref)
+            m.update(loss_pop=loss_pop, clip_frac=aux["clip_frac"],
+                     h_pop_norm=optax.tree.norm(h_pop), cos_stale=tree_cosine(_neg(h_pop), g))
+            h_used = h_pop
         if tc.mode == "sampled":
             idx = sample_responses(tb, key, phi, tc.group_size)
             h_used = sampled_H(tb, theta, phi, idx, ref)
+            met = sampled_loss_and_metrics(tb, theta, phi, idx, ref)[1]
             m["h_used_norm"] = optax.tree.norm(h_used)
-            m["cos_sampled_pop"] = tree_cosine(h_used, h_pop)
+            m["cos_used"] = tree_cosine(_neg(h_used), g)
+            # The library's clip fraction on the sample (0 for a loss without a clip).
+            m["clip_frac_sampled"] = met.get("clip_frac", jnp.zeros((), g_dtype(g)))
+            if pop:
+                m["cos_sampled_pop"] = tree_cosine(h_used, h_pop)
         elif tc.mode == "delayed":
             h_used = population_H(tb, phi, phi, ctx.theta0 if use_ref else None)
             m["h_used_norm"] = optax.tree.norm(h_used)
-        if tc.diagnostics:
+        if tc.diagnostics and pop:
             h_on = population_H(tb, theta, theta, ref)
             dn, hn = optax.tree.norm(optax.tree.sub(h_pop, h_on)), optax.tree.norm(h_on)
             m.update(delta_norm=dn, delta_rel=dn / jnp.maximum(hn, 1e-30), h_on_norm=hn,

@@ -20,8 +20,11 @@ def loss_overrides(c) -> dict:
 
 
 def testbed_config(c, variant: str = "grpo") -> ex.TestbedConfig:
-    """TestbedConfig from `c.testbed` with the loss `variant` and `c.loss_kwargs`."""
-    return ex.TestbedConfig(**dict(c.testbed), loss=variant, loss_kwargs=loss_overrides(c))
+    """TestbedConfig from `c.testbed` with the loss `variant` and `c.loss_kwargs`; in sampled
+    mode (`c.train.mode`) also variants without an exact population form (`sampled_only`)."""
+    sampled = c.get("train") is not None and c.train.get("mode") == "sampled"
+    return ex.TestbedConfig(**dict(c.testbed), loss=variant, loss_kwargs=loss_overrides(c),
+                            sampled_only=bool(sampled))
 
 
 def collapse_rules(c) -> collapse_lib.CollapseRules:
@@ -86,8 +89,13 @@ def sweep_plan(c) -> dict:
             or c.train.num_steps % every):
         raise ValueError(f"--config.trace_every must be an integer >= 1 that divides "
                          f"train.num_steps = {c.train.num_steps}, got {every!r}.")
+    horizons = parse_list(c.get("horizons", ""), int, "horizons")
+    bad = [h for h in horizons if not 1 <= h <= c.train.num_steps]
+    if bad:
+        raise ValueError(f"--config.horizons {bad}: every horizon T' must be in [1, "
+                         f"train.num_steps = {c.train.num_steps}].")
     return dict(variants=variants, lags=lags, lrs=lrs, seeds=seeds, b1s=b1s, train=tcs,
-                testbeds=tbs, keep_metrics=keep, trace_every=every)
+                testbeds=tbs, keep_metrics=keep, trace_every=every, horizons=sorted(set(horizons)))
 
 
 def bias_plan(c) -> dict:

@@ -58,6 +58,9 @@ def get_config():
     # regime table). trace_every = k > 1 saves block means over k steps (k must divide T).
     c.keep_metrics = "J"
     c.trace_every = 1
+    # Comma-separated shorter horizons T' <= T at which η_max and α are also reported (one run
+    # gives them all: the collapse rule is causal). Analysis only: not part of the fingerprint.
+    c.horizons = ""
     c.chunk_size = 128         # cells per compiled chunk; finished chunks are saved and reused.
     # Float64 by default: in float32 the cells at the stability edge are chaotic, so the CPU's
     # instruction set (the order of float32 reductions) moves η_max by a grid step and α by ~0.1
