@@ -65,7 +65,8 @@ class Stage:
 
 
 # The exact sweep keeps the per-step traces the cosine and reward figures read.
-_TRACES = "--config.keep_metrics=J,cos_update,drift_cycle,drift_cum,update_norm,clip_frac"
+_TRACES = ("--config.keep_metrics=J,cos_update,cos_grad,drift_cycle,drift_cum,update_norm,"
+           "clip_frac")
 _TINY_EXACT = ["--config.lags=0,1,4", "--config.lr_min=4", "--config.lr_max=256",
                "--config.lrs_per_octave=1", "--config.num_seeds=2", "--config.train.num_steps=60",
                "--config.n_boot=50"]
@@ -75,15 +76,18 @@ STAGES = (
           {"cpu": [_TRACES], "tiny": [_TRACES] + _TINY_EXACT},
           {"cpu": 60, "tiny": 15}, "summary.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
-          "exact testbed, population mode (no sampling noise): GRPO and the no-ratio control, "
-          "S ∈ {0,1,2,4,8,16} × 21 η × 5 seeds, 500 steps, float64"),
+          "exact testbed, large drift: population mode (no sampling noise), SGD, GRPO and the "
+          "no-ratio control, S ∈ {0,1,2,4,8,16} × 21 η × 5 seeds, 500 steps, float64"),
     Stage("exact_sampled", "experiments.exact_sweep",
-          {"cpu": [_TRACES, "--config.train.mode=sampled", "--config.variants=grpo"],
-           "tiny": [_TRACES, "--config.train.mode=sampled", "--config.variants=grpo"]
-           + _TINY_EXACT},
-          {"cpu": 90, "tiny": 15}, "summary.json",
+          {"cpu": ["--config=experiments/configs/study_small_drift.py:adam", _TRACES],
+           "tiny": ["--config=experiments/configs/study_small_drift.py:adam", _TRACES,
+                    "--config.lags=0,1,4", "--config.lr_min=0.08", "--config.lr_max=1.28",
+                    "--config.num_seeds=2", "--config.train.num_steps=60",
+                    "--config.trace_every=1", "--config.horizons=30,60", "--config.n_boot=50"]},
+          {"cpu": 180, "tiny": 15}, "summary.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
-          "exact testbed, sampled mode (G = 8 responses per prompt from π_φ: diffusive noise), GRPO"),
+          "exact testbed, small drift: sampled mode (G = 8 responses per prompt from π_φ, so "
+          "diffusive noise), Adam, η 0.02 … 0.64, S ∈ {0,1,2,4,8,16}, 3 seeds, T = 10000"),
     Stage("exact_bias", "experiments.exact_bias",
           {"cpu": [], "tiny": ["--config.traj_lags=1,4", "--config.traj_lrs=0.5,4",
                                "--config.traj_seeds=1", "--config.train.num_steps=40",
@@ -93,7 +97,7 @@ STAGES = (
           "exact testbed: ‖δ‖ along stale trajectories and at controlled (θ, φ) pairs"),
     Stage("lm_sweep", "experiments.sweep",
           {"cpu": ["--config=experiments/configs/sweep_lm.py:study"]},
-          {"cpu": 300}, "summary.json",
+          {"cpu": 240}, "summary.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "LM testbed: the small transformer on 2-digit addition after SFT, GRPO grid"),
 )

@@ -222,7 +222,7 @@ def _edges(x):
 def _grid_axes(n):
     """Two panels per row (legends sit below each panel), full width."""
     nrows = max(1, -(-n // 2))
-    fig, axes = figures.figure("full", ncols=2, nrows=nrows, aspect=1.0, squeeze=False)
+    fig, axes = figures.figure("full", ncols=2, nrows=nrows, aspect=1.15, squeeze=False)
     return fig, axes.ravel()
 
 
@@ -408,8 +408,13 @@ def _cos_trace(run):
     """The consecutive-gradient cosine: `cos_grad` (exact: consecutive update directions h_t
     before the optimizer, the right one under Adam, whose momentum makes cos_update ≈ β1),
     the LM learner's `cos/consecutive_grads`, else `cos_update`."""
+    train = run["summary"].get("train", {})
+    momentum = train.get("optimizer") == "adam" or any(
+        float(r.get("b1", 0) or 0) > 0 for r in run["summary"].get("results", []))
     for k in ("cos_grad", "cos/consecutive_grads", "cos_update", "cos/consecutive_updates"):
         if k in run["traces"]:
+            if k == "cos_update" and momentum:
+                return None, None      # momentum alone correlates consecutive updates
             return k, run["traces"][k]
     return None, None
 
@@ -469,11 +474,11 @@ def fig_cosine(study, stem: str, window: int = COS_WINDOW) -> None:
             ax.set_ylabel(f"cosine, mean of last {max(1, window // stride) * stride} steps")
             ax.set_title(title, loc="left", pad=18)
             h, l = ax.get_legend_handles_labels()
-            ax.legend(h + h2, l + l2, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+            ax.legend(h + h2, l + l2, loc="upper center", bbox_to_anchor=(0.5, -0.22))
             del g
         for ax in axes[len(runs):]:
             ax.set_visible(False)
-        fig.suptitle("Figure 5. Consecutive-update cosine: stable against collapsing runs",
+        fig.suptitle("Figure 5. Consecutive-gradient cosine: stable against collapsing runs",
                      fontsize=8)
         figures.save(fig, stem)
 
@@ -575,6 +580,8 @@ def regime(run) -> dict[str, Any]:
     radius R_clip (the drift where clipping starts); ≥ 1 is the large-drift regime, where stale
     updates are clipped. LM grids: the mean clip fraction over the steps of each S's largest
     stable η (≥ `CLIP_BINDING`: clipping binds)."""
+    if run["summary"].get("variant") == "no_ratio":
+        return {"label": "ratio-free control: no clip radius", "clip_frac": None}
     reg = run["summary"].get("regime")
     if reg:
         ratios = [row["drift_cycle_over_R_clip"] for s, row in
@@ -675,8 +682,19 @@ def _rows_of(run):
 
 
 def collapse_law_row(title, run) -> dict:
-    """Claim 3: t_c·η per S (`scaling.collapse_time_per_lag`) over collapses after the warm-up."""
+    """Claim 3: t_c·η per S (`scaling.collapse_time_per_lag`) over collapses after the warm-up,
+    restricted to the horizon-limited ones when the two-constraint rule identifies both
+    constants on this grid (`two_constraint_fit`): a collapse at step t_c is horizon-limited when
+    the horizon constraint b/t_c is the smaller, i.e. t_c > (b/a)·(S + 1)."""
     lags, lrs, cs = _rows_of(run)
+    fit = two_constraint_fit(run)
+    subset = ""
+    if fit is not None and _finite(fit["a"]) and _finite(fit["b"]):
+        horizon = (cs + 1) > fit["crossover"] * (lags + fit["s_offset"])
+        n_all = int(((cs > _warmup(run))).sum())
+        cs = np.where(horizon, cs, -1)
+        subset = (f"horizon-limited collapses only (t_c > {fit['crossover']:.3g}·(S+1), from the "
+                  f"two-constraint fit): {int((cs > _warmup(run)).sum())} of {n_all}; ")
     law = scaling.collapse_time_per_lag(lags, lrs, cs, min_step=_warmup(run))
     per = {int(k): v for k, v in law["per_lag"].items() if v["n"] >= 2}
     allv = law["all"]
@@ -686,23 +704,54 @@ def collapse_law_row(title, run) -> dict:
                     verdict="not measured: too few collapses after the warm-up")
     meds = np.array([v["median_t_eta"] for v in per.values()])
     spread = float(meds.max() / meds.min())
-    slope_ok = T_ETA_SLOPE[0] <= allv["slope"] <= T_ETA_SLOPE[1]
-    if slope_ok and spread <= T_ETA_SPREAD:
+    slope = allv["slope"]
+    slope_ok = _finite(slope) and T_ETA_SLOPE[0] <= slope <= T_ETA_SLOPE[1]
+    s_indep = spread <= T_ETA_SPREAD and len(per) >= 2
+    slope_txt = (f"t_c ∝ η^{slope:.2f}" if _finite(slope) else
+                 "t_c ∝ 1/η not testable (the timed collapses share one η)")
+    if fit is not None and _finite(fit["a"]) and not _finite(fit["b"]):
+        verdict = ("not applicable: no cell of this grid is horizon-limited (the two-constraint "
+                   "fit identifies only the stale constant); shown for contrast")
+    elif slope_ok and s_indep:
         verdict = "supported: t_c·η is constant and S-independent"
+    elif s_indep:
+        verdict = (f"partly: median t_c·η is S-independent (within {spread:.1f}×) but "
+                   + (slope_txt + ", not η^−1" if _finite(slope) else slope_txt))
+    elif len(per) < 2:
+        verdict = "not measured: timed collapses at fewer than two S"
     else:
-        verdict = "not supported: " + ", ".join(
-            ([f"t_c ∝ η^{allv['slope']:.2f}, not η^−1"] if not slope_ok else []) +
-            ([f"median t_c·η varies {spread:.1f}× across S"] if spread > T_ETA_SPREAD else []))
+        verdict = (f"not supported: median t_c·η varies {spread:.1f}× across S; " + slope_txt)
     return dict(base,
                 measured=f"slope of log t_c on log η {allv['slope']:.2f}; median t_c·η per S: " +
                          ", ".join(f"S={k}: {v['median_t_eta']:.3g} [{v['q16_t_eta']:.3g}, "
                                    f"{v['q84_t_eta']:.3g}]" for k, v in sorted(per.items())),
-                interval=f"16–84 % of runs per S; {allv['n']} timed collapses "
+                interval=subset + f"16–84 % of runs per S; {allv['n']} timed collapses "
                          f"({allv['n_censored']} flagged at the warm-up end left out)",
                 verdict=verdict)
 
 
-def two_constraint_row(title, run, holdout: str = "auto") -> dict:
+def _horizon_rows(run):
+    g = grid(run)
+    steps = g["num_steps"]
+    horizons = sorted({max(1, int(round(f * steps))) for f in HORIZON_FRACS})
+    collapse_cfg = run["summary"].get("train", {}).get("collapse", {}) or {}
+    patience = int(collapse_cfg.get("patience", 1) or 1)
+    tab = scaling.horizon_table(g["lags"], g["lrs"], g["t_collapse"], horizons, num_steps=steps,
+                                patience=min(patience, horizons[0]))
+    return g, horizons, tab
+
+
+def two_constraint_fit(run):
+    """`scaling.fit_two_constraint` on every (S, T' = HORIZON_FRACS·T, seed) row of one sweep
+    (None without traces)."""
+    if not grid(run)["num_steps"]:
+        return None
+    _, _, tab = _horizon_rows(run)
+    return scaling.fit_two_constraint(tab["S"], tab["T"], tab["lo"], tab["hi"], tab["seed"],
+                                      n_boot=0)
+
+
+def two_constraint_row(title, run) -> dict:
     """Claim 4: fit η_max(S, T') = min{a/(S+1), b/T'} on part of the (S, T') cells of one sweep
     (T' = `HORIZON_FRACS`·T, from the causal collapse rule) and predict the rest.
 
@@ -710,16 +759,10 @@ def two_constraint_row(title, run, holdout: str = "auto") -> dict:
     (an extrapolation in T and an interpolation in S). `scaling.fit_two_constraint` fits a and b
     only where their constraint binds; a constant that never binds on the grid is reported as
     not identified and, for the prediction, taken as not binding (b = ∞: no horizon limit)."""
-    g = grid(run)
     base = dict(testbed=title, grid=grid_line(run))
-    steps = g["num_steps"]
-    if not steps:
+    if not grid(run)["num_steps"]:
         return dict(base, measured="—", interval="—", verdict="not measured: no traces")
-    horizons = sorted({max(1, int(round(f * steps))) for f in HORIZON_FRACS})
-    patience = int(run["summary"].get("train", {}).get("collapse", {}).get("patience", 1) or 1) \
-        if "train" in run["summary"] else 1
-    tab = scaling.horizon_table(g["lags"], g["lrs"], g["t_collapse"], horizons, num_steps=steps,
-                                patience=min(patience, horizons[0]))
+    g, horizons, tab = _horizon_rows(run)
     s_rows, t_rows = tab["S"], tab["T"]
     pos = sorted(x for x in g["lags"] if x >= 1)
     s_out = pos[-2] if len(pos) >= 3 else None
@@ -789,7 +832,11 @@ def cosine_row(title, run) -> dict:
     sep = _finite(lo) and lo > 0.5 and np.median(co) > np.median(st)
     rev = _finite(hi) and hi < 0.5
     lead = auc["lead_time"]
-    if sep and zero:
+    mode = run["summary"].get("train", {}).get("mode")
+    if mode == "population":
+        verdict = ("not applicable: population mode has no sampling noise, so no run is "
+                   "diffusive; shown for contrast")
+    elif sep and zero:
         verdict = "supported: stable ≈ 0 and higher before collapse"
     elif sep:
         verdict = (f"partly: higher before collapse, but stable runs are not ≈ 0 "
