@@ -103,8 +103,8 @@ def test_hf_components_and_bad_values(tmp_path):
     # GRPO straight from the checkpoint (no init_from).
     grpo = components.build_grpo(rc)
     assert grpo.init_dir == "" and grpo.max_new_tokens == 24
-    with pytest.raises(config_lib.ConfigError, match=r"model.overrides=.*only \['dtype', "
-                                                     r"'param_dtype', 'attention_impl'\].*n_layers"):
+    with pytest.raises(config_lib.ConfigError, match=r"model.overrides=.*only \['attention_impl', "
+                                                     r"'remat'\].*n_layers"):
         _config(model_dir, data, **{"model.overrides.n_layers": 1})
     with pytest.raises(config_lib.ConfigError, match="task.prompt_format='html'"):
         _config(model_dir, data, **{"task.prompt_format": "html"})

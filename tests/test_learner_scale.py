@@ -116,7 +116,14 @@ def _grpo_batch(objective, params, cfg):
     return batch
 
 
-@pytest.mark.parametrize("name", losses.list_losses())
+# Every registered loss is checked; three run by default (the θ-dependent keep masks of MIS and
+# Geo-RS, and GRPO's KL to a reference), the rest with `pytest -m slow` (~15 s of CPU each).
+_DEFAULT_LOSSES = ("mis", "geo_rs", "grpo")
+
+
+@pytest.mark.parametrize("name", [n if n in _DEFAULT_LOSSES else
+                                  pytest.param(n, marks=pytest.mark.slow)
+                                  for n in losses.list_losses()])
 def test_accumulated_gradient_equals_full_batch(name):
     """`update`'s micro-batched gradient equals the full-batch one for every registered loss: 4
     micro-batches of 2 rows cut every group of G = 4 in two, and the θ-dependent MIS/Geo-RS keep
@@ -192,7 +199,7 @@ def test_remat_policies_keep_values_and_gradients(policy):
     v0, g0 = jax.jit(jax.value_and_grad(functools.partial(loss, graphdef)))(params)
     v1, g1 = jax.jit(jax.value_and_grad(functools.partial(loss, graphdef_r)))(params)
     np.testing.assert_allclose(v1, v0, rtol=1e-6)
-    _leaves_close(g1, g0, rtol=1e-5, atol=1e-7)
+    _leaves_close(g1, g0, rtol=1e-5, atol=1e-6 * float(optax.tree.norm(g0)))
 
 
 def test_remat_policy_is_checked():

@@ -154,12 +154,20 @@ class Learner:
       reshard_drift: with a separate generator mesh (or several processes), copy the behavior
         snapshot back to the learner mesh every step to measure ‖θ − φ‖ exactly (opt-in: a full
         parameter copy per step).
+      micro_batches: exact gradient accumulation over this many micro-batches (`update`).
+      snapshot_dtype: cast published snapshots to this dtype (None: keep the parameters'). The
+        model casts every weight to its compute dtype before use, so snapshots in the compute
+        dtype sample exactly as full copies do, at half the bytes under bf16 compute.
+      snapshot_memory: "device", or "host" to hold published snapshots in pinned host memory
+        (`sharding.with_memory_kind("pinned_host")`); `gen_params` moves one back to the device
+        for sampling.
     """
 
     def __init__(self, objective, optimizer, params_template, *, mesh, gen_mesh=None,
                  rules=None, track_cosines: bool = True,
                  collapse: Optional[collapse_lib.CollapseRules] = None,
-                 reshard_drift: bool = False):
+                 reshard_drift: bool = False, micro_batches: int = 1,
+                 snapshot_dtype=None, snapshot_memory: str = "device"):
         self.objective, self.optimizer = objective, optimizer
         self.mesh, self.rules = mesh, rules
         self.gen_mesh = gen_mesh if gen_mesh is not None else mesh
@@ -170,6 +178,14 @@ class Learner:
                              "(each process generates its share on its own devices).")
         self.separate_gen = gen_mesh is not None or self.multiprocess
         self.reshard_drift = reshard_drift
+        if not (isinstance(micro_batches, int) and micro_batches >= 1):
+            raise ValueError(f"micro_batches must be an int >= 1, got {micro_batches!r}")
+        if snapshot_memory not in ("device", "host"):
+            raise ValueError(f"snapshot_memory must be 'device' or 'host', got "
+                             f"{snapshot_memory!r}")
+        self.micro_batches = micro_batches
+        self.snapshot_dtype = None if snapshot_dtype is None else jnp.dtype(snapshot_dtype)
+        self.snapshot_memory = snapshot_memory
         self._step_cache: dict[Any, Callable] = {}
         self._fn_cache: dict[Any, Callable] = {}
 
@@ -185,11 +201,18 @@ class Learner:
 
         # Reshard with device_put (which may alias the source's shards on shared devices), then
         # copy in a jitted computation: the result never shares a buffer with its input.
-        def copier(shardings):
-            copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)
+        def copier(shardings, dtype=None):
+            cast = (lambda x: jnp.copy(x)) if dtype is None else (lambda x: x.astype(dtype))
+            copy = jax.jit(lambda p: jax.tree.map(cast, p), out_shardings=shardings)
             return lambda p: copy(jax.device_put(p, shardings))
-        self._copy_to_gen = copier(self.gen_shardings)
+        self._copy_to_gen = copier(self.gen_shardings, self.snapshot_dtype)
         self._copy_to_learner = copier(self.param_shardings)
+        self._to_host = self._to_device = None
+        if snapshot_memory == "host":
+            host = jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), self.gen_shardings)
+            to_gen = self._copy_to_gen
+            self._copy_to_gen = lambda p: jax.device_put(to_gen(p), host)
+            self._to_device = lambda p: jax.device_put(p, self.gen_shardings)
         if self.multiprocess:
             # Several processes: params are placed from full host copies, and each process's
             # generator samples its share of the batch with a process-local copy (a collective:
@@ -225,8 +248,19 @@ class Learner:
         return out
 
     def snapshot(self, params):
-        """A copy of `params` on the generator's shardings: safe to publish before donation."""
+        """A copy of `params` on the generator's shardings (in `snapshot_dtype`, in host memory
+        with snapshot_memory="host"): safe to publish before donation."""
         return self._copy_to_gen(params)
+
+    def gen_params(self, snapshot):
+        """A held snapshot ready for the sampler (moved to device memory if held on the host)."""
+        return snapshot if self._to_device is None else self._to_device(snapshot)
+
+    def snapshot_bytes(self, params) -> int:
+        """Bytes one published snapshot of `params` holds (per the whole mesh, all shards)."""
+        dt = self.snapshot_dtype
+        return int(sum(np.prod(x.shape) * (dt or jnp.dtype(x.dtype)).itemsize
+                       for x in jax.tree.leaves(params)))
 
     def drifts(self, params, behavior, theta0) -> dict[str, jax.Array]:
         """{"drift/cumulative": ‖θ − θ_0‖, "drift/within_cycle": ‖θ − φ‖} in one jitted call.
@@ -264,7 +298,8 @@ class Learner:
                ref_params is None)
         if key not in self._step_cache:
             fn = functools.partial(update, objective=self.objective, optimizer=self.optimizer,
-                                   track_cosines=self.track_cosines, collapse=self.collapse)
+                                   track_cosines=self.track_cosines, collapse=self.collapse,
+                                   micro_batches=self.micro_batches)
             self._check_collapse_metrics(params, opt_state, aux, batch, ref_params)
             ref_sh = None if ref_params is None else self.param_shardings
             self._step_cache[key] = jax.jit(
