@@ -59,6 +59,9 @@ _COMPUTE = flags.DEFINE_enum("compute_dtype", "bfloat16", ["float32", "bfloat16"
 _PARAM = flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16"], "")
 _MU = flags.DEFINE_enum("opt_state_dtype", "", ["", "float32", "bfloat16"], "'' = param dtype")
 _SNAP = flags.DEFINE_enum("snapshot_dtype", "compute", ["param", "compute"], "")
+_SNAP_MEM = flags.DEFINE_enum("snapshot_memory", "device", ["device", "host"],
+                              "precision.snapshot_memory: host = held in pinned host memory "
+                              "(listed, not counted against the device budget).")
 _LOSS = flags.DEFINE_string("loss", "grpo", "Loss variant; with a KL term the reference θ_ref "
                                             "is held (rl.loss_kwargs default kl_coef=0.04).")
 _KL = flags.DEFINE_float("kl_coef", 0.04, "kl_coef override of the loss.")
@@ -170,9 +173,12 @@ def budget(cfg, learner: dict, sampler: dict | None) -> tuple[list, dict]:
         ("learner temporaries (activations, grads, logits chunks; compiled)", learner["temp"]),
         ("learner outputs not aliased to donated inputs (compiled)",
          learner["output"] - learner["alias"]),
-        (f"held snapshots: {held} × {one_snap / GB:.2f} GB ({jnp.dtype(snap_dtype).name})",
-         held * one_snap),
     ]
+    snap_name = f"held snapshots: {held} × {one_snap / GB:.2f} GB ({jnp.dtype(snap_dtype).name})"
+    if _SNAP_MEM.value == "host":   # one at a time is moved to the device to sample
+        rows.append((snap_name + " in host memory; 1 on the device while sampling", one_snap))
+    else:
+        rows.append((snap_name, held * one_snap))
     if sampler:
         rows.append((f"sampler temporaries (incl. KV cache {sampler['kv_cache'] / GB:.2f} GB; "
                      "compiled)", sampler["temp"] + sampler["output"]))
@@ -228,7 +234,8 @@ def main(argv):
                           micro_batch=_MICRO.value or _BATCH.value, max_lag=_LAG.value,
                           logits_chunk=_CHUNK.value, remat=cfg.remat, compute_dtype=cfg.dtype,
                           param_dtype=cfg.param_dtype, opt_state_dtype=_MU.value or cfg.param_dtype,
-                          snapshot_dtype=_SNAP.value, loss=_LOSS.value, kl_coef=_KL.value,
+                          snapshot_dtype=_SNAP.value, snapshot_memory=_SNAP_MEM.value,
+                          loss=_LOSS.value, kl_coef=_KL.value,
                           cosines=_COSINES.value, sample_prompts=_PROMPTS.value,
                           num_samples=_NUM_SAMPLES.value, new_tokens=_NEW.value),
             learner=learner, sampler=sampler, budget_rows=[[n, v] for n, v in rows], **tot)

@@ -205,3 +205,102 @@ def test_remat_policies_keep_values_and_gradients(policy):
 def test_remat_policy_is_checked():
     with pytest.raises(ValueError, match="LlamaConfig.remat must be one of"):
         _tiny(remat="sometimes")
+
+
+# ------------------------------------------------------------------------------------------------
+# Precision policy and snapshots.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_bf16_compute_tracks_float32_and_bf16_snapshots_score_exactly():
+    """bf16 compute on float32 master parameters stays close to float32 compute (log-probs and
+    gradient direction); and a snapshot cast to the compute dtype scores bit-identically, because
+    the model casts every weight to the compute dtype before use."""
+    cfg32 = _tiny(n_layers=2)
+    graphdef32, params = models.init_model(cfg32, 0)
+    graphdef16, _ = models.init_model(_tiny(n_layers=2, dtype="bfloat16"), 0)
+    b = jax.tree.map(jnp.asarray, _rollout(cfg32))
+    args = (b["prompt_tokens"], b["prompt_lengths"], b["response_tokens"], b["response_mask"])
+
+    def score(gd, p):
+        return sampling.score_responses(gd, p, *args, chunk_size=4)
+
+    lp32, g32 = jax.jit(jax.value_and_grad(lambda p: score(graphdef32, p).sum()))(params)
+    lp16, g16 = jax.jit(jax.value_and_grad(lambda p: score(graphdef16, p).sum()))(params)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(g16))   # master-precision grads
+    np.testing.assert_allclose(lp16, lp32, rtol=2e-2)
+    cos = float(optax.tree.vdot(g16, g32) / (optax.tree.norm(g16) * optax.tree.norm(g32)))
+    assert cos > 0.99, cos
+    snap = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    np.testing.assert_array_equal(jax.jit(lambda p: score(graphdef16, p))(snap),
+                                  jax.jit(lambda p: score(graphdef16, p))(params))
+
+
+@pytest.mark.slow
+def test_learner_micro_batches_and_snapshots():
+    """`Learner` with micro_batches=2 takes the same step as with 1 (exact accumulation through
+    the jitted, donated update), and publishes bf16 snapshots in pinned host memory."""
+    from async_grpo.rl.components import make_optimizer
+    from async_grpo.config import OptimizerConfig
+    from async_grpo import sharding as sharding_lib
+    cfg = _tiny()
+    graphdef, params = models.init_model(cfg, 0)
+    obj = GRPOObjective(graphdef, losses.make_loss("mis"), losses.make_loss("total_derivative"),
+                        0.0, G, 1.0, logits_chunk=4)
+    batch = {k: np.asarray(v) for k, v in _grpo_batch(obj, params, cfg).items()}
+    opt = make_optimizer(OptimizerConfig(warmup_steps=0), 10, mu_dtype="bfloat16")
+    mesh = sharding_lib.make_mesh([("data", 1)], jax.devices()[:1])
+    out = {}
+    for k in (1, 2):
+        learner = learner_lib.Learner(obj, opt, params, mesh=mesh, track_cosines=False,
+                                      micro_batches=k, snapshot_dtype="bfloat16",
+                                      snapshot_memory="host")
+        p = learner.place_params(params)
+        o = learner.init_opt_state(p)
+        out[k] = learner.step(p, o, {}, batch, step=1)
+    mu = [s for s in jax.tree.leaves(out[1][1]) if getattr(s, "dtype", None) == jnp.bfloat16]
+    assert mu, "precision.opt_state_dtype=bfloat16 should store Adam's first moment in bf16"
+    np.testing.assert_allclose(out[2][3]["loss"], out[1][3]["loss"], rtol=1e-5)
+    _leaves_close(out[2][0], out[1][0], rtol=1e-5, atol=1e-6)
+    snap = learner.snapshot(out[2][0])
+    assert {x.dtype for x in jax.tree.leaves(snap)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.sharding.memory_kind for x in jax.tree.leaves(snap)} == {"pinned_host"}
+    dev = learner.gen_params(snap)
+    assert {x.sharding.memory_kind for x in jax.tree.leaves(dev)} == {"device"}
+    assert learner.snapshot_bytes(params) * 2 == sum(x.nbytes for x in jax.tree.leaves(params))
+
+
+def test_precision_and_learner_config_keys_are_checked():
+    from async_grpo import config as config_lib
+    rc = config_lib.RunConfig.from_config({"precision": {"compute_dtype": "bfloat16",
+                                                         "snapshot_dtype": "compute"},
+                                           "learner": {"micro_batches": 4, "logits_chunk": 128}})
+    assert rc.precision.param_dtype == "float32" and rc.learner.micro_batches == 4
+    for key, value, msg in (
+            ("precision.compute_dtype", "float16", r"precision.compute_dtype='float16': must be "
+                                                   r"one of \['float32', 'bfloat16'\]"),
+            ("precision.snapshot_memory", "disk", "precision.snapshot_memory='disk'"),
+            ("learner.micro_batches", 0, "learner.micro_batches=0: must be an integer >= 1"),
+            ("model.overrides", {"dtype": "bfloat16"}, "belong to the precision policy")):
+        section, name = key.split(".")
+        with pytest.raises(config_lib.ConfigError, match=msg):
+            config_lib.RunConfig.from_config({section: {name: value}})
+
+
+@pytest.mark.slow
+def test_gpu_learner_script_tiny_mode_runs_on_cpu(tmp_path):
+    """`bench/gpu_learner.py --tiny`: the one-command GPU benchmark's code path (peak, our
+    learner with and without chunked logits, the peer when torch is installed), on toy shapes."""
+    import os
+    import subprocess
+    import sys
+    from tests.helpers import repo_root
+    env = dict(os.environ, OUT=str(tmp_path), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "bench/gpu_learner.py", "--tiny"], cwd=repo_root(),
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "| ours (update, logits_chunk=0) |" in proc.stdout
+    import json
+    rec = json.load(open(tmp_path / "gpu_learner.json"))
+    ours = [r for n, r in rec["rows"].items() if n.startswith("ours")]
+    assert len(ours) == 2 and all(r["finite"] and r["tokens_per_s"] > 0 for r in ours)
