@@ -360,7 +360,8 @@ def memory_plan(d: str) -> str:
              f"**XLA:{'/'.join(sorted(b.upper() for b in backend))} memory analysis** "
              "(not a GPU's).", "", head, "|---" * (len(plans) + 1) + "|"]
     for k in keys:
-        lines.append(f"| {k} | " + " | ".join(str(p["settings"].get(k, "—")) for _, p in plans)
+        label = "rows per micro-batch" if k == "micro_batch" else k
+        lines.append(f"| {label} | " + " | ".join(str(p["settings"].get(k, "—")) for _, p in plans)
                      + " |")
     n_rows = max(len(p["budget_rows"]) for _, p in plans)
     for i in range(n_rows):

@@ -304,3 +304,31 @@ def test_gpu_learner_script_tiny_mode_runs_on_cpu(tmp_path):
     rec = json.load(open(tmp_path / "gpu_learner.json"))
     ours = [r for n, r in rec["rows"].items() if n.startswith("ours")]
     assert len(ours) == 2 and all(r["finite"] and r["tokens_per_s"] > 0 for r in ours)
+
+
+@pytest.mark.slow
+def test_pipeline_with_accumulation_chunking_and_bf16_host_snapshots(tmp_path):
+    """The asynchronous pipeline (fixed lag S = 2) with micro-batches, chunked log-probs and bf16
+    snapshots in host memory trains like the plain settings (same first-step loss), checkpoints
+    its held snapshots, and resumes."""
+    from tests import helpers
+    helpers.random_init(tmp_path / "init")
+    common = {"staleness.policy": "fixed", "staleness.max_lag": 2, "staleness.queue_size": 2,
+              "rl.checkpoint_every": 2}
+    plain = helpers.pipeline_config(tmp_path, **common)
+    _, _, recs0 = helpers.run(plain, tmp_path / "plain")
+    scaled = helpers.pipeline_config(tmp_path, **common, **{
+        "learner.micro_batches": 2, "learner.logits_chunk": 4,
+        "precision.snapshot_dtype": "compute", "precision.snapshot_memory": "host",
+        "rl.steps": 2})
+    _, _, recs1 = helpers.run(scaled, tmp_path / "scaled")
+    np.testing.assert_allclose(recs1[0]["loss"], recs0[0]["loss"], rtol=1e-5)
+    resumed = dataclasses_replace_steps(scaled, 4)
+    _, _, recs2 = helpers.run(resumed, tmp_path / "scaled", allow_changed=("rl.steps",))
+    assert [r["step"] for r in recs2] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) for r in recs2)
+
+
+def dataclasses_replace_steps(config, steps):
+    import dataclasses
+    return dataclasses.replace(config, rl=dataclasses.replace(config.rl, steps=steps))
