@@ -67,7 +67,7 @@ def part_peak(tiny: bool) -> dict:
                 device=jax.devices()[0].device_kind, backend=jax.default_backend())
 
 
-def part_ours(tiny: bool, logits_chunk: int, remat: str, steps: int) -> dict:
+def part_ours(tiny: bool, logits_chunk: int, remat: str, steps: int, attention: str) -> dict:
     sys.path.insert(0, ROOT)
     import jax
     import jax.numpy as jnp
@@ -80,7 +80,7 @@ def part_ours(tiny: bool, logits_chunk: int, remat: str, steps: int) -> dict:
 
     gpu = jax.default_backend() == "gpu"
     c = TINY_SHAPE if tiny else FULL_SHAPE
-    attn = "cudnn" if gpu else "xla"
+    attn = attention or ("cudnn" if gpu else "xla")
     if tiny:
         cfg = models.LlamaConfig(vocab_size=c["V"], d_model=c["d"], n_layers=c["L"],
                                  n_heads=c["H"], n_kv_heads=c["KV"], head_dim=c["d"] // c["H"],
@@ -173,26 +173,34 @@ def main(argv=None) -> int:
     ap.add_argument("--skip_peer", action="store_true", help="only our learner")
     ap.add_argument("--part", default="", help=argparse.SUPPRESS)
     ap.add_argument("--logits_chunk", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--attention", default="", help="attention_impl of our learner (default: "
+                    "cudnn on a GPU, xla elsewhere; xla is retried if cudnn fails)")
     args = ap.parse_args(argv)
     steps = args.steps or (2 if args.tiny else 10)
     if args.part == "peak":
         print(json.dumps(part_peak(args.tiny)))
         return 0
     if args.part == "ours":
-        print(json.dumps(part_ours(args.tiny, args.logits_chunk, args.remat, steps)))
+        print(json.dumps(part_ours(args.tiny, args.logits_chunk, args.remat, steps,
+                                   args.attention)))
         return 0
 
     c = TINY_SHAPE if args.tiny else FULL_SHAPE
     out = os.environ.get("OUT", "")
-    timeout = 120 if args.tiny else 240
+    timeout = 300 if args.tiny else 240
     me = [sys.executable, os.path.abspath(__file__)] + (["--tiny"] if args.tiny else [])
     me += ["--steps", str(steps), "--remat", args.remat]
     rows, logs = {}, {}
     peak, logs["peak"] = _run(me + ["--part", "peak"], timeout)
+    attention = args.attention
     for chunk in (0, args.chunk):
         name = f"ours (update, logits_chunk={chunk})"
-        rows[name], logs[name] = _run(me + ["--part", "ours", "--logits_chunk", str(chunk)],
-                                      timeout)
+        cmd = me + ["--part", "ours", "--logits_chunk", str(chunk)]
+        rows[name], logs[name] = _run(cmd + ["--attention", attention], timeout)
+        if "error" in rows[name] and not attention and peak.get("backend") == "gpu":
+            attention = "xla"   # cuDNN attention failed on this card/version: fall back
+            name += ", xla attention"
+            rows[name], logs[name] = _run(cmd + ["--attention", attention], timeout)
     if not args.skip_peer:
         for label, extra in (("torch.compile peer, tied", ["--tied"]),
                              ("torch.compile peer, untied", [])):
@@ -210,7 +218,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
         if "error" in r:
-            print(f"| {name} | error: {r['error'][:120]} | | | | |")
+            err = " ".join(r["error"].split())[:120]
+            print(f"| {name} | error: {err} | | | | |")
             continue
         frac = f"{100 * r['tflops'] / pk:.1f}%" if pk else "—"
         ratio = f"{r['tokens_per_s'] / peer:.2f}×" if peer else "—"

@@ -308,9 +308,9 @@ def test_gpu_learner_script_tiny_mode_runs_on_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_with_accumulation_chunking_and_bf16_host_snapshots(tmp_path):
-    """The asynchronous pipeline (fixed lag S = 2) with micro-batches, chunked log-probs and bf16
-    snapshots in host memory trains like the plain settings (same first-step loss), checkpoints
-    its held snapshots, and resumes."""
+    """The asynchronous pipeline (fixed lag S = 2) with micro-batches, chunked log-probs and
+    snapshots in host memory (in the compute dtype) trains like the plain settings (same
+    first-step gradient norm), checkpoints its held snapshots, and resumes."""
     from tests import helpers
     helpers.random_init(tmp_path / "init")
     common = {"staleness.policy": "fixed", "staleness.max_lag": 2, "staleness.queue_size": 2,
@@ -322,7 +322,9 @@ def test_pipeline_with_accumulation_chunking_and_bf16_host_snapshots(tmp_path):
         "precision.snapshot_dtype": "compute", "precision.snapshot_memory": "host",
         "rl.steps": 2})
     _, _, recs1 = helpers.run(scaled, tmp_path / "scaled")
-    np.testing.assert_allclose(recs1[0]["loss"], recs0[0]["loss"], rtol=1e-5)
+    for key in ("grad_norm", "entropy", "reward"):   # same rollouts, same gradient
+        assert recs0[0][key] != 0, key
+        np.testing.assert_allclose(recs1[0][key], recs0[0][key], rtol=1e-4)
     resumed = dataclasses_replace_steps(scaled, 4)
     _, _, recs2 = helpers.run(resumed, tmp_path / "scaled", allow_changed=("rl.steps",))
     assert [r["step"] for r in recs2] == [1, 2, 3, 4]
