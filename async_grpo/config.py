@@ -189,8 +189,8 @@ class PrecisionConfig:
     opt_state_dtype: str = field("", "Adam's first moment μ (optax mu_dtype): float32 | bfloat16 "
                                      "| '' (= param_dtype); the second moment stays param_dtype")
     snapshot_dtype: str = field("param", "held behavior snapshots φ: 'param' (exact copies) or "
-                                         "'compute' (cast to compute_dtype; the sampler computes "
-                                         "in it anyway)")
+                                         "'compute' (cast to compute_dtype: samples identically, "
+                                         "drift/within_cycle then includes the rounding)")
     snapshot_memory: str = field("device", "where held snapshots live: 'device' or 'host' "
                                            "(pinned host memory, fetched when a batch samples)")
 
