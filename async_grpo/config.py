@@ -125,7 +125,9 @@ class TaskConfig:
         return {**self.kwargs, "path": self.path} if self.path else dict(self.kwargs)
 
 
-HF_OVERRIDES = ("dtype", "param_dtype", "attention_impl")   # what hf_path models may change
+HF_OVERRIDES = ("attention_impl", "remat")   # what hf_path models may change
+_PRECISION_KEYS = ("dtype", "param_dtype")    # LlamaConfig fields set by the `precision` section
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +146,10 @@ class ModelConfig:
     def __post_init__(self):
         _one_of(self, "preset", list(models.PRESETS))
         _int_at_least(self, "max_seq_len", 0)
+        moved = sorted(set(self.overrides) & set(_PRECISION_KEYS))
+        _need(not moved, "overrides", self.overrides,
+              f"{moved} belong to the precision policy: set precision.compute_dtype / "
+              "precision.param_dtype instead")
         for key in ("hf_path", "tokenizer_path"):
             v = getattr(self, key)
             _need(isinstance(v, str), key, v, "must be a path (a string)")
@@ -166,6 +172,46 @@ class ModelConfig:
         if self.hf_path and os.path.isfile(os.path.join(self.hf_path, "tokenizer.json")):
             return self.hf_path
         return ""
+
+
+SNAPSHOT_DTYPES = ("param", "compute")
+SNAPSHOT_MEMORY = ("device", "host")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionConfig:
+    """The mixed-precision policy: θ stored in `param_dtype` (the master copy the optimizer
+    updates), matmuls and activations in `compute_dtype` (norms, RoPE, attention softmax, logits
+    and log-probs always float32), Adam's first moment in `opt_state_dtype`."""
+
+    compute_dtype: str = field("float32", "activations and matmul inputs: float32 | bfloat16")
+    param_dtype: str = field("float32", "stored parameters θ (master copy): float32 | bfloat16")
+    opt_state_dtype: str = field("", "Adam's first moment μ (optax mu_dtype): float32 | bfloat16 "
+                                     "| '' (= param_dtype); the second moment stays param_dtype")
+    snapshot_dtype: str = field("param", "held behavior snapshots φ: 'param' (exact copies) or "
+                                         "'compute' (cast to compute_dtype: samples identically, "
+                                         "drift/within_cycle then includes the rounding)")
+    snapshot_memory: str = field("device", "where held snapshots live: 'device' or 'host' "
+                                           "(pinned host memory, fetched when a batch samples)")
+
+    def __post_init__(self):
+        _one_of(self, "compute_dtype", DTYPES)
+        _one_of(self, "param_dtype", DTYPES)
+        _one_of(self, "opt_state_dtype", ("",) + DTYPES)
+        _one_of(self, "snapshot_dtype", SNAPSHOT_DTYPES)
+        _one_of(self, "snapshot_memory", SNAPSHOT_MEMORY)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    micro_batches: int = field(1, "exact gradient accumulation over k micro-batches of the "
+                                  "learner batch (k must divide it; k > 1 adds one forward pass)")
+    logits_chunk: int = field(0, "log-probs and entropy `logits_chunk` positions at a time, "
+                                 "rematerialised (0: the full [B, T, V] logits at once)")
+
+    def __post_init__(self):
+        _int_at_least(self, "micro_batches", 1)
+        _int_at_least(self, "logits_chunk", 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,6 +385,8 @@ class RunConfig:
     max_new_tokens: int = field(0, "response budget (0: the task's longest answer + 2)")
     task: TaskConfig = field(TaskConfig(), "the task")
     model: ModelConfig = field(ModelConfig(), "the policy model")
+    precision: PrecisionConfig = field(PrecisionConfig(), "mixed-precision policy")
+    learner: LearnerConfig = field(LearnerConfig(), "learner memory: accumulation, chunking")
     eval: EvalConfig = field(EvalConfig(), "held-out evaluation")
     sft: SFTConfig = field(SFTConfig(), "supervised warm start")
     rl: RLConfig = field(RLConfig(), "GRPO")
@@ -370,7 +418,7 @@ class RunConfig:
         d = self.to_dict()
         if kind == "sft":
             keep = ("seed", "max_new_tokens", "log_every", "keep_checkpoints", "task", "model",
-                    "eval", "sft", "mesh")
+                    "precision", "learner", "eval", "sft", "mesh")
             return {**{k: d[k] for k in keep}, "rl": {"temperature": self.rl.temperature}}
         if kind == "grpo":
             return {k: v for k, v in d.items() if k != "sft"}

@@ -69,7 +69,7 @@ def run_sft(config: RunConfig, workdir: str, *, comps: Components | None = None,
     devices = devices[:config.mesh.num_devices or len(devices)]
     mesh = sharding_lib.make_mesh(sharding_lib.parse_mesh_spec(config.mesh.axes), devices)
     learner = Learner(comps.objective, comps.optimizer, comps.init_params, mesh=mesh,
-                      track_cosines=False)
+                      track_cosines=False, micro_batches=config.learner.micro_batches)
     params = learner.place_params(comps.init_params)
     opt_state, aux = learner.init_opt_state(params), learner.init_aux(params)
     seq_len = comps.max_prompt_len + comps.task.max_answer_chars + 1   # + eos

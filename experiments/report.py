@@ -442,8 +442,50 @@ def lr_controller_map(d: str) -> str:
     return "\n".join(lines)
 
 
+def memory_plan(d: str) -> str:
+    """The per-device budgets `python -m bench.memory_plan --out=DIR/<plan>.json` wrote, one
+    column per plan (every *.json of the directory, sorted by name)."""
+    paths = sorted(glob.glob(os.path.join(d, "*.json")))
+    if not paths:
+        raise MissingResults(os.path.join(d, "*.json"))
+    plans = [(os.path.basename(p)[:-5], _load(p)) for p in paths]
+    backend = {p["backend"] for _, p in plans}
+    gb = lambda v: f"{v / 1e9:.2f}"  # noqa: E731
+    keys = ("micro_batch", "max_lag", "logits_chunk", "remat", "compute_dtype", "param_dtype",
+            "opt_state_dtype", "snapshot_dtype", "snapshot_memory", "cosines", "loss")
+    head = "| | " + " | ".join(f"`{n}`" for n, _ in plans) + " |"
+    lines = [f"Per-device memory (GB = 1e9 bytes); compiled parts from the "
+             f"**XLA:{'/'.join(sorted(b.upper() for b in backend))} memory analysis** "
+             "(not a GPU's).", "", head, "|---" * (len(plans) + 1) + "|"]
+    for k in keys:
+        label = "rows per micro-batch" if k == "micro_batch" else k
+        lines.append(f"| {label} | " + " | ".join(str(p["settings"].get(k, "—")) for _, p in plans)
+                     + " |")
+    n_rows = max(len(p["budget_rows"]) for _, p in plans)
+    for i in range(n_rows):
+        labels = [p["budget_rows"][i][0] if i < len(p["budget_rows"]) else "" for _, p in plans]
+        name = next(lb for lb in labels if lb).split(":")[0]
+        cells = []
+        for (_, p), label in zip(plans, labels):
+            if not label:
+                cells.append("—")
+                continue
+            extra = label.split(":", 1)[1].strip() if ":" in label else ""
+            cells.append(gb(p["budget_rows"][i][1]) + (f" ({extra})" if extra else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{gb(p['total'])}**" for _, p in plans) + " |")
+    lines.append("| margin to " + gb(plans[0][1]["budget"]) + " | " +
+                 " | ".join(gb(p["margin"]) for _, p in plans) + " |")
+    s0 = plans[0][1]["settings"]
+    lines += ["", f"{plans[0][1]['preset']} ({plans[0][1]['num_params'] / 1e9:.3f}B parameters), "
+              f"learner B={s0['batch']}, T={s0['seq_len']} (prompt {s0['prompt_len']}); sampler "
+              f"{s0['sample_prompts']} prompts × {s0['num_samples']} samples, "
+              f"{s0['new_tokens']} new tokens; jax {plans[0][1]['jax']}."]
+    return "\n".join(lines)
+
+
 REPORTS: dict[str, Callable[..., str]] = {
-    "study_claims": study_claims, "study_stages": study_stages,
+    "study_claims": study_claims, "study_stages": study_stages, "memory_plan": memory_plan,
     "lm_sweep": lm_sweep, "bench_lm_grid": bench_lm_grid,
     "exact_sweep": exact_sweep, "exact_families": exact_families,
     "exact_collapse_law": exact_collapse_law, "exact_bias": exact_bias, "sft_grpo": sft_grpo,

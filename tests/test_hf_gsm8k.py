@@ -55,7 +55,7 @@ def _hf_model(path, seed=0):
 
 def _overrides(model_dir, data):
     return {"model.hf_path": model_dir, "task.path": data, "task.prompt_format": "plain",
-            "model.overrides.dtype": "float32", "model.overrides.attention_impl": "einsum",
+            "precision.compute_dtype": "float32", "model.overrides.attention_impl": "einsum",
             "max_new_tokens": 24, "eval.num_problems": 2, "eval.batch_size": 2,
             "sft.steps": 3, "sft.batch_size": 4, "sft.eval_every": 0, "sft.checkpoint_every": 0,
             "sft.optimizer.warmup_steps": 1, "rl.steps": 4, "rl.prompts_per_step": 2,
@@ -103,8 +103,8 @@ def test_hf_components_and_bad_values(tmp_path):
     # GRPO straight from the checkpoint (no init_from).
     grpo = components.build_grpo(rc)
     assert grpo.init_dir == "" and grpo.max_new_tokens == 24
-    with pytest.raises(config_lib.ConfigError, match=r"model.overrides=.*only \['dtype', "
-                                                     r"'param_dtype', 'attention_impl'\].*n_layers"):
+    with pytest.raises(config_lib.ConfigError, match=r"model.overrides=.*only \['attention_impl', "
+                                                     r"'remat'\].*n_layers"):
         _config(model_dir, data, **{"model.overrides.n_layers": 1})
     with pytest.raises(config_lib.ConfigError, match="task.prompt_format='html'"):
         _config(model_dir, data, **{"task.prompt_format": "html"})

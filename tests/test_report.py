@@ -55,3 +55,31 @@ def test_every_block_in_docs_names_a_known_report():
                 for m in report.BLOCK.finditer(f.read()):
                     kind = m.group("spec").split()[0]
                     assert kind in report.REPORTS, (name, kind)
+
+
+def test_memory_plan_block_renders_one_column_per_plan(tmp_path):
+    """KIND memory_plan: every JSON `bench.memory_plan --out` wrote, as one column, with the
+    backend named in the header (the CPU analysis must never pass for a GPU's)."""
+    import json  # pylint: disable=import-outside-toplevel
+    d = tmp_path / "memory_plan"
+    d.mkdir()
+    settings = dict(batch=8, seq_len=1024, prompt_len=256, micro_batch=8, max_lag=8,
+                    logits_chunk=128, remat="full", compute_dtype="bfloat16",
+                    param_dtype="float32", opt_state_dtype="float32", snapshot_dtype="compute",
+                    snapshot_memory="device", cosines=True, loss="grpo", sample_prompts=32,
+                    num_samples=8, new_tokens=768)
+    for name, snap, total in (("a", "held snapshots: 9 × 2.47 GB (bfloat16)", 90e9),
+                              ("b", "held snapshots: 9 × 2.47 GB (bfloat16) in host memory", 70e9)):
+        rows = [["θ (params, float32)", 4.94e9], [snap, 2.47e9 * (9 if name == "a" else 1)]]
+        json.dump(dict(backend="cpu", preset="llama3.2-1b", num_params=1235814400, jax="0",
+                       settings=dict(settings, micro_batch=8 if name == "a" else 2),
+                       budget_rows=rows, total=total, budget=80e9, margin=80e9 - total),
+                  open(d / f"{name}.json", "w"))
+    text = report.render("memory_plan memory_plan", str(tmp_path))
+    assert "**XLA:CPU memory analysis**" in text
+    assert "| rows per micro-batch | 8 | 2 |" in text
+    assert "| held snapshots | 22.23 (9 × 2.47 GB (bfloat16)) | 2.47 (9 × 2.47 GB (bfloat16) in " \
+           "host memory) |" in text
+    assert "| **total** | **90.00** | **70.00** |" in text and "| margin to 80.00 | -10.00 | 10.00 |" in text
+    with pytest.raises(report.MissingResults):
+        report.render("memory_plan nowhere", str(tmp_path))

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 _DTYPES = ("float32", "bfloat16")
 _ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +91,12 @@ class LlamaConfig:
       attention_impl: "einsum" (explicit grouped einsum, exact float32 on CPU; the default), or
         "xla"/"cudnn" to route through `jax.nn.dot_product_attention` (cudnn = fused flash attention
         on NVIDIA GPUs, bf16 only).
+      remat: rematerialisation of each decoder block in the backward pass (no cache only):
+        "none" (keep every activation), "full" (keep only the block's input, recompute the rest;
+        `jax.checkpoint_policies.nothing_saveable`), "dots" (keep every matmul output,
+        `dots_saveable`) or "dots_no_batch" (keep matmuls without batch dims, i.e. the
+        projections but not attention scores, `dots_with_no_batch_dims_saveable`). Values are
+        identical; only memory and recomputation change.
     """
 
     vocab_size: int
@@ -109,6 +116,7 @@ class LlamaConfig:
     init_std: float = 0.02
     attention_impl: str = "einsum"
     qkv_bias: bool = False
+    remat: str = "none"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
@@ -130,6 +138,9 @@ class LlamaConfig:
         if self.attention_impl not in _ATTENTION_IMPLS:
             raise ValueError(f"LlamaConfig.attention_impl must be one of {_ATTENTION_IMPLS}, "
                              f"got {self.attention_impl!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"LlamaConfig.remat must be one of {REMAT_POLICIES}, "
+                             f"got {self.remat!r}")
         if not (self.rope_theta > 0 and self.norm_eps > 0 and self.init_std > 0):
             raise ValueError("LlamaConfig.rope_theta, norm_eps and init_std must be > 0, got "
                              f"{self.rope_theta}, {self.norm_eps}, {self.init_std}")

@@ -321,6 +321,22 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
+_REMAT = {"full": jax.checkpoint_policies.nothing_saveable,
+          "dots": jax.checkpoint_policies.dots_saveable,
+          "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def _remat_block(layer: DecoderLayer, policy: str, x, sin, cos, mask):
+    """`layer(x, ...)[0]` under `jax.checkpoint` with the named policy (`LlamaConfig.remat`): the
+    backward pass recomputes what the policy does not save. Same values as the plain call."""
+    graphdef, state = nnx.split(layer)
+
+    def block(state, x, sin, cos, mask):
+        return nnx.merge(graphdef, state)(x, sin, cos, mask)[0]
+
+    return jax.checkpoint(block, policy=_REMAT[policy])(state, x, sin, cos, mask)
+
+
 class Llama(nnx.Module):
     """Decoder-only Llama-style language model.
 
@@ -380,6 +396,9 @@ class Llama(nnx.Module):
         x = jnp.take(self.embed_tokens.embedding[...], tokens, axis=0).astype(cfg.compute_dtype)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
+            if cache is None and cfg.remat != "none":
+                x = _remat_block(layer, cfg.remat, x, sin, cos, mask)
+                continue
             kv = None if cache is None else (cache.k[i], cache.v[i])
             x, (k, v) = layer(x, sin, cos, mask, kv, index)
             new_k.append(k)

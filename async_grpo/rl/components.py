@@ -46,10 +46,11 @@ class Components:
 
 
 def make_optimizer(opt: OptimizerConfig, total_steps: int,
-                   lr=None) -> optax.GradientTransformation:
+                   lr=None, mu_dtype: str = "") -> optax.GradientTransformation:
     """AdamW with linear warm-up then cosine (or constant) decay, and global-norm clipping.
 
-    `lr` (optional, may be a traced scalar: one grid cell's η) replaces `opt.lr`."""
+    `lr` (optional, may be a traced scalar: one grid cell's η) replaces `opt.lr`; `mu_dtype`
+    ('' = the parameters' dtype) stores Adam's first moment (`precision.opt_state_dtype`)."""
     lr = opt.lr if lr is None else lr
     warmup = max(opt.warmup_steps, 1)
     if opt.schedule == "cosine":
@@ -60,7 +61,8 @@ def make_optimizer(opt: OptimizerConfig, total_steps: int,
         sched = optax.join_schedules(
             [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
     chain = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip else []
-    chain.append(optax.adamw(sched, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
+    chain.append(optax.adamw(sched, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
+                             mu_dtype=mu_dtype or None))
     return optax.chain(*chain)
 
 
@@ -91,17 +93,18 @@ def _task_and_budgets(config: RunConfig, tokenizer=None):
 
 def _model_config(config: RunConfig, tokenizer, needed: int):
     overrides = dict(config.model.overrides)
+    pc = config.precision
     if config.model.hf_path:
         try:
             cfg = models.config_from_hf(models.hf.read_config(config.model.hf_path),
-                                        dtype=overrides.pop("dtype", "float32"),
-                                        param_dtype=overrides.pop("param_dtype", None))
+                                        dtype=pc.compute_dtype, param_dtype=pc.param_dtype)
         except ValueError as e:
             raise ValueError(f"model.hf_path={config.model.hf_path!r}: {e}") from None
         if config.model.max_seq_len:
             overrides["max_seq_len"] = config.model.max_seq_len
         cfg = dataclasses.replace(cfg, **overrides)
     else:
+        overrides.update(dtype=pc.compute_dtype, param_dtype=pc.param_dtype)
         overrides.setdefault("vocab_size", tokenizer.vocab_size)
         if config.model.max_seq_len:
             overrides.setdefault("max_seq_len", config.model.max_seq_len)
@@ -169,7 +172,7 @@ def build_grpo(config: RunConfig) -> Components:
     objective = GRPOObjective(
         graphdef, losses.make_loss(rc.loss, **rc.loss_kwargs),
         losses.make_loss("total_derivative", **rc.td_loss_kwargs), rc.td_weight,
-        rc.group_size, rc.temperature)
+        rc.group_size, rc.temperature, logits_chunk=config.learner.logits_chunk)
     rollouts = Rollouts(graphdef, task, tokenizer, group_size=rc.group_size,
                         max_prompt_len=max_prompt, max_new_tokens=max_new,
                         temperature=rc.temperature, top_k=rc.top_k or None,
@@ -177,7 +180,9 @@ def build_grpo(config: RunConfig) -> Components:
     return Components(
         config=config, task=task, tokenizer=tokenizer, model_config=model_cfg,
         graphdef=graphdef, init_params=items["params"],
-        optimizer=make_optimizer(rc.optimizer, rc.steps), objective=objective,
+        optimizer=make_optimizer(rc.optimizer, rc.steps,
+                                 mu_dtype=config.precision.opt_state_dtype),
+        objective=objective,
         evaluator=_evaluator(config, graphdef, task, tokenizer, max_prompt, max_new),
         max_prompt_len=max_prompt, max_new_tokens=max_new,
         source=RolloutSource(rollouts, task, prompts_per_step=rc.prompts_per_step,
@@ -196,7 +201,8 @@ def build_sft(config: RunConfig) -> Components:
     return Components(
         config=config, task=task, tokenizer=tokenizer, model_config=model_cfg,
         graphdef=graphdef, init_params=params,
-        optimizer=make_optimizer(config.sft.optimizer, config.sft.steps),
+        optimizer=make_optimizer(config.sft.optimizer, config.sft.steps,
+                                 mu_dtype=config.precision.opt_state_dtype),
         objective=SFTObjective(graphdef),
         evaluator=_evaluator(config, graphdef, task, tokenizer, max_prompt, max_new),
         max_prompt_len=max_prompt, max_new_tokens=max_new)

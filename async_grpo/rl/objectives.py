@@ -65,6 +65,7 @@ class GRPOObjective:
     td_weight: float
     group_size: int
     temperature: float
+    logits_chunk: int = 0
 
     @property
     def needs_ref(self) -> bool:
@@ -72,12 +73,14 @@ class GRPOObjective:
         return ((self.td_weight != 1.0 and _needs_ref(self.loss_fn)) or
                 (self.td_weight != 0.0 and _needs_ref(self.td_loss_fn)))
 
-    def score(self, params, batch):
-        """(log π_θ of the response tokens [B, T], per-position entropy [B, T])."""
+    def score(self, params, batch, *, entropy: bool = True):
+        """(log π_θ of the response tokens [B, T], per-position entropy [B, T]); only the
+        log-probs with `entropy=False`. The vocabulary projection runs `logits_chunk` positions
+        at a time (0: all at once; see `sampling.token_logprobs`)."""
         return sampling.score_responses(
             self.graphdef, params, batch["prompt_tokens"], batch["prompt_lengths"],
             batch["response_tokens"], batch["response_mask"], temperature=self.temperature,
-            return_entropy=True)
+            return_entropy=entropy, chunk_size=self.logits_chunk)
 
     def prepare(self, batch, ref_params) -> dict:
         if ref_params is None:
@@ -85,10 +88,17 @@ class GRPOObjective:
                 raise ValueError("The loss has a KL term and needs the reference policy's params "
                                  "(ref_params).")
             return {}
-        return {"ref_logp": _sg(self.score(ref_params, batch)[0])}
+        return {"ref_logp": _sg(self.score(ref_params, batch, entropy=False))}
 
     def __call__(self, params, batch, extras):
         logp, entropy = self.score(params, batch)
+        return self.loss(logp, entropy, batch, extras)
+
+    def loss(self, logp, entropy, batch, extras):
+        """(loss, metrics) from the log-probs `logp` [B, T] (the only input that carries the
+        gradient) and the entropy (a metric). A function of the whole batch: advantages, keep
+        masks and denominators are batch-global, which is why gradient accumulation differentiates
+        this with respect to `logp` (see `learner.update`)."""
         mask = batch["response_mask"]
         ref_logp = extras.get("ref_logp")
         args = (logp, batch["behavior_logp"], batch["rewards"], mask)
@@ -156,17 +166,30 @@ class SFTObjective:
         del batch, ref_params
         return {}
 
-    def __call__(self, params, batch, extras):
-        del extras
-        tokens, mask = batch["tokens"], batch["mask"]
+    def score(self, params, batch, *, entropy: bool = True):
+        """(log π_θ of each target token [B, L−1], whether it is the argmax [B, L−1]); only the
+        log-probs with `entropy=False` (the name is `GRPOObjective.score`'s: the second output is
+        the metric-only side output)."""
+        tokens = batch["tokens"]
         logits = models.forward(self.graphdef, params, tokens[:, :-1]).astype(jnp.float32)
         targets = tokens[:, 1:]
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None],
+                                   axis=-1)[..., 0]
+        if not entropy:
+            return logp
+        return logp, (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+
+    def __call__(self, params, batch, extras):
+        return self.loss(*self.score(params, batch), batch, extras)
+
+    def loss(self, logp, correct, batch, extras):
+        """Mean negative log-likelihood over the marked positions, and accuracy metrics."""
+        del extras
+        mask = batch["mask"]
         denom = jnp.maximum(mask.sum(), 1.0)
-        loss = jnp.sum(nll * mask) / denom
-        tok_acc = jnp.sum((jnp.argmax(logits, -1) == targets) * mask) / denom
+        loss = -jnp.sum(logp * mask) / denom
+        tok_acc = jnp.sum(correct * mask) / denom
         # Whole-answer exact match under teacher forcing.
-        wrong = jnp.sum((jnp.argmax(logits, -1) != targets) * mask, axis=1)
+        wrong = jnp.sum((1.0 - correct) * mask, axis=1)
         seq_acc = jnp.mean(wrong == 0)
         return loss, {"token_accuracy": tok_acc, "teacher_forced_exact": seq_acc}

@@ -113,11 +113,20 @@ def make_learner(config: RunConfig, comps: Components, devices=None) -> Learner:
                                           devices[-mc.generator_devices:])
         devices = devices[:-mc.generator_devices]
     mesh = sharding_lib.make_mesh(sharding_lib.parse_mesh_spec(mc.axes), devices)
+    pc = config.precision
     learner = Learner(comps.objective, comps.optimizer, comps.init_params, mesh=mesh,
                       gen_mesh=gen_mesh, track_cosines=config.diagnostics.cosines,
-                      collapse=config.collapse, reshard_drift=config.diagnostics.reshard_drift)
+                      collapse=config.collapse, reshard_drift=config.diagnostics.reshard_drift,
+                      micro_batches=config.learner.micro_batches,
+                      snapshot_dtype=pc.compute_dtype if pc.snapshot_dtype == "compute" else None,
+                      snapshot_memory=pc.snapshot_memory)
     for note in learner.sharding_notes:
         logging.info("sharding: %s", note)
+    one = learner.snapshot_bytes(comps.init_params)
+    held = config.staleness.max_lag + 1
+    logging.info("snapshots: %.3f GB each (%s, %s memory); up to %d held (max_lag + 1) = %.3f GB",
+                 one / 1e9, learner.snapshot_dtype or "param dtype", pc.snapshot_memory, held,
+                 held * one / 1e9)
     return learner
 
 
@@ -159,15 +168,15 @@ class _Run:
     def generate(self, params, version: int, step: int):
         """The generator thread's work: the batch plus its wall time."""
         t0 = time.time()
-        batch = self.comps.source.generate(params, version, step)
+        batch = self.comps.source.generate(self.learner.gen_params(params), version, step)
         batch.stats = dict(batch.stats, generate_s=time.time() - t0)
         return batch
 
     def step(self, step: int, vb, params, opt_state, aux, store, theta0, ref):
         """Trains on batch `step` (device work only). -> (params, opt_state, aux, device metrics)."""
         L, dc = self.learner, self.config.diagnostics
-        behavior = (store.get(vb.version) if dc.exact_drift and vb.version in store.versions()
-                    else None)
+        behavior = (L.gen_params(store.get(vb.version))
+                    if dc.exact_drift and vb.version in store.versions() else None)
         dev = dict(L.drifts(params, behavior, theta0))   # read before the update donates θ_t
         if self.bias_due(step):
             fresh = self.comps.source.fresh(L.snapshot(params), step)
@@ -215,7 +224,7 @@ class _Run:
         return meta
 
     def save(self, manager, step, params, opt_state, aux, store, gen_position, extra=None):
-        history = {str(v): store.get(v) for v in store.versions()}
+        history = {str(v): self.learner.gen_params(store.get(v)) for v in store.versions()}
         if self.learner.multiprocess:   # process-local snapshots -> global arrays for orbax
             history = {v: self.learner.place_params(p) for v, p in history.items()}
         items = {"params": params, "opt_state": opt_state}

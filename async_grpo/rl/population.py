@@ -116,7 +116,8 @@ def make_population(config: RunConfig, comps: Components, *, seeds: Sequence[int
         base_key = jax.random.key(seed)
         lag_key = jax.random.PRNGKey(seed)
         s_max = jnp.asarray(cell["max_lag"], jnp.int32)
-        opt = make_optimizer(rc.optimizer, steps, lr=jnp.asarray(cell["lr"], jnp.float32))
+        opt = make_optimizer(rc.optimizer, steps, lr=jnp.asarray(cell["lr"], jnp.float32),
+                             mu_dtype=config.precision.opt_state_dtype)
         ref = theta0 if use_ref else None
         aux = {}
         if config.diagnostics.cosines:
@@ -151,7 +152,8 @@ def make_population(config: RunConfig, comps: Components, *, seeds: Sequence[int
             drifts = drift_metrics(params, phi, theta0)
             params, opt_state, aux, m = update(
                 params, opt_state, aux, batch, ref, t + 1, objective=objective, optimizer=opt,
-                track_cosines=config.diagnostics.cosines, collapse=collapse)
+                track_cosines=config.diagnostics.cosines, collapse=collapse,
+                micro_batches=config.learner.micro_batches)
             grouped = rewards.reshape(-1, g)
             m = dict(m, **drifts, lag=lag, version=version, **{
                 "rollout/correct_frac": jnp.mean(rewards > 0),

@@ -46,7 +46,8 @@ def get_config():
     c.task.prompt_format = "chat"                     # the Instruct checkpoints' chat template
     c.model.hf_path = ""                              # set --config.model.hf_path
     c.model.max_seq_len = 0                           # the checkpoint's context length
-    c.model.overrides = {"dtype": "bfloat16", "param_dtype": "float32", "attention_impl": "xla"}
+    c.model.overrides = {"attention_impl": "xla"}
+    c.precision.compute_dtype = "bfloat16"             # float32 master parameters (default)
     c.max_new_tokens = 512
     c.eval.num_problems = 500
     c.eval.batch_size = 250
