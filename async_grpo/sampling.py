@@ -204,6 +204,12 @@ def sample(graphdef: nnx.GraphDef, params: Any, prompt_tokens: Array, prompt_len
     `max_new_tokens` tokens were drawn. After EOS a row keeps running (batch shapes are static) but
     its outputs are `pad_id` / masked.
 
+    Memory traffic of a decode step: the weights are cast to the compute dtype once before the
+    loop (bf16 under bf16 compute), and the KV cache [B, K, S, Dh] per layer, in the compute dtype,
+    is a loop carry updated in place by `dynamic_update_slice` (no copy per step: checked on the
+    compiled program by tests/test_decode.py). The one-token attention over the cache is
+    `LlamaConfig.decode_attention`.
+
     Args:
       graphdef, params: split `Llama` state (any parameter snapshot).
       prompt_tokens: [B, P] int, right-padded prompts.
@@ -262,8 +268,13 @@ def _as_array(x):
 def _sample_jit(graphdef, params, prompt_tokens, prompt_lengths, key, params_version, *,
                 max_new_tokens, eos_id, pad_id, temperature, greedy, top_k, top_p, num_samples,
                 return_logits):
+    # Weights in the compute dtype once, before the loop: every use casts to it anyway (so the
+    # result is bit-identical), and each decode step then reads bf16, not float32, weights.
+    cfg = _config(graphdef, params)
+    params = jax.tree.map(
+        lambda x: x.astype(cfg.compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        params)
     model: Llama = nnx.merge(graphdef, params)
-    cfg = model.config
     b, p = prompt_tokens.shape
     n = max_new_tokens
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 _DTYPES = ("float32", "bfloat16")
 _ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+DECODE_ATTENTION_IMPLS = ("auto", "reduce", "xla", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +91,13 @@ class LlamaConfig:
       attention_impl: "einsum" (explicit grouped einsum, exact float32 on CPU; the default), or
         "xla"/"cudnn" to route through `jax.nn.dot_product_attention` (cudnn = fused flash attention
         on NVIDIA GPUs, bf16 only).
+      decode_attention: attention of a one-token query over the KV cache (sampler decode steps):
+        "reduce" (broadcast-multiply-reduce over the cache, exact float32; fastest on the CPU),
+        "xla" (`jax.nn.dot_product_attention`), "pallas" (the Pallas GPU decode kernel
+        `jax.experimental.pallas.ops.gpu.decode_attention.gqa`, interpreted off GPU; needs each
+        row's valid cache slots to be contiguous, as in the sampler's layout, and falls back to
+        "xla" where the cache length does not fit its blocks), or "auto": "reduce" on the CPU and
+        in float32 compute (exact), "xla" for bf16 on accelerators.
     """
 
     vocab_size: int
@@ -109,6 +117,7 @@ class LlamaConfig:
     init_std: float = 0.02
     attention_impl: str = "einsum"
     qkv_bias: bool = False
+    decode_attention: str = "auto"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
@@ -130,6 +139,9 @@ class LlamaConfig:
         if self.attention_impl not in _ATTENTION_IMPLS:
             raise ValueError(f"LlamaConfig.attention_impl must be one of {_ATTENTION_IMPLS}, "
                              f"got {self.attention_impl!r}")
+        if self.decode_attention not in DECODE_ATTENTION_IMPLS:
+            raise ValueError(f"LlamaConfig.decode_attention must be one of "
+                             f"{DECODE_ATTENTION_IMPLS}, got {self.decode_attention!r}")
         if not (self.rope_theta > 0 and self.norm_eps > 0 and self.init_std > 0):
             raise ValueError("LlamaConfig.rope_theta, norm_eps and init_std must be > 0, got "
                              f"{self.rope_theta}, {self.norm_eps}, {self.init_std}")
