@@ -32,6 +32,7 @@ from async_grpo import sampling
 from async_grpo.rl import components
 from async_grpo.tasks import TRAIN
 from async_grpo.workdir import machine
+from experiments import report
 
 _INIT = flags.DEFINE_string("init_from", "", "An SFT workdir (its run.json config and newest "
                             "checkpoint); empty: a random init of --preset.")
@@ -125,23 +126,7 @@ def main(argv):
     os.makedirs(_WORKDIR.value, exist_ok=True)
     with open(os.path.join(_WORKDIR.value, "parity.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
-    print(table(result))
-
-
-def table(r: dict) -> str:
-    """The markdown table of a parity.json (also what experiments.report renders)."""
-    qs = list(r["rows"][0]["quantiles_abs"])
-    lines = ["| sampler | learner | tokens | mean \\|Δ\\| | " +
-             " | ".join(f"p{100 * float(q):g} \\|Δ\\|" for q in qs) +
-             " | max \\|Δ\\| | mean Δ | ratio ∉ [0.8, 1.25] |",
-             "|---|---|---|---|" + "---|" * len(qs) + "---|---|---|"]
-    for row in r["rows"]:
-        lines.append(f"| {row['sampler']} | {row['learner']} | {row['tokens']:,} | "
-                     f"{row['mean_abs']:.2e} | " +
-                     " | ".join(f"{row['quantiles_abs'][q]:.2e}" for q in qs) +
-                     f" | {row['max_abs']:.2e} | {row['mean_signed']:+.1e} | "
-                     f"{100 * row['ratio_out_frac']:.3g} % |")
-    return "\n".join(lines)
+    print(report.parity_table(result))
 
 
 if __name__ == "__main__":
