@@ -438,7 +438,7 @@ def update_file(path: str, runs: str) -> tuple[str, list[str], list[str]]:
         spec = m.group("spec")
         try:
             body = render(spec, runs)
-        except MissingResults as e:
+        except FileNotFoundError as e:   # MissingResults, or a reader's own (read_metrics)
             missing.append(f"{path}: {spec} (missing {e})")
             return m.group(0)
         if body != m.group("body"):

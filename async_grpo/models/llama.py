@@ -327,9 +327,8 @@ def pallas_decode_attention(q: Array, k: Array, v: Array, mask: Array) -> Array 
     sampler's left-aligned layout: pads, then prompt and response). Off the GPU it runs in Pallas
     interpret mode (slow; for tests).
     """
-    b, t, h, hd = q.shape
     splits = _pallas_k_splits(k.shape[2])
-    if t != 1 or splits is None:
+    if q.shape[1] != 1 or splits is None:
         return None
     from jax.experimental.pallas.ops.gpu import decode_attention  # pylint: disable=g-import-not-at-top
     m = mask[:, 0]
