@@ -365,9 +365,13 @@ class DiagnosticsConfig:
                                        "learner mesh every step for the exact drift")
     bias_every: int = field(0, "every n steps measure the staleness bias on a fresh on-policy "
                                "batch (0: off)")
+    parity_every: int = field(10, "every n steps the generator re-scores its batch teacher-forced "
+                                  "with the snapshot that sampled it: parity/{mean_abs, max_abs, "
+                                  "ratio_out_frac, behavior_gap} (0: off)")
 
     def __post_init__(self):
         _int_at_least(self, "bias_every", 0)
+        _int_at_least(self, "parity_every", 0)
 
 
 def _collapse_default() -> collapse_lib.CollapseRules:

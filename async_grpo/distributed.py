@@ -123,9 +123,10 @@ def gather_host_stats(stats: Mapping[str, float],
     """Global rollout statistics from every process's share (a collective: all processes call it
     at the same point with the same keys).
 
-    Returns (the mean over processes of each statistic, the generating version of each process's
-    share in process order). Shares are equal (`process_share` splits the prompts evenly), so the
-    mean of the per-process means is the global mean.
+    Returns (the mean over processes of each statistic, the maximum for `*max_abs` keys, the
+    generating version of each process's share in process order). Shares are equal
+    (`process_share` splits the prompts evenly), so the mean of the per-process means is the
+    global mean (for token-level means such as parity/mean_abs, up to unequal token counts).
     """
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     keys = sorted(stats)
@@ -135,5 +136,7 @@ def gather_host_stats(stats: Mapping[str, float],
         raise AssertionError(f"Processes disagree on the rollout statistics: {table.shape} vs "
                              f"{len(keys) + 1} keys {keys}.")
     means = table[:, :-1].mean(axis=0)
-    return ({k: float(v) for k, v in zip(keys, means)},
+    maxes = table[:, :-1].max(axis=0)   # a maximum's global value is the max over the shares
+    return ({k: float(mx if k.endswith("max_abs") else v)
+             for k, v, mx in zip(keys, means, maxes)},
             np.rint(table[:, -1]).astype(np.int64))

@@ -204,6 +204,12 @@ def sample(graphdef: nnx.GraphDef, params: Any, prompt_tokens: Array, prompt_len
     `max_new_tokens` tokens were drawn. After EOS a row keeps running (batch shapes are static) but
     its outputs are `pad_id` / masked.
 
+    Memory traffic of a decode step: the weights are cast to the compute dtype once before the
+    loop (bf16 under bf16 compute), and the KV cache [B, K, S, Dh] per layer, in the compute dtype,
+    is a loop carry updated in place by `dynamic_update_slice` (no copy per step: checked on the
+    compiled program by tests/test_decode.py). The one-token attention over the cache is
+    `LlamaConfig.decode_attention`.
+
     Args:
       graphdef, params: split `Llama` state (any parameter snapshot).
       prompt_tokens: [B, P] int, right-padded prompts.
@@ -262,8 +268,13 @@ def _as_array(x):
 def _sample_jit(graphdef, params, prompt_tokens, prompt_lengths, key, params_version, *,
                 max_new_tokens, eos_id, pad_id, temperature, greedy, top_k, top_p, num_samples,
                 return_logits):
+    # Weights in the compute dtype once, before the loop: every use casts to it anyway (so the
+    # result is bit-identical), and each decode step then reads bf16, not float32, weights.
+    cfg = _config(graphdef, params)
+    params = jax.tree.map(
+        lambda x: x.astype(cfg.compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        params)
     model: Llama = nnx.merge(graphdef, params)
-    cfg = model.config
     b, p = prompt_tokens.shape
     n = max_new_tokens
 
@@ -323,6 +334,45 @@ def _sample_jit(graphdef, params, prompt_tokens, prompt_lengths, key, params_ver
         behavior_logp=out["blogp"], model_logp=out["mlogp"],
         eos_reached=done, params_version=params_version)
     return batch, out.get("logits")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampler-vs-learner log-prob parity.
+# ----------------------------------------------------------------------------------------------
+
+PARITY_RATIO_BAND = (0.8, 1.25)
+
+
+def logprob_parity(sampler_logp: Array, learner_logp: Array, mask: Array,
+                   band: tuple[float, float] = PARITY_RATIO_BAND) -> dict[str, Array]:
+    """How far the sampler's log-probs are from the learner's on the same tokens (pure, jittable).
+
+    With Δ_t = log π_learner(y_t) − log π_sampler(y_t) over the M tokens with `mask` = 1, both
+    scored by the SAME parameters (zero lag), so that any Δ ≠ 0 is numerics (dtype, KV-cache vs
+    full-sequence reduction order, kernels), never staleness:
+
+        mean_abs       = (1/M) Σ_t |Δ_t|
+        max_abs        = max_t |Δ_t|
+        ratio_out_frac = (1/M) #{t : exp(Δ_t) ∉ [lo, hi]}   (default band [0.8, 1.25], i.e. a
+                         token an ε = 0.2 PPO clip would treat as off-policy at zero lag)
+        tokens         = M
+
+    Pass `SampleBatch.model_logp` (untruncated) as `sampler_logp`: that is the function the
+    learner's `score_responses` recomputes, also under top-k/top-p. All 0 when M = 0.
+    """
+    lo, hi = band
+    if not 0 < lo <= 1 <= hi:
+        raise ValueError(f"band={band!r} must satisfy 0 < lo <= 1 <= hi")
+    mask = jnp.asarray(mask, jnp.float32)
+    delta = jnp.asarray(learner_logp, jnp.float32) - jnp.asarray(sampler_logp, jnp.float32)
+    delta = jnp.where(mask > 0, delta, 0.0)   # a NaN on a kept token stays NaN (never passes)
+    m = jnp.sum(mask)
+    denom = jnp.maximum(m, 1.0)
+    out = ~((delta >= jnp.log(jnp.float32(lo))) & (delta <= jnp.log(jnp.float32(hi))))
+    return {"mean_abs": jnp.sum(jnp.abs(delta)) / denom,
+            "max_abs": jnp.max(jnp.abs(delta), initial=0.0),
+            "ratio_out_frac": jnp.sum(out * mask) / denom,
+            "tokens": m}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -484,7 +484,75 @@ def memory_plan(d: str) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------
+# The sampler.
+# ------------------------------------------------------------------------------------------------
+
+
+def parity_table(r: dict) -> str:
+    """The |Δ| distribution table of a `bench.logprob_parity` result (Δ = learner − sampler)."""
+    qs = list(r["rows"][0]["quantiles_abs"])
+    lines = ["| sampler | learner | tokens | mean \\|Δ\\| | " +
+             " | ".join(f"p{100 * float(q):g} \\|Δ\\|" for q in qs) +
+             " | max \\|Δ\\| | mean Δ | ratio ∉ [0.8, 1.25] |",
+             "|---|---|---|---|" + "---|" * len(qs) + "---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| {row['sampler']} | {row['learner']} | {row['tokens']:,} | "
+                     f"{row['mean_abs']:.2e} | " +
+                     " | ".join(f"{row['quantiles_abs'][q]:.2e}" for q in qs) +
+                     f" | {row['max_abs']:.2e} | {row['mean_signed']:+.1e} | "
+                     f"{100 * row['ratio_out_frac']:.3g} % |")
+    return "\n".join(lines)
+
+
+def logprob_parity(d: str) -> str:
+    r = _load(os.path.join(d, "parity.json"))
+    n = r.get("max_new_tokens") or "the run's"
+    return (parity_table(r) + "\n\n" +
+            f"Model: {r['model']} ({r['task']} prompts); {r['steps']} batches of {r['prompts']} "
+            f"prompts × {r['group_size']} samples, temperature {r['temperature']:g}, "
+            f"{n} new tokens{' with EOS off' if r.get('no_eos') else ''}; parameters stored in "
+            f"float32, the dtype is the compute dtype; backend {r['backend']}. "
+            f"{_machine_line(r.get('machine', {}))}")
+
+
+def _throughput_rows(d: str) -> tuple[dict[str, list[float]], str]:
+    """{row name: [tokens/s of each run]} and the machine line from the tables that
+    `bench/model_throughput.py` printed into d/model_throughput*.txt (one file per run)."""
+    files = sorted(glob.glob(os.path.join(d, "model_throughput*.txt")))
+    if not files:
+        raise MissingResults(os.path.join(d, "model_throughput*.txt"))
+    rows: dict[str, list[float]] = {}
+    machine = ""
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("machine:"):
+                    machine = line.strip()
+                cells = [c.strip() for c in line.strip().strip("|").split("|")]
+                if line.startswith("| ") and len(cells) == 6 and cells[0] != "what":
+                    rows.setdefault(cells[0], []).append(float(cells[2].replace(",", "")))
+    return rows, machine
+
+
+def throughput_before_after(before: str, after: str) -> str:
+    """Sampler tokens/s of `bench/model_throughput.py` run by two versions of the code on the same
+    machine (median over the runs in each directory)."""
+    b, machine = _throughput_rows(before)
+    a, _ = _throughput_rows(after)
+    lines = ["| what | tokens/s before (runs) | tokens/s after (runs) | after / before |",
+             "|---|---|---|---|"]
+    for name, vals in b.items():
+        if name not in a:
+            continue
+        mb, ma = float(np.median(vals)), float(np.median(a[name]))
+        lines.append(f"| {name} | {mb:,.0f} ({', '.join(f'{v:,.0f}' for v in vals)}) | "
+                     f"{ma:,.0f} ({', '.join(f'{v:,.0f}' for v in a[name])}) | {ma / mb:.2f} |")
+    return "\n".join(lines + ["", f"{machine.replace('machine: ', 'Machine: ')}."])
+
+
 REPORTS: dict[str, Callable[..., str]] = {
+    "logprob_parity": logprob_parity, "throughput_before_after": throughput_before_after,
     "study_claims": study_claims, "study_stages": study_stages, "memory_plan": memory_plan,
     "lm_sweep": lm_sweep, "bench_lm_grid": bench_lm_grid,
     "exact_sweep": exact_sweep, "exact_families": exact_families,
@@ -512,7 +580,7 @@ def update_file(path: str, runs: str) -> tuple[str, list[str], list[str]]:
         spec = m.group("spec")
         try:
             body = render(spec, runs)
-        except MissingResults as e:
+        except FileNotFoundError as e:   # MissingResults, or a reader's own (read_metrics)
             missing.append(f"{path}: {spec} (missing {e})")
             return m.group(0)
         if body != m.group("body"):

@@ -47,6 +47,10 @@ for S in 0 2 8; do P=fixed; [ $S = 0 ] && P=sync
 done
 $PY -m experiments.plot_staleness --out="$RUNS/stale/curves.png" "$RUNS/stale/S0" "$RUNS/stale/S2" "$RUNS/stale/S8"
 
+# The sampler's log-prob parity, float32 and bf16 (docs/benchmarks.md, "The sampler").
+[ -f "$RUNS/parity/parity.json" ] || $PY -m bench.logprob_parity --init_from="$RUNS/addition/sft" --workdir="$RUNS/parity"
+[ -f "$RUNS/parity_random/parity.json" ] || $PY -m bench.logprob_parity --workdir="$RUNS/parity_random" --max_new_tokens=20
+
 # The same code with XLA restricted to other instruction sets (docs/reproducibility.md).
 # The exact sweep in float32 (the precision of the re-check) natively and under two instruction
 # sets, then in float64 (the default) under the same two.
@@ -74,5 +78,17 @@ done
 [ -f "$RUNS/bench_exact_grid/bench.json" ] || $PY -m bench.exact_grid --workdir="$RUNS/bench_exact_grid"
 mkdir -p "$RUNS/bench"
 [ -f "$RUNS/bench/lm_grid.json" ] || $PY -m bench.lm_grid --json_out="$RUNS/bench/lm_grid.json"
+# CPU sampler throughput of the code before the sampler work (commit 11ccd5c) and now, interleaved.
+if [ ! -d "$RUNS/bench_cpu/after" ]; then
+  PYABS="$(cd "$(dirname "$(command -v "$PY")")" && pwd)/$(basename "$PY")"
+  BASE=$(mktemp -d); git archive 11ccd5c | tar -x -C "$BASE"
+  mkdir -p "$RUNS/bench_cpu/before" "$RUNS/bench_cpu/after"
+  for i in 1 2; do
+    (cd "$BASE" && "$PYABS" bench/model_throughput.py --skip_learner --sample_repeats=3) \
+      > "$RUNS/bench_cpu/before/model_throughput_$i.txt" 2>&1
+    $PY bench/model_throughput.py --skip_learner --sample_repeats=3 \
+      > "$RUNS/bench_cpu/after/model_throughput_$i.txt" 2>&1
+  done
+fi
 
 $PY -m experiments.report --runs="$RUNS"

@@ -27,3 +27,48 @@ def test_async_pipeline_bench_runs_and_reports(tmp_path):
     overhead = rows["pipeline S=0 overhead"][0]
     assert math.isfinite(overhead) and overhead == rows["pipeline S=0"][0] / rows[
         "sum of parts"][0] - 1
+
+
+def _bench(module, *flags):
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+@pytest.mark.slow       # ~40 s: the GPU decode script's code path on a tiny CPU shape
+def test_decode_gpu_bench_tiny_runs_every_implementation(tmp_path):
+    out = _bench("bench.decode_gpu", "--tiny", f"--workdir={tmp_path}")
+    r = json.loads((tmp_path / "decode.json").read_text())
+    assert not r["failed"] and not r["skipped"] and r["bandwidth"] > 0
+    assert [x["resolved"] for x in r["rows"]] == ["reduce", "reduce", "pallas"]
+    for x in r["rows"]:
+        assert x["bytes_per_step"]["total"] == x["bytes_per_step"]["weights"] + \
+            x["bytes_per_step"]["cache"]
+        assert math.isclose(x["floor_s"], x["bytes_per_step"]["total"] / r["bandwidth"])
+    assert "fraction of floor" in out
+
+
+def test_decode_bytes_per_step():
+    from async_grpo import models  # pylint: disable=import-outside-toplevel
+    from bench import decode_gpu  # pylint: disable=import-outside-toplevel
+    cfg = models.get_config("llama3.2-1b", dtype="bfloat16")
+    _, params = models.abstract_model(cfg)
+    b = decode_gpu.bytes_per_step(cfg, params, rows=512, slots=512)
+    assert b["weights"] == 2 * 1_235_814_400            # tied 1B, bf16
+    assert b["cache"] == 2 * 16 * 512 * 8 * 512 * 64 * 2  # k and v, 16 layers: 8.6 GB
+    assert b["total"] == b["weights"] + b["cache"]
+
+
+@pytest.mark.slow       # ~60 s
+def test_logprob_parity_bench_writes_its_table(tmp_path):
+    out = _bench("bench.logprob_parity", "--preset=tiny", f"--workdir={tmp_path}", "--steps=1",
+                 "--prompts=4", "--group_size=2")
+    r = json.loads((tmp_path / "parity.json").read_text())
+    assert [(x["sampler"], x["learner"]) for x in r["rows"]] == [
+        ("float32", "float32"), ("bfloat16", "bfloat16"), ("bfloat16", "float32")]
+    f32 = r["rows"][0]
+    assert f32["max_abs"] <= 1e-5 and f32["tokens"] > 0
+    assert r["rows"][1]["max_abs"] > f32["max_abs"]
+    assert "| float32 | float32 |" in out

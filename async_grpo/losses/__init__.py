@@ -9,6 +9,10 @@ Notation (per prompt x, a group of G responses y_1..y_G, laid out contiguously i
 
 * ``logp[b, t]``          log π_θ(y_{b,t} | x, y_{b,<t}): the current policy (differentiated).
 * ``behavior_logp[b, t]`` log π_b(y_{b,t} | ...): the policy that generated the tokens (rollout).
+  From `async_grpo.rl.rollout` it is the distribution each token was actually drawn from: with
+  top-k/top-p the truncated, renormalised μ, so log μ = log π_τ − log π_τ(kept set) ≥ log π_τ,
+  while ``logp`` (the learner's `score_responses`) is the untruncated log π_θ,τ. Under truncation
+  a zero-lag ratio π_θ/π_b is therefore π_τ(kept set) ≤ 1, not 1 (`async_grpo.sampling`).
 * ``proximal_logp[b, t]`` log π_prox(...): optional trust-region anchor (decoupled PPO).
 * ``ref_logp[b, t]``      log π_ref(...): optional reference policy of the KL regulariser.
 * ``mask[b, t]``          nonzero (or True) on real response tokens, 0 (False) on prompt/padding.

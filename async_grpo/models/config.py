@@ -25,6 +25,7 @@ import jax.numpy as jnp
 _DTYPES = ("float32", "bfloat16")
 _ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DECODE_ATTENTION_IMPLS = ("auto", "reduce", "xla", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +98,13 @@ class LlamaConfig:
         `dots_saveable`) or "dots_no_batch" (keep matmuls without batch dims, i.e. the
         projections but not attention scores, `dots_with_no_batch_dims_saveable`). Values are
         identical; only memory and recomputation change.
+      decode_attention: attention of a one-token query over the KV cache (sampler decode steps):
+        "reduce" (broadcast-multiply-reduce over the cache, exact float32; fastest on the CPU),
+        "xla" (`jax.nn.dot_product_attention`), "pallas" (the Pallas GPU decode kernel
+        `jax.experimental.pallas.ops.gpu.decode_attention.gqa`, interpreted off GPU; needs each
+        row's valid cache slots to be contiguous, as in the sampler's layout, and falls back to
+        "xla" where the cache length does not fit its blocks), or "auto": "reduce" on the CPU and
+        in float32 compute (exact), "xla" for bf16 on accelerators.
     """
 
     vocab_size: int
@@ -117,6 +125,7 @@ class LlamaConfig:
     attention_impl: str = "einsum"
     qkv_bias: bool = False
     remat: str = "none"
+    decode_attention: str = "auto"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
@@ -141,6 +150,9 @@ class LlamaConfig:
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"LlamaConfig.remat must be one of {REMAT_POLICIES}, "
                              f"got {self.remat!r}")
+        if self.decode_attention not in DECODE_ATTENTION_IMPLS:
+            raise ValueError(f"LlamaConfig.decode_attention must be one of "
+                             f"{DECODE_ATTENTION_IMPLS}, got {self.decode_attention!r}")
         if not (self.rope_theta > 0 and self.norm_eps > 0 and self.init_std > 0):
             raise ValueError("LlamaConfig.rope_theta, norm_eps and init_std must be > 0, got "
                              f"{self.rope_theta}, {self.norm_eps}, {self.init_std}")

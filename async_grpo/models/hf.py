@@ -262,7 +262,8 @@ def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: str | Non
 
 
 # Fields of LlamaConfig that do not change the weights (a loaded checkpoint may differ in them).
-_NUMERICS_FIELDS = ("dtype", "param_dtype", "max_seq_len", "attention_impl", "init_std")
+_NUMERICS_FIELDS = ("dtype", "param_dtype", "max_seq_len", "attention_impl", "init_std",
+                    "decode_attention")
 
 
 def load_params(path: str, cfg: LlamaConfig, *, mesh: Mesh | None = None,

@@ -247,6 +247,7 @@ class Attention(nnx.Module):
         self.n_kv_heads, self.q_per_kv, self.head_dim = k, cfg.q_per_kv, hd
         self.dtype = cfg.compute_dtype
         self.impl = cfg.attention_impl
+        self.decode_impl = cfg.decode_attention
 
     def __call__(self, x, sin, cos, mask, kv: tuple[Array, Array] | None = None,
                  index: Array | None = None):
@@ -268,10 +269,16 @@ class Attention(nnx.Module):
     def _attend(self, q, k, v, mask):
         """q [B, T, H, Dh], k/v [B, K, S, Dh], mask [B, T, S] -> [B, T, H, Dh]."""
         b, t, h, hd = q.shape
-        if self.impl != "einsum":
+        decode = decode_attention_impl(self.decode_impl, self.dtype) if t == 1 else None
+        if decode == "pallas":
+            out = pallas_decode_attention(q, k, v, mask)
+            if out is not None:
+                return out
+            decode = "xla"   # the cache length does not fit the kernel's blocks
+        if decode == "xla" or (decode is None and self.impl != "einsum"):
             return jax.nn.dot_product_attention(
                 q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask=mask[:, None],
-                implementation=None if self.impl == "xla" else self.impl)
+                implementation=None if self.impl == "xla" or decode else self.impl)
         prec = _precision(self.dtype)
         q = q * jnp.asarray(hd**-0.5, q.dtype)
         q = q.reshape(b, t, self.n_kv_heads, self.q_per_kv, hd).transpose(0, 2, 3, 1, 4)
@@ -291,6 +298,47 @@ class Attention(nnx.Module):
         else:
             out = jnp.einsum("bkgts,bksd->bkgtd", probs.astype(v.dtype), v, precision=prec)
         return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+
+
+def decode_attention_impl(setting: str, dtype) -> str:
+    """The decode attention `LlamaConfig.decode_attention` resolves to on the current backend:
+    "auto" is "reduce" on the CPU or in float32 compute (exact), else "xla"."""
+    if setting != "auto":
+        return setting
+    return "reduce" if jax.default_backend() == "cpu" or dtype == jnp.float32 else "xla"
+
+
+def _pallas_k_splits(num_slots: int) -> int | None:
+    """The largest split of the cache axis the Pallas decode kernel accepts (each split ≥ 16
+    slots and a power of two or a multiple of its 128-slot block), or None."""
+    for splits in (16, 8, 4, 2, 1):
+        part = num_slots // splits
+        if num_slots % splits == 0 and part >= 16 and (part & (part - 1) == 0 or part % 128 == 0):
+            return splits
+    return None
+
+
+def pallas_decode_attention(q: Array, k: Array, v: Array, mask: Array) -> Array | None:
+    """One-token attention with `jax.experimental.pallas.ops.gpu.decode_attention.gqa`.
+
+    q [B, 1, H, Dh], k/v [B, K, S, Dh], mask [B, 1, S] → [B, 1, H, Dh], or None when S does not
+    fit the kernel. The kernel attends to slots `[start_b, end_b)`; they are read off the mask as
+    its first and last valid slot, so the valid slots of each row must be contiguous (true of the
+    sampler's left-aligned layout: pads, then prompt and response). Off the GPU it runs in Pallas
+    interpret mode (slow; for tests).
+    """
+    splits = _pallas_k_splits(k.shape[2])
+    if q.shape[1] != 1 or splits is None:
+        return None
+    from jax.experimental.pallas.ops.gpu import decode_attention  # pylint: disable=g-import-not-at-top
+    m = mask[:, 0]
+    s = m.shape[-1]
+    start = jnp.argmax(m, axis=-1).astype(jnp.int32)
+    end = (s - jnp.argmax(m[:, ::-1], axis=-1)).astype(jnp.int32)
+    # gqa takes k/v as [B, S, K, Dh] and transposes them back: the two transposes cancel in XLA.
+    out = decode_attention.gqa(q[:, 0], k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), start,
+                               end, k_splits=splits, interpret=jax.default_backend() != "gpu")
+    return out[:, None].astype(q.dtype)
 
 
 class MLP(nnx.Module):

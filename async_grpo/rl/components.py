@@ -186,7 +186,8 @@ def build_grpo(config: RunConfig) -> Components:
         evaluator=_evaluator(config, graphdef, task, tokenizer, max_prompt, max_new),
         max_prompt_len=max_prompt, max_new_tokens=max_new,
         source=RolloutSource(rollouts, task, prompts_per_step=rc.prompts_per_step,
-                             seed=config.seed),
+                             seed=config.seed,
+                             parity_every=config.diagnostics.parity_every),
         init_dir=init_dir)
 
 

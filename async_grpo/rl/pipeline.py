@@ -12,7 +12,9 @@
   metrics, gradient and update norms, cosines of consecutive gradients and updates, within-cycle
   drift ‖θ_t − φ_t‖ and cumulative drift ‖θ_t − θ_0‖; every `diagnostics.bias_every` steps a
   fresh on-policy batch of the same prompts measures H(θ_t, φ_t) − H(θ_t, θ_t) and the cosine
-  of the surrogate gradient with the total-derivative estimate. Metrics stay on the device and
+  of the surrogate gradient with the total-derivative estimate; every
+  `diagnostics.parity_every` steps the generator re-scores its batch with the snapshot that
+  sampled it (`parity/*`: sampler vs learner log-probs at zero lag, `rl.rollout`). Metrics stay on the device and
   are fetched to the host only on log steps (every `log_every`, evaluation, checkpoint and
   bias steps, and the last step).
 * **Collapse** (`config.collapse`, `async_grpo.collapse`), tracked inside the jitted update. A
@@ -159,7 +161,8 @@ class _Run:
         c, rc = self.config, self.config.rl
         every = lambda k: bool(k) and done % k == 0
         return (done == self.total or every(c.log_every) or every(rc.eval_every)
-                or every(rc.checkpoint_every) or self.bias_due(done - 1))
+                or every(rc.checkpoint_every) or self.bias_due(done - 1)
+                or self.comps.source.parity_due(done - 1))
 
     def bias_due(self, step: int) -> bool:
         k = self.config.diagnostics.bias_every
@@ -197,7 +200,8 @@ class _Run:
             stats, share_versions = distributed.gather_host_stats(stats, vb.version)
         rec.update(diag_lib.lag_stats(done - 1, np.repeat(share_versions, rows),
                                       self.policy.max_lag))
-        rec.update({f"rollout/{k}": v for k, v in stats.items()})
+        # "parity/*" (sampler vs learner log-probs at zero lag) keep their own prefix.
+        rec.update({k if k.startswith("parity/") else f"rollout/{k}": v for k, v in stats.items()})
         version = int(share_versions.min())   # the oldest share's, if they differ
         rec.update(lag=done - 1 - version, version=version, **{
             "drift/version_gap": done - 1 - version, "generator/dropped": 0}, **host)

@@ -4,6 +4,14 @@
   problem with the KV-cache sampler and scores them on the host. It only reads `params` (never
   the optimizer) and tags the `RolloutBatch` with the `version` of the parameters that produced
   it. Each problem is repeated `group_size` times, contiguously: rows [g*G, (g+1)*G) are group g.
+  The batch's `behavior_logp` is `SampleBatch.behavior_logp`: the log-prob of the distribution
+  each token was drawn from, i.e. of the top-k/top-p TRUNCATED, renormalised softmax(z/τ) when
+  truncation is on (`sampling` module docstring); that is what the losses receive as π_b.
+* Log-prob parity (`parity=True`): the same parameter snapshot re-scores the batch teacher-forced
+  (`sampling.score_responses`, the learner's function) and `sampling.logprob_parity` compares it
+  with the sampler's untruncated `model_logp`: stats `parity/{mean_abs, max_abs,
+  ratio_out_frac}` at zero lag, plus `parity/behavior_gap` = mean(log μ − log π_τ) = the mean
+  −log(kept mass) of truncation (0 without top-k/top-p).
 * `RolloutSource`: which prompts and sampling key each learner step uses. All randomness derives
   from (seed, step), so any version can generate any step's batch deterministically: this is the
   `generate(params, version, step)` the generator thread calls, and `fresh(params, step)` draws
@@ -15,6 +23,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,7 +73,8 @@ class Rollouts:
             raise ValueError(f"prompt too long for the configured prompt budget: {e}") from e
 
     def generate_batch(self, params, version: int, key: jax.Array,
-                       problems: Sequence[Problem]) -> RolloutBatch:
+                       problems: Sequence[Problem], *, parity: bool = False) -> RolloutBatch:
+        """Samples, decodes and rewards one batch; with `parity` also the `parity/*` stats."""
         g = self.group_size
         prompt_tokens, prompt_lengths = self.encode_prompts(problems)
         sb = sampling.sample(
@@ -88,6 +98,10 @@ class Rollouts:
             "zero_signal_groups": float(np.mean(grouped.max(1) == grouped.min(1))),
             "pass_at_group": float(np.mean(grouped.max(1) > 0)),
         }
+        if parity:
+            par = jax.device_get(logprob_parity_of(self.graphdef, params, sb,
+                                                   jnp.float32(self.temperature)))
+            stats.update({f"parity/{k}": float(v) for k, v in par.items() if k != "tokens"})
         arrays = {
             "prompt_tokens": sb.prompt_tokens,
             "prompt_lengths": sb.prompt_lengths,
@@ -100,15 +114,32 @@ class Rollouts:
                             problems=list(problems), responses=responses)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def logprob_parity_of(graphdef, params, sb: sampling.SampleBatch, temperature) -> dict:
+    """`sampling.logprob_parity` of a `SampleBatch` against the teacher-forced log-probs of the
+    same `params` at `temperature` (> 0), plus `behavior_gap` (see the module docstring)."""
+    logp = sampling.score_responses(graphdef, params, sb.prompt_tokens, sb.prompt_lengths,
+                                    sb.response_tokens, sb.response_mask, temperature=temperature)
+    out = sampling.logprob_parity(sb.model_logp, logp, sb.response_mask)
+    mask = sb.response_mask
+    out["behavior_gap"] = (jnp.sum((sb.behavior_logp - sb.model_logp) * mask) /
+                           jnp.maximum(jnp.sum(mask), 1.0))
+    return out
+
+
 class RolloutSource:
     """The data schedule of a GRPO run: prompts and sampling keys as functions of the step."""
 
     # Key streams folded into the run key: training samples and fresh (on-policy) samples.
     TRAIN_STREAM, FRESH_STREAM = 2, 3
 
-    def __init__(self, rollouts: Rollouts, task: Task, *, prompts_per_step: int, seed: int):
+    def __init__(self, rollouts: Rollouts, task: Task, *, prompts_per_step: int, seed: int,
+                 parity_every: int = 0):
+        if not isinstance(parity_every, int) or parity_every < 0:
+            raise ValueError(f"parity_every={parity_every!r} must be an int >= 0 (0: off)")
         self.rollouts, self.task = rollouts, task
         self.prompts_per_step, self.seed = prompts_per_step, seed
+        self.parity_every = parity_every
         self.base_key = jax.random.key(seed)
 
     def problems(self, step: int) -> list[Problem]:
@@ -116,17 +147,23 @@ class RolloutSource:
         rng = np.random.default_rng([self.seed, 1, step])
         return self.task.sample_batch(rng, self.prompts_per_step, TRAIN)
 
-    def _batch(self, params, version: int, step: int, stream: int) -> RolloutBatch:
+    def _batch(self, params, version: int, step: int, stream: int,
+               parity: bool = False) -> RolloutBatch:
         key = jax.random.fold_in(jax.random.fold_in(self.base_key, stream), step)
         problems = self.problems(step)
         if jax.process_count() > 1:
             problems = distributed.process_share(problems)
             key = jax.random.fold_in(key, jax.process_index())
-        return self.rollouts.generate_batch(params, version, key, problems)
+        return self.rollouts.generate_batch(params, version, key, problems, parity=parity)
+
+    def parity_due(self, step: int) -> bool:
+        """Whether batch `step` carries the `parity/*` stats (every `parity_every` steps)."""
+        return bool(self.parity_every) and step % self.parity_every == 0
 
     def generate(self, params, version: int, step: int) -> RolloutBatch:
-        """Batch `step` generated by θ_version (this process's share of the prompts)."""
-        return self._batch(params, version, step, self.TRAIN_STREAM)
+        """Batch `step` generated by θ_version (this process's share of the prompts); on parity
+        steps the same θ_version also re-scores it (`parity/*` stats)."""
+        return self._batch(params, version, step, self.TRAIN_STREAM, self.parity_due(step))
 
     def fresh(self, params, step: int) -> RolloutBatch:
         """An on-policy batch of step `step`'s prompts with its own key (never the training
