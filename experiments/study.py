@@ -584,13 +584,15 @@ def regime(run) -> dict[str, Any]:
         return {"label": "ratio-free control: no clip radius", "clip_frac": None}
     reg = run["summary"].get("regime")
     if reg:
-        ratios = [row["drift_cycle_over_R_clip"] for s, row in
+        ratios = {int(s): row["drift_cycle_over_R_clip"] for s, row in
                   reg["per_b1"][0]["at_eta_max"].items()
-                  if int(s) >= 1 and row.get("drift_cycle_over_R_clip") is not None]
+                  if int(s) >= 1 and row.get("drift_cycle_over_R_clip") is not None}
         if ratios:
-            r = float(max(ratios))
+            r = float(np.median(list(ratios.values())))
+            lo, hi = min(ratios.values()), max(ratios.values())
             label = ("large drift" if r >= 1 else "small drift") + (
-                f": within-cycle drift at η_max up to {r:.2g}× the clip radius")
+                f": within-cycle drift at η_max {lo:.2g}–{hi:.2g}× the clip radius over "
+                f"S = {min(ratios)}…{max(ratios)} (median {r:.2g}×)")
             return {"label": label, "drift_over_R_clip": r}
     tr = run["traces"]
     if "clip_frac" not in tr and "loss/clip_frac" not in tr:
@@ -847,6 +849,13 @@ def cosine_row(title, run) -> dict:
         verdict = "not supported: the cosine does not separate collapsing from stable runs"
     if _finite(lead):
         verdict += f"; warns ≥ {lead * stride} steps ahead (AUC ≥ {auc['auc_threshold']})"
+    elif not (sep and zero):
+        los = [c[0] if _finite(c[0]) else -1.0 for c in auc["ci"]]
+        best = int(np.argmax(los))
+        if los[best] > 0.5 and best > 0:
+            verdict += (f"; but {auc['leads'][best] * stride} steps before collapse the AUC is "
+                        f"{auc['auc'][best]:.2f} [{auc['ci'][best][0]:.2f}, "
+                        f"{auc['ci'][best][1]:.2f}]: the cosine rises earlier, not persistently")
     return dict(base, measured=measured, interval=interval, verdict=verdict)
 
 
@@ -882,8 +891,9 @@ def claims_markdown(study) -> str:
                        " verdict at this scale |")
             out.append("| --- | --- | --- | --- | --- |")
             for r in rows[k]:
-                out.append(f"| {r['testbed']} | {r['measured']} | {r['interval']} | {r['grid']} | "
-                           f"{r['verdict']} |")
+                cells = [str(r[c]).replace("|", "\\|") for c in
+                         ("testbed", "measured", "interval", "grid", "verdict")]
+                out.append("| " + " | ".join(cells) + " |")
             out.append("")
         out.append(f"What a GPU-scale run would have to show to change this verdict: "
                    f"{GPU_CHANGE[k]}.\n")

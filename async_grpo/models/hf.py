@@ -263,7 +263,7 @@ def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: str | Non
 
 # Fields of LlamaConfig that do not change the weights (a loaded checkpoint may differ in them).
 _NUMERICS_FIELDS = ("dtype", "param_dtype", "max_seq_len", "attention_impl", "init_std",
-                    "decode_attention")
+                    "decode_attention", "remat")
 
 
 def load_params(path: str, cfg: LlamaConfig, *, mesh: Mesh | None = None,
