@@ -218,3 +218,16 @@ def test_sweep_saves_the_requested_traces_and_the_regime(tmp_path):
         c.keep_metrics = "J,no_such_metric"
     with pytest.raises(Exception, match="records no metric"):
         es.run_sweep(c, str(tmp_path / "other"))
+
+
+def test_study_configs_plan(monkeypatch):
+    from experiments.configs import study_small_drift as study
+    _no_jit(monkeypatch)
+    for arg in study.ARGS:
+        p = xc.sweep_plan(study.get_config(arg))
+        assert p["train"].num_steps % p["trace_every"] == 0 and "J" in p["keep_metrics"]
+        assert all(h <= p["train"].num_steps for h in p["horizons"])
+        if p["train"].mode == "sampled":
+            assert all(tb.sampled_only for tb in p["testbeds"].values())
+    with pytest.raises(ValueError, match="Unknown study_small_drift config 'nope'"):
+        study.get_config("nope")

@@ -14,6 +14,9 @@ Launch (from the repository root; wall times on the shared 2-core CPU VM):
   # Adam, lr 0.02 … 0.64 (×2), S ∈ {0,1,2,4,8,16}, 3 seeds, T = 10000 (~8 min)
   python -m experiments.exact_sweep --config=experiments/configs/study_small_drift.py:adam \
       --workdir=runs/study/small_drift_adam
+  # Adam at S = 0, 1, 2 only, lr 0.32 … 1.28, 2 seeds, T = 20000 (~5 min)
+  python -m experiments.exact_sweep --config=experiments/configs/study_small_drift.py:adam_long \
+      --workdir=runs/study/small_drift_adam_long
   # SGD, η 2 … 8 (×√2), S ∈ {0,1,2,4,8,16}, 3 seeds, T = 8000 (~6 min)
   python -m experiments.exact_sweep --config=experiments/configs/study_small_drift.py:sgd \
       --workdir=runs/study/small_drift_sgd
@@ -44,7 +47,7 @@ VARIANT_TRACES = ("J,cos_update,cos_grad,drift_cycle,drift_cum,update_norm,clip_
 # and its gradient is pg's exactly (tests/test_exact.py); add it to see that.
 SAMPLED_VARIANTS = "grpo,pg,no_ratio,tis,mis,total_derivative"
 POPULATION_VARIANTS = "grpo,pg,no_ratio"
-ARGS = ("adam", "sgd", "adam_variants", "large_variants", "large_population")
+ARGS = ("adam", "adam_long", "sgd", "adam_variants", "large_variants", "large_population")
 
 
 def get_config(arg="adam"):
@@ -71,6 +74,14 @@ def get_config(arg="adam"):
             c.train.num_steps = 5000
             c.horizons = "1250,2500,5000"
             c.n_boot = 500     # 6 variants x 4 fits; the bootstrap dominates the analysis time
+    elif arg == "adam_long":           # does S = 0, 1, 2 collapse at all over a long horizon?
+        c.train.optimizer = "adam"
+        c.lags = "0,1,2"
+        c.lr_min, c.lr_max, c.lrs_per_octave = 0.32, 1.28, 1
+        c.num_seeds, c.n_boot = 2, 500
+        c.train.num_steps, c.trace_every = 20000, 100
+        c.keep_metrics = TRACES + ",cos_grad"
+        c.horizons = "2500,5000,10000,20000"
     elif arg == "sgd":
         c.lr_min, c.lr_max, c.lrs_per_octave = 2.0, 8.0, 2
         c.train.num_steps, c.trace_every = 8000, 50
