@@ -33,6 +33,10 @@ setuptools.setup(
             "pytest>=8,<10",
             "pytest-xdist>=3.5,<4",
             "hypothesis>=6.100,<7",
+            # executing notebooks/ in the tests
+            "nbclient>=0.10,<1",
+            "nbformat>=5.10,<6",
+            "ipykernel>=6.29,<8",
         ],
         # Regenerating the Hugging Face parity fixtures (tests/make_hf_fixtures.py, pytest -m hf):
         # ~5.6 GB with torch's GPU libraries, so kept out of the default install.
