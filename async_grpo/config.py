@@ -31,6 +31,7 @@ from async_grpo import tasks as tasks_lib
 
 GRAD_MODES = ("surrogate", "total_derivative", "corrected")
 LR_SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 class ConfigError(ValueError):
@@ -230,16 +231,18 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
+    name: str = field("adamw", "'adamw' (β1, β2, weight decay) or 'sgd' (β1 = heavy-ball momentum)")
     lr: float = field(1e-4, "peak learning rate η")
     warmup_steps: int = field(10, "linear warm-up steps from 0 to lr")
     schedule: str = field("constant", "after warm-up: 'constant' or 'cosine' decay")
     end_lr_frac: float = field(0.1, "cosine: final lr as a fraction of lr")
-    b1: float = field(0.9, "Adam β1")
+    b1: float = field(0.9, "Adam β1 (sgd: momentum)")
     b2: float = field(0.99, "Adam β2")
     weight_decay: float = field(0.0, "AdamW decoupled weight decay")
     grad_clip: float = field(1.0, "global-norm gradient clip (0: off)")
 
     def __post_init__(self):
+        _one_of(self, "name", OPTIMIZERS)
         _num_in(self, "lr", 0, low_open=True)
         _int_at_least(self, "warmup_steps", 0)
         _one_of(self, "schedule", LR_SCHEDULES)

@@ -115,6 +115,7 @@ def test_rollout_and_one_update(loss):
 # Bad values through each binary: every row fails fast with a message naming the key.
 BAD_VALUES = [
     ("rl.optimizer.lr", "-1.0", "rl.optimizer.lr=-1.0: must be a finite number > 0"),
+    ("rl.optimizer.name", "lamb", "rl.optimizer.name='lamb': must be one of"),
     ("rl.group_size", "1", "rl.group_size=1: must be an integer >= 2"),
     ("rl.steps", "-5", "rl.steps=-5: must be an integer >= 1"),
     ("rl.temperature", "0.0", "rl.temperature=0.0: must be a finite number > 0"),

@@ -47,22 +47,30 @@ class Components:
 
 def make_optimizer(opt: OptimizerConfig, total_steps: int,
                    lr=None, mu_dtype: str = "") -> optax.GradientTransformation:
-    """AdamW with linear warm-up then cosine (or constant) decay, and global-norm clipping.
+    """AdamW (or SGD with heavy-ball momentum β1, `opt.name`) with linear warm-up then cosine (or
+    constant) decay, and global-norm clipping.
 
     `lr` (optional, may be a traced scalar: one grid cell's η) replaces `opt.lr`; `mu_dtype`
     ('' = the parameters' dtype) stores Adam's first moment (`precision.opt_state_dtype`)."""
     lr = opt.lr if lr is None else lr
-    warmup = max(opt.warmup_steps, 1)
     if opt.schedule == "cosine":
+        # warm-up 0 means none: optax's warmup_cosine_decay with 0 warm-up steps starts at peak.
         sched = optax.warmup_cosine_decay_schedule(
-            0.0, lr, warmup, max(total_steps, opt.warmup_steps + 1),
+            0.0, lr, opt.warmup_steps, max(total_steps, opt.warmup_steps + 1),
             end_value=lr * opt.end_lr_frac)
+    elif opt.warmup_steps == 0:         # no warm-up: the first step already uses lr
+        sched = optax.constant_schedule(lr)
     else:
         sched = optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+            [optax.linear_schedule(0.0, lr, opt.warmup_steps), optax.constant_schedule(lr)],
+            [opt.warmup_steps])
     chain = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip else []
-    chain.append(optax.adamw(sched, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
-                             mu_dtype=mu_dtype or None))
+    if opt.name == "sgd":
+        chain.append(optax.sgd(sched, momentum=opt.b1 or None,
+                               accumulator_dtype=mu_dtype or None))
+    else:
+        chain.append(optax.adamw(sched, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
+                                 mu_dtype=mu_dtype or None))
     return optax.chain(*chain)
 
 

@@ -7,6 +7,10 @@ Launch (from the repository root):
       --workdir=runs/sweep_lm_quick
   python -m experiments.sweep --config=experiments/configs/sweep_lm.py:study \
       --workdir=runs/reproduce/lm_sweep     # the grid of `experiments.reproduce --scale=cpu`
+  # docs/results.md's extra LM grids: plain SGD, and long horizons at small Adam steps
+  python -m experiments.sweep --config=experiments/configs/sweep_lm.py:sgd --workdir=runs/study/lm_sgd
+  python -m experiments.sweep --config=experiments/configs/sweep_lm.py:small_drift \
+      --workdir=runs/study/lm_small_drift
 
 The run config (`c.run`, a full `async_grpo.config.RunConfig`) is the addition task with the
 `tiny` model; every cell starts from one SFT checkpoint (`c.run.init_from`, or an SFT run into
@@ -79,6 +83,23 @@ def get_config(arg=None):
         c.lr_max = 2e-3
         c.lrs_per_octave = 1
         c.num_seeds = 3
+    elif arg == "sgd":             # the study's SGD grid (plain SGD, gradients clipped at norm 1)
+        run.rl.steps = 100
+        run.rl.optimizer.name = "sgd"
+        run.rl.optimizer.b1 = 0.0
+        c.lags = "0,2,8"
+        c.lr_min = 0.06
+        c.lr_max = 16.0
+        c.lrs_per_octave = 1
+        c.num_seeds = 2
+    elif arg == "small_drift":     # the study's long-horizon grid at small Adam steps
+        run.rl.steps = 400
+        c.lags = "0,2,8"
+        c.lr_min = 3e-5
+        c.lr_max = 5e-4
+        c.lrs_per_octave = 1
+        c.num_seeds = 2
     elif arg not in (None, ""):
-        raise ValueError(f"sweep_lm config argument {arg!r}: use nothing, 'quick' or 'study'")
+        raise ValueError(f"sweep_lm config argument {arg!r}: use nothing, 'quick', 'study', "
+                         "'sgd' or 'small_drift'")
     return c
