@@ -361,15 +361,22 @@ def study_claims(d: str, *extra: str) -> str:
 def study_stages(d: str) -> str:
     """What each stage of a study directory ran: command and wall time."""
     lines = ["| stage | command | wall |", "|---|---|---|"]
-    found = False
+    found, total = False, 0.0
     for stage in sorted(glob.glob(os.path.join(d, "*", "stage.json"))):
         s = _load(stage)
         found = True
+        total += s["wall_s"]
         cmd = s["command"].split(" -m ", 1)[-1]
         lines.append(f"| {os.path.basename(os.path.dirname(stage))} | `python -m {cmd}` | "
                      f"{s['wall_s']:.0f} s |")
     if not found:
         raise MissingResults(os.path.join(d, "*/stage.json"))
+    machine = {}
+    if os.path.exists(os.path.join(d, "exact_sweep", "summary.json")):
+        machine = _load(os.path.join(d, "exact_sweep", "summary.json")).get("machine", {})
+    lines += ["", f"Total {metrics_lib.format_duration(total)} (a stage reused from an earlier "
+                  f"invocation counts the wall time of the call that computed it). "
+                  f"{_machine_line(machine)}"]
     return "\n".join(lines)
 
 

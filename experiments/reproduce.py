@@ -4,8 +4,8 @@ r"""Reproduces the study's figures: runs (or reuses) the experiments, then draws
   python -m experiments.reproduce --figure=phase,eta_max --scale=cpu --workdir=runs/reproduce
   python -m experiments.reproduce --scale=gpu --workdir=runs/reproduce_gpu   # writes, runs nothing
 
---scale=cpu: every stage a figure needs runs on this machine (about 10 minutes on 2 CPU cores in
-all; see STAGES for what each is). Each stage is an ordinary experiment binary run in a child
+--scale=cpu: every stage a figure needs runs on this machine (about 7 minutes on 2 CPU cores in
+all, docs/results.md lists each stage's time; see STAGES for what each is). Each stage is an ordinary experiment binary run in a child
 process into <workdir>/<stage>/; its log is <workdir>/logs/<stage>.log. A stage whose results are
 complete is reused, a killed stage resumes from its saved chunks (the binaries save every finished
 chunk), and a stage launched with different arguments than the results it finds is refused by the
@@ -74,7 +74,7 @@ _TINY_EXACT = ["--config.lags=0,1,4", "--config.lr_min=4", "--config.lr_max=256"
 STAGES = (
     Stage("exact_sweep", "experiments.exact_sweep",
           {"cpu": [_TRACES], "tiny": [_TRACES] + _TINY_EXACT},
-          {"cpu": 60, "tiny": 15}, "summary.json",
+          {"cpu": 45, "tiny": 15}, "summary.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "exact testbed, large drift: population mode (no sampling noise), SGD, GRPO and the "
           "no-ratio control, S ∈ {0,1,2,4,8,16} × 21 η × 5 seeds, 500 steps, float64"),
@@ -84,7 +84,7 @@ STAGES = (
                     "--config.lags=0,1,4", "--config.lr_min=0.08", "--config.lr_max=1.28",
                     "--config.num_seeds=2", "--config.train.num_steps=60",
                     "--config.trace_every=1", "--config.horizons=30,60", "--config.n_boot=50"]},
-          {"cpu": 180, "tiny": 15}, "summary.json",
+          {"cpu": 120, "tiny": 15}, "summary.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "exact testbed, small drift: sampled mode (G = 8 responses per prompt from π_φ, so "
           "diffusive noise), Adam, η 0.02 … 0.64, S ∈ {0,1,2,4,8,16}, 3 seeds, T = 10000"),
@@ -93,11 +93,11 @@ STAGES = (
                                "--config.traj_seeds=1", "--config.train.num_steps=40",
                                "--config.anchor_steps=0,10", "--config.num_directions=1",
                                "--config.num_radii=9"]},
-          {"cpu": 60, "tiny": 10}, "bias.json", ("delta",),
+          {"cpu": 10, "tiny": 10}, "bias.json", ("delta",),
           "exact testbed: ‖δ‖ along stale trajectories and at controlled (θ, φ) pairs"),
     Stage("lm_sweep", "experiments.sweep",
           {"cpu": ["--config=experiments/configs/sweep_lm.py:study"]},
-          {"cpu": 240}, "summary.json",
+          {"cpu": 230}, "summary.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "LM testbed: the small transformer on 2-digit addition after SFT, GRPO grid"),
 )

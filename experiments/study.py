@@ -34,6 +34,7 @@ import glob
 import json
 import math
 import os
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -444,6 +445,14 @@ def aligned_traces(trace: np.ndarray, t_collapse: np.ndarray, before: int) -> np
     return out
 
 
+def _nanpct(x, q, axis):
+    """np.nanpercentile without the warning for all-NaN columns (a running mean's first
+    window − 1 steps are NaN in every run); those columns stay NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanpercentile(x, q, axis=axis)
+
+
 def fig_cosine(study, stem: str, window: int = COS_WINDOW) -> None:
     """Figure 5: running mean of the consecutive-update (exact) / consecutive-gradient (LM) cosine:
     stable runs against the step, collapsing runs against steps before their collapse."""
@@ -465,7 +474,7 @@ def fig_cosine(study, stem: str, window: int = COS_WINDOW) -> None:
             steps = np.arange(tr.shape[1]) * stride
             tc = tc // stride             # the trace point holding the collapse step
             if stable.any():
-                q = np.nanpercentile(rm[stable], [25, 50, 75], axis=0)
+                q = _nanpct(rm[stable], [25, 50, 75], axis=0)
                 ax.plot(steps, q[1], color=figures.OKABE_ITO[0],
                         label=f"stable runs (n={stable.sum()}), median")
                 ax.fill_between(steps, q[0], q[2], color=figures.OKABE_ITO[0], alpha=0.25,
@@ -474,7 +483,7 @@ def fig_cosine(study, stem: str, window: int = COS_WINDOW) -> None:
                 before = int(min(tr.shape[1], max(20, np.median(tc[late]))))
                 al = aligned_traces(rm[late], tc[late], before)
                 x = np.arange(-before + 1, 1) * stride
-                q = np.nanpercentile(al, [25, 50, 75], axis=0)
+                q = _nanpct(al, [25, 50, 75], axis=0)
                 ax2 = ax.twiny()
                 ax2.plot(x, q[1], color=figures.OKABE_ITO[3],
                          label=f"collapsing runs (n={late.sum()}), median")
