@@ -88,8 +88,8 @@ def get_config(arg=None):
         run.rl.optimizer.name = "sgd"
         run.rl.optimizer.b1 = 0.0
         c.lags = "0,2,8"
-        c.lr_min = 0.06
-        c.lr_max = 16.0
+        c.lr_min = 1e-3            # (η ≥ 0.06 collapses every cell at every S within 50 steps)
+        c.lr_max = 0.064
         c.lrs_per_octave = 1
         c.num_seeds = 2
     elif arg == "small_drift":     # the study's long-horizon grid at small Adam steps
