@@ -42,21 +42,26 @@ from async_grpo import models, sampling
 from async_grpo.models import llama
 from async_grpo.workdir import machine
 
-_TINY = flags.DEFINE_bool("tiny", False, "Tiny shapes (tiny preset, 4 prompts × 2, P = N = 16, a "
-                          "16 MiB copy): checks the code path on a CPU in about a minute.")
-_PRESETS = flags.DEFINE_list("presets", ["llama3.2-1b", "small"], "Model presets.")
-_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Compute dtype.")
-_IMPLS = flags.DEFINE_list("decode_attention", ["auto", "reduce", "pallas"],
-                           "LlamaConfig.decode_attention values to time ('auto' on a GPU in bf16 "
-                           "is 'xla').")
-_PROMPTS = flags.DEFINE_integer("prompts", 64, "Prompts per call.")
-_G = flags.DEFINE_integer("num_samples", 8, "Samples per prompt (G; the prefill is shared).")
-_P = flags.DEFINE_integer("prompt_len", 256, "Prompt width P (all prompts full length).")
-_N = flags.DEFINE_integer("new_tokens", 256, "Decode steps N.")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed calls per setting (median).")
-_COPY_GIB = flags.DEFINE_float("copy_gib", 2.0, "Size of the bandwidth-probe array (GiB).")
-_BUDGET = flags.DEFINE_float("budget_s", 360.0, "Skip the remaining settings past this time.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/decode_gpu", "Where decode.json goes.")
+def _define_flags():
+    """Flags exist only when this module is the binary, so tests can import its functions
+    beside other binaries (absl refuses a flag defined twice)."""
+    global _TINY, _PRESETS, _DTYPE, _IMPLS, _PROMPTS, _G, _P, _N, _REPEATS, _COPY_GIB
+    global _BUDGET, _WORKDIR
+    _TINY = flags.DEFINE_bool("tiny", False, "Tiny shapes (tiny preset, 4 prompts × 2, P = N = "
+                              "16, a 16 MiB copy): checks the code path on a CPU in about a minute.")
+    _PRESETS = flags.DEFINE_list("presets", ["llama3.2-1b", "small"], "Model presets.")
+    _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Compute dtype.")
+    _IMPLS = flags.DEFINE_list("decode_attention", ["auto", "reduce", "pallas"],
+                               "LlamaConfig.decode_attention values to time ('auto' on a GPU in bf16 "
+                               "is 'xla').")
+    _PROMPTS = flags.DEFINE_integer("prompts", 64, "Prompts per call.")
+    _G = flags.DEFINE_integer("num_samples", 8, "Samples per prompt (G; the prefill is shared).")
+    _P = flags.DEFINE_integer("prompt_len", 256, "Prompt width P (all prompts full length).")
+    _N = flags.DEFINE_integer("new_tokens", 256, "Decode steps N.")
+    _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed calls per setting (median).")
+    _COPY_GIB = flags.DEFINE_float("copy_gib", 2.0, "Size of the bandwidth-probe array (GiB).")
+    _BUDGET = flags.DEFINE_float("budget_s", 360.0, "Skip the remaining settings past this time.")
+    _WORKDIR = flags.DEFINE_string("workdir", "runs/decode_gpu", "Where decode.json goes.")
 
 
 def measure_bandwidth(gib: float, reps: int = 5) -> float:
@@ -193,4 +198,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

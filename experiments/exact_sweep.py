@@ -441,11 +441,12 @@ def run_sweep(c, workdir: str, p=None) -> str:
     """Runs (or resumes) the sweep of config `c` (its `plan`, if already made) into `workdir`;
     -> the summary table."""
     p = plan(c) if p is None else p
-    if c.x64:
-        jax.config.update("jax_enable_x64", True)
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
-    results = [run_variant(c, p, v, workdir) for v in p["variants"]]
+    # float64 for this sweep only (a caller's process keeps its own precision; the binary is
+    # the same either way)
+    with jax.enable_x64(bool(c.x64)):
+        results = [run_variant(c, p, v, workdir) for v in p["variants"]]
     files.write_json_atomic(os.path.join(workdir, "summary.json"), {
         "config": json.loads(c.to_json()), "machine": workdir_lib.machine(),
         "total_wall_s": time.time() - t0, "variants": results})

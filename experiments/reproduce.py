@@ -40,13 +40,19 @@ from async_grpo import files
 from async_grpo import metrics as metrics_lib
 from experiments import study
 
-_FIGURE = flags.DEFINE_string(
-    "figure", "all", "Comma-separated figures to draw: all, or any of " + ", ".join(study.FIGURES)
-    + " (or their numbers 1-6).")
-_SCALE = flags.DEFINE_enum("scale", "cpu", ["cpu", "tiny", "gpu"],
-                           "cpu: run on this machine; tiny: toy grids for tests; gpu: write the "
-                           "commands for a GPU/TPU run, run nothing.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory (stages, logs, figures).")
+
+
+def _define_flags():
+    """Flags exist only when this module is the binary, so tests and notebooks can import it
+    beside other binaries (absl refuses a flag defined twice)."""
+    global _FIGURE, _SCALE, _WORKDIR
+    _FIGURE = flags.DEFINE_string(
+        "figure", "all", "Comma-separated figures to draw: all, or any of "
+        + ", ".join(study.FIGURES) + " (or their numbers 1-6).")
+    _SCALE = flags.DEFINE_enum("scale", "cpu", ["cpu", "tiny", "gpu"],
+                               "cpu: run on this machine; tiny: toy grids for tests; gpu: write "
+                               "the commands for a GPU/TPU run, run nothing.")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory (stages, logs, figures).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,4 +301,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

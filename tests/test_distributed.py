@@ -96,6 +96,7 @@ def _wait(proc):
 
 
 @pytest.mark.multidevice
+@pytest.mark.slow  # ~25 s idle: two jax.distributed processes
 def test_two_processes_match_one(tmp_path):
     port = _free_port()
     procs = [_launch(str(tmp_path / f"two_{i}.npz"), {

@@ -155,6 +155,7 @@ def test_accumulated_gradient_equals_full_batch(name):
         assert 0.0 < frac < 1.0, frac
 
 
+@pytest.mark.slow  # ~15 s idle; the per-loss accumulation tests stay
 def test_accumulated_sft_and_td_mix_equal_full_batch():
     """The same identity for SFT (token-mean NLL) and the corrected gradient mode (c = 0.5, two
     losses with different denominators)."""

@@ -152,3 +152,25 @@ def test_one_definition_each(name, home):
         defs += [mod for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))
                  and n.name == name]
     assert defs == [home], defs
+
+
+# Binaries that tests, notebooks or other binaries import in-process. (Most other binaries still
+# define their flags at import, so they are only ever run as programs.)
+IMPORTED_BINARIES = ("experiments.reproduce", "experiments.study", "experiments.report",
+                     "experiments.exact_sweep", "experiments.sweep", "experiments.lr_controller",
+                     "experiments.plot_staleness", "experiments.delayed_quadratic",
+                     "bench.decode_gpu")
+
+
+def test_binaries_imported_in_process_can_be_imported_together():
+    """These binaries define their absl flags only when run as the binary (or define none
+    another one defines): importing all of them in one process, as a test worker or a notebook
+    does, must not raise DuplicateFlagError."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "import importlib\nfor m in %r:\n    importlib.import_module(m)\n" % (
+        IMPORTED_BINARIES,)
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]

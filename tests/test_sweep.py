@@ -56,6 +56,7 @@ def test_lm_sweep_writes_its_table_curves_and_figure(one):
         min(t, 2) for t in range(12)]
 
 
+@pytest.mark.slow  # ~30 s idle; resume is also covered by the exact sweep tests
 def test_lm_sweep_resumes_and_refuses_another_config(one, tmp_path):
     wd, _ = one
     before = _table(wd)
@@ -71,6 +72,7 @@ def test_lm_sweep_resumes_and_refuses_another_config(one, tmp_path):
     assert proc.returncode != 0 and "lr_max: 0.004 -> 0.008" in proc.stderr
 
 
+@pytest.mark.slow  # ~40 s idle: two sweep processes
 def test_two_shards_write_the_same_table(one, tmp_path):
     wd, _ = one
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
