@@ -73,6 +73,12 @@ mkdir -p docs/figures/study && cp "$RUNS"/reproduce/figures/fig*.png docs/figure
 for V in adam sgd; do
   $PY -m experiments.exact_sweep --config=experiments/configs/study_small_drift.py:$V --workdir="$RUNS/study/small_drift_$V"
 done
+for V in adam_variants:variants_small_drift_adam large_variants:variants_large_drift_sampled large_population:variants_large_drift_population; do
+  $PY -m experiments.exact_sweep --config=experiments/configs/study_small_drift.py:${V%%:*} --workdir="$RUNS/study/${V##*:}"
+done
+for V in small_drift sgd; do
+  $PY -m experiments.sweep --config=experiments/configs/sweep_lm.py:$V --workdir="$RUNS/study/lm_$V"
+done
 
 # Benchmarks last (timings: run them on an otherwise idle machine).
 [ -f "$RUNS/bench_exact_grid/bench.json" ] || $PY -m bench.exact_grid --workdir="$RUNS/bench_exact_grid"
