@@ -203,11 +203,7 @@ def bootstrap_alpha(lags: Sequence[int], lrs: Sequence[float], collapsed: np.nda
     scatter of log η_max), log_c, level, n_boot, n_boot_identified, and the counts of
     bracketed, lower-bound and upper-bound cells at S ≥ 1.
     """
-    lags, lrs = np.asarray(lags), np.asarray(lrs, float)
-    collapsed = np.asarray(collapsed, bool)
-    if collapsed.ndim != 3 or collapsed.shape[:2] != (len(lags), len(lrs)):
-        raise ValueError(f"collapsed has shape {collapsed.shape}; expected [nS={len(lags)}, "
-                         f"E={len(lrs)}, nseed]")
+    lags, lrs, collapsed = _collapse_map(lags, lrs, collapsed)
     lo, hi = eta_max_intervals(lrs, collapsed)
     use = lags >= 1
     lo, hi, s = lo[use], hi[use], lags[use].astype(float)
@@ -461,13 +457,19 @@ def _quantile_ci(samples, level):
     return [float(q[0]), float(q[1])]
 
 
-def _lag_rows(lags, lrs, collapsed):
-    """Flat (S, seed, lo, hi) rows of a collapse map [nS, E, nseed] (`eta_max_intervals`)."""
+def _collapse_map(lags, lrs, collapsed):
+    """(lags, lrs, collapsed) as arrays, the map checked to be bool [nS, E, nseed]."""
     lags, lrs = np.asarray(lags), np.asarray(lrs, float)
     collapsed = np.asarray(collapsed, bool)
     if collapsed.ndim != 3 or collapsed.shape[:2] != (len(lags), len(lrs)):
         raise ValueError(f"collapsed has shape {collapsed.shape}; expected [nS={len(lags)}, "
                          f"E={len(lrs)}, nseed]")
+    return lags, lrs, collapsed
+
+
+def _lag_rows(lags, lrs, collapsed):
+    """Flat (S, seed, lo, hi) rows of a collapse map [nS, E, nseed] (`eta_max_intervals`)."""
+    lags, lrs, collapsed = _collapse_map(lags, lrs, collapsed)
     lo, hi = eta_max_intervals(lrs, collapsed)
     n_seed = collapsed.shape[2]
     return (np.repeat(lags.astype(float), n_seed), np.tile(np.arange(n_seed), len(lags)),
