@@ -4,8 +4,9 @@ r"""Reproduces the study's figures: runs (or reuses) the experiments, then draws
   python -m experiments.reproduce --figure=phase,eta_max --scale=cpu --workdir=runs/reproduce
   python -m experiments.reproduce --scale=gpu --workdir=runs/reproduce_gpu   # writes, runs nothing
 
---scale=cpu: every stage a figure needs runs on this machine (about 7 minutes on 2 CPU cores in
-all, docs/results.md lists each stage's time; see STAGES for what each is). Each stage is an ordinary experiment binary run in a child
+--scale=cpu: every stage a figure needs runs on this machine (about 10 minutes on 2 CPU cores in
+all, docs/results.md lists each stage's time; see STAGES for what each is; a stage's `needs` run
+first). Each stage is an ordinary experiment binary run in a child
 process into <workdir>/<stage>/; its log is <workdir>/logs/<stage>.log. A stage whose results are
 complete is reused, a killed stage resumes from its saved chunks (the binaries save every finished
 chunk), and a stage launched with different arguments than the results it finds is refused by the
@@ -68,6 +69,7 @@ class Stage:
     done: str
     figures: tuple
     what: str
+    needs: tuple = ()     # stages whose results this one reads (run first, even if not asked)
 
 
 # The exact sweep keeps the per-step traces the cosine and reward figures read.
@@ -106,6 +108,12 @@ STAGES = (
           {"cpu": 230}, "summary.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "LM testbed: the small transformer on 2-digit addition after SFT, GRPO grid"),
+    Stage("lm_bias", "experiments.lm_bias",
+          {"cpu": ["--config=experiments/configs/lm_bias.py",
+                   "--config.run.init_from={workdir}/lm_sweep/sft"]},
+          {"cpu": 160}, "bias.json", ("delta",),
+          "LM testbed: ‖δ‖ with the noise floor removed (32 coupled batch pairs per η × t × s, "
+          "from the LM grid's SFT checkpoint)", needs=("lm_sweep",)),
 )
 
 
@@ -128,7 +136,10 @@ def parse_figures(spec: str) -> list[str]:
 
 
 def stages_for(names, scale: str) -> list[Stage]:
-    return [s for s in STAGES if scale in s.args and set(s.figures) & set(names)]
+    """The stages figures `names` read at `scale`, plus the stages they need, in STAGES order."""
+    want = {s.name for s in STAGES if scale in s.args and set(s.figures) & set(names)}
+    want |= {n for s in STAGES if s.name in want for n in s.needs}
+    return [s for s in STAGES if s.name in want and scale in s.args]
 
 
 class Progress:
@@ -138,6 +149,11 @@ class Progress:
     def __init__(self, estimates: dict[str, float], out=sys.stdout):
         self.est, self.done, self.out = dict(estimates), {}, out
         self.t0 = time.time()
+
+    def reuse(self, name: str) -> None:
+        """Stage `name` is reused: it takes no time and says nothing about this machine's speed."""
+        self.est.pop(name, None)
+        self.done.pop(name, None)
 
     def eta(self, current: str | None = None, current_elapsed: float = 0.0) -> float:
         ratio = 1.0
@@ -159,12 +175,13 @@ def run_stage(stage: Stage, scale: str, workdir: str, progress: Progress,
     """Runs one stage in a child process (or reuses its results); raises on failure."""
     sdir = os.path.join(workdir, stage.name)
     marker = os.path.join(sdir, "stage.json")
-    argv = [sys.executable, "-m", stage.module, f"--workdir={sdir}"] + stage.args[scale]
+    argv = [sys.executable, "-m", stage.module, f"--workdir={sdir}"] + [
+        a.replace("{workdir}", workdir) for a in stage.args[scale]]
     if os.path.exists(os.path.join(sdir, stage.done)) and os.path.exists(marker):
         with open(marker, encoding="utf-8") as f:
             prev = json.load(f)
         if prev.get("args") == stage.args[scale]:
-            progress.done[stage.name] = 0.0
+            progress.reuse(stage.name)
             progress.say(f"{stage.name}: reusing finished results in {sdir}")
             return
     os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)

@@ -26,12 +26,26 @@ def test_parse_figures_accepts_names_numbers_and_all_and_refuses_the_rest():
 
 
 def test_stages_follow_the_figures():
-    names = {s.name for s in reproduce.stages_for(["delta"], "cpu")}
-    assert names == {"exact_bias"}
+    # lm_bias reads lm_sweep's SFT checkpoint: asking for its figure runs lm_sweep first
+    stages = [s.name for s in reproduce.stages_for(["delta"], "cpu")]
+    assert stages == ["exact_bias", "lm_sweep", "lm_bias"]
     names = {s.name for s in reproduce.stages_for(["phase"], "cpu")}
-    assert "exact_bias" not in names and {"exact_sweep", "lm_sweep"} <= names
+    assert "exact_bias" not in names and "lm_bias" not in names
+    assert {"exact_sweep", "lm_sweep"} <= names
     # the tiny scale has no LM stage (minutes even on the smallest grid)
-    assert "lm_sweep" not in {s.name for s in reproduce.stages_for(study.FIGURES, "tiny")}
+    tiny = {s.name for s in reproduce.stages_for(study.FIGURES, "tiny")}
+    assert not {"lm_sweep", "lm_bias"} & tiny
+    # a stage's arguments may name the study directory; run_stage fills it in
+    lm_bias = next(s for s in reproduce.STAGES if s.name == "lm_bias")
+    assert any("{workdir}/lm_sweep/sft" in a for a in lm_bias.args["cpu"])
+
+
+def test_reused_stages_leave_the_eta_to_the_measured_ones():
+    p = reproduce.Progress({"a": 10.0, "b": 30.0, "c": 60.0}, out=io.StringIO())
+    p.reuse("a")
+    assert p.eta() == pytest.approx(90.0)
+    p.done["b"] = 60.0                       # twice as slow as estimated
+    assert p.eta() == pytest.approx(120.0)
 
 
 def test_progress_eta_rescales_the_stages_left_by_the_measured_speed():

@@ -459,3 +459,75 @@ def test_cosine_alarm_threshold_from_training_runs():
     assert np.isnan(none["threshold"]) and "both" in none["reason"]
     with pytest.raises(ValueError, match="bool mask"):
         scaling.cosine_alarm(x, c, window=10, train=np.arange(80))
+
+
+def _paired_draws(mu, sigma, r, rng):
+    x = mu[None, :] + sigma * rng.standard_normal((r, mu.size))
+    return x @ x.T, x
+
+
+def test_mean_norm_sq_is_unbiased_where_the_plain_norm_is_not():
+    rng = np.random.default_rng(0)
+    mu = np.full(50, 0.1)                                    # ‖μ‖² = 0.5
+    sigma, r = 0.5, 8                                        # tr Cov = 12.5: noise ≫ signal
+    ests, ses, plain, noise = [], [], [], []
+    for _ in range(3000):
+        g, x = _paired_draws(mu, sigma, r, rng)
+        out = scaling.mean_norm_sq(g)
+        ests.append(out["est"]), ses.append(out["se"]), noise.append(out["noise"])
+        plain.append(float((x.mean(0) ** 2).sum()))
+    ests = np.asarray(ests)
+    sem = ests.std() / np.sqrt(ests.size)
+    assert abs(ests.mean() - 0.5) < 4 * sem, (ests.mean(), sem)
+    assert np.mean(plain) > 0.5 + 12.5 / r * 0.9             # ‖x̄‖² carries tr Cov / R
+    # noise-dominated: the jackknife SE errs high (≈ √2 at a zero mean, a degenerate U-statistic)
+    assert 1.0 < np.mean(ses) / ests.std() < 1.5
+    assert abs(np.mean(noise) - 50 * sigma ** 2) < 0.2       # tr Cov(x) per draw
+    mu = np.full(50, 0.3)                                    # signal-dominated: calibrated
+    e, s = zip(*[(o["est"], o["se"]) for o in
+                 (scaling.mean_norm_sq(_paired_draws(mu, sigma, 16, rng)[0]) for _ in range(1500))])
+    assert 0.85 < np.mean(s) / np.std(e) < 1.2
+
+
+def test_mean_norm_sq_at_zero_mean_is_rarely_resolved():
+    rng = np.random.default_rng(1)
+    hits = 0
+    for _ in range(500):
+        g, _ = _paired_draws(np.zeros(30), 1.0, 16, rng)
+        out = scaling.mean_norm_sq(g)
+        iv = scaling.norm_interval(out["est"], out["se"])
+        hits += iv["resolved"]
+        assert iv["lo"] <= iv["norm"] <= iv["hi"]
+    assert hits / 500 < 0.06                                 # ≈ the 2.3 % of a 2-SE one-sided test
+    g, _ = _paired_draws(np.full(30, 2.0), 1.0, 16, rng)     # a large mean is resolved
+    out = scaling.mean_norm_sq(g)
+    iv = scaling.norm_interval(out["est"], out["se"])
+    assert iv["resolved"] and iv["lo"] < np.sqrt(120) < iv["hi"]
+
+
+def test_mean_norm_sq_refuses_bad_input():
+    with pytest.raises(ValueError, match="R >= 3"):
+        scaling.mean_norm_sq(np.eye(2))
+    with pytest.raises(ValueError, match="square"):
+        scaling.mean_norm_sq(np.ones((3, 4)))
+    with pytest.raises(ValueError, match="non-finite"):
+        scaling.mean_norm_sq(np.full((3, 3), np.nan))
+    with pytest.raises(ValueError, match="se >= 0"):
+        scaling.norm_interval(1.0, -1.0)
+
+
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_loglog_slope_ci_recovers_the_power(power):
+    rng = np.random.default_rng(2)
+    x = np.repeat(np.geomspace(1e-3, 1e-1, 6), 4)
+    norm = 3.0 * x ** power
+    se = 0.05 * norm ** 2
+    est = norm ** 2 + se * rng.standard_normal(x.size)
+    out = scaling.loglog_slope_ci(x, est, se, n_boot=300)
+    assert out["ci"][0] <= power <= out["ci"][1], out
+    assert abs(out["slope"] - power) < 0.05 and out["n"] == x.size
+    # points below the noise floor are left out; too few resolved ones give NaN and a reason
+    est2 = est.copy()
+    est2[:20] = 0.0
+    small = scaling.loglog_slope_ci(x, est2, se + (np.arange(x.size) < 20), n_boot=10)
+    assert np.isnan(small["slope"]) and "resolved" in small["reason"] and small["n"] == 4 - 0
