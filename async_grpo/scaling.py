@@ -6,6 +6,8 @@
   bootstrap over seeds; `fit_power_law`: plain least squares on log–log points.
 * `collapse_time_law`: does t_collapse·η stay constant (log t vs log η slope ≈ −1)?
 * `fit_through_origin`, `linearity_break`: ‖δ‖ ≈ c·x in the small-drift regime and where it fails.
+* `estimate_r_batch`: the batch radius R_batch as the peak within-cycle drift at the stability
+  edge of a fixed-η grid (the learning-rate controller's calibration).
 * `mean_norm_sq`, `norm_interval`, `loglog_slope_ci`: ‖E x‖ from noisy paired draws (the LM
   staleness bias with the sampling-noise floor removed), and its log–log slope with an interval.
 
@@ -398,6 +400,40 @@ def linearity_break(x: np.ndarray, y: np.ndarray, slope: float, *, tol: float = 
     # report the first bad point beyond the last run of good ones at small x.
     first_bad = int(np.argmax(bad))
     return float(x[first_bad])
+
+
+def estimate_r_batch(lags, lrs, seeds, collapsed, collapse_step, drift) -> dict:
+    """R_batch from a fixed-η grid: for every S ≥ 1 and seed whose η_max is bracketed (a
+    collapse one grid step above a stable η), the peak within-cycle drift of the stable run at
+    η_max; R_batch is their median (experiments/lr_controller.py, stage 1; the LM sweep's
+    `lr_control.r_batch_from`).
+
+    collapsed, collapse_step: [nS, E, nseed]; drift: [nS, E, nseed, T] within-cycle drift.
+    """
+    eta, censor = eta_max_per_seed(lrs, collapsed)
+    edges = []
+    for i, s in enumerate(lags):
+        if s < 1:
+            continue
+        for k, seed in enumerate(seeds):
+            if censor[i, k] != 0:
+                continue
+            j = int(np.searchsorted(lrs, eta[i, k]))
+            t_fail = int(collapse_step[i, j + 1, k])
+            edges.append({"S": int(s), "seed": int(seed), "eta_max": float(lrs[j]),
+                          "peak_drift_stable": float(np.max(drift[i, j, k])),
+                          "eta_collapsed": float(lrs[j + 1]), "collapse_step": t_fail,
+                          "peak_drift_collapsed_before_collapse": float(
+                              np.max(drift[i, j + 1, k, :max(t_fail, 1)]))})
+    if not edges:
+        raise ValueError("No (S >= 1, seed) has a bracketed eta_max: R_batch cannot be measured "
+                         "from this grid; widen the eta grid or set R_batch by hand.")
+    ok = np.array([e["peak_drift_stable"] for e in edges])
+    fail = np.array([e["peak_drift_collapsed_before_collapse"] for e in edges])
+    return {"r_batch": float(np.median(ok)), "n_edges": len(edges),
+            "peak_drift_stable_quantiles": np.quantile(ok, [0, .25, .5, .75, 1]).tolist(),
+            "peak_drift_collapsed_quantiles": np.quantile(fail, [0, .25, .5, .75, 1]).tolist(),
+            "edges": edges}
 
 
 # ---------------------------------------------------------------------------------------------

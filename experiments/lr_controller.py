@@ -6,7 +6,7 @@ r"""Does a staleness-aware learning-rate controller beat the best fixed η? (exa
 (Config: experiments/configs/lr_controller.py; its docstring describes the two stages.)
 
 1. Calibration: the fixed-η (S, η, seed) grid of the default stability map (seeds 0..4), with the
-   within-cycle drift ‖θ_t − φ_t‖ kept every step. R_batch is MEASURED there (`estimate_r_batch`):
+   within-cycle drift ‖θ_t − φ_t‖ kept every step. R_batch is MEASURED there (`scaling.estimate_r_batch`):
    for every S ≥ 1 and seed whose η_max is bracketed (a collapse above a stable η), the edge run
    is the stable run at η_max, one grid step below a collapse; its peak within-cycle drift over
    the whole run is a drift that the testbed survives right at the edge of stability, while
@@ -76,37 +76,6 @@ def plan(c) -> dict:
     return dict(p, eval_seeds=eval_seeds, modes=modes, base_lrs=base_lrs, margins=margins)
 
 
-def estimate_r_batch(lags, lrs, seeds, collapsed, collapse_step, drift) -> dict:
-    """R_batch from a fixed-η grid (module docstring, stage 1).
-
-    collapsed, collapse_step: [nS, E, nseed]; drift: [nS, E, nseed, T] within-cycle drift.
-    """
-    eta, censor = xa.eta_max_per_seed(lrs, collapsed)
-    edges = []
-    for i, s in enumerate(lags):
-        if s < 1:
-            continue
-        for k, seed in enumerate(seeds):
-            if censor[i, k] != 0:
-                continue
-            j = int(np.searchsorted(lrs, eta[i, k]))
-            t_fail = int(collapse_step[i, j + 1, k])
-            edges.append({"S": int(s), "seed": int(seed), "eta_max": float(lrs[j]),
-                          "peak_drift_stable": float(np.max(drift[i, j, k])),
-                          "eta_collapsed": float(lrs[j + 1]), "collapse_step": t_fail,
-                          "peak_drift_collapsed_before_collapse": float(
-                              np.max(drift[i, j + 1, k, :max(t_fail, 1)]))})
-    if not edges:
-        raise ValueError("No (S >= 1, seed) has a bracketed eta_max: R_batch cannot be measured "
-                         "from this grid; widen the eta grid or set --config.controller.r_batch.")
-    ok = np.array([e["peak_drift_stable"] for e in edges])
-    fail = np.array([e["peak_drift_collapsed_before_collapse"] for e in edges])
-    return {"r_batch": float(np.median(ok)), "n_edges": len(edges),
-            "peak_drift_stable_quantiles": np.quantile(ok, [0, .25, .5, .75, 1]).tolist(),
-            "peak_drift_collapsed_quantiles": np.quantile(fail, [0, .25, .5, .75, 1]).tolist(),
-            "edges": edges}
-
-
 def _run(tb, tc, cells, chunk_size, keep):
     return ex.run_cells_chunked(tb, tc, cells, chunk_size=min(chunk_size, len(cells["lr"])),
                                 keep_metrics=keep)
@@ -144,7 +113,7 @@ def run(c, workdir: str, p=None) -> str:
         cells = ex.make_cells(p["lrs"], seeds, lags, b1s, max_lag_cap=tc_fixed.max_lag_cap)
         m, s = _run(tb, tc_fixed, cells, c.chunk_size, ("drift_cycle",))
         shape = (len(lags), len(lrs), len(seeds))
-        calib = estimate_r_batch(lags, lrs, seeds, s["collapsed"].reshape(shape),
+        calib = xa.estimate_r_batch(lags, lrs, seeds, s["collapsed"].reshape(shape),
                                  s["collapse_step"].reshape(shape),
                                  m["drift_cycle"].reshape(shape + (-1,)))
         calib["collapse_frac_per_S"] = {str(S): float(v) for S, v in zip(

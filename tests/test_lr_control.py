@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from async_grpo import lr_control as lc
+from async_grpo import scaling
 from async_grpo import simulate
 from async_grpo.testbeds import exact as ex
 from experiments import lr_controller as lcb
@@ -312,11 +313,11 @@ def test_estimate_r_batch_reads_the_edge_of_stability():
     drift[2, 1, :, 7] = [3.0, 4.0]
     drift[1:, 2, :, 2] = 9.0                        # before the collapse step
     drift[1:, 2, :, 8] = 99.0                       # after it: not counted
-    est = lcb.estimate_r_batch(lags, lrs, seeds, collapsed, step, drift)
+    est = scaling.estimate_r_batch(lags, lrs, seeds, collapsed, step, drift)
     assert est["n_edges"] == 4 and est["r_batch"] == pytest.approx(2.5)
     assert est["peak_drift_collapsed_quantiles"][-1] == 9.0
     with pytest.raises(ValueError, match="bracketed"):
-        lcb.estimate_r_batch(lags, lrs, seeds, np.zeros_like(collapsed), step, drift)
+        scaling.estimate_r_batch(lags, lrs, seeds, np.zeros_like(collapsed), step, drift)
 
 
 @pytest.mark.slow

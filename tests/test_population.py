@@ -102,3 +102,30 @@ def test_the_memory_estimate_follows_xlas_count(sft_dir, prompts, cap):
     assert population.chunk_size(cfg, comps, cap, 10.5 * est, 100) == 10
     assert population.chunk_size(cfg, comps, cap, 10.5 * est, 4) == 4
     assert population.chunk_size(cfg, comps, cap, 0.1 * est, 4) == 1
+
+
+def test_the_lr_controller_keeps_the_within_cycle_drift_under_its_budget(sft_dir):
+    """The controller chained after Adam (rule mode): with a huge R_batch it never acts
+    (c_t = 1); with a small one it scales steps down and the measured ‖θ_t − φ_t‖ stays
+    ≤ m·R_batch at fixed S, as the triangle inequality promises (lr_control's docstring), where
+    the unscaled run drifts further."""
+    from async_grpo import lr_control
+    cfg = helpers.tiny_config(**{**GRID, "init_from": sft_dir, "rl.steps": 10})
+    comps = components.build_grpo(cfg)
+    cell = {"seed": jnp.uint32(cfg.seed), "seed_index": jnp.int32(0), "max_lag": jnp.int32(2),
+            "lr": jnp.float32(3e-3)}
+    runs = {}
+    for name, ctl in (("huge", lr_control.Params(1e9, 0.5)),
+                      ("tight", lr_control.Params(0.02, 0.5))):
+        pop = population.make_population(cfg, comps, seeds=[cfg.seed], max_lag_cap=2, keep=None,
+                                          lr_control=ctl)
+        runs[name] = jax.jit(pop.train)(cell, pop.tables)[0]
+    assert np.all(np.asarray(runs["huge"]["lr_scale"]) == 1.0)
+    assert np.asarray(runs["huge"]["drift/within_cycle"]).max() > 0.01     # it would bind
+    scale, drift = np.asarray(runs["tight"]["lr_scale"]), np.asarray(
+        runs["tight"]["drift/within_cycle"])
+    assert np.all(scale[2:] < 1.0) and np.all(scale > 0)
+    assert drift.max() <= 0.5 * 0.02 * (1 + 1e-5), drift
+    with pytest.raises(ValueError, match="lookahead"):
+        population.make_population(cfg, comps, seeds=[cfg.seed], max_lag_cap=2,
+                                   lr_control=lr_control.Params(1.0, 0.5, 0.0, 1.0))

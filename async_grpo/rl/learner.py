@@ -92,12 +92,14 @@ def accumulated_value_and_grad(objective, params, batch, ref_params, micro_batch
 
 def update(params, opt_state, aux, batch, ref_params, step, *, objective, optimizer,
            track_cosines: bool, collapse: Optional[collapse_lib.CollapseRules],
-           micro_batches: int = 1):
+           micro_batches: int = 1, opt_extra: Optional[dict] = None):
     """One update. -> (params, opt_state, aux, metrics). See the module docstring.
 
     `step` is the number of updates done after this one (the step the metrics are logged at);
     the collapse rules' warm-up counts in it. `micro_batches` > 1 computes the same gradient
-    with one micro-batch's activations at a time (`accumulated_value_and_grad`).
+    with one micro-batch's activations at a time (`accumulated_value_and_grad`). `opt_extra`:
+    extra arguments of an `optax.GradientTransformationExtraArgs` optimizer (e.g. the drift
+    controller's max_lag and drifts, `async_grpo.lr_control`).
     """
     if micro_batches > 1:
         (loss, m), grads = accumulated_value_and_grad(objective, params, batch, ref_params,
@@ -105,7 +107,7 @@ def update(params, opt_state, aux, batch, ref_params, step, *, objective, optimi
     else:
         extras = objective.prepare(batch, ref_params)
         (loss, m), grads = jax.value_and_grad(objective, has_aux=True)(params, batch, extras)
-    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params, **(opt_extra or {}))
     new_params = optax.apply_updates(params, updates)
     finite = _all_finite((loss, grads, new_params))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)

@@ -33,8 +33,10 @@ from typing import Callable, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from async_grpo import collapse as collapse_lib
+from async_grpo import lr_control as lr_control_lib
 from async_grpo import models, sampling, simulate
 from async_grpo import staleness as staleness_lib
 from async_grpo.config import RunConfig
@@ -45,7 +47,8 @@ from async_grpo.rl.rollout import RolloutSource
 # The per-step curves kept by default (the sweep writes them).
 CURVES = ("reward", "rollout/correct_frac", "rollout/malformed_frac", "loss/kl_behavior_k3",
           "loss/clip_frac", "loss/ess_frac", "update_norm", "grad_norm", "drift/within_cycle",
-          "drift/cumulative", "cos/consecutive_grads", "entropy", "kl_ref_k3", "lag", "finite")
+          "drift/cumulative", "cos/consecutive_grads", "entropy", "kl_ref_k3", "lag", "finite",
+          "lr_scale")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +89,21 @@ def _pad_to(x, width):
 
 
 def make_population(config: RunConfig, comps: Components, *, seeds: Sequence[int],
-                    max_lag_cap: int, keep: Optional[Sequence[str]] = CURVES) -> Population:
+                    max_lag_cap: int, keep: Optional[Sequence[str]] = CURVES,
+                    lr_control: Optional[lr_control_lib.Params] = None) -> Population:
     """The runner for cells whose seeds are among `seeds` and whose S ≤ `max_lag_cap`.
 
     A cell is {"seed": s, "max_lag": S, "lr": η}. `keep` limits the per-step metrics returned
-    (None: all of the learner's, the drifts, the lag and the rollout statistics)."""
+    (None: all of the learner's, the drifts, the lag and the rollout statistics). `lr_control`:
+    the staleness-aware learning-rate controller (`async_grpo.lr_control`, rule mode) chained
+    after the optimizer, with the cell's S and the measured drifts of each step; its scale c_t
+    is the metric "lr_scale" (the effective η is c_t·η)."""
+    if lr_control is not None:
+        lr_control_lib.validate(lr_control, max_lag_cap)
+        if float(lr_control.lookahead) != 0.0:
+            raise ValueError("lr_control lookahead=1 needs the next batch's behavior snapshot "
+                             "before the update; the population runner supports the rule "
+                             "(lookahead=0)")
     rc, st = config.rl, config.staleness
     staleness_lib.check_policy_name(st.policy, scheduled_only=True)
     token_reward = comps.task.token_reward(comps.tokenizer)
@@ -118,6 +131,8 @@ def make_population(config: RunConfig, comps: Components, *, seeds: Sequence[int
         s_max = jnp.asarray(cell["max_lag"], jnp.int32)
         opt = make_optimizer(rc.optimizer, steps, lr=jnp.asarray(cell["lr"], jnp.float32),
                              mu_dtype=config.precision.opt_state_dtype)
+        if lr_control is not None:
+            opt = optax.chain(opt, lr_control_lib.scale_by_drift_control(lr_control))
         ref = theta0 if use_ref else None
         aux = {}
         if config.diagnostics.cosines:
@@ -150,10 +165,15 @@ def make_population(config: RunConfig, comps: Components, *, seeds: Sequence[int
                      "response_tokens": sb.response_tokens, "response_mask": sb.response_mask,
                      "behavior_logp": sb.behavior_logp, "rewards": rewards}
             drifts = drift_metrics(params, phi, theta0)
+            extra = None if lr_control is None else {
+                "max_lag": s_max, "drift_cycle": drifts["drift/within_cycle"],
+                "drift_cum": drifts["drift/cumulative"]}
             params, opt_state, aux, m = update(
                 params, opt_state, aux, batch, ref, t + 1, objective=objective, optimizer=opt,
                 track_cosines=config.diagnostics.cosines, collapse=collapse,
-                micro_batches=config.learner.micro_batches)
+                micro_batches=config.learner.micro_batches, opt_extra=extra)
+            if lr_control is not None:
+                m["lr_scale"] = opt_state[-1].last
             grouped = rewards.reshape(-1, g)
             m = dict(m, **drifts, lag=lag, version=version, **{
                 "rollout/correct_frac": jnp.mean(rewards > 0),
