@@ -138,6 +138,83 @@ def exact_families(*dirs: str) -> str:
     return "\n".join(lines)
 
 
+def lm_families(*dirs: str) -> str:
+    """LM grids of the same (S, η, seed) product, one per variant (sweep_lm.py:variants_*): the
+    objective, η_max per S (geometric mean over seeds), α [CI] with censoring, and the regime."""
+    from experiments import study  # pylint: disable=import-outside-toplevel
+    lines = ["| run | objective | η_max per S (geometric mean over seeds) | α (S ≥ 1) [95 % CI] | "
+             "regime (clip fraction just below η_max) | cells collapsed |",
+             "|---|---|---|---|---|---|"]
+    for d in dirs:
+        s = _load(os.path.join(d, "summary.json"))
+        rl = s["config"]["rl"]
+        obj = rl["loss"] + "".join(f", {k}={v}" for k, v in rl["loss_kwargs"].items()
+                                   if k != "kl_coef")
+        obj += f", KL {rl['loss_kwargs'].get('kl_coef', 0)}"
+        if rl.get("grad_mode", "surrogate") != "surrogate":
+            obj += f", gradient {rl['grad_mode']}"
+        gm = s["eta_max_geomean"]
+        cens = {k: sum(c != 0 for c in v) for k, v in s["eta_max_censor"].items()}
+        per_s = ", ".join(f"S={k}: {_g(gm[k], 2)}" + (f" ({cens[k]} cens.)" if cens[k] else "")
+                          for k in sorted(gm, key=int))
+        frac = np.mean([np.mean(x) for x in s["collapse_frac"].values()])
+        reg = study.regime(study.load_lm(d))
+        clip = reg.get("clip_frac")
+        lines.append(f"| `{os.path.basename(d)}` | {obj} | {per_s} | "
+                     f"{_alpha(s['alpha_fit_S_ge_1'])} | "
+                     f"{'—' if clip is None else f'{clip:.1%}'} | {frac:.2f} |")
+    grid = _load(os.path.join(dirs[0], "summary.json"))
+    lines += ["", f"Grid: S ∈ {{{', '.join(map(str, grid['lags']))}}}, {len(grid['lrs'])} η from "
+                  f"{_g(grid['lrs'][0])} to {_g(grid['lrs'][-1])} (one per octave), "
+                  f"{len(grid['seeds'])} seeds, T = {grid['config']['rl']['steps']}. "
+                  f"{_machine_line(grid.get('machine', {}))}"]
+    return "\n".join(lines)
+
+
+def lm_controller(fixed_dir: str, control_dir: str) -> str:
+    """The LM learning-rate controller against fixed η on the same (S, η, seed) cells: per S, the
+    best fixed η (highest mean reward over the run, averaged over seeds), the largest fixed η
+    that never collapsed, and the controller at every base η (collapse rate, mean reward, mean
+    effective η / base η)."""
+    from experiments import study  # pylint: disable=import-outside-toplevel
+    fixed, ctl = study.load_lm(fixed_dir), study.load_lm(control_dir)
+    if fixed is None or ctl is None:
+        raise MissingResults(fixed_dir if fixed is None else control_dir)
+    gf, gc = study.grid(fixed), study.grid(ctl)
+    if not (np.array_equal(gf["lags"], gc["lags"]) and np.allclose(gf["lrs"], gc["lrs"])
+            and np.array_equal(gf["seeds"], gc["seeds"])):
+        raise ValueError(f"{fixed_dir} and {control_dir} are not the same (S, η, seed) grid")
+    mean_r = lambda run, g: run["traces"]["reward"].mean(1)[g["index"]]  # noqa: E731  [S, E, seed]
+    rf, rc = mean_r(fixed, gf), mean_r(ctl, gc)
+    scale = ctl["traces"]["lr_scale"].mean(1)[gc["index"]]
+    lrs = gf["lrs"]
+    lines = ["| S | best fixed η: mean reward (collapsed seeds) | largest fixed η never collapsed | "
+             "fixed: cells collapsed | controller: cells collapsed | controller: best mean reward "
+             "(base η) | controller at the largest base η: mean reward, effective η / base η |",
+             "|---|---|---|---|---|---|---|"]
+    for i, s in enumerate(gf["lags"]):
+        j = int(np.argmax(rf[i].mean(1)))
+        never = [lrs[k] for k in range(len(lrs)) if not gf["collapsed"][i, k].any()]
+        jc = int(np.argmax(rc[i].mean(1)))
+        lines.append(
+            f"| {s} | η = {lrs[j]:.3g}: {rf[i, j].mean():.3f} ({int(gf['collapsed'][i, j].sum())}"
+            f"/{len(gf['seeds'])}) | {_g(max(never)) if never else 'none'} | "
+            f"{gf['collapsed'][i].mean():.2f} | {gc['collapsed'][i].mean():.2f} | "
+            f"{rc[i, jc].mean():.3f} ({lrs[jc]:.3g}) | {rc[i, -1].mean():.3f}, "
+            f"{scale[i, -1].mean():.3f} |")
+    info = ctl["summary"].get("lr_control") or {}
+    cal = info.get("calibration", {})
+    q = cal.get("peak_drift_stable_quantiles")
+    lines += ["", f"R_batch = {_g(info.get('r_batch'))} ({info.get('source', '?')}"
+                  + (f"; {cal.get('n_edges')} edge runs, peak drift quartiles "
+                     f"{_g(q[1], 2)}–{_g(q[3], 2)}" if q else "") +
+                  f"), margin m = {_g(info.get('margin'))}. Mean reward: the rollout reward "
+                  f"averaged over the {gf['num_steps']} steps and over {len(gf['seeds'])} seeds "
+                  f"({', '.join(map(str, gf['seeds']))}). "
+                  f"{_machine_line(ctl['summary'].get('machine', {}))}"]
+    return "\n".join(lines)
+
+
 def exact_collapse_law(*dirs: str) -> str:
     """Collapse-time law per (run, variant): late collapses, t ~ η^b, median t·η."""
     lines = ["| run | variant | collapsed cells | after the warm-up | t ∝ η^b: b | R² | median t·η |",
@@ -605,7 +682,8 @@ REPORTS: dict[str, Callable[..., str]] = {
     "logprob_parity": logprob_parity, "throughput_before_after": throughput_before_after,
     "study_claims": study_claims, "study_stages": study_stages, "memory_plan": memory_plan,
     "lm_sweep": lm_sweep, "bench_lm_grid": bench_lm_grid,
-    "exact_sweep": exact_sweep, "exact_families": exact_families,
+    "exact_sweep": exact_sweep, "exact_families": exact_families, "lm_families": lm_families,
+    "lm_controller": lm_controller,
     "exact_collapse_law": exact_collapse_law, "exact_bias": exact_bias, "lm_bias": lm_bias,
     "sft_grpo": sft_grpo,
     "staleness_curves": staleness_curves, "isa_spread": isa_spread,

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import time
+from typing import Optional
 
 from absl import app, flags, logging
 import jax
@@ -37,6 +38,7 @@ from ml_collections import config_flags
 from async_grpo import collapse as collapse_lib
 from async_grpo import config as config_lib
 from async_grpo import distributed, figures, files
+from async_grpo import lr_control as lr_control_lib
 from async_grpo import metrics as metrics_lib
 from async_grpo import workdir as workdir_lib
 from async_grpo.rl import components, population
@@ -47,7 +49,7 @@ from experiments import exact_sweep
 
 SUMMARY_KEYS = ("reward", "rollout/correct_frac", "loss/kl_behavior_k3", "loss/clip_frac",
                 "loss/ess_frac", "update_norm", "drift/within_cycle", "cos/consecutive_grads",
-                "entropy", "kl_ref_k3")
+                "entropy", "kl_ref_k3", "lr_scale")
 
 
 @dataclasses.dataclass
@@ -59,6 +61,8 @@ class Plan:
     batching: str
     budget_bytes: float
     max_chunk_cells: int
+    lr_control: Optional[lr_control_lib.Params] = None
+    lr_control_info: Optional[dict] = None     # R_batch's source (and its calibration)
 
 
 def lm_plan(c) -> Plan:
@@ -78,8 +82,46 @@ def lm_plan(c) -> Plan:
         raise ValueError("--config.run.staleness.policy='bounded_async' has no schedule inside a "
                          "compiled program; use 'random_uniform'")
     seeds = [config.seed + i for i in range(c.num_seeds)]
+    control, info = _lr_control(c.get("lr_control"), max(lags))
     return Plan(config, lags, lrs, seeds, c.batching, c.memory_budget_gb * 2**30,
-                int(c.max_chunk_cells))
+                int(c.max_chunk_cells), control, info)
+
+
+def _lr_control(lc, max_lag):
+    """`c.lr_control` (absent, or r_batch = 0 with no r_batch_from: off) -> (Params, info).
+
+    R_batch is `r_batch`, or measured from the finished fixed-η LM sweep in `r_batch_from`
+    (`scaling.estimate_r_batch`: the median peak within-cycle drift of the stable runs at the
+    stability edge, S ≥ 1)."""
+    if lc is None or (not lc.get("r_batch") and not lc.get("r_batch_from")):
+        return None, None
+    if lc.get("r_batch") and lc.get("r_batch_from"):
+        raise ValueError(f"--config.lr_control: set r_batch={lc.r_batch!r} or r_batch_from="
+                         f"{lc.r_batch_from!r}, not both")
+    info = {"margin": float(lc.margin), "r_crit": float(lc.r_crit)}
+    if lc.get("r_batch_from"):
+        src = lc.r_batch_from
+        try:
+            with open(os.path.join(src, "summary.json"), encoding="utf-8") as f:
+                s = json.load(f)
+            curves = np.load(os.path.join(src, "curves.npz"))
+            rows = np.genfromtxt(os.path.join(src, "cells.csv"), delimiter=",", names=True,
+                                 dtype=None, encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"--config.lr_control.r_batch_from={src!r}: not a finished LM "
+                             f"sweep ({e})") from None
+        shape = (len(s["lags"]), len(s["lrs"]), len(s["seeds"]))
+        drift = curves["drift__within_cycle"].reshape(shape + (-1,))
+        calib = xa.estimate_r_batch(s["lags"], np.asarray(s["lrs"]), s["seeds"],
+                                    rows["collapsed"].reshape(shape).astype(bool),
+                                    rows["collapse_step"].reshape(shape), drift)
+        info.update(r_batch=calib["r_batch"], source=f"measured from {src}",
+                    calibration={k: v for k, v in calib.items() if k != "edges"})
+    else:
+        info.update(r_batch=float(lc.r_batch), source="config")
+    params = lr_control_lib.Params(info["r_batch"], info["margin"], info["r_crit"], 0.0)
+    lr_control_lib.validate(params, max_lag)
+    return params, info
 
 
 def _warm_start(plan: Plan, workdir: str, shard: int) -> config_lib.RunConfig:
@@ -113,7 +155,7 @@ def run_lm_sweep(c, workdir: str, plan: Plan, shard: int = 0, num_shards: int = 
     config = _warm_start(plan, workdir, shard)
     comps = components.build_grpo(config)
     pop = population.make_population(config, comps, seeds=plan.seeds,
-                                     max_lag_cap=max(plan.lags))
+                                     max_lag_cap=max(plan.lags), lr_control=plan.lr_control)
     cells = population.make_cells(pop, lrs=plan.lrs, lags=plan.lags)
     n = len(cells["lr"])
     size = min(plan.max_chunk_cells,
@@ -210,6 +252,7 @@ def write_results(workdir, plan: Plan, config, cells, num_chunks, wall, num_shar
         "heldout_final_mean": {str(s): acc.reshape(shape)[i].mean(1).tolist()
                                for i, s in enumerate(plan.lags)},
         "alpha_fit_S_ge_1": fit, "collapse_rules": config.collapse.describe(),
+        "lr_control": plan.lr_control_info,
         "config": config.to_dict(), "machine": workdir_lib.machine(), "wall_s": wall,
         "invocations": invocations,
         "num_cells": int(len(cells["lr"])), "num_chunks": num_chunks,

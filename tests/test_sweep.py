@@ -109,3 +109,20 @@ def test_bad_lm_sweep_configs_fail_fast(tmp_path):
         proc = _run(tmp_path / "bad", flag, check=False)
         assert proc.returncode != 0 and match in proc.stderr, (flag, proc.stderr[-1500:])
         assert "Traceback" not in proc.stderr
+
+
+def test_lr_control_config_is_parsed_once_with_clear_errors(tmp_path):
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    from experiments import sweep  # pylint: disable=import-outside-toplevel
+    lc = lambda **kw: ml_collections.ConfigDict(  # noqa: E731
+        {**dict(r_batch=0.0, r_batch_from="", margin=0.5, r_crit=0.0), **kw})
+    assert sweep._lr_control(None, 8) == (None, None)
+    assert sweep._lr_control(lc(), 8) == (None, None)                 # r_batch 0: off
+    params, info = sweep._lr_control(lc(r_batch=0.3), 8)
+    assert params.r_batch == 0.3 and params.lookahead == 0.0 and info["source"] == "config"
+    with pytest.raises(ValueError, match="not both"):
+        sweep._lr_control(lc(r_batch=0.3, r_batch_from="x"), 8)
+    with pytest.raises(ValueError, match="not a finished LM sweep"):
+        sweep._lr_control(lc(r_batch_from=str(tmp_path)), 8)
+    with pytest.raises(ValueError, match="margin"):
+        sweep._lr_control(lc(r_batch=0.3, margin=2.0), 8)

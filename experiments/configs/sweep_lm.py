@@ -11,6 +11,14 @@ Launch (from the repository root):
   python -m experiments.sweep --config=experiments/configs/sweep_lm.py:sgd --workdir=runs/study/lm_sgd
   python -m experiments.sweep --config=experiments/configs/sweep_lm.py:small_drift \
       --workdir=runs/study/lm_small_drift
+  # correction × law: one grid per variant (grpo, dual_clip, tis, total_derivative)
+  for v in grpo dual_clip tis total_derivative; do python -m experiments.sweep \
+      --config=experiments/configs/sweep_lm.py:variants_$v --workdir=runs/study/lm_variants/$v \
+      --config.run.init_from=runs/reproduce/lm_sweep/sft; done
+  # the LR controller (R_batch measured on variants_grpo) against fixed η, held-out seeds
+  for v in controller controller_fixed; do python -m experiments.sweep \
+      --config=experiments/configs/sweep_lm.py:$v --workdir=runs/study/lm_$v \
+      --config.run.init_from=runs/reproduce/lm_sweep/sft; done
 
 The run config (`c.run`, a full `async_grpo.config.RunConfig`) is the addition task with the
 `tiny` model; every cell starts from one SFT checkpoint (`c.run.init_from`, or an SFT run into
@@ -99,7 +107,49 @@ def get_config(arg=None):
         c.lr_max = 5e-4
         c.lrs_per_octave = 1
         c.num_seeds = 2
+    elif arg in VARIANTS:          # the study's correction × law grids, one per variant
+        run.rl.steps = 100
+        c.lags = "1,2,4,8"         # four S >= 1: α needs at least three
+        c.lr_min = 3e-5
+        c.lr_max = 2e-3
+        c.lrs_per_octave = 1
+        c.num_seeds = 3
+        c.max_chunk_cells = 42     # 84 cells in 2 equal chunks (a short last chunk is padded)
+        VARIANTS[arg](run.rl)
+    elif arg in ("controller", "controller_fixed"):
+        # The staleness-aware LR controller against fixed η on held-out seeds (3, 4, 5): the
+        # variants grid's S and η, R_batch measured on the variants_grpo grid (seeds 0, 1, 2).
+        run.rl.steps = 100
+        run.seed = 3
+        c.lags = "1,2,4,8"
+        c.lr_min = 3e-5
+        c.lr_max = 2e-3
+        c.lrs_per_octave = 1
+        c.num_seeds = 3
+        c.max_chunk_cells = 42
+        if arg == "controller":
+            c.lr_control = ml_collections.ConfigDict(dict(
+                r_batch=0.0, r_batch_from="runs/study/lm_variants/grpo", margin=0.5, r_crit=0.0))
     elif arg not in (None, ""):
         raise ValueError(f"sweep_lm config argument {arg!r}: use nothing, 'quick', 'study', "
-                         "'sgd' or 'small_drift'")
+                         f"'sgd', 'small_drift', 'controller', 'controller_fixed' or one of "
+                         f"{sorted(VARIANTS)}")
     return c
+
+
+def _dual_clip(rl):
+    # PPO's min keeps ρ·A unclipped for A < 0 however large ρ is; dual clip caps it at c·A, c = 3.
+    rl.loss_kwargs.clip_mode = "dual"
+
+
+def _tis(rl):
+    rl.loss = "tis"              # clipped token ratio times the behavior IS weight capped at 2
+
+
+def _total_derivative(rl):
+    rl.grad_mode = "total_derivative"   # the unbiased ∇J estimate (async_grpo.rl.objectives)
+
+
+# --config=experiments/configs/sweep_lm.py:variants_<name> --workdir=runs/study/lm_variants/<name>
+VARIANTS = {"variants_grpo": lambda rl: None, "variants_dual_clip": _dual_clip,
+            "variants_tis": _tis, "variants_total_derivative": _total_derivative}
