@@ -15,15 +15,24 @@ U-statistic Σ_{r≠r'} ⟨x_r, x_r'⟩ / (R(R−1)) estimates ‖δ‖² withou
 (`async_grpo.scaling.mean_norm_sq`, jackknife standard error). Lag 0 pairs two fresh batches at
 θ_t: a control whose true bias is 0, so its estimates measure the false-resolution rate.
 
-The same pairs also give, from one extra backward pass each:
+The same pairs also give, from extra backward passes:
 * the total-derivative mode's δ_TD (`rl.objectives` c = 1, an importance-weighted estimate of
   ∇J(θ) that is unbiased at any φ under the conditions `losses.total_derivative_surrogate`
   states): the correction's answer to claim 1 on this testbed;
+* the split δ = δ_PG + δ_KL: δ_PG is the same measurement for the surrogate without its KL
+  penalty (kl_coef = 0, same batches), δ_KL the rest (the k3 penalty to the reference policy,
+  evaluated on the stale samples);
 * ‖H(θ, θ)‖ and the single-batch noise √tr Cov(Ĥ), so ‖δ‖ is read against both.
 
 The trajectory θ_0 … θ_T is synchronous GRPO (batch t sampled by θ_t) with the run's optimizer at
 learning rate η, from the SFT checkpoint; φ = θ_{t−s} is exactly the snapshot a learner with lag
 s would train on at step t of that trajectory. The drift ‖θ_t − θ_{t−s}‖ is measured.
+
+Memory: the R flattened float32 differences of every lag of one anchor are held on the host,
+(len(lags) + 2)·R·P·4 bytes (P parameters): 0.1 GB for the 105 k-parameter testbed model at
+R = 32, but about 1 TB for a 1B model. At that scale the Gram matrix needs a random projection of
+the gradients (inner products are preserved in expectation, so the U-statistic stays unbiased);
+that is not built.
 
 Writes <workdir>/bias.json (per-cell rows, the fits of `analyse`, config, machine, wall time),
 cells.csv, trajectory.csv and bias.png/.pdf, and prints a table.
@@ -45,7 +54,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from async_grpo import config as config_lib
-from async_grpo import figures, files
+from async_grpo import figures, files, losses
 from async_grpo import scaling
 from async_grpo import workdir as workdir_lib
 from async_grpo.rl import components, pipeline
@@ -100,17 +109,29 @@ def warm_start(config: config_lib.RunConfig, workdir: str) -> config_lib.RunConf
     return dataclasses.replace(config, init_from=sft_dir)
 
 
-def _grads(objective, params, batch, ref_params):
-    """(flat surrogate gradient, flat total-derivative gradient, the surrogate's metrics) at
-    `params` on `batch`: H and its total-derivative counterpart (the sign is the loss's)."""
-    def one(c):
-        obj = objective.with_td_weight(c)
+def _grads(objective, pg_objective, params, batch, ref_params):
+    """At `params` on `batch`: (flat surrogate gradient H, flat total-derivative gradient, flat
+    gradient of the surrogate without its KL penalty (`pg_objective`; H itself when None), the
+    surrogate's metrics). The sign is the loss's."""
+    def one(obj):
         extras = obj.prepare(batch, ref_params)
         g, m = jax.grad(lambda p: obj(p, batch, extras), has_aux=True)(params)
         return jax.flatten_util.ravel_pytree(g)[0].astype(jnp.float32), m
-    g_sur, m = one(0.0)
-    g_td, _ = one(1.0)
-    return g_sur, g_td, {k: m[k] for k in STALE_METRICS if k in m}
+    g_sur, m = one(objective.with_td_weight(0.0))
+    g_td, _ = one(objective.with_td_weight(1.0))
+    g_pg = g_sur if pg_objective is None else one(pg_objective.with_td_weight(0.0))[0]
+    return g_sur, g_td, g_pg, {k: m[k] for k in STALE_METRICS if k in m}
+
+
+def pg_objective(comps):
+    """The run's surrogate without its KL penalty (None if it has none): H = H_PG + H_KL, and δ
+    splits the same way on the same batches."""
+    rc = comps.config.rl
+    kwargs = dict(rc.loss_kwargs)
+    if not kwargs.get("kl_coef", 0.0):
+        return None
+    return dataclasses.replace(comps.objective,
+                               loss_fn=losses.make_loss(rc.loss, **dict(kwargs, kl_coef=0.0)))
 
 
 def _flat(params) -> np.ndarray:
@@ -140,13 +161,14 @@ def trajectory(config, comps, learner, lr: float, keep: set[int], ref):
 
 
 def measure(p: dict, comps, grads_fn, snaps: dict, lr_index: int, t: int, ref) -> dict:
-    """The R replicate pairs at anchor t: {lag: {"sur": [R, P], "td": [R, P], metrics}} with lag
-    0 the fresh–fresh control, plus "fresh": the fresh batches' surrogate gradients [R, P]."""
+    """The R replicate pairs at anchor t: {lag: {"sur", "td", "pg": [R, P] differences, metrics}}
+    (surrogate, total derivative, surrogate without KL) with lag 0 the fresh–fresh control, plus
+    "fresh": the fresh batches' surrogate gradients [R, P]."""
     config, lags, r_n = p["config"], p["lags"], p["replicates"]
     theta = snaps[t]
     rollouts, task = comps.source.rollouts, comps.task
     base = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), lr_index), t)
-    out = {s: {"sur": [], "td": [], "metrics": []} for s in [0] + lags}
+    out = {s: {"sur": [], "td": [], "pg": [], "metrics": []} for s in [0] + lags}
     fresh_sur = []
     for r in range(r_n):
         problems = task.sample_batch(np.random.default_rng([config.seed, 11, lr_index, t, r]),
@@ -158,18 +180,20 @@ def measure(p: dict, comps, grads_fn, snaps: dict, lr_index: int, t: int, ref) -
                                             problems)
             return jax.device_get(grads_fn(theta, batch.arrays, ref_params=ref))
 
-        f_sur, f_td, _ = grads_of(t, 0)
+        f_sur, f_td, f_pg, _ = grads_of(t, 0)
         fresh_sur.append(f_sur)
         for s in [0] + lags:
             # Lag 0 (the control): a second fresh batch at θ_t with its own key. Stale batches
             # share the fresh batch's key when coupled (common random numbers), else their own.
             salt = 1 if s == 0 else (0 if p["couple"] else 1 + s)
-            g_sur, g_td, m = grads_of(t - s, salt)
+            g_sur, g_td, g_pg, m = grads_of(t - s, salt)
             out[s]["sur"].append(g_sur - f_sur)
             out[s]["td"].append(g_td - f_td)
+            out[s]["pg"].append(g_pg - f_pg)
             out[s]["metrics"].append({k: float(v) for k, v in m.items()})
     for s in out:
-        out[s]["sur"], out[s]["td"] = np.asarray(out[s]["sur"]), np.asarray(out[s]["td"])
+        for k in ("sur", "td", "pg"):
+            out[s][k] = np.asarray(out[s][k])
     out["fresh"] = np.asarray(fresh_sur)
     return out
 
@@ -184,7 +208,10 @@ def cell_rows(p: dict, lr: float, t: int, m: dict, snaps: dict) -> list[dict]:
     for s in [0] + p["lags"]:
         sur = scaling.mean_norm_sq(gram(m[s]["sur"]))
         td = scaling.mean_norm_sq(gram(m[s]["td"]))
-        sur_iv, td_iv = (scaling.norm_interval(x["est"], x["se"]) for x in (sur, td))
+        pg = scaling.mean_norm_sq(gram(m[s].get("pg", m[s]["sur"])))
+        kl = scaling.mean_norm_sq(gram(m[s]["sur"] - m[s].get("pg", m[s]["sur"])))
+        sur_iv, td_iv, pg_iv, kl_iv = (scaling.norm_interval(x["est"], x["se"])
+                                       for x in (sur, td, pg, kl))
         met = {k: float(np.mean([d[k] for d in m[s]["metrics"]])) for k in m[s]["metrics"][0]}
         ratio_max = max(d.get("loss/ratio_max", np.nan) for d in m[s]["metrics"])
         rows.append({
@@ -194,6 +221,10 @@ def cell_rows(p: dict, lr: float, t: int, m: dict, snaps: dict) -> list[dict]:
             "delta_lo": sur_iv["lo"], "delta_hi": sur_iv["hi"], "resolved": sur_iv["resolved"],
             "td_est": td["est"], "td_se": td["se"], "td_norm": td_iv["norm"],
             "td_hi": td_iv["hi"], "td_resolved": td_iv["resolved"],
+            "pg_est": pg["est"], "pg_se": pg["se"], "pg_norm": pg_iv["norm"],
+            "pg_lo": pg_iv["lo"], "pg_hi": pg_iv["hi"], "pg_resolved": pg_iv["resolved"],
+            "kl_norm": kl_iv["norm"], "kl_lo": kl_iv["lo"], "kl_hi": kl_iv["hi"],
+            "kl_resolved": kl_iv["resolved"],
             "h_norm": h_iv["norm"], "noise_single": float(np.sqrt(max(h["noise"], 0.0))),
             "noise_pair": float(np.sqrt(max(sur["noise"], 0.0))),
             "clip_frac": met.get("loss/clip_frac", np.nan),
@@ -220,11 +251,20 @@ def analyse(rows: list[dict], *, clip_small: float, n_boot: int = 1000) -> dict:
             fit = scaling.loglog_slope_ci(col(xname, sel), col("delta_est", sel),
                                           col("delta_se", sel), n_boot=n_boot)
             out[f"{name}_vs_{xname}"] = fit
-    out["per_lr"] = {}
+    for name, sel in (("pg_all", stale), ("pg_small", small)):
+        out[f"{name}_vs_s_eta"] = scaling.loglog_slope_ci(
+            col("s_eta", sel), col("pg_est", sel), col("pg_se", sel), n_boot=n_boot)
+    pg_res = np.asarray([r["pg_resolved"] for r in rows])
+    out["pg_resolved"] = int((pg_res & stale).sum())
+    kl_res = np.asarray([r["kl_resolved"] for r in rows])
+    out["kl_resolved"] = int((kl_res & stale).sum())
+    out["per_lr"], out["pg_per_lr"] = {}, {}
     for lr in sorted({r["lr"] for r in rows}):
         sel = stale & small & (col("lr", slice(None)) == lr)
-        out["per_lr"][f"{lr:g}"] = scaling.loglog_slope_ci(
-            col("s_eta", sel), col("delta_est", sel), col("delta_se", sel), n_boot=n_boot)
+        for key, est, se in (("per_lr", "delta_est", "delta_se"),
+                             ("pg_per_lr", "pg_est", "pg_se")):
+            out[key][f"{lr:g}"] = scaling.loglog_slope_ci(
+                col("s_eta", sel), col(est, sel), col(se, sel), n_boot=n_boot)
     res = np.asarray([r["resolved"] for r in rows])
     td_res = np.asarray([r["td_resolved"] for r in rows])
     out["n_resolved"] = int((res & stale).sum())
@@ -300,7 +340,8 @@ def run(c, workdir: str) -> dict:
         lcomps = dataclasses.replace(comps, optimizer=opt)
         learner = pipeline.make_learner(config, lcomps)
         ref = learner.place_params(comps.init_params)
-        grads_fn = learner.compile_fn(functools.partial(_grads, comps.objective))
+        grads_fn = learner.compile_fn(functools.partial(_grads, comps.objective,
+                                                        pg_objective(comps)))
         snaps, tr = trajectory(config, lcomps, learner, lr, keep, ref)
         traj_rows += tr
         for t in p["anchors"]:
@@ -329,13 +370,14 @@ def run(c, workdir: str) -> dict:
 def table(res: dict) -> str:
     """The per-cell table and the fits, as printed by the binary."""
     lines = [f"{'η':>8} {'t':>4} {'s':>3} {'s·η':>9} {'drift':>8} {'‖δ‖':>9} {'2-SE interval':>21} "
-             f"{'‖δ_TD‖ ≤':>9} {'‖H‖':>8} {'noise':>8} {'clip':>6}"]
+             f"{'‖δ_PG‖':>9} {'‖δ_KL‖':>9} {'‖δ_TD‖ ≤':>9} {'‖H‖':>8} {'noise':>8} {'clip':>6}"]
     for r in res["rows"]:
         lines.append(
             f"{r['lr']:>8.2g} {r['anchor']:>4} {r['lag']:>3} {r['s_eta']:>9.3g} "
             f"{r['drift']:>8.3g} {r['delta_norm']:>9.3g} "
             f"[{r['delta_lo']:>8.3g}, {r['delta_hi']:>8.3g}]{'*' if r['resolved'] else ' '} "
-            f"{r['td_hi']:>9.3g} {r['h_norm']:>8.3g} {r['noise_single']:>8.3g} "
+            f"{r['pg_norm']:>8.3g}{'*' if r['pg_resolved'] else ' '} "
+            f"{r['kl_norm']:>8.3g}{'*' if r['kl_resolved'] else ' '} {r['td_hi']:>9.3g} {r['h_norm']:>8.3g} {r['noise_single']:>8.3g} "
             f"{r['clip_frac']:>6.3f}")
     f = res["fits"]
     lines.append("* = resolved above the noise floor (2 SE). Fits of log ‖δ‖ (resolved cells):")
@@ -346,7 +388,8 @@ def table(res: dict) -> str:
                      f"(n = {fit['n']} of {fit['n_total']}) {fit.get('reason', '')}")
     lines.append(f"  lag-0 control resolved: {f['control_resolved']} of {f['n_control']} "
                  f"(surrogate), {f['control_td_resolved']} (TD); δ_TD resolved in "
-                 f"{f['td_resolved']} of {f['n_stale']} stale cells")
+                 f"{f['td_resolved']} of {f['n_stale']} stale cells; δ_PG (no KL) in "
+                 f"{f['pg_resolved']}, δ_KL in {f['kl_resolved']}")
     for lr, fit in f["per_lr"].items():
         ci = fit["ci"]
         lines.append(f"  η = {lr:>6}, small drift, vs s·η: slope {fit['slope']:.3f} "

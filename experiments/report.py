@@ -143,8 +143,9 @@ def lm_families(*dirs: str) -> str:
     objective, η_max per S (geometric mean over seeds), α [CI] with censoring, and the regime."""
     from experiments import study  # pylint: disable=import-outside-toplevel
     lines = ["| run | objective | η_max per S (geometric mean over seeds) | α (S ≥ 1) [95 % CI] | "
-             "regime (clip fraction just below η_max) | cells collapsed |",
-             "|---|---|---|---|---|---|"]
+             "regime (clip fraction just below η_max) | cells collapsed | collapse step at S = "
+             "max (median of cells collapsing after the warm-up) | mean reward over run and "
+             "cells |", "|---|---|---|---|---|---|---|---|"]
     for d in dirs:
         s = _load(os.path.join(d, "summary.json"))
         rl = s["config"]["rl"]
@@ -158,11 +159,17 @@ def lm_families(*dirs: str) -> str:
         per_s = ", ".join(f"S={k}: {_g(gm[k], 2)}" + (f" ({cens[k]} cens.)" if cens[k] else "")
                           for k in sorted(gm, key=int))
         frac = np.mean([np.mean(x) for x in s["collapse_frac"].values()])
-        reg = study.regime(study.load_lm(d))
-        clip = reg.get("clip_frac")
+        run = study.load_lm(d)
+        clip = study.regime(run).get("clip_frac")
+        g = study.grid(run)
+        warm = int(s["config"]["collapse"]["warmup"])
+        t_last = g["t_collapse"][-1]
+        late = t_last[t_last > warm]
+        late_txt = f"{np.median(late):.0f} (n = {late.size})" if late.size else "none"
         lines.append(f"| `{os.path.basename(d)}` | {obj} | {per_s} | "
                      f"{_alpha(s['alpha_fit_S_ge_1'])} | "
-                     f"{'—' if clip is None else f'{clip:.1%}'} | {frac:.2f} |")
+                     f"{'—' if clip is None else f'{clip:.1%}'} | {frac:.2f} | {late_txt} | "
+                     f"{run['traces']['reward'].mean():.4f} |")
     grid = _load(os.path.join(dirs[0], "summary.json"))
     lines += ["", f"Grid: S ∈ {{{', '.join(map(str, grid['lags']))}}}, {len(grid['lrs'])} η from "
                   f"{_g(grid['lrs'][0])} to {_g(grid['lrs'][-1])} (one per octave), "
@@ -188,7 +195,10 @@ def lm_controller(fixed_dir: str, control_dir: str) -> str:
     rf, rc = mean_r(fixed, gf), mean_r(ctl, gc)
     scale = ctl["traces"]["lr_scale"].mean(1)[gc["index"]]
     lrs = gf["lrs"]
-    lines = ["| S | best fixed η: mean reward (collapsed seeds) | largest fixed η never collapsed | "
+    first = np.asarray(fixed["cells"]["reward_first10"])[gf["index"]]
+    last = np.asarray(fixed["cells"]["reward_last10"])[gf["index"]]
+    lines = ["| S | best fixed η: mean reward (collapsed seeds); first → last 10 steps | "
+             "largest fixed η never collapsed | "
              "fixed: cells collapsed | controller: cells collapsed | controller: best mean reward "
              "(base η) | controller at the largest base η: mean reward, effective η / base η |",
              "|---|---|---|---|---|---|---|"]
@@ -198,7 +208,8 @@ def lm_controller(fixed_dir: str, control_dir: str) -> str:
         jc = int(np.argmax(rc[i].mean(1)))
         lines.append(
             f"| {s} | η = {lrs[j]:.3g}: {rf[i, j].mean():.3f} ({int(gf['collapsed'][i, j].sum())}"
-            f"/{len(gf['seeds'])}) | {_g(max(never)) if never else 'none'} | "
+            f"/{len(gf['seeds'])}); {first[i, j].mean():.3f} → {last[i, j].mean():.3f} | "
+            f"{_g(max(never)) if never else 'none'} | "
             f"{gf['collapsed'][i].mean():.2f} | {gc['collapsed'][i].mean():.2f} | "
             f"{rc[i, jc].mean():.3f} ({lrs[jc]:.3g}) | {rc[i, -1].mean():.3f}, "
             f"{scale[i, -1].mean():.3f} |")
@@ -232,19 +243,23 @@ def exact_collapse_law(*dirs: str) -> str:
 
 
 def lm_bias(d: str) -> str:
-    """experiments.lm_bias: per (η, t, s) the noise-corrected ‖δ‖ with its 2-SE interval, δ_TD's
-    upper end, ‖H(θ, θ)‖, one batch's noise, the clip fraction and KL(φ‖θ); then the fits."""
+    """experiments.lm_bias: per (η, t, s) the noise-corrected ‖δ‖ with its 2-SE interval, its
+    split into the policy-gradient and KL-penalty parts, δ_TD's upper end, ‖H(θ, θ)‖, one
+    batch's noise, the clip fraction, KL(φ‖θ) and the largest ratio; then the fits."""
     b = _load(os.path.join(d, "bias.json"))
     f, c = b["fits"], b["config"]
-    lines = ["| η | t | s | s·η | ‖θ_t − θ_{t−s}‖ | ‖δ‖ [2-SE interval] | ‖δ_TD‖ ≤ | ‖H(θ,θ)‖ | "
-             "one batch's noise | clip frac | KL(φ‖θ) k3 | max ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| η | t | s | s·η | ‖θ_t − θ_{t−s}‖ | ‖δ‖ [2-SE interval] | ‖δ_PG‖ | ‖δ_KL‖ | "
+             "‖δ_TD‖ ≤ | ‖H(θ,θ)‖ | one batch's noise | clip frac | KL(φ‖θ) k3 | max ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    star = lambda ok: " *" if ok else ""  # noqa: E731
     for r in b["rows"]:
-        mark = " *" if r["resolved"] else ""
+        mark = star(r["resolved"])
         lines.append(
             f"| {r['lr']:g} | {r['anchor']} | {r['lag']} | {_g(r['s_eta'], 2)} | "
             f"{_g(r['drift'], 3)} | {_g(r['delta_norm'], 3)} [{_g(r['delta_lo'], 2)}, "
-            f"{_g(r['delta_hi'], 2)}]{mark} | {_g(r['td_hi'], 2)} | {_g(r['h_norm'], 3)} | "
+            f"{_g(r['delta_hi'], 2)}]{mark} | {_g(r['pg_norm'], 3)}{star(r['pg_resolved'])} | "
+            f"{_g(r['kl_norm'], 3)}{star(r['kl_resolved'])} | {_g(r['td_hi'], 2)} | "
+            f"{_g(r['h_norm'], 3)} | "
             f"{_g(r['noise_single'], 3)} | {r['clip_frac']:.3f} | {_g(r['kl_behavior_k3'], 2)} | "
             f"{_g(r.get('ratio_max'), 3)} |")
     fit = lambda k: f[k]  # noqa: E731
@@ -267,8 +282,13 @@ def lm_bias(d: str) -> str:
         f"{txt(fit('all_vs_drift'))}",
     ] + [f"- η = {lr} alone (s varies), clip fraction < {f['clip_small']:.0%}: {txt(x)}"
          for lr, x in f["per_lr"].items()] + [
-        f"- δ_TD (total-derivative mode) resolved in {f['td_resolved']} of {f['n_stale']} stale "
-        "cells.",
+        f"- without the KL penalty (δ_PG): vs s·η, clip fraction < {f['clip_small']:.0%}: "
+        f"{txt(fit('pg_small_vs_s_eta'))}; all stale cells: {txt(fit('pg_all_vs_s_eta'))}",
+    ] + [f"- δ_PG at η = {lr} alone, clip fraction < {f['clip_small']:.0%}: {txt(x)}"
+         for lr, x in f.get("pg_per_lr", {}).items()] + [
+        f"- resolved in the {f['n_stale']} stale cells: δ {f['n_resolved']}, δ_PG "
+        f"{f['pg_resolved']}, δ_KL {f['kl_resolved']}, δ_TD (total-derivative mode) "
+        f"{f['td_resolved']}.",
         "",
         f"Wall time {b['wall_s']:.0f} s. {_machine_line(b.get('machine', {}))}"]
     return "\n".join(lines)

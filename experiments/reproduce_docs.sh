@@ -79,6 +79,18 @@ done
 for V in small_drift sgd; do
   $PY -m experiments.sweep --config=experiments/configs/sweep_lm.py:$V --workdir="$RUNS/study/lm_$V"
 done
+# LM correction × law and the LM learning-rate controller (both from the reproduction's SFT
+# checkpoint).
+SFT="$RUNS/reproduce/lm_sweep/sft"
+for V in grpo dual_clip no_kl tis total_derivative; do
+  $PY -m experiments.sweep --config=experiments/configs/sweep_lm.py:variants_$V \
+    --workdir="$RUNS/study/lm_variants/$V" --config.run.init_from="$SFT"
+done
+for V in controller_fixed controller; do
+  $PY -m experiments.sweep --config=experiments/configs/sweep_lm.py:$V --workdir="$RUNS/study/lm_$V" \
+    --config.run.init_from="$SFT" \
+    $([ $V = controller ] && echo --config.lr_control.r_batch_from="$RUNS/study/lm_variants/grpo")
+done
 
 # Benchmarks last (timings: run them on an otherwise idle machine).
 [ -f "$RUNS/bench_exact_grid/bench.json" ] || $PY -m bench.exact_grid --workdir="$RUNS/bench_exact_grid"

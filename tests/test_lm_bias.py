@@ -21,10 +21,12 @@ def _setup(tmp_path_factory):
     comps = helpers.dense_rewards(components.build_grpo(cfg))
     learner = pipeline.make_learner(cfg, comps)
     ref = learner.place_params(comps.init_params)
-    theta = learner.snapshot(ref)
-    phi = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape,
-                                                              x.dtype), theta)
-    grads_fn = learner.compile_fn(functools.partial(lm_bias._grads, comps.objective))
+    noisy = lambda tree, seed: jax.tree.map(  # noqa: E731
+        lambda x: x + 0.05 * jax.random.normal(jax.random.key(seed), x.shape, x.dtype), tree)
+    theta = noisy(learner.snapshot(ref), 2)      # away from the KL reference
+    phi = noisy(theta, 1)
+    grads_fn = learner.compile_fn(functools.partial(lm_bias._grads, comps.objective,
+                                                    lm_bias.pg_objective(comps)))
     return dict(cfg=cfg, comps=comps, ref=ref, theta=theta, phi=phi, grads_fn=grads_fn)
 
 
@@ -54,6 +56,9 @@ def test_stale_batches_come_from_phi_and_every_gradient_is_taken_at_theta(setup,
     assert all(scored) and len(scored) == 9
     assert m[1]["sur"].shape == m[0]["sur"].shape == m["fresh"].shape
     assert np.all(np.isfinite(m[1]["sur"])) and np.abs(m[1]["sur"]).max() > 0
+    # the surrogate without its KL penalty: a different gradient on the same batches
+    assert m[1]["pg"].shape == m[1]["sur"].shape and not np.allclose(m[1]["pg"], m[1]["sur"])
+    assert lm_bias.pg_objective(comps).loss_fn.config["kl_coef"] == 0.0
 
 
 def test_coupled_pairs_cancel_exactly_when_phi_equals_theta(setup):
@@ -64,6 +69,7 @@ def test_coupled_pairs_cancel_exactly_when_phi_equals_theta(setup):
     m = lm_bias.measure(_plan(setup), comps, setup["grads_fn"], snaps, 0, 1, setup["ref"])
     assert np.array_equal(m[1]["sur"], np.zeros_like(m[1]["sur"]))
     assert np.array_equal(m[1]["td"], np.zeros_like(m[1]["td"]))
+    assert np.array_equal(m[1]["pg"], np.zeros_like(m[1]["pg"]))
     assert np.abs(m[0]["sur"]).max() > 0                      # the control: independent keys
     un = lm_bias.measure(_plan(setup, couple=False), comps, setup["grads_fn"], snaps, 0, 1,
                          setup["ref"])

@@ -5,8 +5,6 @@ Launch (from the repository root):
   python -m experiments.lm_bias --config=experiments/configs/lm_bias.py --workdir=runs/lm_bias \
       --config.run.init_from=runs/reproduce/lm_sweep/sft
   python -m experiments.lm_bias --config=experiments/configs/lm_bias.py:tiny --workdir=/tmp/lmb
-  python -m experiments.lm_bias --config=experiments/configs/lm_bias.py:dual_clip \
-      --workdir=runs/study/lm_bias_dual_clip --config.run.init_from=runs/reproduce/lm_sweep/sft
 
 The run config is the LM grid's (experiments/configs/sweep_lm.py:study: the tiny model on
 2-digit addition, 16 prompts × 8 samples, Adam, GRPO with KL 0.04), started from its SFT
@@ -47,8 +45,6 @@ def get_config(arg=None):
         c.anchor_steps = "4"
         c.replicates = 4
         c.n_boot = 50
-    elif arg == "dual_clip":        # the same measurement with PPO's dual clip (ρ·A ≥ 3·A, A < 0)
-        run.rl.loss_kwargs.clip_mode = "dual"
     elif arg not in (None, ""):
-        raise ValueError(f"lm_bias config argument {arg!r}: use nothing, 'tiny' or 'dual_clip'")
+        raise ValueError(f"lm_bias config argument {arg!r}: use nothing or 'tiny'")
     return c

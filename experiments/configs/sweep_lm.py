@@ -11,8 +11,8 @@ Launch (from the repository root):
   python -m experiments.sweep --config=experiments/configs/sweep_lm.py:sgd --workdir=runs/study/lm_sgd
   python -m experiments.sweep --config=experiments/configs/sweep_lm.py:small_drift \
       --workdir=runs/study/lm_small_drift
-  # correction × law: one grid per variant (grpo, dual_clip, tis, total_derivative)
-  for v in grpo dual_clip tis total_derivative; do python -m experiments.sweep \
+  # correction × law: one grid per variant (grpo, dual_clip, no_kl, tis, total_derivative)
+  for v in grpo dual_clip no_kl tis total_derivative; do python -m experiments.sweep \
       --config=experiments/configs/sweep_lm.py:variants_$v --workdir=runs/study/lm_variants/$v \
       --config.run.init_from=runs/reproduce/lm_sweep/sft; done
   # the LR controller (R_batch measured on variants_grpo) against fixed η, held-out seeds
@@ -142,6 +142,12 @@ def _dual_clip(rl):
     rl.loss_kwargs.clip_mode = "dual"
 
 
+def _no_kl(rl):
+    # No KL penalty: its k3 gradient 1 − π_ref/π_θ is unbounded on stale tokens that θ has made
+    # unlikely (docs/results.md, claim 1 on the LM testbed).
+    rl.loss_kwargs.kl_coef = 0.0
+
+
 def _tis(rl):
     rl.loss = "tis"              # clipped token ratio times the behavior IS weight capped at 2
 
@@ -152,4 +158,5 @@ def _total_derivative(rl):
 
 # --config=experiments/configs/sweep_lm.py:variants_<name> --workdir=runs/study/lm_variants/<name>
 VARIANTS = {"variants_grpo": lambda rl: None, "variants_dual_clip": _dual_clip,
-            "variants_tis": _tis, "variants_total_derivative": _total_derivative}
+            "variants_no_kl": _no_kl, "variants_tis": _tis,
+            "variants_total_derivative": _total_derivative}
