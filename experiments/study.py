@@ -693,72 +693,60 @@ def _slope_txt(fit) -> str:
             else "n/a")
 
 
+def _linear_in_s_eta(pooled, per_lr, name) -> str:
+    """Claim 1's LM verdict for one norm (`name`, e.g. "‖δ‖"): linear in s·η needs slope 1
+    inside the interval pooled over η AND at each η alone (where only the lag varies), because
+    a pooled slope of 1 can mix growth in s with differences between the η trajectories."""
+    inside = lambda fit: fit["ci"][0] <= 1.0 <= fit["ci"][1]  # noqa: E731
+    if not _finite(pooled["slope"]):
+        return f"not measured: {pooled.get('reason', 'too few resolved cells')}"
+    off = {lr: fit for lr, fit in per_lr.items() if not inside(fit)}
+    if inside(pooled) and not off:
+        return "supported: slope 1 inside the interval, pooled and at each η"
+    hi = pooled["ci"][1]
+    verdict = "not supported: pooled over η " + (
+        "the slope is consistent with 1" if inside(pooled) else
+        f"{name} falls as s·η grows" if hi < 0 else
+        f"{name} grows more slowly than s·η" if hi < 1 else f"{name} grows faster than s·η")
+    if off:
+        verdict += f"; at fixed η {name} does not grow ∝ s (" + ", ".join(
+            f"η = {lr}: slope {fit['slope']:.2f}" for lr, fit in off.items()) + ")"
+    return verdict
+
+
 def lm_bias_rows(lmb) -> list[dict]:
-    """Claim 1 on the LM testbed from `experiments.lm_bias`: ‖δ‖ against s·η with the noise
-    floor removed, pooled over η on the small-drift cells, and at each η alone."""
+    """Claim 1 on the LM testbed from `experiments.lm_bias`: ‖δ‖ (and its policy-gradient part
+    ‖δ_PG‖) against s·η with the noise floor removed, pooled over η on the small-drift cells and
+    at each η alone; then all stale cells, the KL part and the total-derivative mode."""
     f, cfg = lmb["fits"], lmb["config"]
-    rows = lmb["rows"]
-    stale = [r for r in rows if r["lag"] >= 1]
+    stale = [r for r in lmb["rows"] if r["lag"] >= 1]
     grid_txt = (f"η ∈ {{{cfg['lrs']}}}, s ∈ {{{cfg['lags']}}}, anchors t ∈ "
                 f"{{{cfg['anchor_steps']}}}, {cfg['replicates']} coupled batch pairs per cell")
-    pooled = f["small_vs_s_eta"]
-    per_lr = {lr: fit for lr, fit in f["per_lr"].items() if _finite(fit["slope"])}
-    # Linear in s·η needs slope 1 inside the interval pooled over η AND at each η alone (where
-    # only the lag varies): a pooled slope of 1 can mix sublinear growth in s with η-dependence.
-    inside = lambda fit: fit["ci"][0] <= 1.0 <= fit["ci"][1]  # noqa: E731
-    off = {lr: fit for lr, fit in per_lr.items() if not inside(fit)}
-    if not _finite(pooled["slope"]):
-        verdict = f"not measured: {pooled.get('reason', 'too few resolved cells')}"
-    elif inside(pooled) and not off:
-        verdict = "supported: slope 1 inside the interval, pooled and at each η"
-    else:
-        verdict = "not supported: " + (
-            "pooled over η the slope is consistent with 1" if inside(pooled) else
-            "pooled over η ‖δ‖ grows " + ("faster" if pooled["ci"][0] > 1 else "slower") +
-            " than s·η")
-        if off:
-            verdict += ", but at fixed η ‖δ‖ does not grow ∝ s (" + ", ".join(
-                f"η = {lr}: slope {fit['slope']:.2f}" for lr, fit in off.items()) + ")"
-    pg = f.get("pg_small_vs_s_eta")
-    pg_row = []
-    if pg is not None:
-        pg_lr = {lr: fit for lr, fit in f.get("pg_per_lr", {}).items() if _finite(fit["slope"])}
-        pg_off = {lr: fit for lr, fit in pg_lr.items() if not inside(fit)}
-        if not _finite(pg["slope"]):
-            pg_verdict = f"not measured: {pg.get('reason', 'too few resolved cells')}"
-        elif inside(pg) and not pg_off:
-            pg_verdict = "supported: slope 1 inside the interval, pooled and at each η"
-        else:
-            pg_verdict = "not supported: " + (
-                "pooled over η the slope is consistent with 1" if inside(pg) else
-                "pooled over η ‖δ_PG‖ " + ("falls as s·η grows" if pg["ci"][1] < 0 else
-                                           "grows more slowly than s·η" if pg["ci"][1] < 1
-                                           else "grows faster than s·η"))
-            if pg_off:
-                pg_verdict += "; at fixed η it does not grow ∝ s (" + ", ".join(
-                    f"η = {lr}: slope {fit['slope']:.2f}" for lr, fit in pg_off.items()) + ")"
-        pg_row = [dict(
-            testbed=f"LM, the same cells, policy-gradient part alone (the surrogate without its "
-                    f"KL penalty, same batches)",
-            measured=f"log–log slope of ‖δ_PG‖ vs s·η {_slope_txt(pg)} (clip fraction < "
-                     f"{f['clip_small']:.0%}); all stale cells {_slope_txt(f['pg_all_vs_s_eta'])}"
-                     "; per η: " + "; ".join(f"{lr}: {_slope_txt(fit)}"
-                                            for lr, fit in pg_lr.items()),
-            interval=f"as above; δ_PG resolved in {f['pg_resolved']} of {f['n_stale']} stale "
-                     "cells",
-            grid=grid_txt, verdict=pg_verdict)]
-    big = [r for r in stale if r["resolved"] and r["delta_norm"] > 10 * r["h_norm"]]
+    finite = lambda fits: {lr: x for lr, x in fits.items() if _finite(x["slope"])}  # noqa: E731
+    per_lr_txt = lambda fits: "; ".join(f"{lr}: {_slope_txt(x)}" for lr, x in fits.items())  # noqa: E731
+    pooled, per_lr = f["small_vs_s_eta"], finite(f["per_lr"])
     out = [dict(
         testbed=f"LM, stale batches with clip fraction < {f['clip_small']:.0%} (noise floor "
                 "removed)",
         measured=f"log–log slope of ‖δ‖ vs s·η {_slope_txt(pooled)}; vs drift "
-                 f"{_slope_txt(f['small_vs_drift'])}; per η: " +
-                 "; ".join(f"{lr}: {_slope_txt(fit)}" for lr, fit in per_lr.items()),
+                 f"{_slope_txt(f['small_vs_drift'])}; per η: {per_lr_txt(per_lr)}",
         interval=f"95 % parametric bootstrap over the cells' 2-SE intervals ({cfg['replicates']} "
                  f"batch pairs of one trajectory per η: no seed spread); {pooled['n']} of "
                  f"{pooled['n_total']} cells resolved; lag-0 control resolved in "
                  f"{f['control_resolved']} of {f['n_control']}",
-        grid=grid_txt, verdict=verdict)]
+        grid=grid_txt, verdict=_linear_in_s_eta(pooled, per_lr, "‖δ‖"))]
+    if "pg_small_vs_s_eta" in f:
+        pg, pg_lr = f["pg_small_vs_s_eta"], finite(f.get("pg_per_lr", {}))
+        out.append(dict(
+            testbed="LM, the same cells, policy-gradient part alone (the surrogate without its "
+                    "KL penalty, same batches)",
+            measured=f"log–log slope of ‖δ_PG‖ vs s·η {_slope_txt(pg)} (clip fraction < "
+                     f"{f['clip_small']:.0%}); all stale cells {_slope_txt(f['pg_all_vs_s_eta'])}"
+                     f"; per η: {per_lr_txt(pg_lr)}",
+            interval=f"as above; δ_PG resolved in {f['pg_resolved']} of {f['n_stale']} stale "
+                     "cells",
+            grid=grid_txt, verdict=_linear_in_s_eta(pg, pg_lr, "‖δ_PG‖")))
+    big = [r for r in stale if r["resolved"] and r["delta_norm"] > 10 * r["h_norm"]]
     out.append(dict(
         testbed="LM, all stale batches; total-derivative mode beside",
         measured=f"slope vs s·η {_slope_txt(f['all_vs_s_eta'])}; median ‖δ‖/‖H(θ,θ)‖ "
@@ -778,7 +766,7 @@ def lm_bias_rows(lmb) -> list[dict]:
                  "; the total-derivative mode's is " +
                  ("never resolved (consistent with 0)" if f["td_resolved"] == 0 else
                   f"resolved in {f['td_resolved']} cells"))))
-    return out[:1] + pg_row + out[1:]
+    return out
 
 
 def claim_rows(study) -> dict[int, list[dict]]:
