@@ -78,55 +78,26 @@ def get_config(arg=None):
     c.memory_budget_gb = 4.0       # device memory for one chunk of cells (see cell_bytes)
     c.max_chunk_cells = 64         # and at most this many cells per chunk
     if arg == "quick":             # ~2 minutes on a 2-core CPU, SFT included
-        run.rl.steps = 60
-        c.lags = "0,8"
-        c.lr_min = 1.2e-4
-        c.lr_max = 4e-3
-        c.lrs_per_octave = 1
-        c.num_seeds = 2
+        _grid(c, steps=60, lags="0,8", lrs=(1.2e-4, 4e-3), seeds=2)
     elif arg == "study":           # the CPU-scale study (experiments.reproduce), ~3.5 minutes
-        run.rl.steps = 100
-        c.lags = "0,2,8"
-        c.lr_min = 3e-5
-        c.lr_max = 2e-3
-        c.lrs_per_octave = 1
-        c.num_seeds = 3
+        _grid(c, steps=100, lags="0,2,8", lrs=(3e-5, 2e-3), seeds=3)
     elif arg == "sgd":             # the study's SGD grid (plain SGD, gradients clipped at norm 1)
-        run.rl.steps = 100
         run.rl.optimizer.name = "sgd"
         run.rl.optimizer.b1 = 0.0
-        c.lags = "0,2,8"
-        c.lr_min = 1e-3            # (η ≥ 0.06 collapses every cell at every S within 50 steps)
-        c.lr_max = 0.064
-        c.lrs_per_octave = 1
-        c.num_seeds = 2
+        # (η ≥ 0.06 collapses every cell at every S within 50 steps)
+        _grid(c, steps=100, lags="0,2,8", lrs=(1e-3, 0.064), seeds=2)
     elif arg == "small_drift":     # the study's long-horizon grid at small Adam steps
-        run.rl.steps = 400
-        c.lags = "0,2,8"
-        c.lr_min = 3e-5
-        c.lr_max = 5e-4
-        c.lrs_per_octave = 1
-        c.num_seeds = 2
+        _grid(c, steps=400, lags="0,2,8", lrs=(3e-5, 5e-4), seeds=2)
     elif arg in VARIANTS:          # the study's correction × law grids, one per variant
-        run.rl.steps = 100
-        c.lags = "1,2,4,8"         # four S >= 1: α needs at least three
-        c.lr_min = 3e-5
-        c.lr_max = 2e-3
-        c.lrs_per_octave = 1
-        c.num_seeds = 3
-        c.max_chunk_cells = 42     # 84 cells in 2 equal chunks (a short last chunk is padded)
+        # four S >= 1 (α needs at least three); 84 cells in 2 equal chunks (a short last chunk
+        # is padded)
+        _grid(c, steps=100, lags="1,2,4,8", lrs=(3e-5, 2e-3), seeds=3, chunk=42)
         VARIANTS[arg](run.rl)
     elif arg in ("controller", "controller_fixed"):
         # The staleness-aware LR controller against fixed η on held-out seeds (3, 4, 5): the
         # variants grid's S and η, R_batch measured on the variants_grpo grid (seeds 0, 1, 2).
-        run.rl.steps = 100
         run.seed = 3
-        c.lags = "1,2,4,8"
-        c.lr_min = 3e-5
-        c.lr_max = 2e-3
-        c.lrs_per_octave = 1
-        c.num_seeds = 3
-        c.max_chunk_cells = 42
+        _grid(c, steps=100, lags="1,2,4,8", lrs=(3e-5, 2e-3), seeds=3, chunk=42)
         if arg == "controller":
             c.lr_control = ml_collections.ConfigDict(dict(
                 r_batch=0.0, r_batch_from="runs/study/lm_variants/grpo", margin=0.5, r_crit=0.0))
@@ -135,6 +106,17 @@ def get_config(arg=None):
                          f"'sgd', 'small_drift', 'controller', 'controller_fixed' or one of "
                          f"{sorted(VARIANTS)}")
     return c
+
+
+def _grid(c, *, steps, lags, lrs, seeds, chunk=None):
+    """A named grid: T = `steps`, S in `lags`, one η per octave from lrs[0] to lrs[1]."""
+    c.run.rl.steps = steps
+    c.lags = lags
+    c.lr_min, c.lr_max = lrs
+    c.lrs_per_octave = 1
+    c.num_seeds = seeds
+    if chunk is not None:
+        c.max_chunk_cells = chunk
 
 
 def _dual_clip(rl):
