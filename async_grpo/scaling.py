@@ -317,9 +317,9 @@ def mean_norm_sq(gram) -> dict[str, float]:
     (the cross terms of independent draws carry no variance), while ‖x̄‖² overstates it by
     tr Cov(x)/R. Returns {"est": U (may be < 0 when the mean is below the noise), "se": its
     delete-one jackknife standard error, "noise": tr Cov(x) (one draw's variance, the sampling
-    noise of a single x), "R"}. Used for the LM staleness bias: x_r = H(θ, φ) − H(θ, θ)
-    estimated on a pair of independent batches of the same prompts, so U estimates ‖δ‖² with the
-    noise floor removed.
+    noise of a single x), "R"}. Used for the LM staleness bias: x_r = Ĥ(θ, φ) − Ĥ(θ, θ)
+    estimated on the r-th pair of batches of the same prompts (the two batches of a pair may be
+    coupled; the pairs are independent), so U estimates ‖δ‖² with the noise floor removed.
 
     The jackknife SE is calibrated where the mean dominates the noise and errs high (up to ≈ √2
     at a zero mean, where U is a degenerate U-statistic), so a test at the noise floor is
