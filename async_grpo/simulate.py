@@ -1,14 +1,18 @@
-r"""A generic stale-gradient simulator: whole (η, seed, S, …) grids as one compiled program.
+r"""The one engine: a stale-gradient run as one scan, whole (η, seed, S, …) grids as one program.
 
 The learner at step t applies an update direction computed from the current parameters θ_t and a
-*stale* copy φ_t = θ_{t−s_t}, with the lag s_t from a staleness schedule (`async_grpo.staleness`)
-and 0 ≤ s_t ≤ S. This module runs that loop for any model problem: the caller supplies
+*stale* copy φ_t = θ_{t−s_t}, with the lag s_t from the staleness schedule (`async_grpo.staleness`,
+the pipeline's: the lag of step t is drawn with the key `staleness.step_key(seed, t)`) and
+0 ≤ s_t ≤ S. This module owns that loop for every testbed (the snapshot ring, the lag, the
+drifts, the one optimizer update `apply_update`, the collapse detector and the LR controller);
+a testbed supplies
 
 * ``update(theta, phi, key, ctx) -> (h, metrics)``: the update mapping h(θ, φ), a pytree like θ
   that the optimizer treats as a *gradient of a loss to minimize* (for a surrogate loss L(θ; φ),
   h = ∇_θ L), plus a dict of scalar metrics to record. `key` is a fresh PRNG key every step (for
-  sampled updates); ``ctx.cell`` holds the grid cell's values (traced scalars) and
-  ``ctx.theta0`` the cell's initial parameters (e.g. a KL reference);
+  sampled updates); ``ctx.cell`` holds the grid cell's values (traced scalars), ``ctx.theta0``
+  the cell's initial parameters (e.g. a KL reference), ``ctx.step`` and ``ctx.lag`` the step t
+  and its lag s_t (so φ has version t − s_t) and ``ctx.data`` the train's second argument;
 * ``init(key, cell) -> theta0``;
 * ``optimizer(cell) -> optax.GradientTransformation`` (use `optax.inject_hyperparams` to read
   traced hyper-parameters such as ``cell["lr"]``);
@@ -17,25 +21,32 @@ and 0 ≤ s_t ≤ S. This module runs that loop for any model problem: the calle
 * the staleness policy name, the ring-buffer cap S_max (every cell's S must be ≤ S_max), the
   horizon T and the collapse rules (`async_grpo.collapse`; by default a drop of J).
 
-`make_train(...)` returns ``train(cell) -> (metrics {name: [T]}, summary {name: scalar})``: the
-whole run as one `lax.scan` over steps with a ring buffer of the last S_max + 1 iterates, so
-``jax.jit(jax.vmap(train))`` runs a grid of cells at once (`run_cells`, or `run_cells_chunked` for
-grids larger than memory, with hooks to save and skip finished chunks; both can return block
-means of the traces over `trace_every` steps for long runs). Every cell needs
-``"seed"`` (θ_0 and every key derive from it) and ``"max_lag"`` (S).
+The exact testbed (`async_grpo.testbeds.exact.make_train`) and the LM population
+(`async_grpo.rl.population`, whose update samples a GRPO batch from φ and differentiates the
+learner's objective at θ) are two such updates; docs/simulator.md shows a model problem of one's
+own. The asynchronous pipeline (`async_grpo.rl.pipeline`) cannot live in a scan (its generator
+is a thread), but its learner applies the same `apply_update` with the same drift, collapse and
+metric definitions.
 
-Recorded every step besides the update's own metrics: ``lag`` (s_t), ``J`` (with an objective),
-``drift_cycle`` ‖θ_t − φ_t‖, ``drift_cum`` ‖θ_t − θ_0‖, ``update_norm`` ‖θ_{t+1} − θ_t‖,
-``cos_update`` cos(u_t, u_{t−1}) of consecutive updates and ``cos_grad`` cos(h_t, h_{t−1}) of
-consecutive update directions before the optimizer (equal for plain SGD; under momentum or Adam
-the β1 average alone makes consecutive updates correlated, so only cos_grad tells diffusive from
-ballistic directions there; both 0 at t = 0), ``finite`` and ``collapsed`` (and ``lr_scale``
-with the optional learning-rate controller, `async_grpo.lr_control`). Norms are Euclidean over
-the flattened pytree. The summary holds ``collapse_step`` (−1: none), ``collapsed``,
-``drift_final`` and, with an objective, ``J_init``, ``J_final``, ``J_best``.
+`make_train(...)` returns ``train(cell, data=None) -> (metrics {name: [T]}, summary {name:
+scalar})``: the whole run as one `lax.scan` over steps with a ring buffer of the last S_max + 1
+iterates, so ``jax.jit(jax.vmap(train))`` runs a grid of cells at once (`run_cells`, or
+`run_cells_chunked` for grids larger than memory, with hooks to save and skip finished chunks;
+both can return block means of the traces over `trace_every` steps for long runs). Every cell
+needs ``"seed"`` (θ_0 and every key derive from it) and ``"max_lag"`` (S).
 
-See docs/simulator.md for a worked example on a model problem of one's own; the exact testbed
-(`async_grpo.testbeds.exact.make_train`) is one instance.
+Recorded every step besides the update's own metrics, with the names of the one vocabulary
+(`async_grpo.metric_names`, docs/metrics.md): ``lag`` (s_t), ``version`` (t − s_t), ``J`` (with
+an objective), ``drift/within_cycle`` ‖θ_t − φ_t‖, ``drift/cumulative`` ‖θ_t − θ_0‖,
+``grad_norm`` ‖h_t‖, ``update_norm`` ‖u_t‖ of the optimizer's update, ``cos/consecutive_updates``
+cos(u_t, u_{t−1}) and ``cos/consecutive_grads`` cos(h_t, h_{t−1}) of consecutive directions
+before the optimizer (equal for plain SGD; under momentum or Adam the β1 average alone makes
+consecutive updates correlated, so only the latter tells diffusive from ballistic directions
+there; both 0 at t = 0), ``finite`` and ``collapsed`` (and ``lr_scale`` with the optional
+learning-rate controller, `async_grpo.lr_control`). Norms are Euclidean over the flattened
+pytree. A non-finite step is not applied (`apply_update`). The summary holds ``collapse_step``
+(−1: none), ``collapsed``, ``collapse_reason``, ``drift_final`` and, with an objective,
+``J_init``, ``J_final``, ``J_best``.
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ import optax
 
 from async_grpo import collapse as collapse_lib
 from async_grpo import lr_control as lr_control_lib
+from async_grpo import metric_names as mn
 from async_grpo import staleness as staleness_lib
 from async_grpo.diagnostics import tree_cosine
 
@@ -59,9 +71,13 @@ Cell = Mapping[str, jax.Array]
 
 
 class Context(NamedTuple):
-    """What `update` and `objective` may read besides θ (and φ): the cell and θ_0."""
+    """What `update` and `objective` may read besides θ (and φ): the cell, θ_0, the step t, its
+    lag s_t and the train's `data` argument (e.g. the LM's prompt tables; None if not given)."""
     cell: Cell
     theta0: Params
+    step: Any = 0
+    lag: Any = 0
+    data: Any = None
 
 
 UpdateFn = Callable[[Params, Params, jax.Array, Context], tuple[Params, dict]]
@@ -84,24 +100,111 @@ def _check_int(name, value, low, high=None):
         raise ValueError(f"{name} must be {allowed}, got {value!r}.")
 
 
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def drift_metrics(params, behavior, theta0) -> dict[str, jax.Array]:
+    """{drift/cumulative: ‖θ − θ_0‖, drift/within_cycle: ‖θ − φ‖} (the latter only when the
+    behavior parameters φ are given): the drifts of every testbed and of the pipeline."""
+    dist = lambda a, b: optax.tree.norm(optax.tree.sub(a, b))  # noqa: E731
+    out = {mn.DRIFT_CUM: dist(params, theta0)}
+    if behavior is not None:
+        out[mn.DRIFT_CYCLE] = dist(params, behavior)
+    return out
+
+
+def init_aux(params, *, track_cosines: bool,
+             collapse: Optional[collapse_lib.CollapseRules], initial_value=None,
+             dtype=jnp.float32) -> dict:
+    """The state `apply_update` carries besides θ and the optimizer's: the previous direction
+    and update (for the cosines) and the collapse detector's state."""
+    aux = {}
+    if track_cosines:
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        aux.update(prev_grad=zeros, prev_update=jax.tree.map(jnp.zeros_like, params))
+    if collapse is not None:
+        aux["collapse"] = collapse_lib.init_state(initial_value, dtype)
+    return aux
+
+
+def apply_update(params, opt_state, aux, grads, step, *, optimizer, metrics: Mapping,
+                 track_cosines: bool, collapse: Optional[collapse_lib.CollapseRules],
+                 also_finite=(), opt_extra: Optional[dict] = None):
+    """The project's one optimizer update: θ ← θ + u, u = optimizer(h), for every testbed (the
+    engine's scan step) and the learner (RL and SFT). -> (params, opt_state, aux, metrics).
+
+    `grads` is the update direction h (the gradient of a loss to minimize). A step whose h, new θ
+    or any of `also_finite` (e.g. the loss, J(θ_t)) is non-finite is not applied: θ, the
+    optimizer state and the cosine carries keep their last finite values, and ``finite`` is
+    false (so a collapse is recorded at that step and the run never carries NaN). Adds to
+    `metrics`: grad_norm ‖h‖, update_norm ‖u‖, finite, the cosines of consecutive directions and
+    updates (with `track_cosines`; 0 at the first step, whose carries are zero) and, with
+    collapse rules, ``collapsed``, ``collapse/step`` and ``collapse/reason`` (the detector is fed
+    the metrics at `step`, the number its warm-up counts in). `opt_extra`: extra arguments of an
+    `optax.GradientTransformationExtraArgs` optimizer (the drift controller's S and drifts).
+    """
+    updates, new_opt_state = optimizer.update(grads, opt_state, params, **(opt_extra or {}))
+    new_params = optax.apply_updates(params, updates)
+    finite = _all_finite((tuple(also_finite), grads, new_params))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa
+    params = keep(new_params, params)
+    opt_state = keep(new_opt_state, opt_state)
+    metrics = dict(metrics, **{mn.GRAD_NORM: optax.tree.norm(grads),
+                               mn.UPDATE_NORM: optax.tree.norm(updates), mn.FINITE: finite})
+    new_aux = {}
+    if track_cosines:
+        metrics[mn.COS_GRADS] = tree_cosine(grads, aux["prev_grad"])
+        metrics[mn.COS_UPDATES] = tree_cosine(updates, aux["prev_update"])
+        new_aux.update(prev_grad=keep(grads, aux["prev_grad"]),
+                       prev_update=keep(updates, aux["prev_update"]))
+    if collapse is not None:
+        state = collapse_lib.update(collapse, aux["collapse"], step, metrics)
+        metrics[mn.COLLAPSED] = state["collapse_step"] >= 0
+        metrics["collapse/step"] = state["collapse_step"]
+        metrics["collapse/reason"] = state["reason"]
+        new_aux["collapse"] = state
+    return params, opt_state, new_aux, metrics
+
+
+def _keep_names(keep: Optional[Sequence[str]]) -> Optional[frozenset]:
+    if keep is None:
+        return None
+    bad = [k for k in keep if not isinstance(k, str) or not k]
+    if bad:
+        raise ValueError(f"keep_metrics must be metric names, got {list(keep)}.")
+    return frozenset(mn.canonical(k) for k in keep)
+
+
 def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
                optimizer: Callable[[Cell], optax.GradientTransformation], *, num_steps: int,
                staleness: str = "fixed", max_lag_cap: int = 16, geometric_p: float = 0.5,
                objective: Optional[Callable[[Params, Context], jax.Array]] = None,
                collapse: Optional[collapse_lib.CollapseRules] = None,
-               lr_control: Optional[Callable[[Cell], lr_control_lib.Params]] = None
-               ) -> Callable[[Cell], tuple[dict, dict]]:
-    """Returns ``train(cell) -> (metrics, summary)``; see the module docstring.
+               lr_control: Optional[Callable[[Cell], lr_control_lib.Params]] = None,
+               track_cosines: bool = True, first_step: int = 0,
+               keep: Optional[Sequence[str]] = None, return_params: bool = False
+               ) -> Callable[..., tuple]:
+    """Returns ``train(cell, data=None) -> (metrics, summary)``; see the module docstring.
 
     `lr_control(cell) -> async_grpo.lr_control.Params` (optional) turns on the staleness-aware
-    learning-rate controller: each step's optimizer update is multiplied by c_t
-    (`lr_control.scale`, with S = cell["max_lag"] and, for its lookahead mode, the distance
+    learning-rate controller, chained after the optimizer: each step's update is multiplied by
+    c_t (`lr_control.scale`, with S = cell["max_lag"] and, for its lookahead mode, the distance
     ‖θ_t − φ_{t+1}‖ to the next step's behavior policy), so the within-cycle drift stays under
     margin·R_batch; the step then also records ``lr_scale`` (c_t) and the summary
-    ``lr_scale_mean``, ``lr_limited_frac`` and ``drift_cycle_max``.
+    ``lr_scale_mean``, ``lr_limited_frac`` and ``drift/within_cycle_max``.
+
+    `track_cosines`: record the consecutive cosines (two more parameter copies in the carry).
+    `first_step`: the step number the first update's metrics are logged at, which the collapse
+    detector's warm-up counts in and `collapse_step` reports: 0 where a step's metrics describe
+    θ_t before its update (the simulator's J(θ_t)); 1 in the pipeline's convention, where the
+    metrics of update t are logged at step t + 1 (the LM population, whose collapse steps then
+    equal the pipeline's). `keep`: the per-step metrics returned (None: all). `return_params`:
+    train returns (metrics, summary, θ_T).
     """
     _check_int("num_steps", num_steps, 1, MAX_STEPS)
     _check_int("max_lag_cap (S_max)", max_lag_cap, 0, MAX_LAG_CAP)
+    _check_int("first_step", first_step, 0, 1)
     staleness_lib.check_policy_name(staleness, scheduled_only=True)
     staleness_lib.check_geometric_p(geometric_p)
     if collapse is None:
@@ -109,89 +212,82 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
     if collapse is not None and collapse.metric == "J" and objective is None:
         raise ValueError("The collapse rule tracks 'J' but no objective was given; pass "
                          "objective= or rules on one of the update's metrics.")
+    keep = _keep_names(keep)
     k_ring = max_lag_cap + 1
 
-    def train(cell):
+    def lag_of(seed, t, s_max):
+        return staleness_lib.scheduled_lag(staleness, t, s_max, staleness_lib.step_key(seed, t),
+                                           geometric_p=geometric_p)
+
+    def train(cell, data=None):
         s_max = jnp.asarray(cell["max_lag"], jnp.int32)
-        key = jax.random.PRNGKey(jnp.asarray(cell["seed"], jnp.uint32))
-        k_init, k_run = jax.random.split(key)
+        seed = jnp.asarray(cell["seed"], jnp.uint32)
+        k_init, k_run = jax.random.split(jax.random.PRNGKey(seed))
         theta0 = init(k_init, cell)
-        ctx = Context(cell, theta0)
+        ctx = Context(cell, theta0, data=data)
         opt = optimizer(cell)
+        if lr_control is not None:
+            opt = optax.chain(opt, lr_control_lib.scale_by_drift_control(lr_control(cell)))
         j0 = objective(theta0, ctx) if objective is not None else None
         ring = jax.tree.map(lambda x: jnp.broadcast_to(x, (k_ring,) + x.shape), theta0)
-        carry0 = dict(theta=theta0, opt_state=opt.init(theta0), ring=ring, key=k_run,
-                      prev_u=jax.tree.map(jnp.zeros_like, theta0),
-                      prev_h=jax.tree.map(jnp.zeros_like, theta0))
-        if lr_control is not None:
-            ctl = lr_control_lib.scale_by_drift_control(lr_control(cell))
-            carry0["lr_control"] = ctl.init(theta0)
-        if collapse is not None:
-            initial = j0 if collapse.metric == "J" else None
-            dtype = j0.dtype if j0 is not None else jnp.result_type(float)
-            carry0["collapse"] = collapse_lib.init_state(initial, dtype)
+        aux = init_aux(theta0, track_cosines=track_cosines, collapse=collapse,
+                       initial_value=j0 if collapse is not None and collapse.metric == "J"
+                       else None,
+                       dtype=j0.dtype if j0 is not None else jnp.result_type(float))
+        carry0 = dict(theta=theta0, opt_state=opt.init(theta0), aux=aux, ring=ring, key=k_run)
 
         def step(carry, t):
             theta = carry["theta"]
-            key, k_lag, k_h = jax.random.split(carry["key"], 3)
+            # The update's key is the third of a three-way split of the run's key chain (the
+            # second drew the lag before lags were drawn per step, as the pipeline draws them:
+            # kept so that sampled runs reproduce earlier results bit for bit).
+            key, _, k_h = jax.random.split(carry["key"], 3)
             ring = jax.tree.map(lambda r, x: r.at[t % k_ring].set(x), carry["ring"], theta)
-            lag = staleness_lib.scheduled_lag(staleness, t, s_max, k_lag, geometric_p=geometric_p)
+            lag = lag_of(seed, t, s_max)
             phi = jax.tree.map(lambda r: r[(t - lag) % k_ring], ring)
-            h, m = update(theta, phi, k_h, ctx)
-            m = dict(m, lag=lag)
+            h, m = update(theta, phi, k_h, ctx._replace(step=t, lag=lag))
+            m = dict(m, **{mn.LAG: lag, mn.VERSION: t - lag}, **drift_metrics(theta, phi, theta0))
+            also_finite = [m["loss"]] if "loss" in m else []
             if objective is not None:
-                m["J"] = objective(theta, ctx)
-            m.update(drift_cycle=optax.tree.norm(optax.tree.sub(theta, phi)),
-                     drift_cum=optax.tree.norm(optax.tree.sub(theta, theta0)))
-            updates, opt_state = opt.update(h, carry["opt_state"], theta)
-            extra = {}
+                m[mn.OBJECTIVE] = objective(theta, ctx)
+                also_finite.append(m[mn.OBJECTIVE])
+            extra = None
             if lr_control is not None:
-                # The next step's behavior policy φ_{t+1} = θ_{t+1−s_{t+1}}: its lag from the
-                # key the next step will draw it with (the key chain is only read here).
-                next_lag = staleness_lib.scheduled_lag(staleness, t + 1, s_max,
-                                                       jax.random.split(key, 3)[1],
-                                                       geometric_p=geometric_p)
+                next_lag = lag_of(seed, t + 1, s_max)
                 phi_next = jax.tree.map(lambda r: r[(t + 1 - next_lag) % k_ring], ring)
-                drift_next = jnp.where(next_lag > 0,
-                                       optax.tree.norm(optax.tree.sub(theta, phi_next)), 0.0)
-                updates, ctl_state = ctl.update(updates, carry["lr_control"], theta,
-                                                max_lag=s_max, drift_cycle=m["drift_cycle"],
-                                                drift_cum=m["drift_cum"], drift_next=drift_next)
-                m["lr_scale"] = ctl_state.last
-                extra["lr_control"] = ctl_state
-            new_theta = optax.apply_updates(theta, updates)
-            u = optax.tree.sub(new_theta, theta)
-            m.update(update_norm=optax.tree.norm(u),
-                     cos_update=jnp.where(t > 0, tree_cosine(u, carry["prev_u"]), 0.0),
-                     cos_grad=jnp.where(t > 0, tree_cosine(h, carry["prev_h"]), 0.0))
-            finite = jnp.isfinite(optax.tree.norm(new_theta))
-            if objective is not None:
-                finite = finite & jnp.isfinite(m["J"])
-            m["finite"] = finite
-            new_carry = dict(theta=new_theta, opt_state=opt_state, ring=ring, key=key, prev_u=u,
-                             prev_h=h, **extra)
-            if collapse is not None:
-                state = collapse_lib.update(collapse, carry["collapse"], t, m)
-                m["collapsed"] = state["collapse_step"] >= 0
-                new_carry["collapse"] = state
-            return new_carry, m
+                extra = dict(max_lag=s_max, drift_cycle=m[mn.DRIFT_CYCLE],
+                             drift_cum=m[mn.DRIFT_CUM],
+                             drift_next=jnp.where(next_lag > 0, optax.tree.norm(
+                                 optax.tree.sub(theta, phi_next)), 0.0))
+            theta, opt_state, aux, m = apply_update(
+                theta, carry["opt_state"], carry["aux"], h, t + first_step, optimizer=opt,
+                metrics=m, track_cosines=track_cosines, collapse=collapse,
+                also_finite=also_finite, opt_extra=extra)
+            if lr_control is not None:
+                m[mn.LR_SCALE] = opt_state[-1].last
+            return dict(theta=theta, opt_state=opt_state, aux=aux, ring=ring, key=key), m
 
         carry, metrics = jax.lax.scan(step, carry0, jnp.arange(num_steps, dtype=jnp.int32))
-        summary = {"drift_final": optax.tree.norm(optax.tree.sub(carry["theta"], theta0))}
+        theta = carry["theta"]
+        summary = {mn.DRIFT_FINAL: drift_metrics(theta, None, theta0)[mn.DRIFT_CUM]}
         if lr_control is not None:
-            cs = carry["lr_control"]
-            summary.update(lr_scale_mean=cs.scale_sum / num_steps,
-                           lr_limited_frac=cs.limited / num_steps, drift_cycle_max=cs.max_drift)
+            cs = carry["opt_state"][-1]
+            summary.update({mn.LR_SCALE_MEAN: cs.scale_sum / num_steps,
+                            mn.LR_LIMITED_FRAC: cs.limited / num_steps,
+                            mn.DRIFT_CYCLE_MAX: cs.max_drift})
         if objective is not None:
-            j_final = objective(carry["theta"], ctx)
-            js = metrics["J"]
+            j_final = objective(theta, ctx)
+            js = metrics[mn.OBJECTIVE]
             best = jnp.max(jnp.where(jnp.isfinite(js), js, -jnp.inf))
             summary.update(J_init=j0, J_final=j_final, J_best=jnp.maximum(best, j_final))
         if collapse is not None:
-            summary["collapse_step"] = carry["collapse"]["collapse_step"]
-            summary["collapsed"] = carry["collapse"]["collapse_step"] >= 0
-            summary["collapse_reason"] = carry["collapse"]["reason"]
-        return metrics, summary
+            state = carry["aux"]["collapse"]
+            summary.update({mn.COLLAPSE_STEP: state["collapse_step"],
+                            mn.COLLAPSED: state["collapse_step"] >= 0,
+                            mn.COLLAPSE_REASON: state["reason"]})
+        if keep is not None:   # under jit, the metrics left out are never computed into traces
+            metrics = {k: v for k, v in metrics.items() if k in keep}
+        return (metrics, summary, theta) if return_params else (metrics, summary)
 
     train.collapse = collapse
     train.lr_control = lr_control
@@ -265,7 +361,7 @@ def thin_traces(metrics: Mapping[str, jax.Array], trace_every: int) -> dict:
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_grid(train, keep_metrics: Optional[tuple[str, ...]], trace_every: int = 1):
+def _compiled_grid(train, keep_metrics: Optional[frozenset], trace_every: int = 1):
     def run(cells):
         metrics, summary = jax.vmap(train)(cells)
         if keep_metrics is not None:
@@ -276,10 +372,7 @@ def _compiled_grid(train, keep_metrics: Optional[tuple[str, ...]], trace_every: 
 
 
 def _check_keep(train, keep_metrics, trace_every):
-    if keep_metrics is not None:
-        bad = [k for k in keep_metrics if not isinstance(k, str) or not k]
-        if bad:
-            raise ValueError(f"keep_metrics must be metric names, got {list(keep_metrics)}.")
+    _keep_names(keep_metrics)
     num_steps = getattr(train, "num_steps", None)
     _check_int("trace_every", trace_every, 1)
     if num_steps is not None:
@@ -294,7 +387,7 @@ def run_cells(train, cells: Mapping[str, np.ndarray], *,
     `trace_every` = k > 1 returns block means over k steps (`thin_traces`; k must divide T)."""
     validate_cells(cells, train.max_lag_cap)
     _check_keep(train, keep_metrics, trace_every)
-    fn = _compiled_grid(train, None if keep_metrics is None else tuple(keep_metrics),
+    fn = _compiled_grid(train, _keep_names(keep_metrics),
                         int(trace_every))
     metrics, summary = fn(cell_arrays(cells))
     return jax.tree.map(np.asarray, metrics), jax.tree.map(np.asarray, summary)
@@ -314,7 +407,7 @@ def run_cells_chunked(train, cells: Mapping[str, np.ndarray], *, chunk_size: int
     n = validate_cells(cells, train.max_lag_cap)
     _check_int("chunk_size", chunk_size, 1)
     _check_keep(train, keep_metrics, trace_every)
-    fn = _compiled_grid(train, None if keep_metrics is None else tuple(keep_metrics),
+    fn = _compiled_grid(train, _keep_names(keep_metrics),
                         int(trace_every))
     outs = []
     for i, start in enumerate(range(0, n, chunk_size)):

@@ -106,6 +106,13 @@ def scheduled_lag(name: str, t, max_lag, key=None, *, geometric_p: float = 0.5):
     return int(lag) if host else lag
 
 
+def step_key(seed, t):
+    """The PRNG key a random policy draws the lag of step `t` with: ``fold_in(PRNGKey(seed), t)``
+    (host ints or traced arrays). The pipeline and the engine (`async_grpo.simulate`) both use
+    it, so the same seed gives the same lags in either, and any step's lag can be recomputed."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), t)
+
+
 @dataclasses.dataclass(frozen=True)
 class StalenessPolicy:
     """A named staleness policy with maximum lag S (see the module docstring).
@@ -140,7 +147,7 @@ class StalenessPolicy:
         return self.name not in RANDOM or self.max_lag == 0
 
     def step_key(self, step: int) -> Any:
-        return jax.random.fold_in(jax.random.PRNGKey(self.seed), step)
+        return step_key(self.seed, step)
 
     def lag(self, step, key=None):
         """The scheduled lag of `step` (host ints or traced arrays; see `scheduled_lag`)."""

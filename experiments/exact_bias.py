@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from async_grpo import figures, files
+from async_grpo import metric_names as mn
 from async_grpo import workdir as workdir_lib
 from async_grpo.testbeds import exact as ex
 from async_grpo import scaling as xa
@@ -60,7 +61,7 @@ def trajectories(p) -> dict:
     rep = lambda a: np.repeat(np.asarray(a)[:, None], t_steps, 1)  # noqa: E731
     out = {"S": rep(cells["max_lag"]), "lr": rep(cells["lr"]), "seed": rep(cells["seed"]),
            "step": np.broadcast_to(np.arange(t_steps), m["lag"].shape)}
-    for k in ("lag", "delta_norm", "delta_rel", "drift_cycle", "clip_frac", "h_on_norm",
+    for k in ("lag", "delta_norm", "delta_rel", mn.DRIFT_CYCLE, mn.CLIP_FRAC, "h_on_norm",
               "cos_stale", "cos_onpolicy", "J", "update_norm"):
         out[k] = m[k]
     return {k: np.asarray(v).reshape(-1) for k, v in out.items()}
@@ -93,7 +94,7 @@ def controlled(p, c) -> dict:
         return d["delta_norm"], d["delta_rel"], aux["clip_frac"], d["drift"]
 
     rows = {k: [] for k in ("anchor_step", "direction", "r", "delta_norm", "delta_rel",
-                            "clip_frac", "drift")}
+                            mn.CLIP_FRAC, "drift")}
     rng = np.random.default_rng(1)
     for t, th in anchors.items():
         for k in range(c.num_directions):
@@ -104,7 +105,7 @@ def controlled(p, c) -> dict:
             rows["anchor_step"] += [t] * len(radii)
             rows["direction"] += [k] * len(radii)
             rows["r"] += list(radii)
-            for name, arr in (("delta_norm", dn), ("delta_rel", dr), ("clip_frac", cf),
+            for name, arr in (("delta_norm", dn), ("delta_rel", dr), (mn.CLIP_FRAC, cf),
                               ("drift", dist)):
                 rows[name] += list(np.asarray(arr))
     return {k: np.asarray(v) for k, v in rows.items()}
@@ -114,24 +115,24 @@ def analyse(traj, ctrl, tol) -> dict:
     res = {}
     # Trajectories: stale steps only; small-drift regime = no token clipped.
     stale = traj["lag"] > 0
-    small = stale & (traj["clip_frac"] == 0)
+    small = stale & (traj[mn.CLIP_FRAC] == 0)
     x_seta = traj["lag"] * traj["lr"]
     res["traj"] = {
         "n_stale_steps": int(stale.sum()), "n_small_drift_steps": int(small.sum()),
         "vs_s_eta_small": xa.fit_through_origin(x_seta[small], traj["delta_norm"][small]),
-        "vs_drift_small": xa.fit_through_origin(traj["drift_cycle"][small],
+        "vs_drift_small": xa.fit_through_origin(traj[mn.DRIFT_CYCLE][small],
                                                 traj["delta_norm"][small]),
-        "rel_vs_drift_small": xa.fit_through_origin(traj["drift_cycle"][small],
+        "rel_vs_drift_small": xa.fit_through_origin(traj[mn.DRIFT_CYCLE][small],
                                                     traj["delta_rel"][small]),
         "loglog_slope_vs_s_eta_small": xa.loglog_slope(x_seta[small], traj["delta_norm"][small]),
-        "loglog_slope_vs_drift_small": xa.loglog_slope(traj["drift_cycle"][small],
+        "loglog_slope_vs_drift_small": xa.loglog_slope(traj[mn.DRIFT_CYCLE][small],
                                                        traj["delta_norm"][small]),
         "vs_s_eta_all": xa.fit_through_origin(x_seta[stale], traj["delta_norm"][stale]),
-        "vs_drift_all": xa.fit_through_origin(traj["drift_cycle"][stale],
+        "vs_drift_all": xa.fit_through_origin(traj[mn.DRIFT_CYCLE][stale],
                                               traj["delta_norm"][stale]),
     }
-    clipped = stale & (traj["clip_frac"] > 0)
-    res["traj"]["clip_onset_drift_p05"] = (float(np.quantile(traj["drift_cycle"][clipped], 0.05))
+    clipped = stale & (traj[mn.CLIP_FRAC] > 0)
+    res["traj"]["clip_onset_drift_p05"] = (float(np.quantile(traj[mn.DRIFT_CYCLE][clipped], 0.05))
                                            if clipped.any() else None)
     res["traj"]["clip_onset_s_eta_min"] = float(x_seta[clipped].min()) if clipped.any() else None
     res["traj"]["frac_stale_steps_clipped"] = float(clipped.sum() / max(1, stale.sum()))
@@ -140,7 +141,7 @@ def analyse(traj, ctrl, tol) -> dict:
     for t in np.unique(ctrl["anchor_step"]):
         for k in np.unique(ctrl["direction"]):
             sel = (ctrl["anchor_step"] == t) & (ctrl["direction"] == k)
-            r, dn, cf = ctrl["r"][sel], ctrl["delta_norm"][sel], ctrl["clip_frac"][sel]
+            r, dn, cf = ctrl["r"][sel], ctrl["delta_norm"][sel], ctrl[mn.CLIP_FRAC][sel]
             clip_r = float(r[cf > 0].min()) if (cf > 0).any() else None
             sm = r < (clip_r if clip_r is not None else np.inf)
             fit = xa.fit_through_origin(r[sm], dn[sm])
@@ -174,11 +175,11 @@ def _plot(traj, ctrl, res, stem):
                   ylabel="‖δ‖")
         ax[0].set_title("(a) controlled pairs", loc="left")
         stale = traj["lag"] > 0
-        small = stale & (traj["clip_frac"] == 0)
+        small = stale & (traj[mn.CLIP_FRAC] == 0)
         x = traj["lag"] * traj["lr"]
         for a, xs, lab, key, title in (
                 (ax[1], x, "s·η", "vs_s_eta_small", "(b) ‖δ‖ against s·η"),
-                (ax[2], traj["drift_cycle"], "‖θ_t − φ_t‖", "vs_drift_small",
+                (ax[2], traj[mn.DRIFT_CYCLE], "‖θ_t − φ_t‖", "vs_drift_small",
                  "(c) ‖δ‖ against the drift")):
             a.scatter(xs[stale & ~small], traj["delta_norm"][stale & ~small], s=2,
                       c=figures.OKABE_ITO[3], alpha=0.3, lw=0, label="some token clipped")
@@ -199,7 +200,7 @@ def series_iter(ctrl):
     for t in np.unique(ctrl["anchor_step"]):
         for k in np.unique(ctrl["direction"]):
             sel = (ctrl["anchor_step"] == t) & (ctrl["direction"] == k)
-            yield int(t), int(k), ctrl["r"][sel], ctrl["delta_norm"][sel], ctrl["clip_frac"][sel]
+            yield int(t), int(k), ctrl["r"][sel], ctrl["delta_norm"][sel], ctrl[mn.CLIP_FRAC][sel]
 
 
 def main(argv):

@@ -37,6 +37,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from async_grpo import figures, files
+from async_grpo import metric_names
 from async_grpo import metrics as metrics_lib
 from async_grpo import workdir as workdir_lib
 from async_grpo.testbeds import exact as ex
@@ -104,14 +105,15 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
         if not os.path.exists(chunk_path(i)):
             return None
         z = np.load(chunk_path(i))
-        return ({k[2:]: z[k] for k in z.files if k.startswith("m_")},
-                {k[2:]: z[k] for k in z.files if k.startswith("s_")})
+        return ({metric_names.canonical(k[2:]): z[k] for k in z.files if k.startswith("m_")},
+                {metric_names.canonical(k[2:]): z[k] for k in z.files if k.startswith("s_")})
 
     t_last = [time.time()]
 
     def on_chunk(i, m, s):
-        files.save_npz_atomic(chunk_path(i), **{f"m_{k}": v for k, v in m.items()},
-                              **{f"s_{k}": v for k, v in s.items()})
+        files.save_npz_atomic(chunk_path(i),
+                              **{f"m_{metric_names.file_key(k)}": v for k, v in m.items()},
+                              **{f"s_{metric_names.file_key(k)}": v for k, v in s.items()})
         now = time.time()
         chunk_times.append(now - t_last[0])
         t_last[0] = now
@@ -121,7 +123,7 @@ def run_variant(c, p, variant: str, workdir: str) -> dict:
                      variant, i + 1, n_chunks, len(s["J_final"]), chunk_times[-1],
                      metrics_lib.format_duration(left))
 
-    names, every = p["keep_metrics"], p["trace_every"]
+    names, every = [metric_names.canonical(n) for n in p["keep_metrics"]], p["trace_every"]
     _check_trace_names(ex.make_train(tb, tc), names, variant)
     t0 = time.time()
     traces, summ = ex.run_cells_chunked(tb, tc, cells, chunk_size=min(c.chunk_size, n),
@@ -229,10 +231,12 @@ def regime_summary(traces, summ, cells, lags, lrs, per_b1, tb_cfg, tc):
     cell before its collapse) and, per S and b1, medians over the cells at each seed's η_max
     (the largest η that did not collapse) and their steps of the clip fraction, the update norm
     ‖u_t‖ and the within-cycle drift ‖θ_t − φ_t‖, the last two also in units of R_clip."""
-    clip_key = "clip_frac" if "clip_frac" in traces else "clip_frac_sampled"
-    if not all(k in traces for k in (clip_key, "update_norm", "drift_cycle")):
+    traces = {metric_names.canonical(k): v for k, v in traces.items()}
+    clip_key = metric_names.CLIP_FRAC if metric_names.CLIP_FRAC in traces else "clip_frac_sampled"
+    if not all(k in traces for k in (clip_key, "update_norm", metric_names.DRIFT_CYCLE)):
         return None
-    traces = dict(traces, clip_frac=traces[clip_key])
+    # Short names for the regime's own keys (drift_cycle_median, ... in summary.json).
+    traces = dict(traces, clip_frac=traces[clip_key], drift_cycle=traces[metric_names.DRIFT_CYCLE])
     need = ("clip_frac", "update_norm", "drift_cycle")
     every = tc.num_steps // traces["J"].shape[1]
     cs = summ["collapse_step"].astype(np.int64)

@@ -35,6 +35,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from async_grpo import files
+from async_grpo import metric_names as mn
 from async_grpo import lr_control
 from async_grpo import scaling as xa
 from async_grpo import workdir as workdir_lib
@@ -44,7 +45,7 @@ from async_grpo.testbeds import exact_configs as xc
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                                "lr_controller.py")
 MODES = {"rule": 0.0, "lookahead": 1.0}
-KEEP = ("J", "drift_cycle", "update_norm")
+KEEP = ("J", mn.DRIFT_CYCLE, "update_norm")
 
 
 def plan(c) -> dict:
@@ -111,11 +112,11 @@ def run(c, workdir: str, p=None) -> str:
         t0 = time.time()
         seeds = p["seeds"]
         cells = ex.make_cells(p["lrs"], seeds, lags, b1s, max_lag_cap=tc_fixed.max_lag_cap)
-        m, s = _run(tb, tc_fixed, cells, c.chunk_size, ("drift_cycle",))
+        m, s = _run(tb, tc_fixed, cells, c.chunk_size, (mn.DRIFT_CYCLE,))
         shape = (len(lags), len(lrs), len(seeds))
         calib = xa.estimate_r_batch(lags, lrs, seeds, s["collapsed"].reshape(shape),
                                  s["collapse_step"].reshape(shape),
-                                 m["drift_cycle"].reshape(shape + (-1,)))
+                                 m[mn.DRIFT_CYCLE].reshape(shape + (-1,)))
         calib["collapse_frac_per_S"] = {str(S): float(v) for S, v in zip(
             lags, s["collapsed"].reshape(shape).mean((1, 2)))}
         calib["seeds"] = seeds
@@ -133,7 +134,7 @@ def run(c, workdir: str, p=None) -> str:
         "S": fixed["max_lag"], "lr": fixed["lr"], "seed": fixed["seed"],
         "J_at_k": mf["J"][:, k - 1], "J_mean": mf["J"].mean(1), "J_final": sf["J_final"],
         "collapse_step": sf["collapse_step"], "collapsed": sf["collapsed"].astype(int),
-        "drift_cycle_max": mf["drift_cycle"].max(1)})
+        "drift_cycle_max": mf[mn.DRIFT_CYCLE].max(1)})
 
     t0 = time.time()
     parts = []
@@ -151,7 +152,7 @@ def run(c, workdir: str, p=None) -> str:
         "base_lr": ctl["lr"], "seed": ctl["seed"], "J_at_k": mc["J"][:, k - 1],
         "J_mean": mc["J"].mean(1), "J_final": sc["J_final"],
         "collapse_step": sc["collapse_step"], "collapsed": sc["collapsed"].astype(int),
-        "lr_scale_mean": sc["lr_scale_mean"], "drift_cycle_max": mc["drift_cycle"].max(1)})
+        "lr_scale_mean": sc["lr_scale_mean"], "drift_cycle_max": mc[mn.DRIFT_CYCLE].max(1)})
 
     table = []
     for s_val in lags:
@@ -160,7 +161,7 @@ def run(c, workdir: str, p=None) -> str:
         for e in lrs:
             sel = (fixed["max_lag"] == s_val) & (fixed["lr"] == e)
             per_lr.append(dict(_stats(mf, sf, sel, k), lr=float(e),
-                               drift_cycle_max=float(mf["drift_cycle"][sel].max())))
+                               drift_cycle_max=float(mf[mn.DRIFT_CYCLE][sel].max())))
         best = max(per_lr, key=lambda r: r["J_mean"])
         row["fixed_best"] = best
         stable = [r for r in per_lr if r["collapse_rate"] == 0]
@@ -176,7 +177,7 @@ def run(c, workdir: str, p=None) -> str:
                     row["control"].append(dict(
                         _stats(mc, sc, sel, k), mode=mode, margin=margin, base_lr=float(e),
                         lr_scale_mean=float(np.mean(sc["lr_scale_mean"][sel])),
-                        drift_cycle_max=float(mc["drift_cycle"][sel].max())))
+                        drift_cycle_max=float(mc[mn.DRIFT_CYCLE][sel].max())))
         table.append(row)
     summary = {"config": json.loads(c.to_json()), "machine": workdir_lib.machine(),
                "wall_s": walls, "variant": variant, "r_batch": r_batch,

@@ -73,8 +73,8 @@ class Stage:
 
 
 # The exact sweep keeps the per-step traces the cosine and reward figures read.
-_TRACES = ("--config.keep_metrics=J,cos_update,cos_grad,drift_cycle,drift_cum,update_norm,"
-           "clip_frac")
+_TRACES = ("--config.keep_metrics=J,cos/consecutive_updates,cos/consecutive_grads,"
+           "drift/within_cycle,drift/cumulative,update_norm,loss/clip_frac")
 _TINY_EXACT = ["--config.lags=0,1,4", "--config.lr_min=4", "--config.lr_max=256",
                "--config.lrs_per_octave=1", "--config.num_seeds=2", "--config.train.num_steps=60",
                "--config.n_boot=50"]

@@ -42,6 +42,7 @@ from typing import Any, Callable
 import numpy as np
 
 from async_grpo import figures
+from async_grpo import metric_names
 from async_grpo import scaling
 
 FIGURES = ("phase", "eta_max", "t_collapse", "delta", "cosine", "reward")
@@ -96,7 +97,7 @@ def load_exact_variant(vdir: str) -> dict[str, Any]:
         with np.load(path) as z:
             for k in z.files:
                 if k.startswith("m_"):
-                    traces.setdefault(k[2:], []).append(z[k])
+                    traces.setdefault(metric_names.canonical(k[2:]), []).append(z[k])
     n = len(cells.get("S", []))
     traces_np = {k: np.concatenate(v, 0)[:n] for k, v in traces.items()}
     return {"summary": summary, "cells": cells, "traces": traces_np, "dir": vdir}
@@ -121,7 +122,7 @@ def load_lm(d: str) -> dict[str, Any] | None:
     if not os.path.exists(os.path.join(d, "summary.json")):
         return None
     with np.load(os.path.join(d, "curves.npz")) as z:
-        traces = {k.replace("__", "/"): z[k] for k in z.files}
+        traces = {metric_names.canonical(k): z[k] for k in z.files}
     return {"summary": _read_json(os.path.join(d, "summary.json")),
             "cells": read_csv(os.path.join(d, "cells.csv")), "traces": traces, "dir": d,
             "stride": 1}
@@ -130,9 +131,10 @@ def load_lm(d: str) -> dict[str, Any] | None:
 def load_bias(d: str) -> dict[str, Any] | None:
     if not os.path.exists(os.path.join(d, "bias.json")):
         return None
+    canon = lambda t: {metric_names.canonical(k): v for k, v in t.items()}  # noqa: E731
     return {"summary": _read_json(os.path.join(d, "bias.json")),
-            "trajectory": read_csv(os.path.join(d, "trajectory.csv")),
-            "controlled": read_csv(os.path.join(d, "controlled.csv")), "dir": d}
+            "trajectory": canon(read_csv(os.path.join(d, "trajectory.csv"))),
+            "controlled": canon(read_csv(os.path.join(d, "controlled.csv"))), "dir": d}
 
 
 def load_lm_bias(d: str) -> dict[str, Any] | None:
@@ -447,15 +449,15 @@ def fig_delta(study, stem: str) -> None:
                 c = colors[j % len(colors)]
                 ax[0].plot(tr["lag"][sel] * lr, tr["delta_norm"][sel], ".", ms=1.5, color=c,
                            alpha=0.4, label=f"η = {lr:g}")
-                ax[1].plot(tr["drift_cycle"][sel], tr["delta_norm"][sel], ".", ms=1.5, color=c,
+                ax[1].plot(tr[metric_names.DRIFT_CYCLE][sel], tr["delta_norm"][sel], ".", ms=1.5, color=c,
                            alpha=0.4)
             onset = bias["summary"]["traj"].get("clip_onset_drift_p05")
             if onset:
                 ax[1].axvline(onset, color="k", ls="--", lw=0.8,
                               label=f"clip onset (5th pct drift) {onset:.2g}")
             slope = bias["summary"]["traj"]["vs_drift_small"]["slope"]
-            x = np.geomspace(max(tr["drift_cycle"][stale].min(), 1e-6),
-                             tr["drift_cycle"][stale].max(), 20)
+            x = np.geomspace(max(tr[metric_names.DRIFT_CYCLE][stale].min(), 1e-6),
+                             tr[metric_names.DRIFT_CYCLE][stale].max(), 20)
             ax[1].plot(x, slope * x, ":", color="k", label=f"‖δ‖ = {slope:.2g}·drift")
             for a in ax:
                 a.set_xscale("log")
@@ -472,15 +474,15 @@ def fig_delta(study, stem: str) -> None:
 
 
 def _cos_trace(run):
-    """The consecutive-gradient cosine: `cos_grad` (exact: consecutive update directions h_t
-    before the optimizer, the right one under Adam, whose momentum makes cos_update ≈ β1),
-    the LM learner's `cos/consecutive_grads`, else `cos_update`."""
+    """The consecutive-gradient cosine: `cos/consecutive_grads` (consecutive update directions
+    h_t before the optimizer, the right one under Adam, whose momentum makes the cosine of
+    consecutive updates ≈ β1), else `cos/consecutive_updates` without momentum."""
     train = run["summary"].get("train", {})
     momentum = train.get("optimizer") == "adam" or any(
         float(r.get("b1", 0) or 0) > 0 for r in run["summary"].get("results", []))
-    for k in ("cos_grad", "cos/consecutive_grads", "cos_update", "cos/consecutive_updates"):
+    for k in (metric_names.COS_GRADS, metric_names.COS_UPDATES):
         if k in run["traces"]:
-            if k == "cos_update" and momentum:
+            if k == metric_names.COS_UPDATES and momentum:
                 return None, None      # momentum alone correlates consecutive updates
             return k, run["traces"][k]
     return None, None
@@ -670,9 +672,9 @@ def regime(run) -> dict[str, Any]:
                 f"S = {min(ratios)}…{max(ratios)} (median {r:.2g}×)")
             return {"label": label, "drift_over_R_clip": r}
     tr = run["traces"]
-    if "clip_frac" not in tr and "loss/clip_frac" not in tr:
+    if metric_names.CLIP_FRAC not in tr:
         return {"label": "regime not measured (no traces)", "clip_frac": None}
-    clip = tr.get("clip_frac", tr.get("loss/clip_frac"))
+    clip = tr[metric_names.CLIP_FRAC]
     g = grid(run)
     vals = []
     for i in range(len(g["lags"])):

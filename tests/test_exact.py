@@ -253,9 +253,9 @@ def test_recorded_lags_follow_the_staleness_model_and_delta_vanishes_at_S0(stale
                 assert len(np.unique(lag[s_max:])) >= 3  # really random, covers several values
         zero = lag == 0
         assert np.all(m["delta_norm"][i][zero] == 0)
-        assert np.all(m["drift_cycle"][i][zero] == 0)
+        assert np.all(m["drift/within_cycle"][i][zero] == 0)
         if s_max > 0:
-            assert np.all(m["drift_cycle"][i][~zero] > 0)
+            assert np.all(m["drift/within_cycle"][i][~zero] > 0)
     assert np.all(m["delta_norm"][cells["max_lag"] == 0] == 0)
 
 
@@ -298,7 +298,7 @@ def test_vmapped_grid_equals_each_cell_alone():
         for i in range(len(cells["lr"])):
             one = {k: v[i] for k, v in simulate.cell_arrays(cells).items()}
             mi, si = train(one)
-            for k in ("J", "lag", "delta_norm", "drift_cycle", "update_norm"):
+            for k in ("J", "lag", "delta_norm", "drift/within_cycle", "update_norm"):
                 np.testing.assert_allclose(m[k][i], np.asarray(mi[k]), rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose(s["J_final"][i], float(si["J_final"]), rtol=1e-9)
         # Chunked execution (padded last chunk) gives the same numbers, and a resumed run that
@@ -495,5 +495,5 @@ def test_sampled_only_variants_train_only_in_sampled_mode():
     tc = ex.TrainConfig(num_steps=12, mode="sampled", optimizer="sgd", max_lag_cap=2,
                         diagnostics=False)
     m, s = ex.run_cells(tb, tc, ex.make_cells([4.0], [0], [0, 2], [0.0], max_lag_cap=2))
-    assert "clip_frac" not in m and np.isfinite(m["J"]).all()
+    assert "loss/clip_frac" not in m and np.isfinite(m["J"]).all()
     assert np.all(m["clip_frac_sampled"][0] == 0) and m["clip_frac_sampled"][1].max() > 0

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from async_grpo import metric_names as mn
 from async_grpo import scaling as xa
 from async_grpo.testbeds import exact_configs as xc
 from experiments.configs import exact_bias as bias_cfg
@@ -195,14 +196,18 @@ def test_sweep_saves_the_requested_traces_and_the_regime(tmp_path):
         c.horizons = "10,40"
     table = es.run_sweep(c, str(tmp_path))
     z = np.load(tmp_path / "grpo" / "chunks" / "chunk_00000.npz")
-    names = ["J", "cos_update", "drift_cycle", "drift_cum", "update_norm", "clip_frac"]
-    assert sorted(k[2:] for k in z.files if k.startswith("m_")) == sorted(names)
+    # Legacy names in keep_metrics are read as the vocabulary's (async_grpo.metric_names).
+    names = ["J", "cos/consecutive_updates", "drift/within_cycle", "drift/cumulative",
+             "update_norm", "loss/clip_frac"]
+    assert sorted(k[2:] for k in z.files if k.startswith("m_")) == sorted(
+        mn.file_key(n) for n in names)
     assert z["m_J"].shape == (16, 10)                  # 2 S x 4 η x 2 seeds, 40 / 4 blocks
     s0 = z["s_J_init"] * 0 == 0
     assert s0.all() and np.isfinite(z["m_update_norm"]).all()
     lag0 = np.arange(16) < 8
-    assert np.all(z["m_drift_cycle"][lag0] == 0) and np.all(z["m_clip_frac"][lag0] == 0)
-    assert np.all(z["m_drift_cycle"][~lag0][:, 1:] > 0)
+    drift = z["m_" + mn.file_key(mn.DRIFT_CYCLE)]
+    assert np.all(drift[lag0] == 0) and np.all(z["m_" + mn.file_key(mn.CLIP_FRAC)][lag0] == 0)
+    assert np.all(drift[~lag0][:, 1:] > 0)
     summ = json.loads((tmp_path / "grpo" / "summary.json").read_text())
     assert summ["traces"] == {"metrics": names, "trace_every": 4}
     res = summ["results"][0]

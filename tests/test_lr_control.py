@@ -226,10 +226,10 @@ def _exact_check(staleness):
         np.testing.assert_array_equal(m["lag"][i * n:(i + 1) * n], m0["lag"])
         assert np.all(m["lr_scale"][i * n:(i + 1) * n] == 1.0)
     small = slice(2 * n, 3 * n)
-    assert m0["drift_cycle"].max() > 1.0           # without the controller the drift is large
+    assert m0["drift/within_cycle"].max() > 1.0    # without the controller the drift is large
     assert np.all(np.isfinite(m["J"][small]))
-    assert m["drift_cycle"][small].max() <= 0.25 * (1 + 1e-9)
-    np.testing.assert_allclose(s["drift_cycle_max"], m["drift_cycle"].max(1))
+    assert m["drift/within_cycle"][small].max() <= 0.25 * (1 + 1e-9)
+    np.testing.assert_allclose(s["drift/within_cycle_max"], m["drift/within_cycle"].max(1))
     stale = both["max_lag"][small] > 0
     assert np.all((m["lr_scale"][small] > 0) & (m["lr_scale"][small] <= 1))
     assert s["lr_limited_frac"][small][stale].min() > 0
@@ -279,7 +279,8 @@ def test_simulator_keeps_the_random_stream_with_the_controller():
     mb, _ = simulate.run_cells(b, cells)
     np.testing.assert_array_equal(ma["lag"], mb["lag"])
     np.testing.assert_array_equal(ma["r"], mb["r"])
-    np.testing.assert_allclose(ma["drift_cycle"], mb["drift_cycle"], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(ma["drift/within_cycle"], mb["drift/within_cycle"], rtol=1e-12,
+                               atol=1e-15)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from async_grpo import collapse as collapse_lib
+from async_grpo import metric_names as mn
 from async_grpo import simulate
 from async_grpo import staleness as staleness_lib
 from experiments import delayed_quadratic as dq
@@ -127,14 +128,14 @@ def test_trace_every_returns_block_means_of_the_full_traces():
 def _check_block_means():
     train = _drifting_problem(24)
     cells = simulate.make_cells(max_lag=[0, 3], lr=[0.1, 0.7], seed=[0, 1])
-    keep = ("J", "cos_update", "update_norm", "finite")
+    keep = ("J", "cos/consecutive_updates", "update_norm", "finite")
     full, s_full = simulate.run_cells(train, cells, keep_metrics=keep)
     thin, s_thin = simulate.run_cells(train, cells, keep_metrics=keep, trace_every=4)
     assert set(thin) == set(keep) and thin["J"].shape == (8, 6)
     for k in keep:
         want = full[k].astype(float).reshape(8, 6, 4).mean(-1)
         np.testing.assert_allclose(thin[k], want, rtol=1e-12, atol=0)
-    assert np.ptp(thin["cos_update"]) > 0.1          # a real trace, not a constant
+    assert np.ptp(thin["cos/consecutive_updates"]) > 0.1    # a real trace, not a constant
     for k in s_full:                                  # the summary is untouched
         np.testing.assert_array_equal(s_full[k], s_thin[k])
     chunked, _ = simulate.run_cells_chunked(train, cells, chunk_size=3, keep_metrics=keep,
@@ -164,8 +165,40 @@ def test_cos_grad_is_cos_update_for_plain_sgd_but_not_under_momentum():
                                        collapse=None)
 
         cells = simulate.make_cells(max_lag=[0, 2], seed=[0, 1])
-        m, _ = simulate.run_cells(train(None), cells, keep_metrics=("cos_update", "cos_grad"))
-        np.testing.assert_allclose(m["cos_grad"], m["cos_update"], rtol=1e-9, atol=1e-12)
-        assert np.all(m["cos_grad"][:, 0] == 0) and np.ptp(m["cos_grad"]) > 0.5
-        m, _ = simulate.run_cells(train(0.9), cells, keep_metrics=("cos_update", "cos_grad"))
-        assert m["cos_update"][:, 10:].mean() > m["cos_grad"][:, 10:].mean() + 0.3
+        keep = (mn.COS_UPDATES, mn.COS_GRADS)
+        m, _ = simulate.run_cells(train(None), cells, keep_metrics=keep)
+        np.testing.assert_allclose(m[mn.COS_GRADS], m[mn.COS_UPDATES], rtol=1e-9, atol=1e-12)
+        assert np.all(m[mn.COS_GRADS][:, 0] == 0) and np.ptp(m[mn.COS_GRADS]) > 0.5
+        m, _ = simulate.run_cells(train(0.9), cells, keep_metrics=keep)
+        assert m[mn.COS_UPDATES][:, 10:].mean() > m[mn.COS_GRADS][:, 10:].mean() + 0.3
+
+
+def test_the_engine_draws_the_pipelines_lags_and_reports_the_version():
+    """One staleness schedule: a random policy's lag of step t in the engine is the pipeline's
+    (`StalenessPolicy(...).lag(t)`, key `staleness.step_key(seed, t)`), and the version the
+    update sees is logged as ``version`` = t − s_t."""
+    train = _version_problem(25, "random_uniform")
+    cells = simulate.make_cells(max_lag=[3], seed=[7])
+    m, _ = simulate.run_cells(train, cells)
+    policy = staleness_lib.StalenessPolicy("random_uniform", 3, seed=7)
+    np.testing.assert_array_equal(m["lag"][0], [policy.lag(t) for t in range(25)])
+    np.testing.assert_array_equal(m[mn.VERSION][0], m["phi_version"][0])
+
+
+def test_update_norm_is_the_optimizers_update_and_a_non_finite_step_is_not_applied():
+    """‖u_t‖ is the optimizer's own update, not θ_{t+1} − θ_t recomputed (which float arithmetic
+    absorbs when |θ| ≫ |u|: here 1e20 + 1 == 1e20). A step whose direction is non-finite
+    leaves θ at its last finite value, records finite = False and trips the collapse rule."""
+    def update(theta, phi, key, ctx):
+        bad = ctx.step == 5
+        return {"x": jnp.where(bad, jnp.nan, -1.0)}, {"m": jnp.zeros(())}
+
+    train = simulate.make_train(
+        update, lambda key, cell: {"x": jnp.asarray(1e20, jnp.float32)},
+        lambda cell: optax.sgd(1.0), num_steps=8, max_lag_cap=0,
+        collapse=collapse_lib.CollapseRules(metric="m", warmup=0))
+    m, s = simulate.run_cells(train, simulate.make_cells(max_lag=[0], seed=[0]))
+    assert np.all(m[mn.UPDATE_NORM][0, :5] == 1.0)
+    assert list(m[mn.FINITE][0]) == [True] * 5 + [False] + [True] * 2
+    assert int(s["collapse_step"][0]) == 5 and bool(s["collapsed"][0])
+    assert np.isfinite(s["drift_final"][0])

@@ -126,19 +126,41 @@ def _calls(path, attr):
                 out.append(".".join(self.stack))
             self.generic_visit(node)
 
+        def visit_Call(self, node):  # pylint: disable=invalid-name
+            if isinstance(node.func, ast.Name) and node.func.id == attr:
+                out.append(".".join(self.stack))
+            self.generic_visit(node)
+
     Visitor().visit(tree)
     return out
 
 
 def test_one_function_applies_an_optimizer_update():
-    """`optax.apply_updates` appears in the learner's `update` (RL and SFT) and in the
-    simulator's scan step (model problems and the exact testbed), nowhere else."""
+    """`optax.apply_updates` appears in `simulate.apply_update` only: the engine's scan step
+    (model problems, the exact testbed, the LM population) and the learner's `update` (the
+    pipeline, SFT) both call it."""
     where = {}
     for mod, path in _modules().items():
         for fn in _calls(path, "apply_updates"):
             where.setdefault(mod, []).append(fn)
-    assert where == {"async_grpo.rl.learner": ["update"],
-                     "async_grpo.simulate": ["make_train.train.step"]}, where
+    assert where == {"async_grpo.simulate": ["apply_update"]}, where
+    callers = {mod for mod, path in _modules().items() if _calls(path, "apply_update")}
+    assert callers == {"async_grpo.simulate", "async_grpo.rl.learner"}, callers
+
+
+def test_one_engine_owns_the_stale_loop():
+    """Only the engine (`simulate.make_train`) draws a scheduled lag inside a program and holds
+    the snapshot ring; the LM population and the exact testbed plug an update into it. (The
+    pipeline's thread draws its lags through `staleness.StalenessPolicy`.)"""
+    where = {}
+    for mod, path in _modules().items():
+        for fn in _calls(path, "scheduled_lag"):
+            where.setdefault(mod, []).append(fn)
+    assert set(where) == {"async_grpo.simulate", "async_grpo.staleness"}, where
+    assert where["async_grpo.simulate"] == ["make_train.lag_of"], where
+    for mod in ("async_grpo.rl.population", "async_grpo.testbeds.exact"):
+        assert _calls(_modules()[mod], "scan") == [], f"{mod} runs its own scan over steps"
+        assert "make_train" in open(_modules()[mod], encoding="utf-8").read()
 
 
 @pytest.mark.parametrize("name,home", [

@@ -1,12 +1,14 @@
-"""The learner: the project's one optimizer update, jitted on a `Mesh` with donation.
+"""The learner: the pipeline's and SFT's update, jitted on a `Mesh` with donation.
 
 `update(params, opt_state, aux, batch, ref_params, step, *, objective, optimizer, ...)` is the
-only function that applies an optimizer update, for GRPO (any gradient mode) and SFT alike: it
-differentiates the objective (`async_grpo.rl.objectives`), applies the optax update, keeps the
-last finite state when anything is non-finite, and returns the diagnostics that need the gradient
-itself: gradient and update norms, the cosines of consecutive gradients and of consecutive
-updates (their previous values carried in `aux`), a finiteness flag, and the collapse state of
-`async_grpo.collapse` (also in `aux`, so the host never has to look at a step to detect one).
+update of GRPO (any gradient mode) and SFT alike: it differentiates the objective
+(`async_grpo.rl.objectives`, `gradient`) and applies the project's one optimizer update
+(`async_grpo.simulate.apply_update`, the same step the engine's scan applies): the optax update,
+the last finite state kept when anything is non-finite, and the diagnostics that need the
+gradient itself: gradient and update norms, the cosines of consecutive gradients and of
+consecutive updates (their previous values carried in `aux`), a finiteness flag, and the collapse
+state of `async_grpo.collapse` (also in `aux`, so the host never has to look at a step to detect
+one).
 
 `Learner` places parameters and optimizer state on a mesh by the model's logical axes
 (`async_grpo.sharding`), shards every batch on the batch rule's mesh axes (data, fsdp), and jits
@@ -24,16 +26,10 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from async_grpo import collapse as collapse_lib
-from async_grpo import distributed, models
+from async_grpo import distributed, models, simulate
 from async_grpo import sharding as sharding_lib
-from async_grpo.diagnostics import tree_cosine
-
-
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def split_micro(tree, k: int):
@@ -90,54 +86,32 @@ def accumulated_value_and_grad(objective, params, batch, ref_params, micro_batch
     return (loss, m), grads
 
 
+def gradient(objective, params, batch, ref_params, micro_batches: int = 1):
+    """((loss, metrics), ∇_θ loss) of the objective on `batch` at `params`; with
+    `micro_batches` > 1 the same gradient holding one micro-batch's activations at a time
+    (`accumulated_value_and_grad`)."""
+    if micro_batches > 1:
+        return accumulated_value_and_grad(objective, params, batch, ref_params, micro_batches)
+    extras = objective.prepare(batch, ref_params)
+    return jax.value_and_grad(objective, has_aux=True)(params, batch, extras)
+
+
 def update(params, opt_state, aux, batch, ref_params, step, *, objective, optimizer,
            track_cosines: bool, collapse: Optional[collapse_lib.CollapseRules],
            micro_batches: int = 1, opt_extra: Optional[dict] = None):
     """One update. -> (params, opt_state, aux, metrics). See the module docstring.
 
-    `step` is the number of updates done after this one (the step the metrics are logged at);
-    the collapse rules' warm-up counts in it. `micro_batches` > 1 computes the same gradient
-    with one micro-batch's activations at a time (`accumulated_value_and_grad`). `opt_extra`:
-    extra arguments of an `optax.GradientTransformationExtraArgs` optimizer (e.g. the drift
-    controller's max_lag and drifts, `async_grpo.lr_control`).
+    The gradient of the objective (`gradient`), then the project's one optimizer update
+    (`async_grpo.simulate.apply_update`, which the engine's scan applies too). `step` is the
+    number of updates done after this one (the step the metrics are logged at); the collapse
+    rules' warm-up counts in it. `opt_extra`: extra arguments of an
+    `optax.GradientTransformationExtraArgs` optimizer (e.g. the drift controller's max_lag and
+    drifts, `async_grpo.lr_control`).
     """
-    if micro_batches > 1:
-        (loss, m), grads = accumulated_value_and_grad(objective, params, batch, ref_params,
-                                                      micro_batches)
-    else:
-        extras = objective.prepare(batch, ref_params)
-        (loss, m), grads = jax.value_and_grad(objective, has_aux=True)(params, batch, extras)
-    updates, new_opt_state = optimizer.update(grads, opt_state, params, **(opt_extra or {}))
-    new_params = optax.apply_updates(params, updates)
-    finite = _all_finite((loss, grads, new_params))
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    params = keep(new_params, params)
-    opt_state = keep(new_opt_state, opt_state)
-
-    metrics = dict(m, loss=loss, grad_norm=optax.tree.norm(grads),
-                   update_norm=optax.tree.norm(updates), finite=finite)
-    new_aux = {}
-    if track_cosines:
-        metrics["cos/consecutive_grads"] = tree_cosine(grads, aux["prev_grad"])
-        metrics["cos/consecutive_updates"] = tree_cosine(updates, aux["prev_update"])
-        new_aux.update(prev_grad=keep(grads, aux["prev_grad"]),
-                       prev_update=keep(updates, aux["prev_update"]))
-    if collapse is not None:
-        state = collapse_lib.update(collapse, aux["collapse"], step, metrics)
-        metrics["collapse/step"] = state["collapse_step"]
-        metrics["collapse/reason"] = state["reason"]
-        new_aux["collapse"] = state
-    return params, opt_state, new_aux, metrics
-
-
-def drift_metrics(params, behavior, theta0) -> dict[str, jax.Array]:
-    """{"drift/cumulative": ‖θ − θ_0‖, "drift/within_cycle": ‖θ − φ‖} (the latter only when the
-    behavior parameters φ are given): the pipeline's and the population runner's drifts."""
-    dist = lambda a, b: optax.tree.norm(optax.tree.sub(a, b))  # noqa: E731
-    out = {"drift/cumulative": dist(params, theta0)}
-    if behavior is not None:
-        out["drift/within_cycle"] = dist(params, behavior)
-    return out
+    (loss, m), grads = gradient(objective, params, batch, ref_params, micro_batches)
+    return simulate.apply_update(params, opt_state, aux, grads, step, optimizer=optimizer,
+                                 metrics=dict(m, loss=loss), track_cosines=track_cosines,
+                                 collapse=collapse, also_finite=(loss,), opt_extra=opt_extra)
 
 
 class Learner:
@@ -221,7 +195,7 @@ class Learner:
             # every process publishes the same versions in the same order).
             self._copy_to_learner = lambda p: distributed.to_global(p, self.param_shardings)
             self._copy_to_gen = distributed.to_local
-        self._drifts = jax.jit(drift_metrics)
+        self._drifts = jax.jit(simulate.drift_metrics)
 
     # --- placement -------------------------------------------------------------------------------
     def place_params(self, params):
@@ -232,13 +206,9 @@ class Learner:
         return _distinct(jax.jit(self.optimizer.init, out_shardings=self.opt_shardings)(params))
 
     def init_aux(self, params):
-        aux = {}
-        if self.track_cosines:
-            zeros = jax.jit(lambda p: jax.tree.map(jnp.zeros_like, p),
-                            out_shardings=self.param_shardings)
-            aux.update(prev_grad=zeros(params), prev_update=zeros(params))
-        if self.collapse is not None:
-            aux["collapse"] = jax.device_put(collapse_lib.init_state(), self.replicated)
+        init = functools.partial(simulate.init_aux, track_cosines=self.track_cosines,
+                                 collapse=self.collapse)
+        aux = jax.jit(init, out_shardings=self.aux_shardings())(params)
         return _distinct(aux) if aux else aux
 
     def aux_shardings(self):

@@ -2,20 +2,25 @@
 
 The pipeline (`async_grpo.rl.pipeline`) exists for real asynchrony and throughput; this runner
 exists for science: `make_population(config, comps, max_lag_cap=...)` returns
-``train(cell) -> (metrics {name: [T]}, final params, summary)``, one GRPO run as a `lax.scan`
-over learner steps, and `run_cells` vmaps it over the cells of a grid (chunks of cells, sized to
-a memory budget, compile once). It is the same algorithm as the pipeline, from the same pieces:
+``train(cell, tables) -> (metrics {name: [T]}, final params, summary)``, one GRPO run as the
+engine's scan over learner steps (`async_grpo.simulate.make_train`, the one engine: this module
+supplies only the update h(θ, φ) and its metrics), and `compile_chunk` vmaps it over the cells
+of a grid (chunks of cells, sized to a memory budget, compile once). It is the same algorithm as
+the pipeline, from the same pieces:
 
 * prompts: `RolloutSource.problems(step)` of the cell's seed, drawn on the host before the
   program runs (they do not depend on θ), so a cell sees exactly the pipeline's prompts;
-* the behavior version of step t from `async_grpo.staleness.scheduled_lag` (the pipeline's
-  schedule; `bounded_async` has none: use `random_uniform`), read from a ring buffer of the last
-  S_max + 1 parameter snapshots;
+* the behavior version of step t from the engine: `async_grpo.staleness.scheduled_lag` with the
+  pipeline's key `staleness.step_key(seed, t)` (`bounded_async` has no schedule: use
+  `random_uniform`), read from the engine's ring buffer of the last S_max + 1 snapshots;
 * sampling: `async_grpo.sampling.sample` with the pipeline's key, fold_in(fold_in(key(seed), 2), t);
 * rewards: the task's `token_reward`, equal to its Python reward (tasks without one, Countdown
   and GSM8K, are refused);
-* the update: `async_grpo.rl.learner.update` (the one optimizer update, with the config's
-  objective, optimizer, cosines and collapse rules) and `learner.drift_metrics`.
+* the gradient: `async_grpo.rl.learner.gradient` of the config's objective (micro-batches
+  included); the engine then applies the one optimizer update (`simulate.apply_update`, which
+  the pipeline's learner applies too) with the config's optimizer, cosines and collapse rules,
+  and records the drifts (`simulate.drift_metrics`). Metrics are logged in the pipeline's
+  convention (update t at step t + 1, the engine's ``first_step=1``).
 
 `tests/test_population.py` checks that a cell and `pipeline.run` with the `fixed` policy agree to
 float tolerance over 24 steps. A cell holds the cell's θ, its optimizer state (2θ for Adam),
@@ -33,15 +38,13 @@ from typing import Callable, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from async_grpo import collapse as collapse_lib
 from async_grpo import lr_control as lr_control_lib
 from async_grpo import models, sampling, simulate
 from async_grpo import staleness as staleness_lib
 from async_grpo.config import RunConfig
 from async_grpo.rl.components import Components, make_optimizer
-from async_grpo.rl.learner import drift_metrics, update
+from async_grpo.rl.learner import gradient
 from async_grpo.rl.rollout import RolloutSource
 
 # The per-step curves kept by default (the sweep writes them).
@@ -95,15 +98,12 @@ def make_population(config: RunConfig, comps: Components, *, seeds: Sequence[int
 
     A cell is {"seed": s, "max_lag": S, "lr": η}. `keep` limits the per-step metrics returned
     (None: all of the learner's, the drifts, the lag and the rollout statistics). `lr_control`:
-    the staleness-aware learning-rate controller (`async_grpo.lr_control`, rule mode) chained
-    after the optimizer, with the cell's S and the measured drifts of each step; its scale c_t
-    is the metric "lr_scale" (the effective η is c_t·η)."""
+    the staleness-aware learning-rate controller (`async_grpo.lr_control`) chained after the
+    optimizer, with the cell's S and the measured drifts of each step (the engine knows the next
+    step's behavior snapshot, so the lookahead mode runs too); its scale c_t is the metric
+    "lr_scale" (the effective η is c_t·η)."""
     if lr_control is not None:
         lr_control_lib.validate(lr_control, max_lag_cap)
-        if float(lr_control.lookahead) != 0.0:
-            raise ValueError("lr_control lookahead=1 needs the next batch's behavior snapshot "
-                             "before the update; the population runner supports the rule "
-                             "(lookahead=0)")
     rc, st = config.rl, config.staleness
     staleness_lib.check_policy_name(st.policy, scheduled_only=True)
     token_reward = comps.task.token_reward(comps.tokenizer)
@@ -114,87 +114,63 @@ def make_population(config: RunConfig, comps: Components, *, seeds: Sequence[int
                          "task).")
     if comps.source is None:
         raise ValueError("the population runner needs GRPO components (components.build_grpo)")
-    steps, g, k_ring = rc.steps, rc.group_size, max_lag_cap + 1
     seeds = tuple(int(s) for s in seeds)
-    tables = _prompt_tables(config, comps, seeds, steps, token_reward)
-    graphdef, theta0 = comps.graphdef, comps.init_params
-    objective = comps.objective
-    use_ref = rc.log_ref_kl or objective.needs_ref
-    collapse = config.collapse
-    tok = comps.tokenizer
+    tables = _prompt_tables(config, comps, seeds, rc.steps, token_reward)
+    theta0 = comps.init_params
+    engine_train = simulate.make_train(
+        _grpo_update(config, comps, token_reward), lambda key, cell: theta0,
+        lambda cell: make_optimizer(rc.optimizer, rc.steps,
+                                    lr=jnp.asarray(cell["lr"], jnp.float32),
+                                    mu_dtype=config.precision.opt_state_dtype),
+        num_steps=rc.steps, staleness=st.policy, max_lag_cap=max_lag_cap,
+        geometric_p=st.geometric_p, collapse=config.collapse,
+        lr_control=None if lr_control is None else (lambda cell: lr_control),
+        track_cosines=config.diagnostics.cosines, first_step=1, keep=keep, return_params=True)
 
     def train(cell, tables):
-        seed = jnp.asarray(cell["seed"], jnp.uint32)
-        tab = jax.tree.map(lambda x: x[cell["seed_index"]], tables)
-        base_key = jax.random.key(seed)
-        lag_key = jax.random.PRNGKey(seed)
-        s_max = jnp.asarray(cell["max_lag"], jnp.int32)
-        opt = make_optimizer(rc.optimizer, steps, lr=jnp.asarray(cell["lr"], jnp.float32),
-                             mu_dtype=config.precision.opt_state_dtype)
-        if lr_control is not None:
-            opt = optax.chain(opt, lr_control_lib.scale_by_drift_control(lr_control))
-        ref = theta0 if use_ref else None
-        aux = {}
-        if config.diagnostics.cosines:
-            zeros = jax.tree.map(jnp.zeros_like, theta0)
-            aux.update(prev_grad=zeros, prev_update=zeros)
-        if collapse is not None:
-            aux["collapse"] = collapse_lib.init_state()
-        ring = jax.tree.map(lambda x: jnp.broadcast_to(x, (k_ring,) + x.shape), theta0)
-        carry0 = (theta0, opt.init(theta0), aux, ring)
-
-        def step(carry, t):
-            params, opt_state, aux, ring = carry
-            ring = jax.tree.map(lambda r, x: r.at[t % k_ring].set(x), ring, params)
-            lag = staleness_lib.scheduled_lag(st.policy, t, s_max,
-                                              jax.random.fold_in(lag_key, t),
-                                              geometric_p=st.geometric_p)
-            version = t - lag
-            phi = jax.tree.map(lambda r: r[version % k_ring], ring)
-            key = jax.random.fold_in(jax.random.fold_in(base_key, RolloutSource.TRAIN_STREAM), t)
-            sb = sampling.sample(
-                graphdef, phi, tab["prompt_tokens"][t], tab["prompt_lengths"][t], key,
-                max_new_tokens=comps.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                temperature=rc.temperature, top_k=rc.top_k or None, top_p=rc.top_p or None,
-                params_version=version, num_samples=g)
-            targets = {k: jnp.repeat(v[t], g, axis=0) for k, v in tab.items()
-                       if k not in ("prompt_tokens", "prompt_lengths")}
-            rewards, malformed = token_reward.reward(sb.response_tokens, sb.response_lengths,
-                                                     targets)
-            batch = {"prompt_tokens": sb.prompt_tokens, "prompt_lengths": sb.prompt_lengths,
-                     "response_tokens": sb.response_tokens, "response_mask": sb.response_mask,
-                     "behavior_logp": sb.behavior_logp, "rewards": rewards}
-            drifts = drift_metrics(params, phi, theta0)
-            extra = None if lr_control is None else {
-                "max_lag": s_max, "drift_cycle": drifts["drift/within_cycle"],
-                "drift_cum": drifts["drift/cumulative"]}
-            params, opt_state, aux, m = update(
-                params, opt_state, aux, batch, ref, t + 1, objective=objective, optimizer=opt,
-                track_cosines=config.diagnostics.cosines, collapse=collapse,
-                micro_batches=config.learner.micro_batches, opt_extra=extra)
-            if lr_control is not None:
-                m["lr_scale"] = opt_state[-1].last
-            grouped = rewards.reshape(-1, g)
-            m = dict(m, **drifts, lag=lag, version=version, **{
-                "rollout/correct_frac": jnp.mean(rewards > 0),
-                "rollout/malformed_frac": jnp.mean(malformed),
-                "rollout/response_length": jnp.mean(sb.response_lengths.astype(jnp.float32)),
-                "rollout/truncated_frac": jnp.mean(~sb.eos_reached),
-                "rollout/zero_signal_groups": jnp.mean(grouped.max(1) == grouped.min(1)),
-                "rollout/pass_at_group": jnp.mean(grouped.max(1) > 0)})
-            if keep is not None:
-                m = {k: v for k, v in m.items() if k in keep}
-            return (params, opt_state, aux, ring), m
-
-        (params, _, aux, _), metrics = jax.lax.scan(step, carry0,
-                                                    jnp.arange(steps, dtype=jnp.int32))
-        summary = {"drift_final": drift_metrics(params, None, theta0)["drift/cumulative"]}
-        if collapse is not None:
-            summary.update(collapse_step=aux["collapse"]["collapse_step"],
-                           collapse_reason=aux["collapse"]["reason"])
+        metrics, summary, params = engine_train(cell, tables)
         return metrics, params, summary
 
     return Population(train, seeds, max_lag_cap, tables)
+
+
+def _grpo_update(config: RunConfig, comps: Components, token_reward) -> Callable:
+    """The engine's update h(θ, φ) for GRPO: sample the step's prompts from φ (the pipeline's
+    key for step t of the cell's seed), score them with the task's token reward, and return the
+    learner's gradient of the objective at θ with its metrics and the rollout statistics."""
+    rc, tok, g = config.rl, comps.tokenizer, config.rl.group_size
+    objective = comps.objective
+    use_ref = rc.log_ref_kl or objective.needs_ref
+
+    def update(theta, phi, key, ctx):
+        del key            # the sampling key is the pipeline's, from the seed and the step
+        t, version = ctx.step, ctx.step - ctx.lag
+        tab = jax.tree.map(lambda x: x[ctx.cell["seed_index"]], ctx.data)
+        seed_key = jax.random.key(jnp.asarray(ctx.cell["seed"], jnp.uint32))
+        sb = sampling.sample(
+            comps.graphdef, phi, tab["prompt_tokens"][t], tab["prompt_lengths"][t],
+            jax.random.fold_in(jax.random.fold_in(seed_key, RolloutSource.TRAIN_STREAM), t),
+            max_new_tokens=comps.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
+            temperature=rc.temperature, top_k=rc.top_k or None, top_p=rc.top_p or None,
+            params_version=version, num_samples=g)
+        targets = {k: jnp.repeat(v[t], g, axis=0) for k, v in tab.items()
+                   if k not in ("prompt_tokens", "prompt_lengths")}
+        rewards, malformed = token_reward.reward(sb.response_tokens, sb.response_lengths, targets)
+        batch = {"prompt_tokens": sb.prompt_tokens, "prompt_lengths": sb.prompt_lengths,
+                 "response_tokens": sb.response_tokens, "response_mask": sb.response_mask,
+                 "behavior_logp": sb.behavior_logp, "rewards": rewards}
+        (loss, m), grads = gradient(objective, theta, batch, ctx.theta0 if use_ref else None,
+                                    config.learner.micro_batches)
+        grouped = rewards.reshape(-1, g)
+        return grads, dict(m, loss=loss, **{
+            "rollout/correct_frac": jnp.mean(rewards > 0),
+            "rollout/malformed_frac": jnp.mean(malformed),
+            "rollout/response_length": jnp.mean(sb.response_lengths.astype(jnp.float32)),
+            "rollout/truncated_frac": jnp.mean(~sb.eos_reached),
+            "rollout/zero_signal_groups": jnp.mean(grouped.max(1) == grouped.min(1)),
+            "rollout/pass_at_group": jnp.mean(grouped.max(1) > 0)})
+
+    return update
 
 
 def make_cells(pop: Population, *, lrs: Sequence[float], lags: Sequence[int],

@@ -104,6 +104,7 @@ import optax
 from async_grpo import collapse as collapse_lib
 from async_grpo import losses
 from async_grpo import lr_control as lr_control_lib
+from async_grpo import metric_names as mn
 from async_grpo import simulate
 from async_grpo import staleness as staleness_lib
 from async_grpo.diagnostics import tree_cosine
@@ -746,7 +747,7 @@ def update_fn(tb: Testbed, tc: TrainConfig):
         m = {"entropy": entropy(tb, theta), "grad_j_norm": optax.tree.norm(g)}
         if pop:
             (loss_pop, aux), h_pop = population_loss_and_H(tb, theta, phi, ref)
-            m.update(loss_pop=loss_pop, clip_frac=aux["clip_frac"],
+            m.update({"loss_pop": loss_pop, mn.CLIP_FRAC: aux["clip_frac"]},
                      h_pop_norm=optax.tree.norm(h_pop), cos_stale=tree_cosine(_neg(h_pop), g))
             h_used = h_pop
         if tc.mode == "sampled":

@@ -54,7 +54,8 @@ def get_config():
                                # SGD, 0.9 for Adam.
     # Per-step traces saved in the chunk files (comma-separated metric names of
     # async_grpo.simulate / exact.update_fn; J is always kept), e.g.
-    # "J,cos_update,drift_cycle,drift_cum,update_norm,clip_frac" (the last three also give the
+    # "J,cos/consecutive_updates,drift/within_cycle,drift/cumulative,update_norm,loss/clip_frac"
+    # (the last three also give the
     # regime table). trace_every = k > 1 saves block means over k steps (k must divide T).
     c.keep_metrics = "J"
     c.trace_every = 1

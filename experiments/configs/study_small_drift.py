@@ -34,12 +34,15 @@ Launch (from the repository root; wall times on the shared 2-core CPU VM):
 
 from experiments.configs import exact_sweep
 
-TRACES = "J,cos_update,drift_cycle,drift_cum,update_norm,clip_frac"
+TRACES = ("J,cos/consecutive_updates,drift/within_cycle,drift/cumulative,update_norm,"
+          "loss/clip_frac")
 # Variants without a population form record no population clip fraction: the variant runs keep
 # the library's clip fraction on the sample (0 for a loss without a clip) for every variant.
-# cos_grad (the consecutive cosine of the update directions before Adam) came after the two main
-# grids ran; under Adam's β1 = 0.9 cos_update is ≈ 0.9 in every run, so cos_grad is the one to read.
-VARIANT_TRACES = ("J,cos_update,cos_grad,drift_cycle,drift_cum,update_norm,clip_frac_sampled,"
+# cos/consecutive_grads (the consecutive cosine of the update directions before Adam) came after
+# the two main grids ran; under Adam's β1 = 0.9 cos/consecutive_updates is ≈ 0.9 in every run,
+# so cos/consecutive_grads is the one to read.
+VARIANT_TRACES = ("J,cos/consecutive_updates,cos/consecutive_grads,drift/within_cycle,"
+                  "drift/cumulative,update_norm,clip_frac_sampled,"
                   "cos_used")
 # Variants run in step 3. pg = GRPO's token ratio without the clip (token-mean, which equals
 # GRPO's seq-mean-token-mean at the testbed's fixed length): "GRPO with clipping off".
@@ -80,7 +83,7 @@ def get_config(arg="adam"):
         c.lr_min, c.lr_max, c.lrs_per_octave = 0.32, 1.28, 1
         c.num_seeds, c.n_boot = 2, 500
         c.train.num_steps, c.trace_every = 20000, 100
-        c.keep_metrics = TRACES + ",cos_grad"
+        c.keep_metrics = TRACES + ",cos/consecutive_grads"
         c.horizons = "2500,5000,10000,20000"
     elif arg == "sgd":
         c.lr_min, c.lr_max, c.lrs_per_octave = 2.0, 8.0, 2
