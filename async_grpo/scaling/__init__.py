@@ -34,7 +34,8 @@ from async_grpo.scaling._core import (  # noqa: F401
     _check_rows, _log_intervals, _sigma_floor, _seed_resample, _quantile_ci, _collapse_map,
     _fmt)
 from async_grpo.scaling.eta_max import (  # noqa: F401
-    eta_max_per_seed, fit_power_law, eta_max_intervals, bootstrap_alpha, format_alpha,
+    eta_max_per_seed, fit_power_law, eta_max_intervals, bootstrap_alpha, alpha_interval,
+    format_alpha,
     _lag_rows, _LOG_C_BOUNDS, _null_model, _fit_null_rows, _fit_power_rows, fit_null_model,
     format_null_model)
 from async_grpo.scaling.bias import (  # noqa: F401

@@ -7,6 +7,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+from scipy import stats
 
 from async_grpo.scaling._core import (
     _mle, _censored_fit, _log_intervals, _seed_resample, _quantile_ci, _collapse_map, _fmt)
@@ -76,9 +77,11 @@ def eta_max_intervals(lrs: Sequence[float], collapsed: np.ndarray
 
 
 def bootstrap_alpha(lags: Sequence[int], lrs: Sequence[float], collapsed: np.ndarray, *,
-                    n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                    n_boot: int = 0, seed: int = 0, level: float = 0.95,
                     min_bracketed_frac: float = 0.5) -> dict[str, Any]:
-    """α of η_max ∝ S^−α over S ≥ 1, from a collapse map, treating censoring honestly.
+    """α of η_max ∝ S^−α over S ≥ 1, from a collapse map, treating censoring honestly, with an
+    interval that covers at 3 seeds. (The name is historical: the interval is no longer a
+    bootstrap; see below.)
 
     Each (S, seed) contributes the interval [lo, hi) the grid brackets its η_max in
     (`eta_max_intervals`): a bracketed cell is known only to grid resolution, a cell where nothing
@@ -90,18 +93,28 @@ def bootstrap_alpha(lags: Sequence[int], lrs: Sequence[float], collapsed: np.nda
 
     No number is returned unless two or more S ≥ 1 have at least one bracketed seed (bounds
     alone do not fix a slope) and at least `min_bracketed_frac` of the cells at S ≥ 1 are
-    bracketed (a fit made mostly of bounds says more about the grid than about η_max). The interval resamples seeds with replacement (jointly across S)
-    and refits; it is a percentile interval at `level` over the resamples that are identified.
-    It covers seed-to-seed spread, with grid resolution and censoring in the likelihood; it does
-    not cover float precision or the choice of collapse rule.
+    bracketed (a fit made mostly of bounds says more about the grid than about η_max).
+
+    The interval (`alpha_interval`): the same censored line fitted to each seed alone gives one
+    slope α_k per seed; the seeds are the independent units (a seed's cells at several S may
+    share its randomness), so α̂ ± t_{n−1}·se with se² = max(s²_α, q²)/n, s²_α the variance of
+    the n identified per-seed slopes and q² = w²/(12·Σ(log S − mean)²) the variance a single
+    seed's slope has from grid resolution alone (w the median log grid step): the floor keeps a
+    coarse grid, on which every seed lands in the same brackets, from printing a zero-width
+    interval. Fewer than two identified seeds: ``ci`` is [None, None] with ``ci_reason`` (the
+    interval is undetermined, not zero). Measured coverage of the nominal 95 % interval
+    (tests/test_coverage.py, σ ∈ {0.10, 0.25}, √2 and ×2 grids, α ∈ {0.4, 1}, 3 and 5 seeds):
+    ≥ 0.90 everywhere. The percentile bootstrap over seeds this function used to print covered
+    0.52–0.76 at 3 seeds (10 distinct resamples); `n_boot` > 0 still computes it, as
+    ``ci_bootstrap``, for comparison only.
 
     Args:
       lags: S values, length nS. lrs: the increasing η grid, length E.
       collapsed: bool [nS, E, nseed].
 
     Returns a dict: alpha (None when not identified, with `reason`), ci, sigma (the fitted
-    scatter of log η_max), log_c, level, n_boot, n_boot_identified, and the counts of
-    bracketed, lower-bound and upper-bound cells at S ≥ 1.
+    scatter of log η_max), log_c, level, alpha_per_seed, n_seeds_identified, se, and the counts
+    of bracketed, lower-bound and upper-bound cells at S ≥ 1.
     """
     lags, lrs, collapsed = _collapse_map(lags, lrs, collapsed)
     lo, hi = eta_max_intervals(lrs, collapsed)
@@ -111,7 +124,8 @@ def bootstrap_alpha(lags: Sequence[int], lrs: Sequence[float], collapsed: np.nda
     out = {"alpha": None, "ci": [None, None], "sigma": None, "log_c": None, "level": level,
            "n_boot": 0, "n_boot_identified": 0, "n_bracketed": int(bracketed.sum()),
            "n_lower_bound": int(np.isinf(hi).sum()), "n_upper_bound": int((lo == 0).sum()),
-           "method": "interval-censored MLE over S >= 1; bootstrap over seeds"}
+           "method": "interval-censored MLE over S >= 1; t-interval over per-seed slopes "
+                     "(se floored at the grid's resolution)"}
     steps = np.diff(np.log(lrs))
     sigma_min = float(np.median(steps)) / 4 if steps.size else 0.05
 
@@ -135,17 +149,49 @@ def bootstrap_alpha(lags: Sequence[int], lrs: Sequence[float], collapsed: np.nda
             f"bracketed (has {bracketed.sum()} of {bracketed.size}; {out['n_lower_bound']} "
             f"never collapsed, {out['n_upper_bound']} always did)")
         return out
-    rng = np.random.default_rng(seed)
-    alphas = []
-    for _ in range(n_boot):
-        r = fit(rng.integers(0, n_seed, n_seed), starts=[point.x])
-        if r is not None:
-            alphas.append(r.x[1])
     out.update(alpha=float(point.x[1]), sigma=float(np.exp(point.x[2])),
-               log_c=float(point.x[0]), n_boot=n_boot, n_boot_identified=len(alphas))
-    if alphas:
-        q = np.quantile(alphas, [(1 - level) / 2, (1 + level) / 2])
-        out["ci"] = [float(q[0]), float(q[1])]
+               log_c=float(point.x[0]))
+    per_seed = []
+    for k in range(n_seed):
+        r = fit(np.array([k]), starts=[point.x])
+        per_seed.append(float(r.x[1]) if r is not None else None)
+    step = float(np.median(steps)) if steps.size else math.nan
+    out.update(alpha_interval(out["alpha"], per_seed, np.log(s), step, level))
+    if n_boot:
+        rng = np.random.default_rng(seed)
+        alphas = []
+        for _ in range(n_boot):
+            r = fit(rng.integers(0, n_seed, n_seed), starts=[point.x])
+            if r is not None:
+                alphas.append(r.x[1])
+        out.update(n_boot=n_boot, n_boot_identified=len(alphas),
+                   ci_bootstrap=_quantile_ci(alphas, level) if alphas else [None, None])
+    return out
+
+
+def alpha_interval(alpha: float, per_seed: Sequence[float | None], log_s: Sequence[float],
+                   grid_step: float, level: float = 0.95) -> dict[str, Any]:
+    """The t-interval of `bootstrap_alpha`: α ± t_{n−1}·se over the n identified per-seed
+    slopes (None: that seed's slope is not identified), se² = max(s², q²)/n with q² =
+    grid_step²/(12·Σ(log S − mean)²) over the distinct S. Returns {ci, se, alpha_per_seed,
+    n_seeds_identified} and ``ci_reason`` when fewer than two seeds are identified (ci
+    [None, None]: undetermined)."""
+    a = np.array([x for x in per_seed if x is not None and math.isfinite(x)], float)
+    out: dict[str, Any] = {"alpha_per_seed": list(per_seed), "n_seeds_identified": int(a.size),
+                           "se": None, "ci": [None, None]}
+    if a.size < 2:
+        out["ci_reason"] = (f"{a.size} seed(s) identify a slope alone (needs two or more for an "
+                            f"interval over seeds)")
+        return out
+    xs = np.unique(np.asarray(log_s, float))
+    sxx = float(((xs - xs.mean()) ** 2).sum())
+    q2 = grid_step ** 2 / (12 * sxx) if sxx > 0 and math.isfinite(grid_step) else 0.0
+    se = math.sqrt(max(float(np.var(a, ddof=1)), q2) / a.size)
+    if not se > 0:
+        out["ci_reason"] = "the per-seed slopes agree exactly and the grid gives no resolution"
+        return out
+    half = float(stats.t.ppf((1 + level) / 2, a.size - 1)) * se
+    out.update(se=se, ci=[alpha - half, alpha + half])
     return out
 
 
@@ -155,7 +201,7 @@ def format_alpha(fit: dict[str, Any]) -> str:
         return f"n/a ({fit.get('reason', 'not identified')})"
     lo, hi = fit["ci"]
     ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "[n/a]"
-    return (f"alpha = {fit['alpha']:.3f}, {fit['level']:.0%} bootstrap CI over seeds {ci}, "
+    return (f"alpha = {fit['alpha']:.3f}, {fit['level']:.0%} t-interval over seeds {ci}, "
             f"sigma(log eta_max) = {fit['sigma']:.3f}; cells at S>=1: {fit['n_bracketed']} "
             f"bracketed, {fit['n_lower_bound']} lower and {fit['n_upper_bound']} upper bounds")
 
