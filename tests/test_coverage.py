@@ -54,3 +54,41 @@ def test_alpha_interval_is_undetermined_not_zero_width():
     fit = scaling.bootstrap_alpha(lags, lrs, col)
     assert len(set(fit["alpha_per_seed"])) == 1
     assert fit["ci"][1] - fit["ci"][0] > 0.1, fit
+
+
+def _claim1_coverage(beta, slope_sd, draws):
+    rng = np.random.default_rng(0)
+    hit, old = [], []
+    for _ in range(draws):
+        c = synthetic.lm_bias_cells(rng, beta, slope_sd=slope_sd)
+        fit = scaling.anchored_slope(c["x"], c["est"], c["se"], c["anchor"])
+        assert fit["ci"][1] > fit["ci"][0]
+        hit.append(fit["ci"][0] <= beta <= fit["ci"][1])
+        prev = scaling.loglog_slope_ci(c["x"], c["est"], c["se"], n_boot=100)
+        old.append(prev["ci"][0] <= beta <= prev["ci"][1])
+    return float(np.mean(hit)), float(np.mean(old))
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_claim1_anchored_slope_covers_with_anchor_differences(beta):
+    """The LM design (4 η × 2 anchors × 5 lags), anchor levels spread e^{±0.5}, anchor slopes
+    spread sd 0.1, errors correlated 0.5 within an anchor. Measured (150–200 draws): coverage
+    0.885–0.905 at β = 1, 0.905 at β = 0.5 (no slope spread: 0.88–0.925); the old fit
+    (resolved cells, measurement-error bootstrap) 0.18–0.29 on the same data. The bar here is
+    0.85: a jackknife over 8 anchors is close to, not at, its nominal level."""
+    cov, old = _claim1_coverage(beta, 0.1, 80)
+    assert cov >= 0.85, cov
+    assert old < 0.6, old
+
+
+def test_claim1_anchored_slope_uses_unresolved_cells():
+    """Cells at the noise floor (est ≤ 0 included) enter the fit; an anchor whose lags share
+    one x cannot fix a slope and is dropped; fewer than 3 usable anchors give no slope."""
+    rng = np.random.default_rng(1)
+    c = synthetic.lm_bias_cells(rng, 1.0)
+    assert (c["est"] <= 2 * c["se"]).any()
+    fit = scaling.anchored_slope(c["x"], c["est"], c["se"], c["anchor"])
+    assert fit["n"] == c["x"].size and fit["n_anchors"] == 8
+    few = c["anchor"] < 2
+    fit = scaling.anchored_slope(c["x"][few], c["est"][few], c["se"][few], c["anchor"][few])
+    assert np.isnan(fit["slope"]) and "anchor" in fit["reason"]

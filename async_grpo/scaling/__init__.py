@@ -39,7 +39,7 @@ from async_grpo.scaling.eta_max import (  # noqa: F401
     _lag_rows, _LOG_C_BOUNDS, _null_model, _fit_null_rows, _fit_power_rows, fit_null_model,
     format_null_model)
 from async_grpo.scaling.bias import (  # noqa: F401
-    fit_through_origin, loglog_slope, mean_norm_sq, norm_interval, loglog_slope_ci,
+    fit_through_origin, loglog_slope, mean_norm_sq, norm_interval, loglog_slope_ci, anchored_slope,
     linearity_break)
 from async_grpo.scaling.collapse_time import (  # noqa: F401
     collapse_time_law, collapse_time_per_lag)

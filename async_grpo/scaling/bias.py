@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import optimize, stats
 
 from async_grpo.scaling._core import _quantile_ci
 
@@ -120,3 +121,91 @@ def linearity_break(x: np.ndarray, y: np.ndarray, slope: float, *, tol: float = 
     # report the first bad point beyond the last run of good ones at small x.
     first_bad = int(np.argmax(bad))
     return float(x[first_bad])
+
+
+def anchored_slope(x, est, se, anchor, *, level: float = 0.95,
+                   max_abs_slope: float = 5.0) -> dict[str, Any]:
+    """Slope β of ‖μ‖ ∝ x^β from noisy estimates of ‖μ‖², with a level per anchor, on every cell.
+
+    Cells are grouped by `anchor` (e.g. one (η, t) of the LM bias: the lags of one anchor share
+    its fresh batch, so their errors are correlated, and anchors differ in level). The fit is
+    weighted least squares on the estimate scale,
+
+        est_i ≈ exp(2·(a_{j(i)} + β·log x_i)),   weights 1/se_i²,
+
+    over all cells, resolved or not (`est` may be ≤ 0: a cell at the noise floor pulls the
+    curve down instead of being dropped, so the fit does not select on the outcome). With a
+    level per anchor, β is identified by the variation of x within anchors only.
+
+    The interval is a delete-one-anchor jackknife: se² = (J − 1)/J·Σ_j (β_(−j) − β̄)², β̂ ±
+    t_{J−1}·se. Anchors are the independent units: the interval allows for correlated cells
+    within an anchor, for anchor-level differences in level and in slope (it then covers the
+    slope averaged over anchors, weighted towards the anchors the weights favour). Needs ≥ 3
+    anchors with ≥ 2 distinct x each (else slope NaN and a `reason`).
+
+    Measured coverage of the nominal 95 % interval (tests/test_coverage.py, 8 anchors × 5 lags
+    as the LM grid, anchor levels spread by a factor e^{±0.5}, errors correlated 0.5 within an
+    anchor, the smallest cells at the noise floor): 0.89–0.92 at β = 1 and 0.5 with anchor
+    slopes spread by sd ≤ 0.1; 0.82 at β = 0.5 with sd 0.2 (the weighted slope is then not the
+    plain average). `loglog_slope_ci` (resolved cells only, measurement error only) covers
+    0.07–0.40 on the same data.
+
+    Returns {slope, ci, se, n, n_anchors, level_per_anchor, slope_loo, method}.
+    """
+    x, est, se = (np.asarray(a, float).reshape(-1) for a in (x, est, se))
+    anchor = np.asarray(anchor).reshape(-1)
+    if not (x.shape == est.shape == se.shape == anchor.shape):
+        raise ValueError(f"x, est, se, anchor must have one shape, got {x.shape}, {est.shape}, "
+                         f"{se.shape}, {anchor.shape}")
+    ok = (x > 0) & np.isfinite(est) & np.isfinite(se) & (se > 0)
+    x, est, se, anchor = x[ok], est[ok], se[ok], anchor[ok]
+    keys = [k for k in np.unique(anchor) if np.unique(x[anchor == k]).size >= 2]
+    out: dict[str, Any] = {"n": int(np.isin(anchor, keys).sum()), "n_anchors": len(keys),
+                           "slope": math.nan, "ci": (math.nan, math.nan), "se": math.nan,
+                           "level": level,
+                           "method": "WLS on the estimate scale, a level per anchor; "
+                                     "delete-one-anchor jackknife t-interval"}
+    if len(keys) < 3:
+        out["reason"] = f"{len(keys)} anchor(s) with two or more x (need >= 3)"
+        return out
+
+    def fit(use_keys):
+        m = np.isin(anchor, use_keys)
+        xs, es, ss = np.log(x[m]), est[m], se[m]
+        j = np.searchsorted(np.asarray(use_keys), anchor[m])
+        start = [1.0]
+        for k in range(len(use_keys)):
+            e = es[j == k]
+            pos = e[e > 0]
+            lvl = 0.5 * math.log(pos.mean()) if pos.size else 0.5 * math.log(ss[j == k].mean())
+            start.append(lvl - float(np.mean(xs[j == k])))
+
+        def resid(p):
+            return (es - np.exp(2 * (p[1:][j] + p[0] * xs))) / ss
+
+        def jac(p):
+            m_ = np.exp(2 * (p[1:][j] + p[0] * xs))
+            d = np.zeros((xs.size, p.size))
+            d[:, 0] = -2 * m_ * xs / ss
+            d[np.arange(xs.size), 1 + j] = -2 * m_ / ss
+            return d
+
+        lo = [-max_abs_slope] + [-np.inf] * len(use_keys)
+        hi = [max_abs_slope] + [np.inf] * len(use_keys)
+        with np.errstate(over="ignore", invalid="ignore"):
+            r = optimize.least_squares(resid, np.clip(start, np.array(lo) + 1e-9,
+                                                      np.array(hi) - 1e-9), jac=jac,
+                                       bounds=(lo, hi), method="trf", x_scale="jac")
+        return r.x
+    p = fit(keys)
+    loo = np.array([fit([k for k in keys if k != d])[0] for d in keys])
+    n_j = len(keys)
+    se_j = math.sqrt((n_j - 1) / n_j * float(((loo - loo.mean()) ** 2).sum()))
+    half = float(stats.t.ppf((1 + level) / 2, n_j - 1)) * se_j
+    out.update(slope_loo=loo.tolist(), slope=float(p[0]), se=se_j,
+               ci=(float(p[0] - half), float(p[0] + half)),
+               level_per_anchor={str(k): float(v) for k, v in zip(keys, p[1:])})
+    if not half > 0:
+        out["ci"] = (math.nan, math.nan)
+        out["reason"] = "the jackknife gives no width (every anchor's slope identical)"
+    return out
