@@ -41,3 +41,22 @@ def lm_bias_cells(rng, beta, *, lrs=(3e-5, 1e-4, 3e-4, 1e-3), anchors=(20, 40),
                     rows[key].append(v)
             j += 1
     return {k: np.asarray(v) for k, v in rows.items()}
+
+
+def collapse_times(rng, *, num_steps, warmup=10, k=1000.0, sigma=0.3, ema=0.9,
+                   drop_frac=0.5, n_eta=10, n_seed=5, exponent=1.0):
+    """Runs whose collapse onset is τ = K·η^−exponent·exp(σ·ε) (t_c·η exactly constant at
+    exponent 1), flagged by the drop rule d = `scaling.detection_lag(ema, drop_frac)` steps
+    later; the η grid spans onsets from a third of the warm-up to twice the horizon. Collapse
+    steps at or before the warm-up end are reported at the warm-up end, and runs not flagged
+    within `num_steps` as −1, as the collapse rule does. -> (lrs [runs], collapse_step [runs],
+    lag d)."""
+    from async_grpo import scaling   # pylint: disable=import-outside-toplevel
+    d = scaling.detection_lag(ema, drop_frac)
+    etas = np.geomspace(k / (2 * num_steps), k / (warmup / 3), n_eta)
+    lrs = np.repeat(etas, n_seed)
+    tau = k * lrs ** -exponent * np.exp(sigma * rng.standard_normal(lrs.size))
+    c = np.ceil(tau).astype(int) - 1 + d
+    c = np.where(c <= warmup, warmup, c)
+    c = np.where(c >= num_steps, -1, c)
+    return lrs, c, d

@@ -42,7 +42,7 @@ from async_grpo.scaling.bias import (  # noqa: F401
     fit_through_origin, loglog_slope, mean_norm_sq, norm_interval, loglog_slope_ci, anchored_slope,
     linearity_break)
 from async_grpo.scaling.collapse_time import (  # noqa: F401
-    collapse_time_law, collapse_time_per_lag)
+    collapse_time_law, collapse_time_per_lag, detection_lag, collapse_time_censored)
 from async_grpo.scaling.two_constraint import (  # noqa: F401
     collapsed_at_horizon, horizon_table, effective_lag, _two_constraint_model,
     fit_two_constraint, predict_two_constraint, heldout_error, g_upd_per_cell, radii,
