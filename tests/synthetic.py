@@ -60,3 +60,23 @@ def collapse_times(rng, *, num_steps, warmup=10, k=1000.0, sigma=0.3, ema=0.9,
     c = np.where(c <= warmup, warmup, c)
     c = np.where(c >= num_steps, -1, c)
     return lrs, c, d
+
+
+def cosine_runs(rng, *, signal=0.0, ramp=50, confound=0.1, noise=0.15, n_seed=12,
+                p_collapse=(0.1, 0.3, 0.5, 0.6, 0.8, 0.9), num_steps=300):
+    """Cosine traces of runs at 6 η (n_seed runs each) whose collapse probability rises with η
+    and whose cosine level rises with η too (`confound`: the confounder an unstratified AUC
+    mistakes for a warning); collapsing runs collapse at a step uniform in [100, T − 20) and
+    their cosine rises by `signal` over the `ramp` steps before it (0: the null, cosine
+    independent of collapse given η). -> (cos [runs, T], collapse_step [runs], eta index)."""
+    n_eta = len(p_collapse)
+    eta = np.repeat(np.arange(n_eta), n_seed)
+    coll = rng.uniform(size=eta.size) < np.asarray(p_collapse)[eta]
+    c = np.where(coll, rng.integers(100, num_steps - 20, eta.size), -1)
+    level = confound * (eta - (n_eta - 1) / 2) / ((n_eta - 1) / 2)
+    cos = level[:, None] + noise * rng.standard_normal((eta.size, num_steps))
+    t = np.arange(num_steps)[None, :]
+    near = coll[:, None] & (t > c[:, None] - ramp) & (t <= c[:, None])
+    cos = cos + signal * near
+    cos[:, 0] = 0.0
+    return cos, c, eta

@@ -51,4 +51,4 @@ from async_grpo.scaling.drift import (  # noqa: F401
     estimate_r_batch, REGIMES, drift_bound_traces, classify_regimes)
 from async_grpo.scaling.cosine import (  # noqa: F401
     auc_mann_whitney, _check_traces, _check_window, cosine_scores, cosine_auc, running_mean,
-    _alarm_steps, cosine_alarm)
+    _alarm_steps, cosine_alarm, cosine_auc_stratified)

@@ -230,3 +230,125 @@ def cosine_alarm(cos, collapse_step, window: int, train, *, first_step: int = 1,
         out["test"]["median_lead"] = float(np.median(lead))
         out["test"]["q16_lead"], out["test"]["q84_lead"] = map(float, np.quantile(lead, q))
     return out
+
+
+def _window_means(x, ends, window):
+    """mean(x[i, e_i − w + 1 … e_i]) for each run i and each column of ends [runs, L] (−1 or a
+    window that starts before 0: NaN; a window holding a NaN: NaN)."""
+    bad = ~np.isfinite(x)
+    c = np.concatenate([np.zeros((x.shape[0], 1)), np.cumsum(np.where(bad, 0.0, x), 1)], 1)
+    nb = np.concatenate([np.zeros((x.shape[0], 1)), np.cumsum(bad, 1)], 1)
+    rows = np.arange(x.shape[0])[:, None]
+    start = ends - window + 1
+    ok = (ends >= 0) & (start >= 0)
+    s_, e_ = np.where(ok, start, 0), np.where(ok, ends + 1, 0)
+    mean = (c[rows, e_] - c[rows, s_]) / window
+    clean = (nb[rows, e_] - nb[rows, s_]) == 0
+    return np.where(ok & clean, mean, np.nan)
+
+
+def _stratified_auc(score, pos, strata):
+    """Σ_h U_h / Σ_h n⁺_h·n⁻_h over strata with both classes (finite scores only), and the
+    class counts in those strata. score [runs, L] -> (auc [L], n_pos [L], n_neg [L])."""
+    n_l = score.shape[1]
+    num, den = np.zeros(n_l), np.zeros(n_l)
+    npos, nneg = np.zeros(n_l, int), np.zeros(n_l, int)
+    for h in np.unique(strata):
+        m = strata == h
+        for k in range(n_l):
+            s = score[m, k]
+            ok = np.isfinite(s)
+            a, b = s[ok & pos[m]], s[ok & ~pos[m]]
+            if a.size and b.size:
+                num[k] += ((a[:, None] > b[None, :]).sum() +
+                           0.5 * (a[:, None] == b[None, :]).sum())
+                den[k] += a.size * b.size
+                npos[k] += a.size
+                nneg[k] += b.size
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan), npos, nneg
+
+
+def cosine_auc_stratified(cos, collapse_step, strata, window: int, leads: Sequence[int], *,
+                          first_step: int = 1, min_per_class: int = 10, n_perm: int = 500,
+                          n_boot: int = 300, level: float = 0.95, alpha: float = 0.05,
+                          seed: int = 0) -> dict[str, Any]:
+    """The consecutive-update cosine's ROC AUC for collapse, within strata of η, at several
+    leads, with the family of leads tested together.
+
+    Stable and collapsing runs sit at different η, and the cosine moves with η by itself; an
+    AUC over all runs measures η as much as the coming collapse. Here every comparison is
+    within a stratum (`strata`, e.g. each run's η): AUC = Σ_h U_h / Σ_h n⁺_h·n⁻_h (the
+    stratified Mann–Whitney statistic), over the strata holding both classes; a stable run's
+    window ends at a collapse step drawn from the collapsing runs of its own stratum (matched
+    time, as `cosine_scores`), k = lead steps earlier. Scores start at `first_step`.
+
+    A lead counts only with ≥ `min_per_class` runs of each class in informative strata. The
+    leads that count are tested together by a max-statistic permutation test (single-step
+    maxT): the cosine traces are permuted among the runs of each stratum (the null: the trace
+    is independent of whether and when its run collapses, given η), the statistic is
+    max_k |AUC_k − ½| over the counted leads, and each lead's p-value is adjusted for the
+    number of leads tried. ``significant`` marks leads with adjusted p < `alpha`. The AUC
+    interval is a percentile bootstrap within strata and classes.
+
+    Returns {leads, auc, ci, n_collapsing, n_stable, counted, p_adjusted, significant,
+    n_strata, window, level, alpha, min_per_class, n_perm}.
+    """
+    x, c = _check_traces(cos, collapse_step)
+    _check_window(window, first_step)
+    leads = _int_array(leads, "leads")
+    strata = np.asarray(strata).reshape(-1)
+    if strata.shape != c.shape:
+        raise ValueError(f"strata must be [runs={c.size}]; got {strata.shape}")
+    rng = np.random.default_rng(seed)
+    pos = c >= 0
+    anchor = c.copy()
+    for h in np.unique(strata):
+        m = strata == h
+        st, co = m & ~pos, m & pos
+        if st.any():
+            anchor[st] = rng.choice(c[co], st.sum()) if co.any() else -1
+    x_use = np.where(np.arange(x.shape[1])[None, :] >= first_step, x, np.nan)
+    ends = np.where(anchor[:, None] >= 0, anchor[:, None] - leads[None, :], -1)
+
+    def scores(order):
+        return _window_means(x_use[order], ends, int(window))
+
+    ident = np.arange(c.size)
+    sc = scores(ident)
+    auc, npos, nneg = _stratified_auc(sc, pos, strata)
+    counted = (npos >= min_per_class) & (nneg >= min_per_class)
+    out: dict[str, Any] = {
+        "leads": leads.tolist(), "auc": auc.tolist(), "n_collapsing": npos.tolist(),
+        "n_stable": nneg.tolist(), "counted": counted.tolist(),
+        "p_adjusted": [math.nan] * leads.size, "significant": [False] * leads.size,
+        "ci": [[math.nan, math.nan] for _ in leads], "n_strata": int(np.unique(strata).size),
+        "window": int(window), "level": level, "alpha": alpha,
+        "min_per_class": int(min_per_class), "n_perm": int(n_perm),
+        "method": "AUC within strata of eta, matched times; max-statistic permutation over "
+                  "leads; bootstrap within strata"}
+    if counted.any() and n_perm > 0:
+        groups = [np.nonzero(strata == h)[0] for h in np.unique(strata)]
+        obs = np.abs(auc - 0.5)
+        exceed = np.zeros(leads.size)
+        for _ in range(n_perm):
+            order = ident.copy()
+            for gi in groups:
+                order[gi] = rng.permutation(gi)
+            a, _, _ = _stratified_auc(scores(order), pos, strata)
+            mx = np.nanmax(np.abs(a[counted] - 0.5))
+            exceed += mx >= obs - 1e-12
+        p = (1 + exceed) / (1 + n_perm)
+        out["p_adjusted"] = [float(v) if k else math.nan for v, k in zip(p, counted)]
+        out["significant"] = [bool(k and v < alpha) for v, k in zip(p, counted)]
+    if n_boot > 0:
+        boots = []
+        cells = [np.nonzero((strata == h) & (pos == q))[0] for h in np.unique(strata)
+                 for q in (True, False)]
+        for _ in range(n_boot):
+            idx = np.concatenate([rng.choice(ci, ci.size) for ci in cells if ci.size])
+            a, _, _ = _stratified_auc(sc[idx], pos[idx], strata[idx])
+            boots.append(a)
+        boots = np.array(boots)
+        out["ci"] = [_quantile_ci(boots[:, k], level) for k in range(leads.size)]
+    return out
