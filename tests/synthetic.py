@@ -80,3 +80,20 @@ def cosine_runs(rng, *, signal=0.0, ramp=50, confound=0.1, noise=0.15, n_seed=12
     cos = cos + signal * near
     cos[:, 0] = 0.0
     return cos, c, eta
+
+
+def two_constraint_grid(rng, *, exponent=1.0, a=0.5, b=40.0, sigma=0.2, n_seed=3,
+                        lags=(0, 1, 2, 4, 8, 16), num_steps=400, ratio=2 ** 0.5):
+    """A sweep whose run (S, η, seed) collapses at once when η > a·u/(S + 1)^exponent (the
+    stale constraint; exponent 1 is the rule's 1/S_eff) and otherwise at step b·v/η (the
+    horizon constraint), u, v = exp(σ·ε) per (S, seed). -> (lags, lrs, collapse_step [nS, E,
+    nseed], num_steps)."""
+    lrs = ratio ** np.arange(-24, 4) * a * ratio ** rng.uniform(0, 1)
+    lags = np.asarray(lags)
+    u = np.exp(sigma * rng.standard_normal((len(lags), 1, n_seed)))
+    v = np.exp(sigma * rng.standard_normal((len(lags), 1, n_seed)))
+    eta = lrs[None, :, None]
+    stale = eta > a * u / (lags[:, None, None] + 1.0) ** exponent
+    t_h = np.ceil(b * v / eta).astype(int) - 1
+    c = np.where(stale, 0, np.where(t_h < num_steps, t_h, -1))
+    return lags, lrs, c, num_steps

@@ -15,7 +15,7 @@ from tests import synthetic
 
 def test_every_claim_module_is_registered_and_complete():
     reg = claims.discover()
-    assert list(reg) == sorted(reg) and {1, 2, 3, 5} <= set(reg), reg
+    assert list(reg) == sorted(reg) and {1, 2, 3, 4, 5} <= set(reg), reg
     for n, mod in reg.items():
         assert mod.NUMBER == n and mod.STATEMENT and mod.GPU_CHANGE and mod.STAGES
         assert callable(mod.verdict) and callable(mod.rows)
@@ -114,3 +114,33 @@ def test_claim5_rule_has_power():
                                               n_boot=50)
             vs.append(c5.verdict(r, float(np.median(cos[c < 0, -20:].mean(1))))[0])
         assert lo <= _rates(vs)[base.SUPPORTED] <= hi, (signal, _rates(vs))
+
+
+def _claim4_rates(exponent, draws, n_seed=3):
+    c4 = claims.discover()[4]
+    rng = np.random.default_rng(1)
+    vs = []
+    for _ in range(draws):
+        lags, lrs, c, steps = synthetic.two_constraint_grid(rng, exponent=exponent,
+                                                            n_seed=n_seed)
+        tab = scaling.horizon_table(lags, lrs, c, [steps // 8, steps // 4, steps // 2, steps],
+                                    num_steps=steps)
+        vs.append(c4.verdict(scaling.heldout_by_seed(tab["S"], tab["T"], tab["lo"], tab["hi"],
+                                                     tab["seed"]))[0])
+    return _rates(vs)
+
+
+def test_claim4_rule_has_power():
+    """3 seeds, S ∈ {0, 1, 2, 4, 8, 16}, √2 grid, σ = 0.2, horizons T/8 … T. Measured (60
+    draws): data made by the rule supported 92 %; data made from (S + 1)^−0.4 (and the same
+    horizon constraint) supported 3 % — the old held-out check passed it in 100 % of sweeps."""
+    assert _claim4_rates(1.0, 20)[base.SUPPORTED] >= 0.8
+    assert _claim4_rates(0.4, 20)[base.SUPPORTED] <= 0.1
+
+
+def test_claims_markdown_of_an_empty_study():
+    md = claims.claims_markdown({"exact": {}, "sampled": {}, "bias": None, "lm": None,
+                                 "lm_bias": None})
+    for n in range(1, 6):
+        assert f"**Claim {n}.**" in md
+    assert md.count("Not measured at this scale") == 5

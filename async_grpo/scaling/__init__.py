@@ -46,7 +46,7 @@ from async_grpo.scaling.collapse_time import (  # noqa: F401
 from async_grpo.scaling.two_constraint import (  # noqa: F401
     collapsed_at_horizon, horizon_table, effective_lag, _two_constraint_model,
     fit_two_constraint, predict_two_constraint, heldout_error, g_upd_per_cell, radii,
-    format_two_constraint)
+    format_two_constraint, heldout_by_seed, _power_model)
 from async_grpo.scaling.drift import (  # noqa: F401
     estimate_r_batch, REGIMES, drift_bound_traces, classify_regimes)
 from async_grpo.scaling.cosine import (  # noqa: F401
