@@ -387,7 +387,8 @@ def heldout_by_seed(s, t, lo, hi, seed, *, s_offset: int = 1, level: float = 0.9
       n_bound, bound_consistent: held-out bound rows (nothing, or everything, collapsed) and how
         many the rule's prediction interval agrees with (a lower bound lo: μ + z·σ ≥ log lo);
       n_rows, n_folds, folds (per held-out seed: its numbers).
-    A fold whose training rows do not identify the stale constant a is skipped.
+    A constant the training seeds do not identify is taken as not binding (as the rule's
+    prediction in `experiments.study` does); a fold that identifies neither is skipped.
     """
     r = _check_rows(s=s, t=t, lo=lo, hi=hi, seed=seed)
     y_lo, y_hi = _log_intervals(r["lo"], r["hi"])
@@ -408,13 +409,15 @@ def heldout_by_seed(s, t, lo, hi, seed, *, s_offset: int = 1, level: float = 0.9
         fit = fit_two_constraint(r["s"][train], r["t"][train], r["lo"][train], r["hi"][train],
                                  r["seed"][train], s_offset=s_offset, sigma_min=sigma_min,
                                  n_boot=0)
-        if not math.isfinite(fit["a"]):
-            out["folds"].append({"seed": float(k), "skipped": fit.get("reason", "a not "
-                                                                      "identified")})
+        if not (math.isfinite(fit["a"]) or math.isfinite(fit["b"])):
+            out["folds"].append({"seed": float(k), "skipped": fit.get("reason", "neither "
+                                                                      "constant identified")})
             continue
+        # a constant that never binds on the training seeds is taken as not binding
+        log_a = fit["log_a"] if math.isfinite(fit["log_a"]) else 1e3
         log_b = fit["log_b"] if math.isfinite(fit["log_b"]) else 1e3
         mu_r, _ = _two_constraint_model(s_eff[test], r["t"][test], 0.0)(
-            np.array([fit["log_a"], log_b]))
+            np.array([log_a, log_b]))
         sig_r = fit["sigma"]
         pm = _power_model(s_eff[train], r["t"][train])
         mid = np.where(np.isfinite(y_lo[train]) & np.isfinite(y_hi[train]),

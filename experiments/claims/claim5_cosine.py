@@ -95,9 +95,11 @@ def rows(study) -> list[dict]:
             base,
             measured=(f"stable runs' cosine (last {w * stride} steps) median {st_med:.3f}; "
                       f"within-η AUC by lead (steps): " + ", ".join(
-                          f"{k * stride}: {a:.2f}" for k, a in zip(res["leads"], res["auc"]))),
+                          f"{k * stride}: " + (f"{a:.2f}" if finite(a) else "—")
+                          for k, a in zip(res["leads"], res["auc"]))),
             interval=("; ".join(
-                f"lead {k * stride}: [{ci[0]:.2f}, {ci[1]:.2f}], {nc}+{ns} runs"
+                f"lead {k * stride}: " + (f"[{ci[0]:.2f}, {ci[1]:.2f}], " if finite(ci[0])
+                                          else "") + f"{nc}+{ns} runs"
                 + ("" if ok else " (too few)") for k, ci, nc, ns, ok in zip(
                     res["leads"], res["ci"], res["n_collapsing"], res["n_stable"],
                     res["counted"])) +
