@@ -108,8 +108,9 @@ def rows(study) -> list[dict]:
         v, why = verdict(fit, spread)
         tc = st.two_constraint_fit(run)
         if tc is not None and finite(tc["a"]) and not finite(tc["b"]):
-            why += ("; no cell of this grid is horizon-limited (the two-constraint fit "
-                    "identifies only the stale constant): shown for contrast")
+            v, why = INCONCLUSIVE, ("not applicable: no cell of this grid is horizon-limited "
+                                    "(the two-constraint fit identifies only the stale "
+                                    f"constant); shown for contrast ({why})")
         out.append(dict(
             base,
             measured=(f"slope of log(t_c − {fit['lag']}) on log η {fit['slope']:.2f}, a level "
