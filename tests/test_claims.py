@@ -144,3 +144,24 @@ def test_claims_markdown_of_an_empty_study():
     for n in range(1, 6):
         assert f"**Claim {n}.**" in md
     assert md.count("Not measured at this scale") == 5
+
+
+def test_a_new_claim_is_one_new_file(tmp_path, monkeypatch):
+    """Dropping claim6_<key>.py next to the others registers claim 6: the table prints it, in
+    order, with no other edit."""
+    (tmp_path / "claim6_regime.py").write_text(
+        'NUMBER = 6\nKEY = "regime"\nSTATEMENT = "A sixth claim."\nSTAGES = ("exact_sweep",)\n'
+        'GRIDS = "any"\nGPU_CHANGE = "something"\n'
+        'def verdict(fit):\n    return "inconclusive", "synthetic"\n'
+        'def rows(study):\n    return [dict(testbed="t", measured="m", interval="i", grid="g",'
+        ' verdict="inconclusive: synthetic")]\n', encoding="utf-8")
+    monkeypatch.setattr(claims, "__path__", list(claims.__path__) + [str(tmp_path)])
+    reg = claims.discover()
+    assert list(reg)[-1] == 6 and reg[6].KEY == "regime"
+    md = claims.claims_markdown({"exact": {}, "sampled": {}, "bias": None, "lm": None,
+                                 "lm_bias": None})
+    assert md.index("**Claim 5.**") < md.index("**Claim 6.** A sixth claim.")
+    assert "inconclusive: synthetic" in md
+    (tmp_path / "claim7_bad.py").write_text("NUMBER = 7\n", encoding="utf-8")
+    with pytest.raises(TypeError, match="without"):
+        claims.discover()
