@@ -165,3 +165,13 @@ def test_a_new_claim_is_one_new_file(tmp_path, monkeypatch):
     (tmp_path / "claim7_bad.py").write_text("NUMBER = 7\n", encoding="utf-8")
     with pytest.raises(TypeError, match="without"):
         claims.discover()
+
+
+def test_claim1_rows_on_lm_bias_results():
+    """Claim 1's rows from an `experiments.lm_bias` result: with 2 anchors the anchored slope
+    has no interval, and the row says inconclusive rather than a verdict."""
+    from tests.test_lm_bias import _synthetic   # pylint: disable=import-outside-toplevel
+    res = _synthetic(1.0, np.random.default_rng(3))
+    rows = claims.discover()[1].rows({"bias": None, "lm_bias": res})
+    lm = [r for r in rows if r["testbed"].startswith("LM")]
+    assert lm and lm[0]["verdict"].startswith("inconclusive") and "anchor" in lm[0]["verdict"]
