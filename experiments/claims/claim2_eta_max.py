@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from experiments.claims.base import INCONCLUSIVE, interval_verdict
+from experiments.claims.base import INCONCLUSIVE, finite, interval_verdict
 
 NUMBER = 2
 KEY = "eta_max"
@@ -75,11 +75,12 @@ def rows(study) -> list[dict]:
                         f"{fit['n_lower_bound']}+{fit['n_upper_bound']} censored (S, seed)")
         null = st.null_of(run)
         cmp_ = null.get("compare", {})
-        if "loglik_null" in cmp_ and st._finite(cmp_.get("delta_loglik")):  # pylint: disable=protected-access
+        if "loglik_null" in cmp_ and finite(cmp_.get("delta_loglik")):
             d = cmp_["delta_loglik"]
+            c_txt = f"{null['c']:.2g}" if finite(null.get("c")) else "—"
             better = ("null better" if d > 1 else "power law better" if d < -1 else
                       "a tie: |Δ log-likelihood| ≤ 1")
-            measured += (f"; delayed-gradient null η0/(S + c): c = {st._fmt(null.get('c'), 2)}, "  # pylint: disable=protected-access
+            measured += (f"; delayed-gradient null η0/(S + c): c = {c_txt}, "
                          f"log-likelihood {cmp_['loglik_null']:.1f} vs "
                          f"{cmp_['loglik_power']:.1f} for S^−α ({better})")
         out.append(dict(testbed=f"{title}; {st.regime(run)['label']}", measured=measured,

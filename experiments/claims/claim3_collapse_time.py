@@ -84,12 +84,12 @@ def fit_run(run) -> tuple[dict[str, Any], Optional[float], str]:
         keep = ~stale
         subset = (f"stale-limited collapses (t_c ≤ {tc['crossover']:.3g}·(S+1)) left out: "
                   f"{int(stale.sum())}")
+    warm = st._warmup(run)   # pylint: disable=protected-access
     fit = scaling.collapse_time_censored(lrs[keep], cs[keep], num_steps=g["num_steps"],
-                                         warmup=st._warmup(run), lag=lag_of(run),  # pylint: disable=protected-access
-                                         group=lags[keep])
+                                         warmup=warm, lag=lag_of(run), group=lags[keep])
     spread = None
     if finite(fit.get("slope")) and len(fit.get("a", [])) >= 2:
-        timed_s = np.unique(lags[keep][cs[keep] > st._warmup(run)])  # pylint: disable=protected-access
+        timed_s = np.unique(lags[keep][cs[keep] > warm])
         levels = [a for s_, a in zip(np.unique(lags[keep]), fit["a"]) if s_ in timed_s]
         spread = float(math.exp(np.ptp(levels))) if len(levels) >= 2 else None
     return fit, spread, subset
