@@ -18,6 +18,20 @@ The drop, ceiling and floor rules must hold for `patience` consecutive steps; th
 is then the first step of that streak (patience separates a sustained drop from the period-2
 zig-zag that stale clipped updates show while still improving).
 
+What a collapse is, and what it is not. A collapse is a *sustained* loss of the progress a run
+has made (or a non-finite step): the run does not come back by itself. The drop rule sees only
+the past, so what it flags is a *candidate*: a dip of the tracked metric that lasts `patience`
+steps. Some dips recover. Gradient descent with a fixed delay S on a quadratic, run below its
+exact stability bound ηλ < 2·sin(π/(2(2S + 1))), makes one large first swing (the S + 1 updates
+computed at the starting point overshoot) and then converges; at 0.8× the bound and S = 4, 8,
+16 the drop rule (baseline "init", drop 0.5, patience 1) flags that swing at step 7, 14 or 26,
+and the run ends within 1 % of the optimum (tests/test_collapse.py). Such a run is a
+*transient*, not a collapse. `recovered` tells the two apart after the fact, on a recorded
+trace that goes on past the flag (the simulator's scan always does; a learner with `stop`
+does not, and its flags stay candidates). The default rule is unchanged, so every stored
+result keeps its numbers; an analysis that cares reports both counts: flagged, and flagged and
+not recovered.
+
 One implementation serves everyone: `update` is a pure jnp function of a small state pytree and
 one step's metrics, so it runs inside the learner's jitted step (the asynchronous pipeline never
 syncs the host for it), inside the stale-gradient simulator's `lax.scan`, and over a recorded
@@ -33,6 +47,7 @@ from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 BASELINES = ("zero", "init")
 # Reason codes stored in the state (int32); index into REASONS for the name.
@@ -207,3 +222,37 @@ def explain(rules: CollapseRules, state: Mapping[str, Any]) -> Optional[str]:
         return None
     why = reason_name(state["reason"])
     return f"collapse at step {step}: {why} (rules: {rules.describe()})"
+
+
+def recovered(rules: CollapseRules, values, collapse_step: int, *, hold: int = 20,
+              initial_value=None) -> bool:
+    """Whether a run the drop rule flagged at `collapse_step` came back: a transient, not a
+    collapse (see the module docstring).
+
+    `values` is the run's recorded metric [T] (`rules.metric`), continuing past the flag. The
+    run recovered when its last `hold` steps (all after the flag) are finite and the rule's own
+    smoothed value is at or above the rule's own threshold at every one of them (the running
+    best keeps updating, as in `update`): the drop rule would no longer fire. Runs that never
+    collapsed (−1), traces too short to judge (fewer than `hold` steps after the flag) and
+    rules without a drop rule give False. Host-side numpy, for analysis."""
+    v = np.asarray(values, float).ravel()
+    if collapse_step < 0 or rules.drop_frac <= 0 or v.size - collapse_step - 1 < hold:
+        return False
+    if not np.all(np.isfinite(v[collapse_step:])):
+        return False
+    seen = initial_value is not None
+    value = float(initial_value) if seen else 0.0
+    init = value
+    best = value if seen else -math.inf
+    ok = []
+    for t, raw in enumerate(v):
+        value = raw if (rules.ema == 0 or not seen) else rules.ema * value + (1 - rules.ema) * raw
+        if not seen:
+            init = value
+        seen = True
+        best = max(best, value)
+        thr = rules.drop_frac * best if rules.baseline == "zero" else \
+            init + rules.drop_frac * (best - init)
+        if t >= v.size - hold:
+            ok.append(value >= thr)
+    return bool(all(ok))

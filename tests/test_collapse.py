@@ -119,3 +119,31 @@ def test_bad_rules_name_the_key(kwargs, match):
         C.CollapseRules(**kwargs)
     with pytest.raises(ValueError, match="Unknown collapse setting"):
         C.CollapseRules.from_dict({"reward_frac": 0.5})
+
+
+def _delayed_gd(lag, frac, steps=400):
+    """x_{t+1} = x_t − k·x_{t−S} from x = 1 (history included), k = frac × the exact stability
+    bound 2·sin(π/(2(2S + 1))); the metric J = −x²."""
+    k = frac * 2 * math.sin(math.pi / (2 * (2 * lag + 1)))
+    x = np.ones(steps + lag + 1)
+    for t in range(lag, steps + lag):
+        x[t + 1] = x[t] - k * x[t - lag]
+    return -x[lag:] ** 2
+
+
+@pytest.mark.parametrize("lag", [4, 8, 16])
+def test_a_decaying_transient_is_flagged_but_recovered(lag):
+    """Below the stability bound the first swing trips the drop rule (a candidate), and the run
+    converges: `recovered` says transient. Above the bound it does not."""
+    rules = C.CollapseRules(metric="J", drop_frac=0.5, baseline="init", warmup=2, patience=1)
+    j = _delayed_gd(lag, 0.8)
+    state = C.detect(rules, {"J": j})
+    c = int(state["collapse_step"])
+    assert c >= 0                                  # the rule flags the first swing ...
+    assert abs(j[-1]) < 1e-2 * abs(j[0])           # ... of a run that converges
+    assert C.recovered(rules, j, c)
+    j_bad = _delayed_gd(4, 1.05)
+    c_bad = int(C.detect(rules, {"J": j_bad})["collapse_step"])
+    assert c_bad >= 0 and not C.recovered(rules, j_bad, c_bad)
+    assert not C.recovered(rules, j, -1)
+    assert not C.recovered(rules, j[:c + 5], c)    # too short to judge
