@@ -44,19 +44,15 @@ import numpy as np
 from async_grpo import figures
 from async_grpo import metric_names
 from async_grpo import scaling
+from experiments import claims
+from experiments.claims import claim5_cosine
 
 FIGURES = ("phase", "eta_max", "t_collapse", "delta", "cosine", "reward")
 
-# Verdict thresholds, stated once (docs/results.md prints them).
-LINEAR_SLOPE = (0.9, 1.1)      # claim 1: log-log slope of ‖δ‖ vs the drift counts as linear
-T_ETA_SLOPE = (-1.25, -0.75)   # claim 3: slope of log t_c vs log η counts as t·η = const
-T_ETA_SPREAD = 2.0             # claim 3: max/min over S of the median t·η counts as S-independent
+# The claims' verdict thresholds live in their modules (experiments/claims); these two describe
+# the grids the figures and the claims share.
 CLIP_BINDING = 0.05            # regime: mean clip fraction ≥ 5 % just below η_max = clip binds
-MIN_SEEDS = 3                  # claim 2: a seed bootstrap over fewer seeds is no interval
-COS_WINDOW = 20                # claim 5: the cosine is averaged over the last 20 steps
-COS_LEADS = (0, 20, 50, 100)   # claim 5: ... ending this many steps before the collapse
-COS_ZERO = 0.1                 # claim 5: |median cosine of stable runs| ≤ 0.1 counts as ≈ 0
-HORIZON_FRACS = (0.125, 0.25, 0.5, 1.0)   # claim 4: horizons T' = frac·T of one sweep
+HORIZON_FRACS = (0.125, 0.25, 0.5, 1.0)   # claims 3, 4: horizons T' = frac·T of one sweep
 
 
 # ----------------------------------------------------------------------------------------------
@@ -506,7 +502,7 @@ def _nanpct(x, q, axis):
         return np.nanpercentile(x, q, axis=axis)
 
 
-def fig_cosine(study, stem: str, window: int = COS_WINDOW) -> None:
+def fig_cosine(study, stem: str, window: int = claim5_cosine.COS_WINDOW) -> None:
     """Figure 5: running mean of the consecutive-update (exact) / consecutive-gradient (LM) cosine:
     stable runs against the step, collapsing runs against steps before their collapse."""
     runs = [(t, r) for t, r in grids_of(study) if _cos_trace(r)[0] is not None]
@@ -689,219 +685,10 @@ def regime(run) -> dict[str, Any]:
     return {"label": label, "clip_frac": c}
 
 
-def _slope_txt(fit) -> str:
-    ci = fit["ci"]
-    return (f"{fit['slope']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if _finite(fit["slope"])
-            else "n/a")
-
-
-def _linear_in_s_eta(pooled, per_lr, name) -> str:
-    """Claim 1's LM verdict for one norm (`name`, e.g. "‖δ‖"): linear in s·η needs slope 1
-    inside the interval pooled over η AND at each η alone (where only the lag varies), because
-    a pooled slope of 1 can mix growth in s with differences between the η trajectories."""
-    inside = lambda fit: fit["ci"][0] <= 1.0 <= fit["ci"][1]  # noqa: E731
-    if not _finite(pooled["slope"]):
-        return f"not measured: {pooled.get('reason', 'too few resolved cells')}"
-    off = {lr: fit for lr, fit in per_lr.items() if not inside(fit)}
-    if inside(pooled) and not off:
-        return "supported: slope 1 inside the interval, pooled and at each η"
-    hi = pooled["ci"][1]
-    verdict = "not supported: pooled over η " + (
-        "the slope is consistent with 1" if inside(pooled) else
-        f"{name} falls as s·η grows" if hi < 0 else
-        f"{name} grows more slowly than s·η" if hi < 1 else f"{name} grows faster than s·η")
-    if off:
-        verdict += f"; at fixed η {name} does not grow ∝ s (" + ", ".join(
-            f"η = {lr}: slope {fit['slope']:.2f}" for lr, fit in off.items()) + ")"
-    return verdict
-
-
-def lm_bias_rows(lmb) -> list[dict]:
-    """Claim 1 on the LM testbed from `experiments.lm_bias`: ‖δ‖ (and its policy-gradient part
-    ‖δ_PG‖) against s·η with the noise floor removed, pooled over η on the small-drift cells and
-    at each η alone; then all stale cells, the KL part and the total-derivative mode."""
-    f, cfg = lmb["fits"], lmb["config"]
-    stale = [r for r in lmb["rows"] if r["lag"] >= 1]
-    grid_txt = (f"η ∈ {{{cfg['lrs']}}}, s ∈ {{{cfg['lags']}}}, anchors t ∈ "
-                f"{{{cfg['anchor_steps']}}}, {cfg['replicates']} coupled batch pairs per cell")
-    finite = lambda fits: {lr: x for lr, x in fits.items() if _finite(x["slope"])}  # noqa: E731
-    per_lr_txt = lambda fits: "; ".join(f"{lr}: {_slope_txt(x)}" for lr, x in fits.items())  # noqa: E731
-    pooled, per_lr = f["small_vs_s_eta"], finite(f["per_lr"])
-    out = [dict(
-        testbed=f"LM, stale batches with clip fraction < {f['clip_small']:.0%} (noise floor "
-                "removed)",
-        measured=f"log–log slope of ‖δ‖ vs s·η {_slope_txt(pooled)}; vs drift "
-                 f"{_slope_txt(f['small_vs_drift'])}; per η: {per_lr_txt(per_lr)}",
-        interval=f"95 % parametric bootstrap over the cells' 2-SE intervals ({cfg['replicates']} "
-                 f"batch pairs of one trajectory per η: no seed spread); {pooled['n']} of "
-                 f"{pooled['n_total']} cells resolved; lag-0 control resolved in "
-                 f"{f['control_resolved']} of {f['n_control']}",
-        grid=grid_txt, verdict=_linear_in_s_eta(pooled, per_lr, "‖δ‖"))]
-    if "pg_small_vs_s_eta" in f:
-        pg, pg_lr = f["pg_small_vs_s_eta"], finite(f.get("pg_per_lr", {}))
-        out.append(dict(
-            testbed="LM, the same cells, policy-gradient part alone (the surrogate without its "
-                    "KL penalty, same batches)",
-            measured=f"log–log slope of ‖δ_PG‖ vs s·η {_slope_txt(pg)} (clip fraction < "
-                     f"{f['clip_small']:.0%}); all stale cells {_slope_txt(f['pg_all_vs_s_eta'])}"
-                     f"; per η: {per_lr_txt(pg_lr)}",
-            interval=f"as above; δ_PG resolved in {f['pg_resolved']} of {f['n_stale']} stale "
-                     "cells",
-            grid=grid_txt, verdict=_linear_in_s_eta(pg, pg_lr, "‖δ_PG‖")))
-    big = [r for r in stale if r["resolved"] and r["delta_norm"] > 10 * r["h_norm"]]
-    out.append(dict(
-        testbed="LM, all stale batches; total-derivative mode beside",
-        measured=f"slope vs s·η {_slope_txt(f['all_vs_s_eta'])}; median ‖δ‖/‖H(θ,θ)‖ "
-                 f"{_fmt(f['median_delta_over_h'], 2)} and ‖δ‖/(one batch's noise) "
-                 f"{_fmt(f['median_delta_over_noise'], 2)} on resolved cells; "
-                 f"{len(big)} cells with ‖δ‖ > 10·‖H‖ (max KL(φ‖θ) there "
-                 f"{_fmt(max((r['kl_behavior_k3'] for r in big), default=math.nan), 2)} nat/token)",
-        interval=f"{f['n_resolved']} of {f['n_stale']} stale cells resolved; δ_TD resolved in "
-                 f"{f['td_resolved']} of {f['n_stale']} (median upper end "
-                 f"{_fmt(f['median_td_hi_over_delta'], 2)}·‖δ‖)",
-        grid=grid_txt,
-        verdict=("regime-dependent: the surrogate's bias is resolved from the first stale step"
-                 + (" and heavy-tailed (orders of magnitude above ‖H‖) at large drift" if big
-                    else "") +
-                 (f", where its KL-penalty part dominates (δ_KL resolved in "
-                  f"{f['kl_resolved']} cells)" if big and "kl_resolved" in f else "") +
-                 "; the total-derivative mode's is " +
-                 ("never resolved (consistent with 0)" if f["td_resolved"] == 0 else
-                  f"resolved in {f['td_resolved']} cells"))))
-    return out
-
-
-def claim_rows(study) -> dict[int, list[dict]]:
-    """Per claim 1-5, rows of {testbed, measured, interval, grid, verdict}."""
-    rows: dict[int, list[dict]] = {k: [] for k in range(1, 6)}
-    bias = study.get("bias")
-    if bias is not None:
-        traj = bias["summary"]["traj"]
-        ctrl = bias["summary"]["controlled"]
-        slopes = [c["loglog_slope_small"] for c in ctrl if _finite(c.get("loglog_slope_small"))]
-        s_drift = traj.get("loglog_slope_vs_drift_small")
-        lo, hi = (min(slopes), max(slopes)) if slopes else (math.nan, math.nan)
-        linear = slopes and LINEAR_SLOPE[0] <= lo and hi <= LINEAR_SLOPE[1]
-        rows[1].append(dict(
-            testbed="exact, controlled (θ, φ) pairs below the clip onset",
-            measured=f"log–log slope of ‖δ‖ vs ‖θ − φ‖ = {np.median(slopes) if slopes else math.nan:.3f}",
-            interval=f"[{lo:.3f}, {hi:.3f}] over {len(slopes)} anchors × directions",
-            grid=f"{bias['summary']['config']['num_radii']} radii, anchors at steps "
-                 f"{bias['summary']['config']['anchor_steps']}",
-            verdict=("supported: δ is first order in the drift below the clip onset" if linear
-                     else "not supported: δ is not linear in the drift")))
-        rows[1].append(dict(
-            testbed="exact, stale trajectories (SGD, fixed S)",
-            measured=f"log–log slope vs drift {_fmt(s_drift)}; vs s·η "
-                     f"{_fmt(traj.get('loglog_slope_vs_s_eta_small'))} (R² of ‖δ‖ ∝ s·η "
-                     f"{_fmt(traj['vs_s_eta_small']['r2'], 2)})",
-            interval=f"{traj['n_small_drift_steps']} unclipped steps (no seed interval)",
-            grid=f"S ∈ {{{bias['summary']['config']['traj_lags']}}}, η ∈ "
-                 f"{{{bias['summary']['config']['traj_lrs']}}}, "
-                 f"T = {bias['summary']['config']['train']['num_steps']}",
-            verdict=("regime-dependent: O(drift) holds below the clip onset (drift "
-                     f"{_fmt(traj.get('clip_onset_drift_p05'), 2)}); s·η predicts the drift "
-                     "only loosely because the update size varies along a run; "
-                     f"{traj['frac_stale_steps_clipped']:.0%} of stale steps are clipped")))
-    if study.get("lm_bias") is not None:
-        rows[1].extend(lm_bias_rows(study["lm_bias"]))
-    elif study.get("lm") or any("LM" in t or "lm" in t for t, _ in grids_of(study)):
-        rows[1].append(dict(
-            testbed="LM testbed", measured="—", interval="—", grid="—",
-            verdict="not measured: no lm_bias results (python -m experiments.lm_bias)"))
-    for title, run in grids_of(study):
-        fit = alpha_of(run)
-        reg = regime(run)
-        if fit.get("alpha") is None:
-            verdict = f"not measured: {fit.get('reason', 'not identified')}"
-            measured, interval = "α n/a", "—"
-        else:
-            ci = fit["ci"]
-            measured = f"α = {fit['alpha']:.2f}"
-            interval = (f"[{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}], {fit['level']:.0%} bootstrap over "
-                        f"seeds; {fit['n_bracketed']} bracketed, {fit['n_lower_bound']}+"
-                        f"{fit['n_upper_bound']} censored (S, seed)")
-            if ci[0] is None:
-                verdict = "not measured: the bootstrap is not identified"
-            elif (grid(run)["lags"] >= 1).sum() < 3:
-                verdict = ("not measured: fewer than 3 values of S ≥ 1 (a slope through two "
-                           "grid-resolution intervals is not a measurement)")
-            elif len(grid(run)["seeds"]) < MIN_SEEDS:
-                verdict = (f"not measured: {len(grid(run)['seeds'])} seeds (a bootstrap over "
-                           f"fewer than {MIN_SEEDS} seeds is not an interval)")
-            elif ci[0] <= 1.0 <= ci[1]:
-                verdict = "supported: α = 1 inside the interval"
-            else:
-                verdict = ("not supported: α " + ("< 1" if ci[1] < 1 else "> 1") +
-                           " outside the interval")
-        null = null_of(run)
-        cmp_ = null.get("compare", {})
-        if "loglik_null" in cmp_ and _finite(cmp_.get("delta_loglik")):
-            better = "null" if cmp_["delta_loglik"] > 0 else "power law"
-            measured += (f"; delayed-gradient null η0/(S + c): c = {_fmt(null.get('c'), 2)}, "
-                         f"log-likelihood {cmp_['loglik_null']:.1f} vs {cmp_['loglik_power']:.1f}"
-                         f" for S^−α ({better} better)")
-        rows[2].append(dict(testbed=f"{title}; {reg['label']}", measured=measured,
-                            interval=interval, grid=grid_line(run), verdict=verdict))
-        rows[3].append(collapse_law_row(title, run))
-        rows[4].append(two_constraint_row(title, run))
-        rows[5].append(cosine_row(title, run))
-    return rows
-
-
 def _rows_of(run):
     """Per-run arrays (S, η, collapse step) in cell order."""
     c = run["cells"]
     return c["S"].astype(int), c["lr"], c["collapse_step"].astype(int)
-
-
-def collapse_law_row(title, run) -> dict:
-    """Claim 3: t_c·η per S (`scaling.collapse_time_per_lag`) over collapses after the warm-up,
-    restricted to the horizon-limited ones when the two-constraint rule identifies both
-    constants on this grid (`two_constraint_fit`): a collapse at step t_c is horizon-limited when
-    the horizon constraint b/t_c is the smaller, i.e. t_c > (b/a)·(S + 1)."""
-    lags, lrs, cs = _rows_of(run)
-    fit = two_constraint_fit(run)
-    subset = ""
-    if fit is not None and _finite(fit["a"]) and _finite(fit["b"]):
-        horizon = (cs + 1) > fit["crossover"] * (lags + fit["s_offset"])
-        n_all = int(((cs > _warmup(run))).sum())
-        cs = np.where(horizon, cs, -1)
-        subset = (f"horizon-limited collapses only (t_c > {fit['crossover']:.3g}·(S+1), from the "
-                  f"two-constraint fit): {int((cs > _warmup(run)).sum())} of {n_all}; ")
-    law = scaling.collapse_time_per_lag(lags, lrs, cs, min_step=_warmup(run))
-    per = {int(k): v for k, v in law["per_lag"].items() if v["n"] >= 2}
-    allv = law["all"]
-    base = dict(testbed=title, grid=grid_line(run))
-    if allv["n"] < 3 or not per:
-        return dict(base, measured=f"{allv['n']} timed collapses", interval="—",
-                    verdict="not measured: too few collapses after the warm-up")
-    meds = np.array([v["median_t_eta"] for v in per.values()])
-    spread = float(meds.max() / meds.min())
-    slope = allv["slope"]
-    slope_ok = _finite(slope) and T_ETA_SLOPE[0] <= slope <= T_ETA_SLOPE[1]
-    s_indep = spread <= T_ETA_SPREAD and len(per) >= 2
-    slope_txt = (f"t_c ∝ η^{slope:.2f}" if _finite(slope) else
-                 "t_c ∝ 1/η not testable (the timed collapses share one η)")
-    if fit is not None and _finite(fit["a"]) and not _finite(fit["b"]):
-        verdict = ("not applicable: no cell of this grid is horizon-limited (the two-constraint "
-                   "fit identifies only the stale constant); shown for contrast")
-    elif slope_ok and s_indep:
-        verdict = "supported: t_c·η is constant and S-independent"
-    elif s_indep:
-        verdict = (f"partly: median t_c·η is S-independent (within {spread:.1f}×) but "
-                   + (slope_txt + ", not η^−1" if _finite(slope) else slope_txt))
-    elif len(per) < 2:
-        verdict = "not measured: timed collapses at fewer than two S"
-    else:
-        verdict = (f"not supported: median t_c·η varies {spread:.1f}× across S; " + slope_txt)
-    return dict(base,
-                measured=f"slope of log t_c on log η {allv['slope']:.2f}; median t_c·η per S: " +
-                         ", ".join(f"S={k}: {v['median_t_eta']:.3g} [{v['q16_t_eta']:.3g}, "
-                                   f"{v['q84_t_eta']:.3g}]" for k, v in sorted(per.items())),
-                interval=subset + f"16–84 % of runs per S; {allv['n']} timed collapses "
-                         f"({allv['n_censored']} flagged at the warm-up end left out)",
-                verdict=verdict)
 
 
 def _horizon_rows(run):
@@ -925,150 +712,7 @@ def two_constraint_fit(run):
                                       n_boot=0)
 
 
-def two_constraint_row(title, run) -> dict:
-    """Claim 4: fit η_max(S, T') = min{a/(S+1), b/T'} on part of the (S, T') cells of one sweep
-    (T' = `HORIZON_FRACS`·T, from the causal collapse rule) and predict the rest.
-
-    Held out: every cell at the longest horizon T, and every horizon of the second-largest S
-    (an extrapolation in T and an interpolation in S). `scaling.fit_two_constraint` fits a and b
-    only where their constraint binds; a constant that never binds on the grid is reported as
-    not identified and, for the prediction, taken as not binding (b = ∞: no horizon limit)."""
-    base = dict(testbed=title, grid=grid_line(run))
-    if not grid(run)["num_steps"]:
-        return dict(base, measured="—", interval="—", verdict="not measured: no traces")
-    g, horizons, tab = _horizon_rows(run)
-    s_rows, t_rows = tab["S"], tab["T"]
-    pos = sorted(x for x in g["lags"] if x >= 1)
-    s_out = pos[-2] if len(pos) >= 3 else None
-    held = (t_rows == horizons[-1]) | (s_rows == s_out)
-    fit = scaling.fit_two_constraint(s_rows[~held], t_rows[~held], tab["lo"][~held],
-                                     tab["hi"][~held], tab["seed"][~held], n_boot=200)
-    a, b = fit["a"], fit["b"]
-    measured = scaling.format_two_constraint(fit)
-    if not _finite(a):
-        return dict(base, measured=measured, interval="—",
-                    verdict=f"not measured: {fit.get('reason', 'a not identified')}")
-    pfit = dict(fit)
-    if not _finite(b):
-        pfit["log_b"] = math.inf
-    pred = scaling.predict_two_constraint(pfit, s_rows[held], t_rows[held])
-    err = scaling.heldout_error(pred, tab["lo"][held], tab["hi"][held])
-    step = float(np.median(np.diff(np.log(g["lrs"])))) if len(g["lrs"]) > 1 else math.nan
-    within = err["median_abs_log_ratio"] <= step if _finite(err["median_abs_log_ratio"]) else False
-    interval = (f"held-out {err['n_bracketed']} bracketed + {err['n_bounds']} bound rows "
-                f"(T = {horizons[-1]}" + (f", S = {s_out}" if s_out is not None else "") +
-                f"): median |log(pred/η_max)| {_fmt(err['median_abs_log_ratio'], 2)} "
-                f"(grid step {step:.2f}), {_fmt(100 * err['frac_in_interval'], 2)} % inside the "
-                f"interval, bounds consistent {_fmt(100 * err['frac_bounds_consistent'], 2)} %")
-    if not _finite(b):
-        verdict = ("regime-dependent: only the stale constraint binds on this grid (b not "
-                   "identified: no cell is horizon-limited); ")
-    else:
-        verdict = ""
-    verdict += ("held-out η_max predicted within one grid step" if within else
-                "held-out η_max missed by more than one grid step")
-    return dict(base, measured=measured, interval=interval, verdict=verdict)
-
-
-def cosine_row(title, run) -> dict:
-    """Claim 5: the consecutive-update cosine (exact; consecutive-gradient cosine on the LM) of
-    collapsing vs stable runs (`scaling.cosine_auc`, stable windows at matched times)."""
-    name, tr = _cos_trace(run)
-    base = dict(testbed=title, grid=grid_line(run))
-    if name is None:
-        return dict(base, measured="—", interval="—", verdict="not measured: no cosine traces")
-    stride = run.get("stride", 1)
-    _, _, cs = _rows_of(run)
-    warm = _warmup(run)
-    keep = (cs < 0) | (cs > warm)          # collapses at the warm-up end have no real time
-    c_pts = np.where(cs >= 0, cs // stride, -1)[keep]
-    x = tr[keep]
-    w = max(1, COS_WINDOW // stride)
-    leads = sorted({k // stride for k in COS_LEADS})
-    n_col, n_st = int((c_pts >= 0).sum()), int((c_pts < 0).sum())
-    if n_col < 3 or n_st < 3:
-        return dict(base, measured=f"{n_col} timed collapsing, {n_st} stable runs", interval="—",
-                    verdict="not measured: needs ≥ 3 runs of each kind")
-    auc = scaling.cosine_auc(x, c_pts, w, leads, n_boot=500)
-    sc = scaling.cosine_scores(x, c_pts, w, 0)
-    ok = np.isfinite(sc["score"])
-    st = sc["score"][ok & ~sc["collapsing"]]
-    co = sc["score"][ok & sc["collapsing"]]
-    q = lambda v: f"{np.median(v):.3f} [{np.percentile(v, 25):.3f}, {np.percentile(v, 75):.3f}]"
-    measured = (f"cosine (mean of {w * stride} steps) stable {q(st)}, before collapse {q(co)}; "
-                f"AUC by lead (steps): " + ", ".join(
-                    f"{k * stride}: {a:.2f}" for k, a in zip(auc["leads"], auc["auc"])))
-    lo, hi = auc["ci"][0]
-    interval = (f"AUC at lead 0: [{_fmt(lo, 2)}, {_fmt(hi, 2)}] ({auc['level']:.0%} bootstrap over "
-                f"runs; {auc['n_collapsing'][0]} collapsing, {auc['n_stable'][0]} stable); "
-                f"cosines: median [IQR] over runs")
-    zero = abs(float(np.median(st))) <= COS_ZERO
-    sep = _finite(lo) and lo > 0.5 and np.median(co) > np.median(st)
-    rev = _finite(hi) and hi < 0.5
-    lead = auc["lead_time"]
-    mode = run["summary"].get("train", {}).get("mode")
-    if mode == "population":
-        verdict = ("not applicable: population mode has no sampling noise, so no run is "
-                   "diffusive; shown for contrast")
-    elif sep and zero:
-        verdict = "supported: stable ≈ 0 and higher before collapse"
-    elif sep:
-        verdict = (f"partly: higher before collapse, but stable runs are not ≈ 0 "
-                   f"(|median| > {COS_ZERO})")
-    elif rev:
-        verdict = "not supported: the cosine is LOWER before collapse than in stable runs"
-    else:
-        verdict = "not supported: the cosine does not separate collapsing from stable runs"
-    if _finite(lead):
-        verdict += f"; warns ≥ {lead * stride} steps ahead (AUC ≥ {auc['auc_threshold']})"
-    elif not (sep and zero):
-        los = [c[0] if _finite(c[0]) else -1.0 for c in auc["ci"]]
-        best = int(np.argmax(los))
-        if los[best] > 0.5 and best > 0:
-            verdict += (f"; but {auc['leads'][best] * stride} steps before collapse the AUC is "
-                        f"{auc['auc'][best]:.2f} [{auc['ci'][best][0]:.2f}, "
-                        f"{auc['ci'][best][1]:.2f}]: the cosine rises earlier, not persistently")
-    return dict(base, measured=measured, interval=interval, verdict=verdict)
-
-
-CLAIMS = {
-    1: "The per-step staleness bias of the surrogate gradient is O(Sη).",
-    2: "η_max ∝ 1/S when the stale-rollout constraint binds (paper: S·η ≈ 1.6e-6, Llama-3.2 1B/3B).",
-    3: "Horizon-limited regime: t_collapse·η ≈ const, independent of S (paper: ≈ 3.2e-5).",
-    4: "The two-constraint rule η ≪ min{R_batch/(S·G_upd), R_crit/(T·G_upd)}.",
-    5: "The consecutive-gradient cosine is ≈ 0 in stable runs and > 0 before collapse.",
-}
-
-GPU_CHANGE = {
-    1: "exact: a bias that grows faster than linearly in s·η at drifts far below the clip "
-       "radius; LM: a slope interval containing 1 at fixed η and pooled over η, with this "
-       "coupled-pair estimator on a larger model",
-    2: "η_max(S) at S ∈ {8, 16, 32} with a bootstrap interval on α that excludes this scale's "
-       "value, in a regime where clipping does not bind",
-    3: "median t_c·η equal across S within a factor 2 and t_c ∝ 1/η, with timed collapses at "
-       "every S",
-    4: "held-out η_max predicted within one grid step by min{a/S, b/T}",
-    5: "an AUC interval above 0.5 with the stable runs' cosine interval containing 0",
-}
-
-
-def claims_markdown(study) -> str:
-    """The claims table of a study directory, as markdown (one table per claim)."""
-    rows = claim_rows(study)
-    out = []
-    for k in range(1, 6):
-        out.append(f"**Claim {k}.** {CLAIMS[k]}\n")
-        if not rows[k]:
-            out.append("Not measured at this scale (no results in this study directory).\n")
-        else:
-            out.append("| testbed (regime) | measured | interval (what it covers) | grid, horizon |"
-                       " verdict at this scale |")
-            out.append("| --- | --- | --- | --- | --- |")
-            for r in rows[k]:
-                cells = [str(r[c]).replace("|", "\\|") for c in
-                         ("testbed", "measured", "interval", "grid", "verdict")]
-                out.append("| " + " | ".join(cells) + " |")
-            out.append("")
-        out.append(f"What a GPU-scale run would have to show to change this verdict: "
-                   f"{GPU_CHANGE[k]}.\n")
-    return "\n".join(out)
+# The claims: one module each in experiments/claims (statement, verdict rule and thresholds,
+# stages, rows); the study's table is theirs.
+claim_rows = claims.claim_rows
+claims_markdown = claims.claims_markdown
