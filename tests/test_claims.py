@@ -141,37 +141,42 @@ def test_claim4_rule_has_power():
 def test_claims_markdown_of_an_empty_study():
     md = claims.claims_markdown({"exact": {}, "sampled": {}, "bias": None, "lm": None,
                                  "lm_bias": None})
-    for n in range(1, 6):
+    for n in range(1, 7):
         assert f"**Claim {n}.**" in md
-    assert md.count("Not measured at this scale") == 5
+    assert md.count("Not measured at this scale") == 6
 
 
 def test_a_new_claim_is_one_new_file(tmp_path, monkeypatch):
-    """Dropping claim6_<key>.py next to the others registers claim 6: the table prints it, in
-    order, with no other edit."""
-    (tmp_path / "claim6_regime.py").write_text(
-        'NUMBER = 6\nKEY = "regime"\nSTATEMENT = "A sixth claim."\nSTAGES = ("exact_sweep",)\n'
+    """Dropping claim7_<key>.py next to the others registers claim 7: the table prints it, in
+    order, with no other edit (claim 6, experiments/claims/claim6_learning.py, came so)."""
+    (tmp_path / "claim7_regime.py").write_text(
+        'NUMBER = 7\nKEY = "regime"\nSTATEMENT = "A seventh claim."\nSTAGES = ("exact_sweep",)\n'
         'GRIDS = "any"\nGPU_CHANGE = "something"\n'
         'def verdict(fit):\n    return "inconclusive", "synthetic"\n'
         'def rows(study):\n    return [dict(testbed="t", measured="m", interval="i", grid="g",'
         ' verdict="inconclusive: synthetic")]\n', encoding="utf-8")
     monkeypatch.setattr(claims, "__path__", list(claims.__path__) + [str(tmp_path)])
     reg = claims.discover()
-    assert list(reg)[-1] == 6 and reg[6].KEY == "regime"
+    assert list(reg)[-1] == 7 and reg[7].KEY == "regime"
     md = claims.claims_markdown({"exact": {}, "sampled": {}, "bias": None, "lm": None,
                                  "lm_bias": None})
-    assert md.index("**Claim 5.**") < md.index("**Claim 6.** A sixth claim.")
+    assert md.index("**Claim 6.**") < md.index("**Claim 7.** A seventh claim.")
     assert "inconclusive: synthetic" in md
-    (tmp_path / "claim7_bad.py").write_text("NUMBER = 7\n", encoding="utf-8")
+    (tmp_path / "claim8_bad.py").write_text("NUMBER = 8\n", encoding="utf-8")
     with pytest.raises(TypeError, match="without"):
         claims.discover()
 
 
 def test_claim1_rows_on_lm_bias_results():
-    """Claim 1's rows from an `experiments.lm_bias` result: with 2 anchors the anchored slope
-    has no interval, and the row says inconclusive rather than a verdict."""
+    """Claim 1's rows from an `experiments.lm_bias` result: ‖δ‖ ∝ s·η over 4 anchors is
+    supported; with 2 anchors the anchored slope has no interval, and the row says inconclusive
+    rather than a verdict."""
     from tests.test_lm_bias import _synthetic   # pylint: disable=import-outside-toplevel
     res = _synthetic(1.0, np.random.default_rng(3))
     rows = claims.discover()[1].rows({"bias": None, "lm_bias": res})
+    lm = [r for r in rows if r["testbed"].startswith("LM")]
+    assert lm and lm[0]["verdict"].startswith("supported"), lm[0]["verdict"]
+    two = dict(res, rows=[r for r in res["rows"] if r["lr"] in (1e-4, 2e-4)])
+    rows = claims.discover()[1].rows({"bias": None, "lm_bias": two})
     lm = [r for r in rows if r["testbed"].startswith("LM")]
     assert lm and lm[0]["verdict"].startswith("inconclusive") and "anchor" in lm[0]["verdict"]

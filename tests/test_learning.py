@@ -95,3 +95,33 @@ def test_the_law_interval_covers_the_true_exponent():
     assert cover >= 0.90, cover
     assert L.claim6_verdict({"lo": None, "hi": None}) == "inconclusive"
     assert L.eta_star_law([0, 1, 2], np.ones((3, 2)))["gamma"] is None   # < 3 values of S ≥ 1
+
+
+def test_claim6_is_one_module_of_the_registry_and_reads_a_learning_grid():
+    """Claim 6 is one file in experiments/claims: the registry finds it, and its row comes from
+    a synthetic learning grid whose η* ∝ 1/S (supported) or does not move with S."""
+    from experiments import claims
+    from experiments.claims import claim6_learning as c6
+    assert claims.discover()[6] is c6
+    rng = np.random.default_rng(4)
+    lags, lrs, seeds = [0, 1, 2, 4, 8, 16], 2e-6 * 2.0 ** (np.arange(20) / 2), range(5)
+    steps = np.arange(0, 201, 20.0)
+
+    def grid(gamma):
+        acc = np.empty((len(lags), len(lrs), len(seeds), len(steps)))
+        for i, s in enumerate(lags):
+            star = 2e-4 * max(s, 1) ** -gamma * np.exp(rng.normal(0, 0.1, len(seeds)))
+            a = 0.8 - 0.08 * (np.log(lrs)[:, None] - np.log(star)[None]) ** 2
+            for k, t in enumerate(steps):
+                acc[i, :, :, k] = 0.15 + (np.clip(a, 0.15, 1) - 0.15) * t / (t + 60)
+        acc += rng.normal(0, 0.005, acc.shape)
+        return {"learn": dict(lags=lags, lrs=lrs, seeds=list(seeds), eval_steps=steps,
+                              heldout=acc)}
+
+    row = c6.rows(grid(1.0))[0]
+    assert row["verdict"].startswith("supported:"), row
+    assert c6.rows(grid(0.0))[0]["verdict"].startswith("not supported:")
+    assert c6.rows({}) == []
+    md = claims.claims_markdown({"exact": {}, "sampled": {}, "bias": None, "lm": None,
+                                 "lm_bias": None, "extra": {}, **grid(1.0)})
+    assert "**Claim 6.**" in md and "learning regime" in md
