@@ -10,6 +10,7 @@ structure, dtypes and shardings match what the caller expects.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -83,3 +84,14 @@ def load_latest(directory: str, templates: Mapping[str, Any], *, with_meta: bool
                                 "step directories there; run the binary that writes it first)")
     with make_manager(directory, max_to_keep=None) as m:
         return restore(m, templates, with_meta=with_meta)
+
+
+def params_digest(tree: Any) -> str:
+    """sha256 of a pytree's leaves (path, dtype, shape and bytes, in flattening order): equal iff
+    the parameters are bit-identical, whatever file format or orbax version stored them."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        arr = jax.device_get(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{tuple(arr.shape)}|".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()

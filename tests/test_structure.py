@@ -181,7 +181,7 @@ def test_one_definition_each(name, home):
 IMPORTED_BINARIES = ("experiments.reproduce", "experiments.study", "experiments.report",
                      "experiments.exact_sweep", "experiments.sweep", "experiments.lr_controller",
                      "experiments.plot_staleness", "experiments.delayed_quadratic",
-                     "bench.decode_gpu")
+                     "bench.decode_gpu", "experiments.warm_start")
 
 
 def test_binaries_imported_in_process_can_be_imported_together():

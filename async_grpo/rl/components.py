@@ -143,18 +143,30 @@ def _evaluator(config, graphdef, task, tokenizer, max_prompt, max_new) -> Evalua
                      max_new_tokens=max_new, temperature=config.rl.temperature)
 
 
+# The repository root (the directory holding async_grpo/): a relative init_from that does not
+# exist from the current directory is looked up here, so a config can name a checkpoint shipped
+# in the repository (experiments/data/warm_start_*) whatever directory a run starts from.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def resolve_init_dir(init_from: str) -> str:
-    """An SFT workdir (containing checkpoints/) or a checkpoints directory itself."""
+    """An SFT workdir (containing checkpoints/) or a checkpoints directory itself; a relative
+    path is tried from the current directory, then from the repository root."""
     if not init_from:
         raise ValueError("init_from is empty: set it to the SFT workdir, e.g. "
                          "--config.init_from=runs/addition/sft (written by experiments/sft.py)")
-    sub = os.path.join(init_from, ckpt_lib.CHECKPOINT_DIR)
-    for d in (sub, init_from):
-        if ckpt_lib.latest_step(d) is not None:
-            return d
+    bases = [init_from]
+    if not os.path.isabs(init_from) and not os.path.exists(init_from):
+        bases.append(os.path.join(REPO_ROOT, init_from))
+    for base in bases:
+        sub = os.path.join(base, ckpt_lib.CHECKPOINT_DIR)
+        for d in (sub, base):
+            if ckpt_lib.latest_step(d) is not None:
+                return d
     raise FileNotFoundError(
-        f"init_from={init_from!r}: no SFT checkpoint found (looked in {sub!r} and "
-        f"{init_from!r}); run experiments/sft.py with --workdir={init_from} first")
+        f"init_from={init_from!r}: no SFT checkpoint found (looked in {init_from!r}, its "
+        f"{ckpt_lib.CHECKPOINT_DIR}/ and, for a relative path, the same under {REPO_ROOT!r}); "
+        f"run experiments/sft.py with --workdir={init_from} first")
 
 
 def build_grpo(config: RunConfig) -> Components:

@@ -15,6 +15,11 @@ Launch (from the repository root):
   for v in grpo dual_clip no_kl tis total_derivative; do python -m experiments.sweep \
       --config=experiments/configs/sweep_lm.py:variants_$v --workdir=runs/study/lm_variants/$v \
       --config.run.init_from=runs/reproduce/lm_sweep/sft; done
+  # the testbed where GRPO learns (docs/learning_regime.md): from the shipped warm start
+  # experiments/data/warm_start_add2_tiny (28.8 % held-out); the full grid and a ~3-minute check
+  python -m experiments.sweep --config=experiments/configs/sweep_lm.py:learn --workdir=runs/study/lm_learn
+  python -m experiments.sweep --config=experiments/configs/sweep_lm.py:learn_quick \
+      --workdir=runs/study/lm_learn_quick
   # the LR controller (R_batch measured on variants_grpo) against fixed η, held-out seeds
   for v in controller controller_fixed; do python -m experiments.sweep \
       --config=experiments/configs/sweep_lm.py:$v --workdir=runs/study/lm_$v \
@@ -101,9 +106,12 @@ def get_config(arg=None):
         if arg == "controller":
             c.lr_control = ml_collections.ConfigDict(dict(
                 r_batch=0.0, r_batch_from="runs/study/lm_variants/grpo", margin=0.5, r_crit=0.0))
+    elif arg in ("learn", "learn_quick"):
+        _learn(c, quick=arg == "learn_quick")
     elif arg not in (None, ""):
         raise ValueError(f"sweep_lm config argument {arg!r}: use nothing, 'quick', 'study', "
-                         f"'sgd', 'small_drift', 'controller', 'controller_fixed' or one of "
+                         f"'sgd', 'small_drift', 'controller', 'controller_fixed', 'learn', "
+                         f"'learn_quick' or one of "
                          f"{sorted(VARIANTS)}")
     return c
 
@@ -117,6 +125,33 @@ def _grid(c, *, steps, lags, lrs, seeds, chunk=None):
     c.num_seeds = seeds
     if chunk is not None:
         c.max_chunk_cells = chunk
+
+
+# The learning regime's warm start, shipped in the repository (a path relative to the repository
+# root; made by `python -m experiments.warm_start --config=experiments/configs/sweep_lm.py:learn
+# --workdir=runs/warm_start/add2_tiny --out=experiments/data/warm_start_add2_tiny`).
+LEARN_WARM_START = "experiments/data/warm_start_add2_tiny"
+
+
+def _learn(c, *, quick):
+    """The testbed where GRPO learns (docs/learning_regime.md): the same task, model, batch and
+    loss as the other grids, from a warm start inside SFT's phase transition (step 500 of the
+    1000-step SFT above: about 30 % held-out greedy, 20 % sampled, so most groups of 8 hold both
+    outcomes), shipped as a file so that every machine starts from the same weights."""
+    c.run.init_from = LEARN_WARM_START
+    c.warm_start_step = 500          # experiments.warm_start keeps this SFT step
+    c.run.eval.num_problems = 500    # held-out greedy accuracy at the end, ±2 points
+    c.run.eval.batch_size = 500
+    if quick:                        # ~3 minutes on a loaded 2-core CPU
+        _grid(c, steps=100, lags="0,4", lrs=(1e-4, 2e-4), seeds=1)
+    else:
+        # S x 18 half-octave η x 5 seeds = 540 cells. At S = 0 the final accuracy is on a
+        # plateau from 2.5e-5 to 1e-4 and falls on both sides (54 % at 6.25e-6, 59 % at 2e-4,
+        # 27.5 % at 8e-4, collapse at 1.6e-3); at S = 16, 8e-4 falls to 16 % and 1.6e-3
+        # collapses (docs/learning_regime.md). The range brackets the best η and the collapse
+        # edge at both ends of S, with one half-octave above the first collapse.
+        _grid(c, steps=200, lags="0,1,2,4,8,16", lrs=(6.25e-6, 2.3e-3), seeds=5)
+        c.lrs_per_octave = 2
 
 
 def _dual_clip(rl):
