@@ -62,7 +62,10 @@ def _run_config(dtype: str) -> config_lib.RunConfig:
         d = {"model": {"preset": _PRESET.value}}
         init = os.path.join(_WORKDIR.value, "random_init")
     d["init_from"] = init
-    d.setdefault("model", {}).setdefault("overrides", {})["dtype"] = dtype
+    # The compute dtype through the precision policy (θ stays float32, the master copy); a
+    # run.json written before the policy may still carry model.overrides.dtype: drop it.
+    d.setdefault("model", {}).setdefault("overrides", {}).pop("dtype", None)
+    d["precision"] = {**d.get("precision", {}), "compute_dtype": dtype, "param_dtype": "float32"}
     d["rl"] = {**d.get("rl", {}), "prompts_per_step": _PROMPTS.value,
                "group_size": _GROUP.value, "temperature": _TEMPERATURE.value}
     return config_lib.RunConfig.from_config(d)
