@@ -15,7 +15,7 @@ LAYERS = [
     # 0: leaves and libraries
     {"files", "staleness", "collapse", "diagnostics", "losses", "tasks", "models", "sharding",
      "distributed", "checkpoint", "metrics", "sampling", "generator", "signals", "figures",
-     "workdir", "scaling", "lr_control", "metric_names"},
+     "workdir", "scaling", "lr_control", "metric_names", "results", "grid_runner"},
     # 1: built on the leaves
     {"config", "simulate", "testbeds"},
     # 2: the RL pieces
