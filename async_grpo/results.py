@@ -79,6 +79,10 @@ class GridResult:
             return None
         return next(iter(self.curves.values())).shape[1] * self.trace_every
 
+    def axis(self, name: str) -> list:
+        """The values of axis `name`, each once, in cell order (the grid's own order)."""
+        return list(dict.fromkeys(self.axes[name].tolist()))
+
     def stability(self, b1: Optional[float] = None) -> dict:
         """The stability fits (η_max per S and seed, censoring, α fit, ...) of the grid, or of
         its cells at `b1` when the grid has several b1 values."""
@@ -224,17 +228,25 @@ def _read_legacy(d: str) -> GridResult:
         fits = {"stability": s["results"], **({"regime": s["regime"]} if "regime" in s else {})}
         meta = {k: s[k] for k in ("variant", "testbed", "surrogate", "train", "collapse_rules")
                 if k in s}
+        top = os.path.join(os.path.dirname(os.path.abspath(d)), "summary.json")
+        config, machine = {}, {}
+        if os.path.exists(top):        # the sweep's config and machine were written above
+            with open(top, encoding="utf-8") as f:
+                t = json.load(f)
+            config, machine = t.get("config", {}), t.get("machine", {})
         return GridResult("exact", axes, cols, {k: np.concatenate(v)[:n] for k, v in
                                                 curves.items()}, every, fits=fits, meta=meta,
+                          config=config, machine=machine,
                           wall_s=s.get("wall_s"), chunk_wall_s=s.get("chunk_s", []),
                           invocations=[{"wall_s": s.get("wall_s")}], dir=d)
     keys = ("eta_max", "eta_max_censor", "eta_max_geomean", "collapse_frac",
             "heldout_final_mean", "alpha_fit_S_ge_1")
     fits = {"stability": [{k: s[k] for k in keys if k in s}]}
     meta = {"collapse_rules": s.get("collapse_rules"), "lr_control": s.get("lr_control"),
+            "run": s.get("config", {}),
             "processes": s.get("processes", 1), "num_chunks": s.get("num_chunks")}
     return GridResult("lm", axes, cols, _npz(os.path.join(d, "curves.npz")), 1, fits=fits,
-                      config=s.get("config", {}), meta=meta, machine=s.get("machine", {}),
+                      config={"run": s.get("config", {})}, meta=meta, machine=s.get("machine", {}),
                       wall_s=s.get("wall_s"), chunk_wall_s=s.get("chunk_wall_s", []),
                       invocations=s.get("invocations", []), dir=d)
 

@@ -82,7 +82,7 @@ _TINY_EXACT = ["--config.lags=0,1,4", "--config.lr_min=4", "--config.lr_max=256"
 STAGES = (
     Stage("exact_sweep", "experiments.exact_sweep",
           {"cpu": [_TRACES], "tiny": [_TRACES] + _TINY_EXACT},
-          {"cpu": 45, "tiny": 15}, "summary.json",
+          {"cpu": 45, "tiny": 15}, "run.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "exact testbed, large drift: population mode (no sampling noise), SGD, GRPO and the "
           "no-ratio control, S ∈ {0,1,2,4,8,16} × 21 η × 5 seeds, 500 steps, float64"),
@@ -92,7 +92,7 @@ STAGES = (
                     "--config.lags=0,1,4", "--config.lr_min=0.08", "--config.lr_max=1.28",
                     "--config.num_seeds=2", "--config.train.num_steps=60",
                     "--config.trace_every=1", "--config.horizons=30,60", "--config.n_boot=50"]},
-          {"cpu": 120, "tiny": 15}, "summary.json",
+          {"cpu": 120, "tiny": 15}, "run.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "exact testbed, small drift: sampled mode (G = 8 responses per prompt from π_φ, so "
           "diffusive noise), Adam, η 0.02 … 0.64, S ∈ {0,1,2,4,8,16}, 3 seeds, T = 10000"),
@@ -105,7 +105,7 @@ STAGES = (
           "exact testbed: ‖δ‖ along stale trajectories and at controlled (θ, φ) pairs"),
     Stage("lm_sweep", "experiments.sweep",
           {"cpu": ["--config=experiments/configs/sweep_lm.py:study"]},
-          {"cpu": 230}, "summary.json",
+          {"cpu": 230}, "result.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "LM testbed: the small transformer on 2-digit addition after SFT, GRPO grid"),
     Stage("lm_bias", "experiments.lm_bias",
