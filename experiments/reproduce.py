@@ -72,44 +72,35 @@ class Stage:
     needs: tuple = ()     # stages whose results this one reads (run first, even if not asked)
 
 
-# The exact sweep keeps the per-step traces the cosine and reward figures read.
-_TRACES = ("--config.keep_metrics=J,cos_update,cos_grad,drift_cycle,drift_cum,update_norm,"
-           "clip_frac")
-_TINY_EXACT = ["--config.lags=0,1,4", "--config.lr_min=4", "--config.lr_max=256",
-               "--config.lrs_per_octave=1", "--config.num_seeds=2", "--config.train.num_steps=60",
-               "--config.n_boot=50"]
+# Each stage names its config with an argument (`path:arg`): ":study" keeps the per-step traces
+# the cosine and reward figures read, ":tiny" (--scale=tiny) also shrinks the grid to a toy one.
+_CONFIGS = "--config=experiments/configs/"
 
 STAGES = (
     Stage("exact_sweep", "experiments.exact_sweep",
-          {"cpu": [_TRACES], "tiny": [_TRACES] + _TINY_EXACT},
+          {"cpu": [_CONFIGS + "exact_sweep.py:study"], "tiny": [_CONFIGS + "exact_sweep.py:tiny"]},
           {"cpu": 45, "tiny": 15}, "run.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "exact testbed, large drift: population mode (no sampling noise), SGD, GRPO and the "
           "no-ratio control, S ∈ {0,1,2,4,8,16} × 21 η × 5 seeds, 500 steps, float64"),
     Stage("exact_sampled", "experiments.exact_sweep",
-          {"cpu": ["--config=experiments/configs/study_small_drift.py:adam", _TRACES],
-           "tiny": ["--config=experiments/configs/study_small_drift.py:adam", _TRACES,
-                    "--config.lags=0,1,4", "--config.lr_min=0.08", "--config.lr_max=1.28",
-                    "--config.num_seeds=2", "--config.train.num_steps=60",
-                    "--config.trace_every=1", "--config.horizons=30,60", "--config.n_boot=50"]},
+          {"cpu": [_CONFIGS + "study_small_drift.py:adam,study"],
+           "tiny": [_CONFIGS + "study_small_drift.py:adam,tiny"]},
           {"cpu": 120, "tiny": 15}, "run.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "exact testbed, small drift: sampled mode (G = 8 responses per prompt from π_φ, so "
           "diffusive noise), Adam, η 0.02 … 0.64, S ∈ {0,1,2,4,8,16}, 3 seeds, T = 10000"),
     Stage("exact_bias", "experiments.exact_bias",
-          {"cpu": [], "tiny": ["--config.traj_lags=1,4", "--config.traj_lrs=0.5,4",
-                               "--config.traj_seeds=1", "--config.train.num_steps=40",
-                               "--config.anchor_steps=0,10", "--config.num_directions=1",
-                               "--config.num_radii=9"]},
+          {"cpu": [], "tiny": [_CONFIGS + "exact_bias.py:tiny"]},
           {"cpu": 10, "tiny": 10}, "bias.json", ("delta",),
           "exact testbed: ‖δ‖ along stale trajectories and at controlled (θ, φ) pairs"),
     Stage("lm_sweep", "experiments.sweep",
-          {"cpu": ["--config=experiments/configs/sweep_lm.py:study"]},
+          {"cpu": [_CONFIGS + "sweep_lm.py:study"]},
           {"cpu": 230}, "result.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "LM testbed: the small transformer on 2-digit addition after SFT, GRPO grid"),
     Stage("lm_bias", "experiments.lm_bias",
-          {"cpu": ["--config=experiments/configs/lm_bias.py",
+          {"cpu": [_CONFIGS + "lm_bias.py",
                    "--config.run.init_from={workdir}/lm_sweep/sft"]},
           {"cpu": 160}, "bias.json", ("delta",),
           "LM testbed: ‖δ‖ with the noise floor removed (32 coupled batch pairs per η × t × s, "

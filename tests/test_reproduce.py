@@ -140,3 +140,19 @@ def test_tiny_reproduction_end_to_end_then_the_notebook_on_its_results(tmp_path)
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                  for o in c.get("outputs", []))
     assert images == len(study.FIGURES)
+
+
+def test_stages_name_their_configs_with_an_argument_and_no_flag_lists():
+    """At --scale=tiny every exact stage is `--config=<file>:tiny` (no per-key flag list)."""
+    import importlib  # pylint: disable=import-outside-toplevel
+    for stage in reproduce.STAGES:
+        for scale, args in stage.args.items():
+            assert not any(a.startswith("--config.") and "{workdir}" not in a for a in args), (
+                stage.name, scale)
+            if scale == "tiny":
+                assert len(args) == 1 and args[0].endswith(":tiny") or args[0].endswith(",tiny")
+            for a in args:
+                if a.startswith("--config="):
+                    path, _, arg = a[len("--config="):].partition(":")
+                    mod = importlib.import_module(path[:-3].replace("/", "."))
+                    assert mod.get_config(arg) if arg else mod.get_config()

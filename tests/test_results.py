@@ -155,3 +155,29 @@ def test_the_workdir_guard_refuses_another_config(tmp_path):
         workdir_lib.claim(str(tmp_path), "sweep_lm", {"lr_min": 2e-3})
     with pytest.raises(workdir_lib.WorkdirError, match="holds a 'sweep_lm' run"):
         workdir_lib.claim(str(tmp_path), "exact_sweep", {"lr_min": 1e-3})
+
+
+def test_a_sweep_config_refuses_a_key_it_ignores_naming_it():
+    from experiments import sweep  # pylint: disable=import-outside-toplevel
+    from experiments.configs import sweep_lm  # pylint: disable=import-outside-toplevel
+    sweep.lm_plan(sweep_lm.get_config("tiny"))
+    for key, value, where in (("rl.optimizer.lr", 1e-3, "--config.lr_min"),
+                              ("staleness.max_lag", 4, "--config.lags")):
+        c = sweep_lm.get_config("tiny")
+        node, leaf = c.run, key.split(".")
+        for part in leaf[:-1]:
+            node = node[part]
+        setattr(node, leaf[-1], value)
+        with pytest.raises(ValueError, match=f"--config.run.{key}=.* is ignored") as e:
+            sweep.lm_plan(c)
+        assert where in str(e.value)
+
+
+def test_the_lm_grid_lrs_come_from_the_neutral_grid_axes_as_numbers():
+    from async_grpo import grid_axes  # pylint: disable=import-outside-toplevel
+    from async_grpo.testbeds import exact_configs  # pylint: disable=import-outside-toplevel
+    from experiments import sweep  # pylint: disable=import-outside-toplevel
+    from experiments.configs import sweep_lm  # pylint: disable=import-outside-toplevel
+    c = sweep_lm.get_config("study")
+    assert sweep.lm_plan(c).lrs == grid_axes.lr_grid(c.lr_min, c.lr_max, c.lrs_per_octave)
+    assert exact_configs.lr_grid is grid_axes.lr_grid          # one definition

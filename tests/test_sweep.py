@@ -13,13 +13,9 @@ from async_grpo import results
 from tests.helpers import repo_root
 
 REPO = repo_root()
-# The quick config made smaller still for the suite: 2 S x 2 η x 2 seeds, 12 steps.
-SMALL = ["--config.lags=0,2", "--config.lr_min=2e-3", "--config.lr_max=4e-3",
-         "--config.run.rl.steps=12", "--config.run.sft.steps=60", "--config.max_chunk_cells=4",
-         "--config.run.eval.num_problems=32", "--config.run.eval.batch_size=32"]
 
 
-def _run(workdir, *extra, env_extra=None, check=True, config="sweep_lm.py:quick"):
+def _run(workdir, *extra, env_extra=None, check=True, config="sweep_lm.py:tiny"):
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", **(env_extra or {}))
     proc = subprocess.run([sys.executable, "-m", "experiments.sweep",
                            f"--config=experiments/configs/{config}", f"--workdir={workdir}",
@@ -38,7 +34,7 @@ def _table(workdir):
 @pytest.fixture(name="one", scope="module")
 def _one(tmp_path_factory):
     wd = tmp_path_factory.mktemp("sweep") / "one"
-    proc = _run(wd, *SMALL)
+    proc = _run(wd)
     return wd, proc.stdout
 
 
@@ -65,12 +61,12 @@ def test_lm_sweep_resumes_and_refuses_another_config(one, tmp_path):
     before = _table(wd)
     chunk = wd / "chunks" / "chunk_00001.npz"
     os.remove(chunk)                                     # as if killed in the last chunk
-    proc = _run(wd, *SMALL)
+    proc = _run(wd)
     assert "chunk 2/2" in proc.stderr and "chunk 1/2" not in proc.stderr   # only the lost one
     assert _table(wd) == before
     runs = [v["chunks_computed"] for v in results.read(str(wd)).invocations]
     assert runs == [2, 1]                                 # both invocations kept
-    proc = _run(wd, *SMALL, "--config.lr_max=8e-3", check=False)
+    proc = _run(wd, "--config.lr_max=8e-3", check=False)
     assert proc.returncode != 0 and "lr_max: 0.004 -> 0.008" in proc.stderr
 
 
@@ -81,7 +77,7 @@ def test_two_shards_write_the_same_table(one, tmp_path):
     two = tmp_path / "two"          # from the first sweep's SFT checkpoint: the same θ_0
     procs = [subprocess.Popen(
         [sys.executable, "-m", "experiments.sweep",
-         "--config=experiments/configs/sweep_lm.py:quick", f"--workdir={two}", *SMALL,
+         "--config=experiments/configs/sweep_lm.py:tiny", f"--workdir={two}",
          f"--config.run.init_from={wd / 'sft'}",
          *(["--num_shards=2", "--shard=0"] if i == 0 else [])],     # shard 1: from the env
         cwd=REPO, env=dict(env, **({} if i == 0 else {"ASYNC_GRPO_NUM_PROCESSES": "2",
