@@ -24,26 +24,27 @@ CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
 def run(body: Callable, *, default_config: Optional[str] = None, config_help: str = "",
-        extra: Optional[Callable[[], dict]] = None, workdir_required: bool = True) -> None:
-    """Defines the flags, then runs `body(config, workdir, extra_flags)` under `app.run`; its
-    return value, if a string, is printed."""
+        extra: Optional[Callable[[], dict]] = None, workdir_required: bool = True,
+        config: bool = True, workdir_help: str = "Output directory.") -> None:
+    """Defines the flags, then runs `body(config, workdir, extra_flags)` under `app.run` (config
+    None for a binary without `--config`); its return value, if a string, is printed."""
     cfg = config_flags.DEFINE_config_file(
         "config", None if default_config is None else os.path.join(CONFIGS, default_config),
         config_help or "Config file (experiments/configs/...; `path:arg` passes an argument).",
-        lock_config=True)
-    workdir = flags.DEFINE_string("workdir", None, "Output directory.")
+        lock_config=True) if config else None
+    workdir = flags.DEFINE_string("workdir", None, workdir_help)
     more = extra() if extra is not None else {}
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        if cfg.value is None:
+        if cfg is not None and cfg.value is None:
             raise app.UsageError("--config is required.")
         if workdir_required and not workdir.value:
             raise app.UsageError("--workdir is required.")
         workdir_lib.quiet_orbax()
         try:
-            out = body(cfg.value, workdir.value, {k: v.value for k, v in more.items()})
+            out = body(cfg and cfg.value, workdir.value, {k: v.value for k, v in more.items()})
         except ValueError as e:
             raise app.UsageError(str(e)) from None
         if isinstance(out, str):

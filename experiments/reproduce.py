@@ -35,25 +35,21 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from async_grpo import files
 from async_grpo import metrics as metrics_lib
-from experiments import study
+from experiments import _main, study
 
 
 
-def _define_flags():
-    """Flags exist only when this module is the binary, so tests and notebooks can import it
-    beside other binaries (absl refuses a flag defined twice)."""
-    global _FIGURE, _SCALE, _WORKDIR
-    _FIGURE = flags.DEFINE_string(
-        "figure", "all", "Comma-separated figures to draw: all, or any of "
-        + ", ".join(study.FIGURES) + " (or their numbers 1-6).")
-    _SCALE = flags.DEFINE_enum("scale", "cpu", ["cpu", "tiny", "gpu"],
-                               "cpu: run on this machine; tiny: toy grids for tests; gpu: write "
-                               "the commands for a GPU/TPU run, run nothing.")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory (stages, logs, figures).")
+def _flags() -> dict:
+    return {"figure": flags.DEFINE_string(
+                "figure", "all", "Comma-separated figures to draw: all, or any of "
+                + ", ".join(study.FIGURES) + " (or their numbers 1-6)."),
+            "scale": flags.DEFINE_enum(
+                "scale", "cpu", ["cpu", "tiny", "gpu"], "cpu: run on this machine; tiny: toy "
+                "grids for tests; gpu: write the commands for a GPU/TPU run, run nothing.")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,26 +275,20 @@ def write_gpu(workdir: str) -> list[str]:
     return [cmd, lm, readme]
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required.")
-    try:
-        names = parse_figures(_FIGURE.value)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
-    workdir = _WORKDIR.value
+def run(workdir: str, figure: str = "all", scale: str = "cpu") -> None:
+    """Runs (or reuses) the stages the figures `figure` need at `scale` into `workdir`, then
+    draws the figures and writes the claims table."""
+    names = parse_figures(figure)
     os.makedirs(workdir, exist_ok=True)
-    if _SCALE.value == "gpu":
+    if scale == "gpu":
         for p in write_gpu(workdir):
             print(f"wrote {p}")
         return
-    stages = stages_for(names, _SCALE.value)
-    progress = Progress({s.name: float(s.est_s[_SCALE.value]) for s in stages})
+    stages = stages_for(names, scale)
+    progress = Progress({s.name: float(s.est_s[scale]) for s in stages})
     progress.say(f"{len(stages)} stage(s) for figure(s) {', '.join(names)} into {workdir}")
     for s in stages:
-        run_stage(s, _SCALE.value, workdir, progress)
+        run_stage(s, scale, workdir, progress)
     loaded = study.load_study(workdir)
     paths = study.draw(loaded, names, os.path.join(workdir, "figures"))
     files.write_text_atomic(os.path.join(workdir, "results.md"), study.claims_markdown(loaded))
@@ -309,5 +299,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    _main.run(lambda _, workdir, f: run(workdir, f["figure"], f["scale"]), config=False,
+              extra=_flags, workdir_help="Study directory (stages, logs, figures).")
