@@ -112,7 +112,8 @@ class GridResult:
             files.save_npz_atomic(os.path.join(d, "evals.npz"),
                                   **{mn.file_key(k): v for k, v in self.evals.items()})
         files.write_csv_atomic(os.path.join(d, "cells.csv"), {
-            k: v for k, v in self.cells().items() if np.ndim(v) == 1})
+            k: v.astype(int) if v.dtype == bool else v for k, v in self.cells().items()
+            if np.ndim(v) == 1})
         record = {
             "format": FORMAT, "kind": self.kind, "num_cells": self.num_cells,
             "axes": list(self.axes), "summaries": list(self.summaries),
