@@ -21,7 +21,8 @@ def parse_list(text: str, typ, name: str) -> list:
 def lr_grid(lr_min: float, lr_max: float, per_octave: int) -> list[float]:
     """Log grid lr_min·2^(k/per_octave) up to lr_max (inclusive within rounding)."""
     if not (np.isfinite(lr_min) and lr_min > 0):
-        raise ValueError(f"--config.lr_min must be finite and > 0 (η ≤ 0 is invalid), got {lr_min}.")
+        raise ValueError(f"--config.lr_min must be finite and > 0 (η ≤ 0 is invalid), got "
+                         f"{lr_min}.")
     if not (np.isfinite(lr_max) and lr_max >= lr_min):
         raise ValueError(f"--config.lr_max must be finite and >= lr_min, got {lr_max}.")
     if not (isinstance(per_octave, int) and per_octave >= 1):

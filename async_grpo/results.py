@@ -1,4 +1,5 @@
-"""The one results format of a grid of runs (`GridResult`), and the stability fits every grid shares.
+"""The one results format of a grid of runs (`GridResult`), and the stability fits every grid
+shares.
 
 A grid is a set of cells (one whole training run each), named by their axes (staleness S, learning
 rate η, seed, b1, ...). Every sweep binary writes a `GridResult` to its results directory and every

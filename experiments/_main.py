@@ -44,7 +44,8 @@ def run(body: Callable, *, default_config: Optional[str] = None, config_help: st
             raise app.UsageError("--workdir is required.")
         workdir_lib.quiet_orbax()
         try:
-            out = body(cfg and cfg.value, workdir.value, {k: v.value for k, v in more.items()})
+            out = body(None if cfg is None else cfg.value, workdir.value,
+                       {k: v.value for k, v in more.items()})
         except ValueError as e:
             raise app.UsageError(str(e)) from None
         if isinstance(out, str):

@@ -77,6 +77,9 @@ def claim(c, workdir: str, variants) -> None:
                         raise workdir_lib.WorkdirError(
                             f"--workdir={workdir!r}: {path} records a different config (a sweep "
                             "written before workdir records); use a new --workdir or delete it.")
+    # the kept metrics in the vocabulary's names: a config naming them either way resumes
+    cfg["keep_metrics"] = ",".join(mn.canonical(n) for n in xc.parse_list(
+        cfg.get("keep_metrics", "J"), str, "keep_metrics"))
     workdir_lib.claim(workdir, "exact_sweep", cfg, allow_changed=_ANALYSIS_ONLY,
                       defaults=_DEFAULTS)
 

@@ -17,7 +17,6 @@ left unchanged and reported; `--check` fails on it.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 import math

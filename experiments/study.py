@@ -32,7 +32,6 @@ Figures (each PNG at 300 dpi and PDF, `async_grpo.figures` style):
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import math
 import os

@@ -241,3 +241,21 @@ def test_study_configs_plan(monkeypatch):
             assert all(tb.sampled_only for tb in p["testbeds"].values())
     with pytest.raises(ValueError, match="Unknown study_small_drift config 'nope'"):
         study.get_config("nope")
+
+
+def test_a_workdir_resumes_whichever_vocabulary_names_the_kept_metrics(tmp_path):
+    """The workdir record holds the kept metrics in the vocabulary's names, so a config naming
+    them the old way (drift_cycle) and the new way (drift/within_cycle) is the same run."""
+    from async_grpo import workdir as workdir_lib
+    from experiments import exact_sweep as es
+    c = sweep_cfg.get_config()
+    with c.unlocked():
+        c.keep_metrics = "J,drift_cycle,cos_update,clip_frac"
+    es.claim(c, str(tmp_path), ["grpo"])
+    with c.unlocked():
+        c.keep_metrics = "J,drift/within_cycle,cos/consecutive_updates,loss/clip_frac"
+    es.claim(c, str(tmp_path), ["grpo"])
+    with c.unlocked():
+        c.keep_metrics = "J,drift/within_cycle"
+    with pytest.raises(workdir_lib.WorkdirError, match="keep_metrics"):
+        es.claim(c, str(tmp_path), ["grpo"])

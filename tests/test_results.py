@@ -41,7 +41,8 @@ def test_write_read_round_trip_keeps_every_field_with_canonical_names(tmp_path):
         assert sorted(a) == sorted(b), part
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
-    assert back.axes["lr"].dtype == np.float64 and back.axes["lr"].tolist() == gr.axes["lr"].tolist()
+    assert back.axes["lr"].dtype == np.float64
+    assert back.axes["lr"].tolist() == gr.axes["lr"].tolist()              # numbers, not text
     assert back.eval_steps.tolist() == [0, 6]
     assert back.fits == json.loads(json.dumps(files._jsonable(gr.fits)))
     assert (back.config, back.meta, back.machine, back.wall_s) == (
