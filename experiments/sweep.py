@@ -7,19 +7,23 @@ r"""One sweep front end: exact-testbed grids and LM-scale GRPO grids.
 An exact-testbed config (it has a `testbed` section) runs `experiments.exact_sweep`. An LM config
 (`kind = "lm"`, experiments/configs/sweep_lm.py) runs the population runner
 (`async_grpo.rl.population`): every (S, η, seed) cell is a whole GRPO run, cells run in chunks
-of one compiled program sized to `memory_budget_gb`, and each finished chunk is saved atomically
-to <workdir>/chunks/ (never recomputed; a different config in the same workdir is refused). To
+of one compiled program sized to `memory_budget_gb` through the grid runner
+(`async_grpo.grid_runner`): each finished chunk is saved atomically to <workdir>/chunks/ (never
+recomputed; `workdir.claim` refuses a different config in the same workdir). A sweep config
+refuses a `run` key the sweep sets itself per cell (`IGNORED`: run.rl.optimizer.lr, as η comes
+from lr_min / lr_max / lrs_per_octave; run.staleness.max_lag, as S comes from lags). To
 spread a grid over processes or hosts sharing the workdir, run `--num_shards=N --shard=I` for
 I = 0..N-1, or the same command on every host of a job whose launcher sets
 ASYNC_GRPO_NUM_PROCESSES / ASYNC_GRPO_PROCESS_ID (or JAX_NUM_PROCESSES / JAX_PROCESS_ID): shard I
 takes every N-th chunk, shard 0 trains the SFT warm start and writes the results once all chunks
 are there. Cells share nothing, so the shards start no jax.distributed job.
 
-LM results in <workdir>: cells.csv (one row per cell: S, η, seed, collapse step and rule,
-rewards, held-out greedy accuracy at the end, drifts and diagnostics), curves.npz (per-step
-curves [cells, T] of reward, KL(behavior‖current), clip fraction, ESS, update norm, drifts,
-consecutive-gradient cosine, realized lag, ...), summary.json (η_max per S and seed with the
-censoring, the α fit, the config, the machine, wall times) and phase.png/.pdf.
+LM results in <workdir>: one `async_grpo.results.GridResult` (axes S, η, seed; per cell the
+collapse step and rule, rewards over the first / last / best 10 steps, the held-out greedy
+accuracy at the end `heldout/accuracy`, the final drift; per-step curves [cells, T] of reward,
+KL(behavior‖current), clip fraction, ESS, update norm, drifts, consecutive-gradient cosine,
+realized lag, ...; the fits: η_max per S and seed with the censoring and the α fit; the config,
+the machine, wall times and invocations) and phase.png/.pdf.
 """
 
 from __future__ import annotations
