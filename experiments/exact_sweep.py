@@ -37,6 +37,7 @@ import numpy as np
 
 from async_grpo import figures, grid_runner, results
 from async_grpo import metric_names as mn
+from async_grpo import simulate
 from async_grpo import workdir as workdir_lib
 from async_grpo.testbeds import exact as ex
 from async_grpo import scaling as xa
@@ -84,12 +85,11 @@ def claim(c, workdir: str, variants) -> None:
                       defaults=_DEFAULTS)
 
 
-def engine_names(train, names, variant) -> dict[str, str]:
+def engine_names(train, cells, names, variant) -> dict[str, str]:
     """{canonical name: the engine's name} of the kept metrics; refuses a name the run does not
     record (e.g. h_used_norm outside sampled mode). Config and engine names may be either
-    vocabulary's (`metric_names.canonical`)."""
-    cell = {"lr": np.float64(1.0), "seed": np.uint32(0), "max_lag": np.int32(0),
-            "b1": np.float64(0.0)}
+    vocabulary's (`metric_names.canonical`). `cells`: the grid's (its first cell is traced)."""
+    cell = simulate.cell_arrays({k: np.asarray(v)[0] for k, v in cells.items()})
     known = {mn.canonical(k): k for k in jax.eval_shape(train, cell)[0]}
     want = [mn.canonical(n) for n in names]
     bad = [n for n in want if n not in known]
@@ -116,7 +116,7 @@ def run_variant(c, p, variant: str, workdir: str) -> results.GridResult:
     tc = p["train"]
     cells = ex.make_cells(p["lrs"], p["seeds"], p["lags"], p["b1s"], max_lag_cap=tc.max_lag_cap)
     n = len(cells["lr"])
-    keep = engine_names(ex.make_train(tb, tc), p["keep_metrics"], variant)
+    keep = engine_names(ex.make_train(tb, tc), cells, p["keep_metrics"], variant)
     size = min(c.chunk_size, n)
     run = grid_runner.run_chunks(os.path.join(vdir, "chunks"), n, size,
                                  exact_compute(tb, tc, cells, size, keep, p["trace_every"]),

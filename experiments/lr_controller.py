@@ -80,7 +80,7 @@ def plan(c) -> dict:
 def _grid(c, tb, tc, cells, keep, d, label, axes_extra=None) -> results.GridResult:
     """One grid of cells through the grid runner (resumable chunks in <d>/chunks), written as a
     GridResult into `d`; its curves and summaries in the canonical names."""
-    names = exact_sweep.engine_names(ex.make_train(tb, tc), keep, label)
+    names = exact_sweep.engine_names(ex.make_train(tb, tc), cells, keep, label)
     n = len(cells["lr"])
     size = min(c.chunk_size, n)
     run = grid_runner.run_chunks(os.path.join(d, "chunks"), n, size,
