@@ -26,8 +26,6 @@ import json
 import os
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
 import numpy as np
 
 import jax
@@ -41,13 +39,7 @@ from async_grpo import workdir as workdir_lib
 from async_grpo.testbeds import exact as ex
 from async_grpo import scaling as xa
 from async_grpo.testbeds import exact_configs as xc
-
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
-                               "exact_bias.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
-                                          "Config file (experiments/configs/exact_bias.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+from experiments import _main
 
 plan = xc.bias_plan
 
@@ -203,19 +195,11 @@ def series_iter(ctrl):
             yield int(t), int(k), ctrl["r"][sel], ctrl["delta_norm"][sel], ctrl[mn.CLIP_FRAC][sel]
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required.")
-    c = _CONFIG.value
-    try:
-        p = plan(c)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
+def run(c, workdir: str) -> None:
+    """Measures ‖δ‖ for config `c` into `workdir` and prints the tables."""
+    p = plan(c)
     if c.x64:
         jax.config.update("jax_enable_x64", True)
-    workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
     traj = trajectories(p)
@@ -250,4 +234,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _main.run(lambda c, workdir, _: run(c, workdir), default_config="exact_bias.py")

@@ -7,21 +7,21 @@ r"""(S, η, seed) stability map of asynchronous GRPO on the exact testbed.
 
 For each variant (a registered loss of `async_grpo.losses`, e.g. grpo, no_ratio, dapo, gspo) the
 whole (S, η, seed[, b1]) grid is run by ONE compiled program (`exact.run_cells_chunked`: vmap over
-cells, lax.scan over steps),
-in fixed-size chunks. Every finished chunk is saved to <workdir>/<variant>/chunks/ (atomic
+cells, lax.scan over steps) in fixed-size chunks, through the grid runner
+(`async_grpo.grid_runner`): every finished chunk is saved to <workdir>/<variant>/chunks/ (atomic
 rename), so a killed sweep loses at most the chunk in flight; rerunning with the same workdir
-and config reuses the saved chunks (a different config in the same workdir is refused).
+and config reuses the saved chunks (`workdir.claim` refuses a different config, except the
+analysis-only keys horizons and n_boot).
 
-Writes, per variant: chunks/chunk_*.npz (per cell: the summary, s_*, and the per-step traces
-m_* of `--config.keep_metrics`, default J only, as block means over `--config.trace_every`
-steps), cells.csv (S, η, seed, b1, J_init, J_final, J_best, collapse_step, collapsed),
-summary.json (η_max per S and seed, the fit η_max ∝ S^−α over S ≥ 1 with a bootstrap interval
-over seeds, the collapse-time law; η_max and α at the shorter horizons T' of `--config.horizons`,
-a run counting as collapsed at T' iff its collapse step is <= T'; with clip_frac (or
-clip_frac_sampled), update_norm and drift_cycle among the traces also the regime: the clip radius
-and the clip fraction, update norm and within-cycle drift at each seed's η_max,
-`regime_summary`), phase.png/.pdf; and <workdir>/summary.json with all variants, the config, the
-machine and the wall times. Prints a summary table at the end.
+Writes one `async_grpo.results.GridResult` per variant into <workdir>/<variant>/: the cells'
+axes (S, η, seed, b1), their summaries (J_init, J_final, J_best, collapse_step, collapsed, ...),
+the per-step curves of `--config.keep_metrics` (default J only; block means over
+`--config.trace_every` steps), and the fits: η_max per S and seed with its censoring, the fit
+η_max ∝ S^−α over S ≥ 1 with a bootstrap interval over seeds, the collapse-time law; η_max and
+α at the shorter horizons T' of `--config.horizons` (a run counting as collapsed at T' iff its
+collapse step is <= T'); with loss/clip_frac (or clip_frac_sampled), update_norm and
+drift/within_cycle among the curves also the regime (`regime_summary`); and phase.png/.pdf.
+Prints a summary table at the end.
 """
 
 from __future__ import annotations
@@ -31,171 +31,149 @@ import json
 import os
 import time
 
-from absl import app, flags, logging
+from absl import logging
 import jax
-from ml_collections import config_flags
 import numpy as np
 
-from async_grpo import figures, files
-from async_grpo import metric_names
-from async_grpo import metrics as metrics_lib
+from async_grpo import figures, grid_runner, results
+from async_grpo import metric_names as mn
+from async_grpo import simulate
 from async_grpo import workdir as workdir_lib
 from async_grpo.testbeds import exact as ex
 from async_grpo import scaling as xa
 from async_grpo.testbeds import exact_configs as xc
-
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
-                               "exact_sweep.py")
+from experiments import _main
 
 plan = xc.sweep_plan
 
-# Config keys added after results existed, with the value that reproduces the old behaviour: left
-# out of the fingerprint at that value, so older workdirs still resume (their chunks hold J only).
-_FINGERPRINT_DEFAULTS = {"keep_metrics": "J", "trace_every": 1}
-# Keys that only change the analysis of the saved chunks, never their content.
-_ANALYSIS_ONLY = ("horizons",)
+# Keys that only change the analysis of the saved chunks, never their content: they may change
+# when a sweep resumes.
+_ANALYSIS_ONLY = ("horizons", "n_boot")
+# Config keys added after results existed, with the value that reproduces the old behaviour.
+_DEFAULTS = {"keep_metrics": "J", "trace_every": 1}
 
 
-def _fingerprint(c, variant) -> str:
-    d = json.loads(c.to_json())
-    for k, v in _FINGERPRINT_DEFAULTS.items():
+def _legacy_fingerprint(cfg: dict, variant: str) -> str:
+    """The fingerprint the sweep wrote to <variant>/config_fingerprint.json before it used
+    `workdir.claim` (to accept or refuse an old workdir)."""
+    d = dict(cfg)
+    for k, v in _DEFAULTS.items():
         if k in d and d[k] == v:
             del d[k]
-    for k in _ANALYSIS_ONLY:
-        d.pop(k, None)
+    d.pop("horizons", None)
     d["variant"] = variant
     return json.dumps(d, sort_keys=True)
 
 
-def _check_trace_names(train, names, variant):
-    """Refuses a trace name the run does not record (e.g. h_used_norm outside sampled mode)."""
-    cell = {"lr": np.float64(1.0), "seed": np.uint32(0), "max_lag": np.int32(0),
-            "b1": np.float64(0.0)}
-    known = set(jax.eval_shape(train, cell)[0])
-    bad = [n for n in names if n not in known]
+def claim(c, workdir: str, variants) -> None:
+    """The workdir guard (`workdir.claim`, kind "exact_sweep"). A workdir written before it (a
+    config_fingerprint.json per variant) resumes only with the config that wrote it."""
+    cfg = json.loads(c.to_json())
+    if not os.path.exists(os.path.join(workdir, workdir_lib.RECORD)):
+        for v in variants:
+            path = os.path.join(workdir, v, "config_fingerprint.json")
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    if f.read() != _legacy_fingerprint(cfg, v):
+                        raise workdir_lib.WorkdirError(
+                            f"--workdir={workdir!r}: {path} records a different config (a sweep "
+                            "written before workdir records); use a new --workdir or delete it.")
+    # the kept metrics in the vocabulary's names: a config naming them either way resumes
+    cfg["keep_metrics"] = ",".join(mn.canonical(n) for n in xc.parse_list(
+        cfg.get("keep_metrics", "J"), str, "keep_metrics"))
+    workdir_lib.claim(workdir, "exact_sweep", cfg, allow_changed=_ANALYSIS_ONLY,
+                      defaults=_DEFAULTS)
+
+
+def engine_names(train, cells, names, variant) -> dict[str, str]:
+    """{canonical name: the engine's name} of the kept metrics; refuses a name the run does not
+    record (e.g. h_used_norm outside sampled mode). Config and engine names may be either
+    vocabulary's (`metric_names.canonical`). `cells`: the grid's (its first cell is traced)."""
+    cell = simulate.cell_arrays({k: np.asarray(v)[0] for k, v in cells.items()})
+    known = {mn.canonical(k): k for k in jax.eval_shape(train, cell)[0]}
+    want = [mn.canonical(n) for n in names]
+    bad = [n for n in want if n not in known]
     if bad:
-        raise app.UsageError(f"--config.keep_metrics: variant {variant!r} records no metric "
-                             f"{bad}; it records {sorted(known)}.")
+        raise ValueError(f"--config.keep_metrics: variant {variant!r} records no metric "
+                         f"{bad}; it records {sorted(known)}.")
+    return {n: known[n] for n in dict.fromkeys(want)}
 
 
-def run_variant(c, p, variant: str, workdir: str) -> dict:
+def exact_compute(tb, tc, cells, size, keep, every):
+    """compute(idx) of the grid runner: the exact engine on cells idx (one compiled program)."""
+    def compute(idx):
+        sub = {k: v[idx] for k, v in cells.items()}
+        m, s = ex.run_cells_chunked(tb, tc, sub, chunk_size=size, keep_metrics=list(keep.values()),
+                                    trace_every=every)
+        return {"curves": m, "summaries": s}
+    return compute
+
+
+def run_variant(c, p, variant: str, workdir: str) -> results.GridResult:
+    """Runs (or resumes) one variant's grid into <workdir>/<variant>; -> its GridResult."""
     vdir = os.path.join(workdir, variant)
-    cdir = os.path.join(vdir, "chunks")
-    os.makedirs(cdir, exist_ok=True)
-    fp_path = os.path.join(vdir, "config_fingerprint.json")
-    fp = _fingerprint(c, variant)
-    if os.path.exists(fp_path):
-        with open(fp_path) as f:
-            if f.read() != fp:
-                raise app.UsageError(f"{vdir} holds results of a different config; use a new "
-                                     "--workdir or delete it.")
-    else:
-        files.write_text_atomic(fp_path, fp)
-
     tb = ex.make_testbed(p["testbeds"][variant])
     tc = p["train"]
     cells = ex.make_cells(p["lrs"], p["seeds"], p["lags"], p["b1s"], max_lag_cap=tc.max_lag_cap)
     n = len(cells["lr"])
-    chunk_times = []
-
-    def chunk_path(i):
-        return os.path.join(cdir, f"chunk_{i:05d}.npz")
-
-    def skip_chunk(i):
-        if not os.path.exists(chunk_path(i)):
-            return None
-        z = np.load(chunk_path(i))
-        return ({metric_names.canonical(k[2:]): z[k] for k in z.files if k.startswith("m_")},
-                {metric_names.canonical(k[2:]): z[k] for k in z.files if k.startswith("s_")})
-
-    t_last = [time.time()]
-
-    def on_chunk(i, m, s):
-        files.save_npz_atomic(chunk_path(i),
-                              **{f"m_{metric_names.file_key(k)}": v for k, v in m.items()},
-                              **{f"s_{metric_names.file_key(k)}": v for k, v in s.items()})
-        now = time.time()
-        chunk_times.append(now - t_last[0])
-        t_last[0] = now
-        n_chunks = -(-n // min(c.chunk_size, n))
-        left = (n_chunks - i - 1) * float(np.median(chunk_times))
-        logging.info("%s: chunk %d/%d (%d cells) done in %.1fs; ETA %s for this variant",
-                     variant, i + 1, n_chunks, len(s["J_final"]), chunk_times[-1],
-                     metrics_lib.format_duration(left))
-
-    names, every = [metric_names.canonical(n) for n in p["keep_metrics"]], p["trace_every"]
-    _check_trace_names(ex.make_train(tb, tc), names, variant)
-    t0 = time.time()
-    traces, summ = ex.run_cells_chunked(tb, tc, cells, chunk_size=min(c.chunk_size, n),
-                                        keep_metrics=names, trace_every=every,
-                                        on_chunk=on_chunk, skip_chunk=skip_chunk)
-    wall = time.time() - t0
-
-    files.write_csv_atomic(os.path.join(vdir, "cells.csv"), {
-        "S": cells["max_lag"], "lr": cells["lr"], "seed": cells["seed"], "b1": cells["b1"],
-        "J_init": summ["J_init"], "J_final": summ["J_final"], "J_best": summ["J_best"],
-        "collapse_step": summ["collapse_step"], "collapsed": summ["collapsed"].astype(int)})
-
-    lags, lrs, seeds, b1s = p["lags"], np.array(p["lrs"]), p["seeds"], p["b1s"]
-    shape = (len(lags), len(lrs), len(seeds), len(b1s))
-    collapsed = summ["collapsed"].reshape(shape)
-    t_col = summ["collapse_step"].reshape(shape).astype(float)
-    j_final = summ["J_final"].reshape(shape)
-    j_best = summ["J_best"].reshape(shape)
-    per_b1 = []
-    for bi, b1 in enumerate(b1s):
-        eta, censor = xa.eta_max_per_seed(lrs, collapsed[..., bi])
-        fit = xa.bootstrap_alpha(lags, lrs, collapsed[..., bi], n_boot=c.n_boot)
-        lr_full = np.broadcast_to(lrs[None, :, None], collapsed[..., bi].shape)
-        col = collapsed[..., bi]
-        warm = tc.collapse.warmup  # a collapse flagged at the warm-up's end has an unknown time
-        law_all = xa.collapse_time_law(lr_full[col], t_col[..., bi][col], min_step=warm)
-        law_per_s = {}
-        for i, s in enumerate(lags):
-            ci = col[i]
-            law_per_s[str(s)] = xa.collapse_time_law(lr_full[i][ci], t_col[i, ..., bi][ci],
-                                                     min_step=warm)
-        horizons = {}
-        for h in p.get("horizons", ()):
-            col_h = col & (t_col[..., bi] <= h)     # the collapse rule is causal
-            eta_h, cens_h = xa.eta_max_per_seed(lrs, col_h)
-            horizons[str(h)] = {
-                "eta_max_geomean": {str(s): float(np.exp(np.log(eta_h[i]).mean()))
-                                    for i, s in enumerate(lags)},
-                "n_censored": {str(s): int((cens_h[i] != 0).sum()) for i, s in enumerate(lags)},
-                "collapsed_cells": {str(s): int(col_h[i].sum()) for i, s in enumerate(lags)},
-                "alpha_fit_S_ge_1": xa.bootstrap_alpha(lags, lrs, col_h, n_boot=c.n_boot)}
-        per_b1.append({
-            "b1": b1,
-            "eta_max": {str(s): eta[i].tolist() for i, s in enumerate(lags)},
-            "eta_max_censor": {str(s): censor[i].tolist() for i, s in enumerate(lags)},
-            "eta_max_geomean": {str(s): float(np.exp(np.log(eta[i]).mean()))
-                                for i, s in enumerate(lags)},
-            "collapse_frac": {str(s): collapsed[i, :, :, bi].mean(1).tolist()
-                              for i, s in enumerate(lags)},
-            "J_final_mean": {str(s): np.nanmean(j_final[i, :, :, bi], 1).tolist()
-                             for i, s in enumerate(lags)},
-            "J_best_mean": {str(s): np.nanmean(j_best[i, :, :, bi], 1).tolist()
-                            for i, s in enumerate(lags)},
-            "alpha_fit_S_ge_1": fit,
-            "collapse_time_law": {"all": law_all, "per_S": law_per_s},
-            **({"horizons": horizons} if horizons else {}),
-        })
-    regime = regime_summary(traces, summ, cells, lags, lrs, per_b1, tb.cfg, tc)
-    result = {"variant": variant, "testbed": dataclasses.asdict(p["testbeds"][variant]),
-              "surrogate": p["testbeds"][variant].surrogate, "train": dataclasses.asdict(tc),
-              "collapse_rules": tc.collapse.describe(),
-              "lags": lags, "lrs": lrs.tolist(), "seeds": seeds, "num_cells": n,
-              "wall_s": wall, "chunk_s": chunk_times, "results": per_b1,
-              "traces": {"metrics": list(names), "trace_every": every}}
+    keep = engine_names(ex.make_train(tb, tc), cells, p["keep_metrics"], variant)
+    size = min(c.chunk_size, n)
+    run = grid_runner.run_chunks(os.path.join(vdir, "chunks"), n, size,
+                                 exact_compute(tb, tc, cells, size, keep, p["trace_every"]),
+                                 label=variant)
+    summ = run.summaries
+    lags, lrs, b1s = p["lags"], np.array(p["lrs"]), p["b1s"]
+    shape = (len(lags), len(lrs), len(p["seeds"]), len(b1s))
+    fits = {"stability": [_fits_at_b1(c, p, summ, shape, bi) for bi in range(len(b1s))]}
+    regime = regime_summary(run.curves, summ, cells, lags, lrs, fits["stability"], tb.cfg, tc)
     if regime is not None:
-        result["regime"] = regime
-    files.write_json_atomic(os.path.join(vdir, "summary.json"), result)
+        fits["regime"] = regime
+    gr = results.GridResult(
+        "exact", {"S": cells["max_lag"], "lr": cells["lr"], "seed": cells["seed"],
+                  "b1": cells["b1"]},
+        summ, run.curves, p["trace_every"], fits=fits, config=json.loads(c.to_json()),
+        meta={"variant": variant, "testbed": dataclasses.asdict(p["testbeds"][variant]),
+              "surrogate": p["testbeds"][variant].surrogate, "train": dataclasses.asdict(tc),
+              "collapse_rules": tc.collapse.describe()},
+        machine=workdir_lib.machine(), wall_s=run.wall_s, chunk_wall_s=run.chunk_wall_s,
+        invocations=results.previous_invocations(vdir) + [grid_runner.invocation(run)], dir=vdir)
+    gr.write(vdir)
     try:
-        _plot(result, collapsed, t_col, os.path.join(vdir, "phase"))
+        _plot(gr, os.path.join(vdir, "phase"))
     except Exception as e:  # pylint: disable=broad-except
         logging.warning("plotting failed: %s", e)
-    return result
+    return gr
+
+
+def _fits_at_b1(c, p, summ, shape, bi) -> dict:
+    """The stability fits of the cells at the bi-th b1: η_max and α (`results.stability`), the
+    mean final and best J, the collapse-time law, and η_max and α at the shorter horizons."""
+    lags, lrs = p["lags"], np.array(p["lrs"])
+    col = summ["collapsed"].reshape(shape)[..., bi].astype(bool)
+    t_col = summ["collapse_step"].reshape(shape)[..., bi].astype(float)
+    warm = p["train"].collapse.warmup  # a collapse flagged at the warm-up's end has an unknown time
+    lr_full = np.broadcast_to(lrs[None, :, None], col.shape)
+    out = {"b1": p["b1s"][bi], **results.stability(lags, lrs, col, n_boot=c.n_boot)}
+    for k in ("J_final", "J_best"):
+        v = summ[k].reshape(shape)[..., bi]
+        out[f"{k}_mean"] = {str(s): np.nanmean(v[i], 1).tolist() for i, s in enumerate(lags)}
+    out["collapse_time_law"] = {
+        "all": xa.collapse_time_law(lr_full[col], t_col[col], min_step=warm),
+        "per_S": {str(s): xa.collapse_time_law(lr_full[i][col[i]], t_col[i][col[i]],
+                                               min_step=warm) for i, s in enumerate(lags)}}
+    horizons = {}
+    for h in p.get("horizons", ()):
+        st = results.stability(lags, lrs, col & (t_col <= h), n_boot=c.n_boot)  # causal rule
+        horizons[str(h)] = {
+            "eta_max_geomean": st["eta_max_geomean"],
+            "n_censored": {s: int((np.array(v) != 0).sum())
+                           for s, v in st["eta_max_censor"].items()},
+            "collapsed_cells": {str(s): int((col & (t_col <= h))[i].sum())
+                                for i, s in enumerate(lags)},
+            "alpha_fit_S_ge_1": st["alpha_fit_S_ge_1"]}
+    if horizons:
+        out["horizons"] = horizons
+    return out
 
 
 CLIP_ONSET = 0.01   # the clip radius is the within-cycle drift at which 1 % of the mass clips
@@ -224,40 +202,44 @@ def clip_radius(drift, clip, onset=CLIP_ONSET, bins=24):
     return None, float(d.max())
 
 
+# The regime's metrics (canonical names) and the field names of its table.
+_REGIME = {"clip_frac": mn.CLIP_FRAC, "update_norm": mn.UPDATE_NORM,
+           "drift_cycle": mn.DRIFT_CYCLE}
+CLIP_SAMPLED = "clip_frac_sampled"    # the library's clip fraction on the sample (sampled mode)
+
+
 def regime_summary(traces, summ, cells, lags, lrs, per_b1, tb_cfg, tc):
-    """Which regime the grid is in, from the traces (needs clip_frac — the exact population clip
-    fraction — or else clip_frac_sampled (the library's, on the sample), update_norm and
-    drift_cycle in `keep_metrics`; else None): the clip radius R_clip (`clip_radius`, pooled over every S ≥ 1
-    cell before its collapse) and, per S and b1, medians over the cells at each seed's η_max
-    (the largest η that did not collapse) and their steps of the clip fraction, the update norm
-    ‖u_t‖ and the within-cycle drift ‖θ_t − φ_t‖, the last two also in units of R_clip."""
-    traces = {metric_names.canonical(k): v for k, v in traces.items()}
-    clip_key = metric_names.CLIP_FRAC if metric_names.CLIP_FRAC in traces else "clip_frac_sampled"
-    if not all(k in traces for k in (clip_key, "update_norm", metric_names.DRIFT_CYCLE)):
+    """Which regime the grid is in, from the traces (needs the exact population clip fraction
+    `loss/clip_frac`, or else clip_frac_sampled (the library's, on the sample), update_norm and
+    drift/within_cycle among the kept metrics; else None): the clip radius R_clip (`clip_radius`,
+    pooled over every S ≥ 1 cell before its collapse) and, per S and b1, medians over the cells
+    at each seed's η_max (the largest η that did not collapse) and their steps of the clip
+    fraction, the update norm ‖u_t‖ and the within-cycle drift ‖θ_t − φ_t‖, the last two also in
+    units of R_clip."""
+    clip_key = mn.CLIP_FRAC if mn.CLIP_FRAC in traces else CLIP_SAMPLED
+    if not all(k in traces for k in (clip_key, mn.UPDATE_NORM, mn.DRIFT_CYCLE)):
         return None
-    # Short names for the regime's own keys (drift_cycle_median, ... in summary.json).
-    traces = dict(traces, clip_frac=traces[clip_key], drift_cycle=traces[metric_names.DRIFT_CYCLE])
-    need = ("clip_frac", "update_norm", "drift_cycle")
-    every = tc.num_steps // traces["J"].shape[1]
+    every = tc.num_steps // traces[mn.OBJECTIVE].shape[1]
     cs = summ["collapse_step"].astype(np.int64)
-    tr = {k: _pre_collapse(traces[k], cs, every) for k in need}
+    tr = {f: _pre_collapse(traces[clip_key if f == "clip_frac" else k], cs, every)
+          for f, k in _REGIME.items()}
     stale = cells["max_lag"] >= 1
     r_clip, d_max = clip_radius(tr["drift_cycle"][stale].ravel(), tr["clip_frac"][stale].ravel())
-    out = {"clip_metric": clip_key, "clip_onset": CLIP_ONSET, "R_clip": r_clip, "max_drift_cycle": d_max,
+    out = {"clip_metric": "clip_frac" if clip_key == mn.CLIP_FRAC else CLIP_SAMPLED,
+           "clip_onset": CLIP_ONSET, "R_clip": r_clip, "max_drift_cycle": d_max,
            "clip_eps": tb_cfg.surrogate.get("clip_eps"), "trace_every": every, "per_b1": []}
     for r in per_b1:
         rows = {}
         for s in lags:
-            etas = np.array(r["eta_max"][str(s)])
-            cens = np.array(r["eta_max_censor"][str(s)])
             sel = np.zeros(len(cs), bool)
-            for seed, (e, cen) in enumerate(zip(etas, cens)):
+            for seed, (e, cen) in enumerate(zip(r["eta_max"][str(s)],
+                                                r["eta_max_censor"][str(s)])):
                 if cen == -1:     # every η collapsed: no stable cell
                     continue
                 sel |= ((cells["max_lag"] == s) & np.isclose(cells["lr"], e) &
                         (cells["seed"] == seed) & np.isclose(cells["b1"], r["b1"]))
             row = {"n_cells": int(sel.sum())}
-            for k in need:
+            for k in _REGIME:
                 v = tr[k][sel]
                 row[f"{k}_median"] = float(np.nanmedian(v)) if np.isfinite(v).any() else None
                 row[f"{k}_p90"] = float(np.nanpercentile(v, 90)) if np.isfinite(v).any() else None
@@ -269,11 +251,14 @@ def regime_summary(traces, summ, cells, lags, lrs, per_b1, tb_cfg, tc):
     return out
 
 
-def _plot(result, collapsed, t_col, stem):
+def _plot(gr: results.GridResult, stem):
     """Full-width figure, three panels: (a) collapsed fraction over (η, S) with each seed's
-    η_max, (b) η_max(S) with the power-law fit, (c) collapse step against η."""
-    lags, lrs = result["lags"], np.array(result["lrs"])
-    r = result["results"][0]
+    η_max, (b) η_max(S) with the power-law fit, (c) collapse step against η (first b1)."""
+    r = gr.stability()
+    g = results.cube(gr, r.get("b1"))
+    lags, lrs, seeds = [int(s) for s in g["lags"]], g["lrs"], g["seeds"]
+    collapsed = gr.summaries["collapsed"][g["index"]].astype(bool)[..., None]
+    t_col = gr.summaries["collapse_step"][g["index"]].astype(float)[..., None]
     colors = dict(zip(lags, figures.palette(len(lags)))) if len(lags) <= 7 else {}
     with figures.style():
         fig, ax = figures.figure("full", ncols=3, aspect=1.45)
@@ -327,7 +312,7 @@ def _plot(result, collapsed, t_col, stem):
         ax[1].legend(**below)
         ax[1].set_title("(b) largest stable η", loc="left")
 
-        warm = result["train"]["collapse"]["warmup"]
+        warm = gr.meta["train"]["collapse"]["warmup"]
         late_x, late_y = [], []
         for i, s in enumerate(lags):
             col = collapsed[i, :, :, 0]
@@ -356,8 +341,8 @@ def _plot(result, collapsed, t_col, stem):
         ax[2].set_ylabel("collapse step + 1")
         figures.legend_only(ax[2], extra, ncol=2, **below)
         ax[2].set_title("(c) when runs collapse", loc="left")
-        fig.suptitle(f"Exact testbed, surrogate {result['variant']}: stability over (S, η), "
-                     f"{len(result['seeds'])} seeds, T = {result['train']['num_steps']} steps",
+        fig.suptitle(f"Exact testbed, surrogate {gr.meta['variant']}: stability over (S, η), "
+                     f"{len(seeds)} seeds, T = {gr.meta['train']['num_steps']} steps",
                      fontsize=8)
         figures.save(fig, stem)
 
@@ -372,17 +357,19 @@ log t_collapse vs log eta over late collapses (b = -1 means t_collapse*eta is co
 Collapse rules: {rules}"""
 
 
-def summary_table(results: list[dict]) -> str:
-    lines = [SUMMARY_LEGEND.format(rules=results[0]["collapse_rules"])] if results else []
-    for res in results:
-        for r in res["results"]:
+def summary_table(grids: list[results.GridResult]) -> str:
+    """The sweep's table, from its variants' results."""
+    lines = [SUMMARY_LEGEND.format(rules=grids[0].meta["collapse_rules"])] if grids else []
+    for gr in grids:
+        lags = [int(s) for s in dict.fromkeys(gr.axes["S"].tolist())]
+        for r in gr.fits["stability"]:
             fit = r["alpha_fit_S_ge_1"]
-            lines.append(f"variant={res['variant']} b1={r['b1']} cells={res['num_cells']} "
-                         f"wall={res['wall_s']:.1f}s")
+            lines.append(f"variant={gr.meta['variant']} b1={r['b1']} cells={gr.num_cells} "
+                         f"wall={gr.wall_s:.1f}s")
             lines.append(f"  {'S':>3} {'eta_max(geo)':>12} {'[min, max] over seeds':>24} "
                          f"{'censored':>8} {'collapsed':>9} {'late':>5} {'med t*eta':>10} "
                          f"{'t~eta^b':>8}")
-            for s in res["lags"]:
+            for s in lags:
                 e = np.array(r["eta_max"][str(s)])
                 cens = np.array(r["eta_max_censor"][str(s)])
                 law = r["collapse_time_law"]["per_S"][str(s)]
@@ -396,9 +383,9 @@ def summary_table(results: list[dict]) -> str:
                          f"t ~ eta^{law['slope']:.2f} (R^2 {law['r2']:.2f}; t*eta=const means -1)")
             lines.append(f"  fit eta_max ∝ S^-alpha (S>=1, censored MLE): {xa.format_alpha(fit)}")
             if r.get("horizons"):
-                lines += _horizon_lines(r["horizons"], res["lags"])
-            if res.get("regime"):
-                lines += _regime_lines(res["regime"], r["b1"])
+                lines += _horizon_lines(r["horizons"], lags)
+            if gr.fits.get("regime"):
+                lines += _regime_lines(gr.fits["regime"], r["b1"])
     return "\n".join(lines)
 
 
@@ -442,44 +429,18 @@ def _regime_lines(reg, b1):
 
 
 def run_sweep(c, workdir: str, p=None) -> str:
-    """Runs (or resumes) the sweep of config `c` (its `plan`, if already made) into `workdir`;
-    -> the summary table."""
+    """Runs (or resumes) the sweep of config `c` (its `plan`, if already made) into `workdir`
+    (one GridResult per variant, in <workdir>/<variant>); -> the summary table."""
     p = plan(c) if p is None else p
-    os.makedirs(workdir, exist_ok=True)
+    claim(c, workdir, p["variants"])
     t0 = time.time()
     # float64 for this sweep only (a caller's process keeps its own precision; the binary is
     # the same either way)
     with jax.enable_x64(bool(c.x64)):
-        results = [run_variant(c, p, v, workdir) for v in p["variants"]]
-    files.write_json_atomic(os.path.join(workdir, "summary.json"), {
-        "config": json.loads(c.to_json()), "machine": workdir_lib.machine(),
-        "total_wall_s": time.time() - t0, "variants": results})
-    return (summary_table(results) +
+        grids = [run_variant(c, p, v, workdir) for v in p["variants"]]
+    return (summary_table(grids) +
             f"\ntotal wall time {time.time() - t0:.1f}s; results in {workdir}")
 
 
-def _define_flags():
-    """Flags exist only when this module is the binary, so `experiments.sweep` can import its
-    functions (absl refuses a flag defined twice)."""
-    global _CONFIG, _WORKDIR
-    _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
-                                              "Config file (experiments/configs/exact_sweep.py).",
-                                              lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required.")
-    try:
-        p = plan(_CONFIG.value)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
-    print(run_sweep(_CONFIG.value, _WORKDIR.value, p))
-
-
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    _main.run(lambda c, workdir, _: run_sweep(c, workdir), default_config="exact_sweep.py")

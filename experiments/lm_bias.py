@@ -46,40 +46,32 @@ import json
 import os
 import time
 
-from absl import app, flags, logging
+from absl import logging
 import jax
 import jax.flatten_util  # pylint: disable=unused-import
 import jax.numpy as jnp
 import numpy as np
-from ml_collections import config_flags
 
 from async_grpo import config as config_lib
-from async_grpo import figures, files, losses
+from async_grpo import figures, files, grid_axes, losses
 from async_grpo import scaling
 from async_grpo import workdir as workdir_lib
 from async_grpo.rl import components, pipeline
 from async_grpo.sft import run_sft
 from async_grpo.tasks import TRAIN
-from async_grpo.testbeds import exact_configs as xc
+from experiments import _main
 
 # Per-replicate metrics of the stale batch scored at θ_t, averaged over replicates.
 STALE_METRICS = ("loss/clip_frac", "loss/ratio_mean", "loss/ratio_max", "loss/kl_behavior_k3",
                  "reward")
 
 
-def _define_flags():
-    global _CONFIG, _WORKDIR
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", None, "experiments/configs/lm_bias.py[:tiny]", lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-
-
 def plan(c) -> dict:
     """Parses and checks the config (nothing heavy)."""
     config = config_lib.RunConfig.from_config(c.run)
-    lrs = xc.parse_list(c.lrs, float, "lrs")
-    lags = xc.parse_list(c.lags, int, "lags")
-    anchors = xc.parse_list(c.anchor_steps, int, "anchor_steps")
+    lrs = grid_axes.parse_list(c.lrs, float, "lrs")
+    lags = grid_axes.parse_list(c.lags, int, "lags")
+    anchors = grid_axes.parse_list(c.anchor_steps, int, "anchor_steps")
     if not lrs or min(lrs) <= 0:
         raise ValueError(f"--config.lrs={c.lrs!r}: positive learning rates")
     if not lags or min(lags) < 1:
@@ -397,21 +389,13 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not _WORKDIR.value or _CONFIG.value is None:
-        raise app.UsageError("--workdir and --config are required.")
-    try:
-        plan(_CONFIG.value)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    res = run(_CONFIG.value, _WORKDIR.value)
-    print(table(res))
-    print(f"wall time {res['wall_s']:.0f} s; results in {_WORKDIR.value}")
+def _binary(c, workdir: str) -> str:
+    plan(c)
+    os.makedirs(workdir, exist_ok=True)
+    res = run(c, workdir)
+    return table(res) + f"\nwall time {res['wall_s']:.0f} s; results in {workdir}"
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    _main.run(lambda c, workdir, _: _binary(c, workdir),
+              config_help="experiments/configs/lm_bias.py[:tiny]")

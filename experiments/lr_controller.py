@@ -18,9 +18,11 @@ r"""Does a staleness-aware learning-rate controller beat the best fixed η? (exa
    the controlled runs: J after k steps, mean J over the run, final J, collapse rate, the mean
    effective η / base η and the largest measured within-cycle drift.
 
-Writes <workdir>/calibration.json, <workdir>/cells_fixed.csv, <workdir>/cells_control.csv and
-<workdir>/summary.json (the table's numbers, R_batch, config, machine, wall times); prints the
-table.
+Each grid runs through the grid runner (resumable chunks; `workdir.claim` guards the workdir)
+and is written as a GridResult (`async_grpo.results`): <workdir>/calibration/, <workdir>/fixed/
+and <workdir>/control/ (axes S, η, seed, b1, and for the controller lookahead and margin).
+Writes also <workdir>/calibration.json (R_batch and its edge runs) and <workdir>/summary.json
+(the comparison table's numbers, R_batch, config, machine, wall times); prints the table.
 """
 
 from __future__ import annotations
@@ -29,23 +31,21 @@ import json
 import os
 import time
 
-from absl import app, flags
+import dataclasses
 import jax
-from ml_collections import config_flags
 import numpy as np
 
-from async_grpo import files
+from async_grpo import files, grid_runner, results
 from async_grpo import metric_names as mn
 from async_grpo import lr_control
 from async_grpo import scaling as xa
 from async_grpo import workdir as workdir_lib
 from async_grpo.testbeds import exact as ex
 from async_grpo.testbeds import exact_configs as xc
+from experiments import _main, exact_sweep
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
-                               "lr_controller.py")
 MODES = {"rule": 0.0, "lookahead": 1.0}
-KEEP = ("J", mn.DRIFT_CYCLE, "update_norm")
+KEEP = (mn.OBJECTIVE, mn.DRIFT_CYCLE, mn.UPDATE_NORM)
 
 
 def plan(c) -> dict:
@@ -77,15 +77,30 @@ def plan(c) -> dict:
     return dict(p, eval_seeds=eval_seeds, modes=modes, base_lrs=base_lrs, margins=margins)
 
 
-def _run(tb, tc, cells, chunk_size, keep):
-    return ex.run_cells_chunked(tb, tc, cells, chunk_size=min(chunk_size, len(cells["lr"])),
-                                keep_metrics=keep)
+def _grid(c, tb, tc, cells, keep, d, label, axes_extra=None) -> results.GridResult:
+    """One grid of cells through the grid runner (resumable chunks in <d>/chunks), written as a
+    GridResult into `d`; its curves and summaries in the canonical names."""
+    names = exact_sweep.engine_names(ex.make_train(tb, tc), cells, keep, label)
+    n = len(cells["lr"])
+    size = min(c.chunk_size, n)
+    run = grid_runner.run_chunks(os.path.join(d, "chunks"), n, size,
+                                 exact_sweep.exact_compute(tb, tc, cells, size, names, 1),
+                                 label=label)
+    gr = results.GridResult(
+        "lr_control", {"S": cells["max_lag"], "lr": cells["lr"], "seed": cells["seed"],
+                       "b1": cells["b1"], **(axes_extra or {})},
+        run.summaries, run.curves, 1, config=json.loads(c.to_json()),
+        meta={"grid": label, "train": dataclasses.asdict(tc)}, machine=workdir_lib.machine(),
+        wall_s=run.wall_s, chunk_wall_s=run.chunk_wall_s,
+        invocations=results.previous_invocations(d) + [grid_runner.invocation(run)], dir=d)
+    gr.write(d)
+    return gr
 
 
 def _stats(m, s, sel, k):
     """Mean over the selected cells (seeds) of J@k, mean J, final J, collapse rate; sd = the
     standard deviation over seeds."""
-    j = m["J"][sel]
+    j = m[mn.OBJECTIVE][sel]
     return {"J_at_k": float(np.mean(j[:, k - 1])), "J_mean": float(np.mean(j)),
             "J_mean_sd": float(np.std(j.mean(1))),
             "J_final": float(np.mean(s["J_final"][sel])),
@@ -93,16 +108,34 @@ def _stats(m, s, sel, k):
             "collapse_rate": float(np.mean(s["collapsed"][sel])), "n": int(sel.sum())}
 
 
+def _calibrate(c, p, tb, tc, workdir) -> dict:
+    """Stage 1: R_batch measured on the fixed-η grid of the calibration seeds."""
+    lags, lrs, seeds = p["lags"], np.array(p["lrs"]), p["seeds"]
+    cells = ex.make_cells(p["lrs"], seeds, lags, p["b1s"], max_lag_cap=tc.max_lag_cap)
+    gr = _grid(c, tb, tc, cells, (mn.DRIFT_CYCLE,), os.path.join(workdir, "calibration"),
+               "calibration")
+    s = gr.summaries
+    shape = (len(lags), len(lrs), len(seeds))
+    calib = xa.estimate_r_batch(lags, lrs, seeds, s["collapsed"].reshape(shape),
+                                s["collapse_step"].reshape(shape),
+                                gr.curves[mn.DRIFT_CYCLE].reshape(shape + (-1,)))
+    calib["collapse_frac_per_S"] = {str(S): float(v) for S, v in zip(
+        lags, s["collapsed"].reshape(shape).mean((1, 2)))}
+    calib["seeds"] = seeds
+    files.write_json_atomic(os.path.join(workdir, "calibration.json"), calib)
+    return calib
+
+
 def run(c, workdir: str, p=None) -> str:
     p = plan(c) if p is None else p
+    if len(p["b1s"]) != 1:
+        raise ValueError("--config.b1s must hold one value here.")
     if c.x64:
         jax.config.update("jax_enable_x64", True)
-    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.claim(workdir, "lr_controller", json.loads(c.to_json()))
     variant = p["variants"][0]
     tb = ex.make_testbed(p["testbeds"][variant])
     lags, lrs, b1s = p["lags"], np.array(p["lrs"]), p["b1s"]
-    if len(b1s) != 1:
-        raise app.UsageError("--config.b1s must hold one value here.")
     tc_fixed = p["train"]
     tc_ctl = xc.train_config(c, tc_fixed.max_lag_cap, lr_control=True)
     walls = {}
@@ -110,31 +143,17 @@ def run(c, workdir: str, p=None) -> str:
     calib = None
     if r_batch is None:
         t0 = time.time()
-        seeds = p["seeds"]
-        cells = ex.make_cells(p["lrs"], seeds, lags, b1s, max_lag_cap=tc_fixed.max_lag_cap)
-        m, s = _run(tb, tc_fixed, cells, c.chunk_size, (mn.DRIFT_CYCLE,))
-        shape = (len(lags), len(lrs), len(seeds))
-        calib = xa.estimate_r_batch(lags, lrs, seeds, s["collapsed"].reshape(shape),
-                                 s["collapse_step"].reshape(shape),
-                                 m[mn.DRIFT_CYCLE].reshape(shape + (-1,)))
-        calib["collapse_frac_per_S"] = {str(S): float(v) for S, v in zip(
-            lags, s["collapsed"].reshape(shape).mean((1, 2)))}
-        calib["seeds"] = seeds
+        calib = _calibrate(c, p, tb, tc_fixed, workdir)
         r_batch = calib["r_batch"]
         walls["calibration_s"] = time.time() - t0
-        files.write_json_atomic(os.path.join(workdir, "calibration.json"), calib)
     r_crit, k = float(c.controller.r_crit), c.k_steps
 
     t0 = time.time()
     seeds = p["eval_seeds"]
     fixed = ex.make_cells(p["lrs"], seeds, lags, b1s, max_lag_cap=tc_fixed.max_lag_cap)
-    mf, sf = _run(tb, tc_fixed, fixed, c.chunk_size, KEEP)
+    gf = _grid(c, tb, tc_fixed, fixed, KEEP, os.path.join(workdir, "fixed"), "fixed")
+    mf, sf = gf.curves, gf.summaries
     walls["fixed_s"] = time.time() - t0
-    files.write_csv_atomic(os.path.join(workdir, "cells_fixed.csv"), {
-        "S": fixed["max_lag"], "lr": fixed["lr"], "seed": fixed["seed"],
-        "J_at_k": mf["J"][:, k - 1], "J_mean": mf["J"].mean(1), "J_final": sf["J_final"],
-        "collapse_step": sf["collapse_step"], "collapsed": sf["collapsed"].astype(int),
-        "drift_cycle_max": mf[mn.DRIFT_CYCLE].max(1)})
 
     t0 = time.time()
     parts = []
@@ -143,16 +162,10 @@ def run(c, workdir: str, p=None) -> str:
             cl = ex.make_cells(p["base_lrs"], seeds, lags, b1s, max_lag_cap=tc_fixed.max_lag_cap)
             parts.append(ex.with_control(cl, r_batch, margin, r_crit, MODES[mode]))
     ctl = {key: np.concatenate([q[key] for q in parts]) for key in parts[0]}
-    mc, sc = _run(tb, tc_ctl, ctl, c.chunk_size, KEEP + ("lr_scale",))
+    gc = _grid(c, tb, tc_ctl, ctl, KEEP + (mn.LR_SCALE,), os.path.join(workdir, "control"),
+               "control", {"lookahead": ctl["lookahead"], "margin": ctl["margin"]})
+    mc, sc = gc.curves, gc.summaries
     walls["control_s"] = time.time() - t0
-    mode_names = {v: n for n, v in MODES.items()}
-    files.write_csv_atomic(os.path.join(workdir, "cells_control.csv"), {
-        "mode": [mode_names[v] for v in ctl["lookahead"]], "margin": ctl["margin"],
-        "S": ctl["max_lag"],
-        "base_lr": ctl["lr"], "seed": ctl["seed"], "J_at_k": mc["J"][:, k - 1],
-        "J_mean": mc["J"].mean(1), "J_final": sc["J_final"],
-        "collapse_step": sc["collapse_step"], "collapsed": sc["collapsed"].astype(int),
-        "lr_scale_mean": sc["lr_scale_mean"], "drift_cycle_max": mc[mn.DRIFT_CYCLE].max(1)})
 
     table = []
     for s_val in lags:
@@ -218,26 +231,5 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _define_flags():
-    global _CONFIG, _WORKDIR
-    _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
-                                              "Config file (experiments/configs/lr_controller.py).",
-                                              lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required.")
-    try:
-        p = plan(_CONFIG.value)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
-    print(run(_CONFIG.value, _WORKDIR.value, p))
-
-
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    _main.run(lambda c, workdir, _: run(c, workdir), default_config="lr_controller.py")

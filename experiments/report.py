@@ -17,7 +17,6 @@ left unchanged and reported; `--check` fails on it.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 import math
@@ -28,7 +27,9 @@ from typing import Callable
 
 import numpy as np
 
+from async_grpo import metric_names as mn
 from async_grpo import metrics as metrics_lib
+from async_grpo import results
 
 BLOCK = re.compile(r"(<!-- report: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end report -->)",
                    re.S)
@@ -47,6 +48,14 @@ def _load(path):
 
 def _g(x, digits=3):
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}g}"
+
+
+def _grids(d: str) -> list:
+    """The GridResults of a sweep directory (one per variant), or MissingResults."""
+    grids = list(results.read_sweep(d).values())
+    if not grids:
+        raise MissingResults(d)
+    return grids
 
 
 def _run_record(d):
@@ -69,33 +78,33 @@ def _machine_line(machine: dict) -> str:
 
 def exact_sweep(d: str) -> str:
     """η_max(S) per variant (geometric mean over seeds [min, max]), collapsed fraction, α."""
-    s = _load(os.path.join(d, "summary.json"))
-    variants = s["variants"]
-    lags = variants[0]["lags"]
-    head = "| S | " + " | ".join(f"{v['variant']} η_max | {v['variant']} collapsed" for v in
-                                 variants) + " |"
+    variants = _grids(d)
+    lags, lrs = variants[0].axis("S"), variants[0].axis("lr")
+    head = "| S | " + " | ".join(f"{v.meta['variant']} η_max | {v.meta['variant']} collapsed"
+                                 for v in variants) + " |"
     lines = [head, "|---" * (1 + 2 * len(variants)) + "|"]
     for lag in lags:
         row = [str(lag)]
         for v in variants:
-            r = v["results"][0]
+            r = v.stability()
             e = r["eta_max"][str(lag)]
             row.append(f"{_g(r['eta_max_geomean'][str(lag)])} [{_g(min(e))}, {_g(max(e))}]")
             row.append(f"{np.mean(r['collapse_frac'][str(lag)]):.2f}")
         lines.append("| " + " | ".join(row) + " |")
     row = ["**α (S ≥ 1)**"]
     for v in variants:
-        f = v["results"][0]["alpha_fit_S_ge_1"]
+        f = v.stability()["alpha_fit_S_ge_1"]
         row += [f"**{_alpha(f)}** (σ {_g(f['sigma'], 2)})" if f["alpha"] is not None
                 else _alpha(f), ""]
     lines.append("| " + " | ".join(row) + " |")
-    seeds = len(variants[0]["seeds"])
-    lines += ["", f"{seeds} seeds, {_precision(s)}; η grid ×{variants[0]['lrs'][1] / variants[0]['lrs'][0]:.3f} "
-                  f"from {_g(variants[0]['lrs'][0])} to {_g(variants[0]['lrs'][-1])}; the "
+    seeds = len(variants[0].axis("seed"))
+    lines += ["", f"{seeds} seeds, {_precision(variants[0])}; η grid ×{lrs[1] / lrs[0]:.3f} "
+                  f"from {_g(lrs[0])} to {_g(lrs[-1])}; the "
                   "α is the interval-censored maximum-likelihood fit over S ≥ 1 (each seed's η_max "
                   "enters as the grid interval that brackets it, or as a bound when nothing or "
                   "everything collapsed); its interval is a 95 % bootstrap over seeds and does "
-                  "not cover float precision (docs/reproducibility.md). " + _machine_line(s.get("machine", {}))]
+                  "not cover float precision (docs/reproducibility.md). " +
+                  _machine_line(variants[0].machine)]
     return "\n".join(lines)
 
 
@@ -107,12 +116,12 @@ def _alpha(f: dict) -> str:
     return f"{f['alpha']:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{f['alpha']:.2f}"
 
 
-def _precision(summary: dict) -> str:
-    return "float64" if summary.get("config", {}).get("x64") else "float32"
+def _precision(gr) -> str:
+    return "float64" if gr.config.get("x64") else "float32"
 
 
-def _setting(v: dict) -> str:
-    tb, tr = v["testbed"], v["train"]
+def _setting(gr) -> str:
+    tb, tr = gr.meta["testbed"], gr.meta["train"]
     return (f"{tb['policy']}, {tr['optimizer']}, {tr['staleness']}, T = {tr['num_steps']}, "
             f"KL β = {tb['kl_coef']:g}, {tr['mode']}")
 
@@ -122,17 +131,16 @@ def exact_families(*dirs: str) -> str:
     lines = ["| run | setting | variant | η_max(S=0) → η_max(S ≥ 1), geometric means | α (S ≥ 1) [95 % CI] | σ of log η_max | cells collapsed |",
              "|---|---|---|---|---|---|---|"]
     for d in dirs:
-        s = _load(os.path.join(d, "summary.json"))
-        for v in s["variants"]:
-            r = v["results"][0]
+        for v in _grids(d):
+            r = v.stability()
             gm = r["eta_max_geomean"]
-            pos = [gm[str(x)] for x in v["lags"] if x >= 1]
+            pos = [gm[str(x)] for x in v.axis("S") if x >= 1]
             cens0 = sum(c != 0 for c in r["eta_max_censor"].get("0", []))
             s0 = f"{_g(gm.get('0'))}" + (f" ({cens0} censored)" if cens0 else "")
             f = r["alpha_fit_S_ge_1"]
             frac = np.mean([np.mean(x) for x in r["collapse_frac"].values()])
-            lines.append(f"| `{os.path.basename(d)}` | {_setting(v)}, {_precision(s)} | "
-                         f"{v['variant']} | "
+            lines.append(f"| `{os.path.basename(d)}` | {_setting(v)}, {_precision(v)} | "
+                         f"{v.meta['variant']} | "
                          f"{s0} → {_g(min(pos))}–{_g(max(pos))} | {_alpha(f)} | "
                          f"{_g(f['sigma'], 2)} | {frac:.2f} |")
     return "\n".join(lines)
@@ -147,8 +155,12 @@ def lm_families(*dirs: str) -> str:
              "max (median of cells collapsing after the warm-up) | mean reward over run and "
              "cells |", "|---|---|---|---|---|---|---|---|"]
     for d in dirs:
-        s = _load(os.path.join(d, "summary.json"))
-        rl = s["config"]["rl"]
+        run = study.load_lm(d)
+        if run is None:
+            raise MissingResults(d)
+        gr = run["result"]
+        s = gr.stability()
+        rl = gr.meta["run"]["rl"]
         obj = rl["loss"] + "".join(f", {k}={v}" for k, v in rl["loss_kwargs"].items()
                                    if k != "kl_coef")
         obj += f", KL {rl['loss_kwargs'].get('kl_coef', 0)}"
@@ -159,22 +171,22 @@ def lm_families(*dirs: str) -> str:
         per_s = ", ".join(f"S={k}: {_g(gm[k], 2)}" + (f" ({cens[k]} cens.)" if cens[k] else "")
                           for k in sorted(gm, key=int))
         frac = np.mean([np.mean(x) for x in s["collapse_frac"].values()])
-        run = study.load_lm(d)
         clip = study.regime(run).get("clip_frac")
         g = study.grid(run)
-        warm = int(s["config"]["collapse"]["warmup"])
+        warm = int(gr.meta["run"]["collapse"]["warmup"])
         t_last = g["t_collapse"][-1]
         late = t_last[t_last > warm]
         late_txt = f"{np.median(late):.0f} (n = {late.size})" if late.size else "none"
         lines.append(f"| `{os.path.basename(d)}` | {obj} | {per_s} | "
                      f"{_alpha(s['alpha_fit_S_ge_1'])} | "
                      f"{'—' if clip is None else f'{clip:.1%}'} | {frac:.2f} | {late_txt} | "
-                     f"{run['traces']['reward'].mean():.4f} |")
-    grid = _load(os.path.join(dirs[0], "summary.json"))
-    lines += ["", f"Grid: S ∈ {{{', '.join(map(str, grid['lags']))}}}, {len(grid['lrs'])} η from "
-                  f"{_g(grid['lrs'][0])} to {_g(grid['lrs'][-1])} (one per octave), "
-                  f"{len(grid['seeds'])} seeds, T = {grid['config']['rl']['steps']}. "
-                  f"{_machine_line(grid.get('machine', {}))}"]
+                     f"{run['traces'][mn.REWARD].mean():.4f} |")
+    grid = results.read(dirs[0])
+    lrs = grid.axis("lr")
+    lines += ["", f"Grid: S ∈ {{{', '.join(map(str, grid.axis('S')))}}}, {len(lrs)} η from "
+                  f"{_g(lrs[0])} to {_g(lrs[-1])} (one per octave), "
+                  f"{len(grid.axis('seed'))} seeds, T = {grid.meta['run']['rl']['steps']}. "
+                  f"{_machine_line(grid.machine)}"]
     return "\n".join(lines)
 
 
@@ -191,9 +203,9 @@ def lm_controller(fixed_dir: str, control_dir: str) -> str:
     if not (np.array_equal(gf["lags"], gc["lags"]) and np.allclose(gf["lrs"], gc["lrs"])
             and np.array_equal(gf["seeds"], gc["seeds"])):
         raise ValueError(f"{fixed_dir} and {control_dir} are not the same (S, η, seed) grid")
-    mean_r = lambda run, g: run["traces"]["reward"].mean(1)[g["index"]]  # noqa: E731  [S, E, seed]
+    mean_r = lambda run, g: run["traces"][mn.REWARD].mean(1)[g["index"]]  # noqa: E731  [S, E, seed]
     rf, rc = mean_r(fixed, gf), mean_r(ctl, gc)
-    scale = ctl["traces"]["lr_scale"].mean(1)[gc["index"]]
+    scale = ctl["traces"][mn.LR_SCALE].mean(1)[gc["index"]]
     lrs = gf["lrs"]
     first = np.asarray(fixed["cells"]["reward_first10"])[gf["index"]]
     last = np.asarray(fixed["cells"]["reward_last10"])[gf["index"]]
@@ -213,7 +225,7 @@ def lm_controller(fixed_dir: str, control_dir: str) -> str:
             f"{gf['collapsed'][i].mean():.2f} | {gc['collapsed'][i].mean():.2f} | "
             f"{rc[i, jc].mean():.3f} ({lrs[jc]:.3g}) | {rc[i, -1].mean():.3f}, "
             f"{scale[i, -1].mean():.3f} |")
-    info = ctl["summary"].get("lr_control") or {}
+    info = ctl["meta"].get("lr_control") or {}
     cal = info.get("calibration", {})
     q = cal.get("peak_drift_stable_quantiles")
     lines += ["", f"R_batch = {_g(info.get('r_batch'))} ({info.get('source', '?')}"
@@ -222,7 +234,7 @@ def lm_controller(fixed_dir: str, control_dir: str) -> str:
                   f"), margin m = {_g(info.get('margin'))}. Mean reward: the rollout reward "
                   f"averaged over the {gf['num_steps']} steps and over {len(gf['seeds'])} seeds "
                   f"({', '.join(map(str, gf['seeds']))}). "
-                  f"{_machine_line(ctl['summary'].get('machine', {}))}"]
+                  f"{_machine_line(ctl['result'].machine)}"]
     return "\n".join(lines)
 
 
@@ -231,12 +243,12 @@ def exact_collapse_law(*dirs: str) -> str:
     lines = ["| run | variant | collapsed cells | after the warm-up | t ∝ η^b: b | R² | median t·η |",
              "|---|---|---|---|---|---|---|"]
     for d in dirs:
-        for v in _load(os.path.join(d, "summary.json"))["variants"]:
-            r = v["results"][0]
+        for v in _grids(d):
+            r = v.stability()
             law = r["collapse_time_law"]["all"]
-            n_col = int(round(sum(np.sum(x) * len(v["seeds"])
+            n_col = int(round(sum(np.sum(x) * len(v.axis("seed"))
                                   for x in r["collapse_frac"].values())))
-            lines.append(f"| `{os.path.basename(d)}` | {v['variant']} | {n_col} | {law['n']} | "
+            lines.append(f"| `{os.path.basename(d)}` | {v.meta['variant']} | {n_col} | {law['n']} | "
                          f"{_g(law['slope'])} | {_g(law['r2'], 2)} | "
                          f"{_g(law['median_t_eta'])} |")
     return "\n".join(lines)
@@ -390,28 +402,25 @@ def isa_spread(*dirs: str) -> str:
     lines = ["| run | XLA_FLAGS | precision | headline numbers |", "|---|---|---|---|"]
     first = {}      # precision -> the first exact sweep of that precision (the reference)
 
-    def flags_of(sweep_dir, variant):
-        with open(os.path.join(sweep_dir, variant, "cells.csv"), encoding="utf-8") as f:
-            return [row["collapsed"] for row in csv.DictReader(f)]
-
     for d in dirs:
-        if os.path.exists(os.path.join(d, "summary.json")):
-            s = _load(os.path.join(d, "summary.json"))
-            prec = _precision(s)
+        grids = results.read_sweep(d)
+        if grids:
+            prec = _precision(next(iter(grids.values())))
             ref = first.setdefault(prec, d)
             parts = []
-            for v in s["variants"]:
-                r = v["results"][0]
+            for name, v in grids.items():
+                r = v.stability()
                 f = r["alpha_fit_S_ge_1"]
-                part = (f"{v['variant']}: α = {_alpha(f)}, "
+                part = (f"{name}: α = {_alpha(f)}, "
                         f"η_max(S=1) = {_g(r['eta_max_geomean']['1'])}")
                 if ref != d:
-                    mine, theirs = flags_of(d, v["variant"]), flags_of(ref, v["variant"])
-                    differ = sum(a != b for a, b in zip(mine, theirs))
+                    mine = v.summaries["collapsed"].astype(bool)
+                    theirs = results.read_sweep(ref)[name].summaries["collapsed"].astype(bool)
+                    differ = int((mine != theirs).sum())
                     part += (f", collapse flag differs from `{ref.split(os.sep, 1)[-1]}` in "
                              f"{differ} of {len(mine)} cells")
                 parts.append(part)
-            flags = s.get("machine", {}).get("xla_flags", "") or "none (native)"
+            flags = next(iter(grids.values())).machine.get("xla_flags", "") or "none (native)"
         else:
             ev = _evals(d)
             if not ev:
@@ -452,25 +461,26 @@ def bench_exact_grid(d: str) -> str:
 
 
 def lm_sweep(d: str) -> str:
-    """The table `experiments.sweep` printed for an LM grid, from its summary.json."""
+    """The table `experiments.sweep` printed for an LM grid, from its GridResult."""
     from experiments import sweep  # pylint: disable=import-outside-toplevel
-    r = _load(os.path.join(d, "summary.json"))
+    if not results.exists(d):
+        raise MissingResults(d)
+    gr = results.read(d)
     c = _load(os.path.join(d, "run.json"))["config"]["run"]    # the sweep config as launched
     sft = _evals(os.path.join(d, "sft")) if not c.get("init_from") else []
     start = (f" The SFT start: held-out greedy accuracy {100 * sft[-1]['heldout/accuracy']:.1f} % "
              f"at step {sft[-1]['step']}." if sft else "")
-    with open(os.path.join(d, "cells.csv"), encoding="utf-8") as f:
-        final = [float(row["heldout_greedy_final"]) for row in csv.DictReader(f)]
     n = c["eval"]["num_problems"]
-    best = max(final)
+    best = float(np.max(gr.summaries["heldout/accuracy"]))
     start += (f" Best held-out accuracy at the end over all cells: {100 * best:.1f} % (standard "
               f"error of a {n}-problem estimate ±{100 * math.sqrt(best * (1 - best) / n):.1f}).")
-    return ("```\n" + sweep.lm_table(r) + "\n```\n\n"
-            f"{len(r['lags'])} S × {len(r['lrs'])} η ({_g(r['lrs'][0])} … {_g(r['lrs'][-1])}, "
-            f"grid step ×{r['lrs'][1] / r['lrs'][0]:.3g}) × {len(r['seeds'])} seeds; "
+    lrs = gr.axis("lr")
+    return ("```\n" + sweep.lm_table(gr) + "\n```\n\n"
+            f"{len(gr.axis('S'))} S × {len(lrs)} η ({_g(lrs[0])} … {_g(lrs[-1])}, "
+            f"grid step ×{lrs[1] / lrs[0]:.3g}) × {len(gr.axis('seed'))} seeds; "
             f"{c['model']['preset']} model, {c['rl']['steps']} steps of "
             f"{c['rl']['prompts_per_step']} prompts × {c['rl']['group_size']}, "
-            f"SFT {c['sft']['steps']} steps.{start} {_machine_line(r.get('machine', {}))}")
+            f"SFT {c['sft']['steps']} steps.{start} {_machine_line(gr.machine)}")
 
 
 def bench_lm_grid(d: str) -> str:
@@ -492,7 +502,7 @@ def study_claims(d: str, *extra: str) -> str:
     labelled by its directory name)."""
     from experiments import study  # pylint: disable=import-outside-toplevel
     for x in (d,) + extra:
-        if not os.path.exists(os.path.join(x, "summary.json")) and x != d or not os.path.isdir(x):
+        if not results.read_sweep(x) and x != d or not os.path.isdir(x):
             raise MissingResults(x)
     return study.claims_markdown(study.load_study(
         d, {os.path.basename(x).replace("_", " "): x for x in extra}))
@@ -511,9 +521,8 @@ def study_stages(d: str) -> str:
                      f"{s['wall_s']:.0f} s |")
     if not found:
         raise MissingResults(os.path.join(d, "*/stage.json"))
-    machine = {}
-    if os.path.exists(os.path.join(d, "exact_sweep", "summary.json")):
-        machine = _load(os.path.join(d, "exact_sweep", "summary.json")).get("machine", {})
+    grids = results.read_sweep(os.path.join(d, "exact_sweep"))
+    machine = next(iter(grids.values())).machine if grids else {}
     lines += ["", f"Total {metrics_lib.format_duration(total)} (a stage reused from an earlier "
                   f"invocation counts the wall time of the call that computed it). "
                   f"{_machine_line(machine)}"]

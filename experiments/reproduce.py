@@ -35,25 +35,21 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from async_grpo import files
 from async_grpo import metrics as metrics_lib
-from experiments import study
+from experiments import _main, study
 
 
 
-def _define_flags():
-    """Flags exist only when this module is the binary, so tests and notebooks can import it
-    beside other binaries (absl refuses a flag defined twice)."""
-    global _FIGURE, _SCALE, _WORKDIR
-    _FIGURE = flags.DEFINE_string(
-        "figure", "all", "Comma-separated figures to draw: all, or any of "
-        + ", ".join(study.FIGURES) + " (or their numbers 1-6).")
-    _SCALE = flags.DEFINE_enum("scale", "cpu", ["cpu", "tiny", "gpu"],
-                               "cpu: run on this machine; tiny: toy grids for tests; gpu: write "
-                               "the commands for a GPU/TPU run, run nothing.")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory (stages, logs, figures).")
+def _flags() -> dict:
+    return {"figure": flags.DEFINE_string(
+                "figure", "all", "Comma-separated figures to draw: all, or any of "
+                + ", ".join(study.FIGURES) + " (or their numbers 1-6)."),
+            "scale": flags.DEFINE_enum(
+                "scale", "cpu", ["cpu", "tiny", "gpu"], "cpu: run on this machine; tiny: toy "
+                "grids for tests; gpu: write the commands for a GPU/TPU run, run nothing.")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,44 +68,35 @@ class Stage:
     needs: tuple = ()     # stages whose results this one reads (run first, even if not asked)
 
 
-# The exact sweep keeps the per-step traces the cosine and reward figures read.
-_TRACES = ("--config.keep_metrics=J,cos/consecutive_updates,cos/consecutive_grads,"
-           "drift/within_cycle,drift/cumulative,update_norm,loss/clip_frac")
-_TINY_EXACT = ["--config.lags=0,1,4", "--config.lr_min=4", "--config.lr_max=256",
-               "--config.lrs_per_octave=1", "--config.num_seeds=2", "--config.train.num_steps=60",
-               "--config.n_boot=50"]
+# Each stage names its config with an argument (`path:arg`): ":study" keeps the per-step traces
+# the cosine and reward figures read, ":tiny" (--scale=tiny) also shrinks the grid to a toy one.
+_CONFIGS = "--config=experiments/configs/"
 
 STAGES = (
     Stage("exact_sweep", "experiments.exact_sweep",
-          {"cpu": [_TRACES], "tiny": [_TRACES] + _TINY_EXACT},
-          {"cpu": 45, "tiny": 15}, "summary.json",
+          {"cpu": [_CONFIGS + "exact_sweep.py:study"], "tiny": [_CONFIGS + "exact_sweep.py:tiny"]},
+          {"cpu": 45, "tiny": 15}, "run.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "exact testbed, large drift: population mode (no sampling noise), SGD, GRPO and the "
           "no-ratio control, S ∈ {0,1,2,4,8,16} × 21 η × 5 seeds, 500 steps, float64"),
     Stage("exact_sampled", "experiments.exact_sweep",
-          {"cpu": ["--config=experiments/configs/study_small_drift.py:adam", _TRACES],
-           "tiny": ["--config=experiments/configs/study_small_drift.py:adam", _TRACES,
-                    "--config.lags=0,1,4", "--config.lr_min=0.08", "--config.lr_max=1.28",
-                    "--config.num_seeds=2", "--config.train.num_steps=60",
-                    "--config.trace_every=1", "--config.horizons=30,60", "--config.n_boot=50"]},
-          {"cpu": 120, "tiny": 15}, "summary.json",
+          {"cpu": [_CONFIGS + "study_small_drift.py:adam,study"],
+           "tiny": [_CONFIGS + "study_small_drift.py:adam,tiny"]},
+          {"cpu": 120, "tiny": 15}, "run.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "exact testbed, small drift: sampled mode (G = 8 responses per prompt from π_φ, so "
           "diffusive noise), Adam, η 0.02 … 0.64, S ∈ {0,1,2,4,8,16}, 3 seeds, T = 10000"),
     Stage("exact_bias", "experiments.exact_bias",
-          {"cpu": [], "tiny": ["--config.traj_lags=1,4", "--config.traj_lrs=0.5,4",
-                               "--config.traj_seeds=1", "--config.train.num_steps=40",
-                               "--config.anchor_steps=0,10", "--config.num_directions=1",
-                               "--config.num_radii=9"]},
+          {"cpu": [], "tiny": [_CONFIGS + "exact_bias.py:tiny"]},
           {"cpu": 10, "tiny": 10}, "bias.json", ("delta",),
           "exact testbed: ‖δ‖ along stale trajectories and at controlled (θ, φ) pairs"),
     Stage("lm_sweep", "experiments.sweep",
-          {"cpu": ["--config=experiments/configs/sweep_lm.py:study"]},
-          {"cpu": 230}, "summary.json",
+          {"cpu": [_CONFIGS + "sweep_lm.py:study"]},
+          {"cpu": 230}, "result.json",
           ("phase", "eta_max", "t_collapse", "cosine", "reward"),
           "LM testbed: the small transformer on 2-digit addition after SFT, GRPO grid"),
     Stage("lm_bias", "experiments.lm_bias",
-          {"cpu": ["--config=experiments/configs/lm_bias.py",
+          {"cpu": [_CONFIGS + "lm_bias.py",
                    "--config.run.init_from={workdir}/lm_sweep/sft"]},
           {"cpu": 160}, "bias.json", ("delta",),
           "LM testbed: ‖δ‖ with the noise floor removed (32 coupled batch pairs per η × t × s, "
@@ -288,26 +275,20 @@ def write_gpu(workdir: str) -> list[str]:
     return [cmd, lm, readme]
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required.")
-    try:
-        names = parse_figures(_FIGURE.value)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
-    workdir = _WORKDIR.value
+def run(workdir: str, figure: str = "all", scale: str = "cpu") -> None:
+    """Runs (or reuses) the stages the figures `figure` need at `scale` into `workdir`, then
+    draws the figures and writes the claims table."""
+    names = parse_figures(figure)
     os.makedirs(workdir, exist_ok=True)
-    if _SCALE.value == "gpu":
+    if scale == "gpu":
         for p in write_gpu(workdir):
             print(f"wrote {p}")
         return
-    stages = stages_for(names, _SCALE.value)
-    progress = Progress({s.name: float(s.est_s[_SCALE.value]) for s in stages})
+    stages = stages_for(names, scale)
+    progress = Progress({s.name: float(s.est_s[scale]) for s in stages})
     progress.say(f"{len(stages)} stage(s) for figure(s) {', '.join(names)} into {workdir}")
     for s in stages:
-        run_stage(s, _SCALE.value, workdir, progress)
+        run_stage(s, scale, workdir, progress)
     loaded = study.load_study(workdir)
     paths = study.draw(loaded, names, os.path.join(workdir, "figures"))
     files.write_text_atomic(os.path.join(workdir, "results.md"), study.claims_markdown(loaded))
@@ -318,5 +299,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    _main.run(lambda _, workdir, f: run(workdir, f["figure"], f["scale"]), config=False,
+              extra=_flags, workdir_help="Study directory (stages, logs, figures).")

@@ -32,7 +32,6 @@ Figures (each PNG at 300 dpi and PDF, `async_grpo.figures` style):
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import math
 import os
@@ -41,8 +40,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from async_grpo import figures
-from async_grpo import metric_names
+from async_grpo import figures, results
+from async_grpo import metric_names as mn
 from async_grpo import scaling
 from experiments import claims
 from experiments.claims import claim5_cosine
@@ -81,53 +80,33 @@ def read_csv(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def load_exact_variant(vdir: str) -> dict[str, Any]:
-    """One variant of an exact sweep: {"summary", "cells" (columns), "traces" {name: [C, T]}}.
+def _run_of(gr: results.GridResult) -> dict[str, Any]:
+    """A grid as the figures and claims use it: {"result" (the GridResult), "cells" (axes and
+    summaries as columns, in cell order), "traces" {canonical name: [C, T / stride]}, "stride"
+    (steps per trace point: block means when > 1), "meta", "fits", "dir"}."""
+    return {"result": gr, "cells": gr.cells(), "traces": gr.curves, "stride": gr.trace_every,
+            "meta": gr.meta, "fits": gr.fits, "dir": gr.dir}
 
-    Traces are the per-step metrics the sweep kept in its chunk files (`m_<name>`), concatenated
-    in cell order (the order of cells.csv)."""
-    summary = _read_json(os.path.join(vdir, "summary.json"))
-    cells = read_csv(os.path.join(vdir, "cells.csv"))
-    traces: dict[str, list] = {}
-    for path in sorted(glob.glob(os.path.join(vdir, "chunks", "chunk_*.npz"))):
-        with np.load(path) as z:
-            for k in z.files:
-                if k.startswith("m_"):
-                    traces.setdefault(metric_names.canonical(k[2:]), []).append(z[k])
-    n = len(cells.get("S", []))
-    traces_np = {k: np.concatenate(v, 0)[:n] for k, v in traces.items()}
-    return {"summary": summary, "cells": cells, "traces": traces_np, "dir": vdir}
+
+def load_exact_variant(vdir: str) -> dict[str, Any]:
+    """One variant of an exact sweep (its GridResult, `_run_of`)."""
+    return _run_of(results.read(vdir))
 
 
 def load_exact(d: str) -> dict[str, dict]:
-    """{variant: load_exact_variant(...)} of an exact-sweep directory (empty if missing)."""
-    top = os.path.join(d, "summary.json")
-    if not os.path.exists(top):
-        return {}
-    summary = _read_json(top)
-    stride = int(summary.get("config", {}).get("trace_every", 1) or 1)
-    out = {}
-    for v in (v["variant"] for v in summary["variants"]):
-        out[v] = load_exact_variant(os.path.join(d, v))
-        out[v]["stride"] = stride     # steps per trace point (block means when > 1)
-    return out
+    """{variant: run} of an exact-sweep directory (empty if missing)."""
+    return {v: _run_of(gr) for v, gr in results.read_sweep(d).items()}
 
 
 def load_lm(d: str) -> dict[str, Any] | None:
-    """An LM sweep directory: {"summary", "cells", "traces"} (None if missing)."""
-    if not os.path.exists(os.path.join(d, "summary.json")):
-        return None
-    with np.load(os.path.join(d, "curves.npz")) as z:
-        traces = {metric_names.canonical(k): z[k] for k in z.files}
-    return {"summary": _read_json(os.path.join(d, "summary.json")),
-            "cells": read_csv(os.path.join(d, "cells.csv")), "traces": traces, "dir": d,
-            "stride": 1}
+    """An LM sweep directory's run (`_run_of`), or None if it has no result."""
+    return _run_of(results.read(d)) if results.exists(d) else None
 
 
 def load_bias(d: str) -> dict[str, Any] | None:
     if not os.path.exists(os.path.join(d, "bias.json")):
         return None
-    canon = lambda t: {metric_names.canonical(k): v for k, v in t.items()}  # noqa: E731
+    canon = lambda t: {mn.canonical(k): v for k, v in t.items()}  # noqa: E731
     return {"summary": _read_json(os.path.join(d, "bias.json")),
             "trajectory": canon(read_csv(os.path.join(d, "trajectory.csv"))),
             "controlled": canon(read_csv(os.path.join(d, "controlled.csv"))), "dir": d}
@@ -153,10 +132,8 @@ def load_study(d: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def _load_grid_dir(path: str) -> dict[str, dict]:
-    """{variant: run} of an exact sweep, or {"grpo": run} of an LM sweep (it has curves.npz)."""
-    if os.path.exists(os.path.join(path, "curves.npz")):
-        return {"grpo": load_lm(path)}
-    return load_exact(path)
+    """{variant: run} of an exact sweep, or {"grpo": run} of a directory that is one grid."""
+    return {v: _run_of(gr) for v, gr in results.read_sweep(path).items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,24 +146,11 @@ def grid(run: dict[str, Any]) -> dict[str, Any]:
 
     Returns lags [nS], lrs [nE], seeds [nR], collapsed [nS, nE, nR] bool, t_collapse [nS, nE, nR]
     (−1 = never), `index` [nS, nE, nR] into the cell rows (and traces), num_steps."""
+    g = results.cube(run["result"])
     c = run["cells"]
-    lags = np.unique(c["S"]).astype(int)
-    lrs = np.unique(c["lr"])
-    seeds = np.unique(c["seed"]).astype(int)
-    shape = (len(lags), len(lrs), len(seeds))
-    index = np.full(shape, -1, int)
-    for row, (s, lr, seed) in enumerate(zip(c["S"], c["lr"], c["seed"])):
-        if "b1" in c and row > 0 and len(np.unique(c["b1"])) > 1:
-            raise ValueError("grids with several b1 values: select one b1 first")
-        index[np.searchsorted(lags, s), np.searchsorted(lrs, lr), np.searchsorted(seeds, seed)] = row
-    if (index < 0).any():
-        raise ValueError(f"{run.get('dir')}: the grid is not a full (S, η, seed) product")
-    collapsed = c["collapsed"][index].astype(bool)
-    t_col = c["collapse_step"][index].astype(int)
-    stride = run.get("stride", 1)
-    steps = next(iter(run["traces"].values())).shape[1] * stride if run["traces"] else None
-    return dict(lags=lags, lrs=lrs, seeds=seeds, collapsed=collapsed, t_collapse=t_col,
-                index=index, num_steps=steps)
+    return dict(g, collapsed=c["collapsed"][g["index"]].astype(bool),
+                t_collapse=c["collapse_step"][g["index"]].astype(int),
+                num_steps=run["result"].num_steps)
 
 
 def null_of(run: dict[str, Any]) -> dict[str, Any]:
@@ -200,11 +164,8 @@ def null_of(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def alpha_of(run: dict[str, Any]) -> dict[str, Any]:
-    """The censored η_max ∝ S^−α fit saved by the sweep (exact: first b1; LM: top level)."""
-    s = run["summary"]
-    if "results" in s:
-        return s["results"][0]["alpha_fit_S_ge_1"]
-    return s["alpha_fit_S_ge_1"]
+    """The censored η_max ∝ S^−α fit saved by the sweep (the first b1's)."""
+    return run["result"].stability()["alpha_fit_S_ge_1"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,12 +297,15 @@ def fig_eta_max(study, stem: str) -> None:
         figures.save(fig, stem)
 
 
+def _collapse_rules(run) -> dict:
+    """The grid's collapse rules (exact: its train config; LM: its run config)."""
+    meta = run["meta"]
+    return ((meta.get("train") or {}).get("collapse")
+            or ((meta.get("run") or {}).get("rl") or {}).get("collapse") or {})
+
+
 def _warmup(run) -> int:
-    s = run["summary"]
-    try:
-        return int(s["train"]["collapse"]["warmup"])
-    except (KeyError, TypeError):
-        return int(s.get("config", {}).get("rl", {}).get("collapse", {}).get("warmup", 0) or 0)
+    return int(_collapse_rules(run).get("warmup", 0) or 0)
 
 
 def fig_t_collapse(study, stem: str) -> None:
@@ -445,15 +409,15 @@ def fig_delta(study, stem: str) -> None:
                 c = colors[j % len(colors)]
                 ax[0].plot(tr["lag"][sel] * lr, tr["delta_norm"][sel], ".", ms=1.5, color=c,
                            alpha=0.4, label=f"η = {lr:g}")
-                ax[1].plot(tr[metric_names.DRIFT_CYCLE][sel], tr["delta_norm"][sel], ".", ms=1.5, color=c,
+                ax[1].plot(tr[mn.DRIFT_CYCLE][sel], tr["delta_norm"][sel], ".", ms=1.5, color=c,
                            alpha=0.4)
             onset = bias["summary"]["traj"].get("clip_onset_drift_p05")
             if onset:
                 ax[1].axvline(onset, color="k", ls="--", lw=0.8,
                               label=f"clip onset (5th pct drift) {onset:.2g}")
             slope = bias["summary"]["traj"]["vs_drift_small"]["slope"]
-            x = np.geomspace(max(tr[metric_names.DRIFT_CYCLE][stale].min(), 1e-6),
-                             tr[metric_names.DRIFT_CYCLE][stale].max(), 20)
+            x = np.geomspace(max(tr[mn.DRIFT_CYCLE][stale].min(), 1e-6),
+                             tr[mn.DRIFT_CYCLE][stale].max(), 20)
             ax[1].plot(x, slope * x, ":", color="k", label=f"‖δ‖ = {slope:.2g}·drift")
             for a in ax:
                 a.set_xscale("log")
@@ -470,17 +434,15 @@ def fig_delta(study, stem: str) -> None:
 
 
 def _cos_trace(run):
-    """The consecutive-gradient cosine: `cos/consecutive_grads` (consecutive update directions
-    h_t before the optimizer, the right one under Adam, whose momentum makes the cosine of
-    consecutive updates ≈ β1), else `cos/consecutive_updates` without momentum."""
-    train = run["summary"].get("train", {})
-    momentum = train.get("optimizer") == "adam" or any(
-        float(r.get("b1", 0) or 0) > 0 for r in run["summary"].get("results", []))
-    for k in (metric_names.COS_GRADS, metric_names.COS_UPDATES):
-        if k in run["traces"]:
-            if k == metric_names.COS_UPDATES and momentum:
-                return None, None      # momentum alone correlates consecutive updates
-            return k, run["traces"][k]
+    """The consecutive-gradient cosine `cos/consecutive_grads` (update directions h_t before
+    the optimizer, the right one under Adam, whose momentum makes the update cosine ≈ β1), else
+    `cos/consecutive_updates` (not with momentum)."""
+    momentum = (run["meta"].get("train") or {}).get("optimizer") == "adam" or bool(
+        np.any(run["cells"].get("b1", np.zeros(1)) > 0))
+    if mn.COS_GRADS in run["traces"]:
+        return mn.COS_GRADS, run["traces"][mn.COS_GRADS]
+    if mn.COS_UPDATES in run["traces"] and not momentum:   # momentum alone correlates updates
+        return mn.COS_UPDATES, run["traces"][mn.COS_UPDATES]
     return None, None
 
 
@@ -557,7 +519,7 @@ def fig_cosine(study, stem: str, window: int = claim5_cosine.COS_WINDOW) -> None
 
 
 def _reward_trace(run):
-    for k in ("J", "reward"):
+    for k in (mn.OBJECTIVE, mn.REWARD):
         if k in run["traces"]:
             return k, run["traces"][k]
     return None, None
@@ -653,9 +615,9 @@ def regime(run) -> dict[str, Any]:
     radius R_clip (the drift where clipping starts); ≥ 1 is the large-drift regime, where stale
     updates are clipped. LM grids: the mean clip fraction over the steps of each S's largest
     stable η (≥ `CLIP_BINDING`: clipping binds)."""
-    if run["summary"].get("variant") == "no_ratio":
+    if run["meta"].get("variant") == "no_ratio":
         return {"label": "ratio-free control: no clip radius", "clip_frac": None}
-    reg = run["summary"].get("regime")
+    reg = run["fits"].get("regime")
     if reg:
         ratios = {int(s): row["drift_cycle_over_R_clip"] for s, row in
                   reg["per_b1"][0]["at_eta_max"].items()
@@ -668,9 +630,9 @@ def regime(run) -> dict[str, Any]:
                 f"S = {min(ratios)}…{max(ratios)} (median {r:.2g}×)")
             return {"label": label, "drift_over_R_clip": r}
     tr = run["traces"]
-    if metric_names.CLIP_FRAC not in tr:
+    if mn.CLIP_FRAC not in tr:
         return {"label": "regime not measured (no traces)", "clip_frac": None}
-    clip = tr[metric_names.CLIP_FRAC]
+    clip = tr[mn.CLIP_FRAC]
     g = grid(run)
     vals = []
     for i in range(len(g["lags"])):
@@ -695,8 +657,7 @@ def _horizon_rows(run):
     g = grid(run)
     steps = g["num_steps"]
     horizons = sorted({max(1, int(round(f * steps))) for f in HORIZON_FRACS})
-    collapse_cfg = run["summary"].get("train", {}).get("collapse", {}) or {}
-    patience = int(collapse_cfg.get("patience", 1) or 1)
+    patience = int(_collapse_rules(run).get("patience", 1) or 1)
     tab = scaling.horizon_table(g["lags"], g["lrs"], g["t_collapse"], horizons, num_steps=steps,
                                 patience=min(patience, horizons[0]))
     return g, horizons, tab

@@ -24,6 +24,9 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
+
+from async_grpo import files, results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "experiments/configs/addition.py"
@@ -111,20 +114,26 @@ def record(workdir: str) -> dict:
     d = os.path.join(workdir, "exact_sweep")
     cmd = _run("experiments.exact_sweep", d, _flags(SWEEP), config=None)
     summaries = {}
-    for variant in sorted(os.listdir(d)):
-        vdir = os.path.join(d, variant)
-        if not os.path.isfile(os.path.join(vdir, "cells.csv")):
-            continue
-        with open(os.path.join(vdir, "cells.csv"), "rb") as f:
-            csv_hash = hashlib.sha256(f.read()).hexdigest()
-        with open(os.path.join(vdir, "summary.json"), encoding="utf-8") as f:
-            s = json.load(f)
-        summaries[variant] = {"cells_csv_sha256": csv_hash, "results": [
+    for variant, gr in results.read_sweep(d).items():
+        summaries[variant] = {"cells_csv_sha256": _cells_csv_sha256(gr), "results": [
             {k: r.get(k) for k in ("b1", "eta_max", "eta_max_censor", "alpha_fit_S_ge_1",
                                     "collapse_time_law", "collapse_frac", "J_final_mean")}
-            for r in s["results"]]}
+            for r in gr.fits["stability"]]}
     out["runs"]["exact_sweep"] = {"command": cmd, "variants": summaries}
     return out
+
+
+def _cells_csv_sha256(gr) -> str:
+    """The hash of the cells table as the exact sweep wrote it before the GridResult format
+    (these columns, `files.write_csv_atomic`'s number format), so the stored hashes compare."""
+    cols = ("S", "lr", "seed", "b1", "J_init", "J_final", "J_best", "collapse_step", "collapsed")
+    cells = gr.cells()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "cells.csv")
+        files.write_csv_atomic(path, {k: cells[k].astype(int) if k == "collapsed" else cells[k]
+                                      for k in cols})
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
 
 
 def _cpu_model() -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from async_grpo import metric_names as mn
+from async_grpo import results
 from async_grpo import scaling as xa
 from async_grpo.testbeds import exact_configs as xc
 from experiments.configs import exact_bias as bias_cfg
@@ -142,36 +143,43 @@ def test_sweep_binary_end_to_end_and_resume(tmp_path):
     out = _run(["experiments.exact_sweep", *flags_])
     assert out.returncode == 0, out.stderr[-3000:]
     assert "fit eta_max" in out.stdout
-    for f in ("summary.json", "no_ratio/cells.csv", "no_ratio/summary.json", "no_ratio/phase.png",
+    for f in ("run.json", "no_ratio/result.json", "no_ratio/cells.csv", "no_ratio/phase.png",
               "no_ratio/phase.pdf"):
         assert os.path.exists(tmp_path / f), f
     chunks = sorted(os.listdir(tmp_path / "no_ratio" / "chunks"))
     assert len(chunks) == 3  # 2 S x 5 η x 2 seeds = 20 cells in chunks of 8
     before = (tmp_path / "no_ratio" / "cells.csv").read_text()
     os.remove(tmp_path / "no_ratio" / "chunks" / chunks[-1])  # as if killed during the last chunk
-    out = _run(["experiments.exact_sweep", *flags_])
+    out = _run(["experiments.exact_sweep", *flags_[:-1], "--config.n_boot=51"])  # analysis only
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "chunk 3/3" in out.stderr and "chunk 1/3" not in out.stderr
     assert (tmp_path / "no_ratio" / "cells.csv").read_text() == before
-    out = _run(["experiments.exact_sweep", *flags_[:-1], "--config.n_boot=51"])
+    out = _run(["experiments.exact_sweep", *flags_, "--config.lr_max=128"])
     assert out.returncode != 0 and "different config" in out.stderr + out.stdout
+    assert "lr_max: 64.0 -> 128.0" in out.stderr + out.stdout and "Traceback" not in out.stderr
 
 
-def test_fingerprint_of_the_default_traces_is_the_one_older_workdirs_hold():
-    """keep_metrics / trace_every came later: at their defaults the fingerprint is what a workdir
-    written before them holds, so it still resumes; other values make it a different config."""
+def test_a_workdir_written_before_workdir_records_resumes_or_is_refused(tmp_path):
+    """A sweep workdir of the fingerprint era (<variant>/config_fingerprint.json, no run.json)
+    is accepted with the config that wrote it and refused, naming the file, with another."""
+    from async_grpo import workdir as workdir_lib
     from experiments import exact_sweep as es
     c = sweep_cfg.get_config()
     old = json.loads(c.to_json())
-    for k in ("keep_metrics", "trace_every", "horizons"):
+    for k in ("keep_metrics", "trace_every", "horizons"):   # at their defaults: not written
         del old[k]
     old["variant"] = "grpo"
-    assert es._fingerprint(c, "grpo") == json.dumps(old, sort_keys=True)
+    os.makedirs(tmp_path / "grpo")
+    (tmp_path / "grpo" / "config_fingerprint.json").write_text(json.dumps(old, sort_keys=True))
     with c.unlocked():
-        c.horizons = "100,250"           # analysis only: same chunks, same fingerprint
-    assert es._fingerprint(c, "grpo") == json.dumps(old, sort_keys=True)
+        c.horizons = "100,250"           # analysis only: the same chunks
+    es.claim(c, str(tmp_path), ["grpo"])
+    assert json.loads((tmp_path / "run.json").read_text())["kind"] == "exact_sweep"
+    os.remove(tmp_path / "run.json")
     with c.unlocked():
         c.keep_metrics = "J,cos_update"
-    assert es._fingerprint(c, "grpo") != json.dumps(old, sort_keys=True)
+    with pytest.raises(workdir_lib.WorkdirError, match="config_fingerprint.json"):
+        es.claim(c, str(tmp_path), ["grpo"])
 
 
 def test_clip_radius_is_the_drift_where_the_clip_sets_in():
@@ -195,33 +203,30 @@ def test_sweep_saves_the_requested_traces_and_the_regime(tmp_path):
         c.trace_every = 4
         c.horizons = "10,40"
     table = es.run_sweep(c, str(tmp_path))
-    z = np.load(tmp_path / "grpo" / "chunks" / "chunk_00000.npz")
-    # Legacy names in keep_metrics are read as the vocabulary's (async_grpo.metric_names).
-    names = ["J", "cos/consecutive_updates", "drift/within_cycle", "drift/cumulative",
-             "update_norm", "loss/clip_frac"]
-    assert sorted(k[2:] for k in z.files if k.startswith("m_")) == sorted(
-        mn.file_key(n) for n in names)
-    assert z["m_J"].shape == (16, 10)                  # 2 S x 4 η x 2 seeds, 40 / 4 blocks
-    s0 = z["s_J_init"] * 0 == 0
-    assert s0.all() and np.isfinite(z["m_update_norm"]).all()
-    lag0 = np.arange(16) < 8
-    drift = z["m_" + mn.file_key(mn.DRIFT_CYCLE)]
-    assert np.all(drift[lag0] == 0) and np.all(z["m_" + mn.file_key(mn.CLIP_FRAC)][lag0] == 0)
-    assert np.all(drift[~lag0][:, 1:] > 0)
-    summ = json.loads((tmp_path / "grpo" / "summary.json").read_text())
-    assert summ["traces"] == {"metrics": names, "trace_every": 4}
-    res = summ["results"][0]
-    cs = np.where(z["s_collapsed"], z["s_collapse_step"], 10 ** 9).reshape(2, 4, 2)
+    gr = results.read(str(tmp_path / "grpo"))
+    names = [mn.OBJECTIVE, mn.COS_UPDATES, mn.DRIFT_CYCLE, mn.DRIFT_CUM, mn.UPDATE_NORM,
+             mn.CLIP_FRAC]                         # the legacy names, canonical
+    assert sorted(gr.curves) == sorted(names) and gr.trace_every == 4
+    assert gr.curves["J"].shape == (16, 10)             # 2 S x 4 η x 2 seeds, 40 / 4 blocks
+    assert np.isfinite(gr.summaries["J_init"]).all()
+    assert np.isfinite(gr.curves[mn.UPDATE_NORM]).all()
+    lag0 = gr.axes["S"] == 0
+    assert np.all(gr.curves[mn.DRIFT_CYCLE][lag0] == 0)
+    assert np.all(gr.curves[mn.CLIP_FRAC][lag0] == 0)
+    assert np.all(gr.curves[mn.DRIFT_CYCLE][~lag0][:, 1:] > 0)
+    res = gr.stability()
+    cs = np.where(gr.summaries["collapsed"], gr.summaries["collapse_step"],
+                  10 ** 9).reshape(2, 4, 2)
     for h in (10, 40):                      # η_max at T' from collapse_step <= T'
         got = res["horizons"][str(h)]["collapsed_cells"]
         assert got == {"0": int((cs[0] <= h).sum()), "2": int((cs[1] <= h).sum())}
     assert res["horizons"]["40"]["eta_max_geomean"] == res["eta_max_geomean"]
     assert "at shorter horizons" in table
-    reg = summ["regime"]
+    reg = gr.fits["regime"]
     assert set(reg["per_b1"][0]["at_eta_max"]) == {"0", "2"} and "regime: clip radius" in table
     with c.unlocked():
         c.keep_metrics = "J,no_such_metric"
-    with pytest.raises(Exception, match="records no metric"):
+    with pytest.raises(ValueError, match="records no metric"):
         es.run_sweep(c, str(tmp_path / "other"))
 
 
@@ -236,3 +241,21 @@ def test_study_configs_plan(monkeypatch):
             assert all(tb.sampled_only for tb in p["testbeds"].values())
     with pytest.raises(ValueError, match="Unknown study_small_drift config 'nope'"):
         study.get_config("nope")
+
+
+def test_a_workdir_resumes_whichever_vocabulary_names_the_kept_metrics(tmp_path):
+    """The workdir record holds the kept metrics in the vocabulary's names, so a config naming
+    them the old way (drift_cycle) and the new way (drift/within_cycle) is the same run."""
+    from async_grpo import workdir as workdir_lib
+    from experiments import exact_sweep as es
+    c = sweep_cfg.get_config()
+    with c.unlocked():
+        c.keep_metrics = "J,drift_cycle,cos_update,clip_frac"
+    es.claim(c, str(tmp_path), ["grpo"])
+    with c.unlocked():
+        c.keep_metrics = "J,drift/within_cycle,cos/consecutive_updates,loss/clip_frac"
+    es.claim(c, str(tmp_path), ["grpo"])
+    with c.unlocked():
+        c.keep_metrics = "J,drift/within_cycle"
+    with pytest.raises(workdir_lib.WorkdirError, match="keep_metrics"):
+        es.claim(c, str(tmp_path), ["grpo"])

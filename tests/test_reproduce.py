@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from async_grpo import results
 from experiments import reproduce, study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,26 +79,27 @@ def test_traces_aligned_on_the_collapse_step():
     assert np.isnan(al[1, :2]).all() and (al[1, 2:] == [0, 1]).all()
 
 
-def _fake_run(collapse_step, lags=(0, 1), lrs=(1.0, 2.0), seeds=(0, 1), steps=30):
+def _fake_result(collapse_step, lags=(0, 1), lrs=(1.0, 2.0), seeds=(0, 1), steps=30):
     rows = [(s, lr, seed) for s in lags for lr in lrs for seed in seeds]
-    cells = {"S": np.array([r[0] for r in rows], float), "lr": np.array([r[1] for r in rows]),
-             "seed": np.array([r[2] for r in rows], float)}
-    cells["collapse_step"] = np.asarray(collapse_step, float)
-    cells["collapsed"] = (cells["collapse_step"] >= 0).astype(float)
-    return {"cells": cells, "traces": {"J": np.zeros((len(rows), steps))}, "summary": {},
-            "dir": "fake"}
+    axes = {"S": np.array([r[0] for r in rows]), "lr": np.array([r[1] for r in rows]),
+            "seed": np.array([r[2] for r in rows])}
+    cs = np.asarray(collapse_step)
+    return results.GridResult("exact", axes, {"collapse_step": cs, "collapsed": cs >= 0},
+                              {"J": np.zeros((len(rows), steps))}, dir="fake")
 
 
 def test_grid_recovers_the_product_and_refuses_a_partial_grid():
-    run = _fake_run([-1, -1, -1, 5, -1, 7, 3, 4])
+    run = study._run_of(_fake_result([-1, -1, -1, 5, -1, 7, 3, 4]))
     g = study.grid(run)
     assert g["collapsed"].shape == (2, 2, 2) and g["num_steps"] == 30
     assert g["collapsed"][1, 1].all() and not g["collapsed"][0, 0].any()
     assert g["t_collapse"][0, 1, 1] == 5
     assert study.pick_lag(g) == 1
-    run["cells"] = {k: v[:-1] for k, v in run["cells"].items()}
+    full = _fake_result([-1] * 8)
+    partial = results.GridResult("exact", {k: v[:-1] for k, v in full.axes.items()},
+                                 {k: v[:-1] for k, v in full.summaries.items()})
     with pytest.raises(ValueError, match="not a full"):
-        study.grid(run)
+        study.grid(study._run_of(partial))
 
 
 def test_claims_markdown_of_an_empty_study_says_not_measured():
@@ -138,3 +140,19 @@ def test_tiny_reproduction_end_to_end_then_the_notebook_on_its_results(tmp_path)
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                  for o in c.get("outputs", []))
     assert images == len(study.FIGURES)
+
+
+def test_stages_name_their_configs_with_an_argument_and_no_flag_lists():
+    """At --scale=tiny every exact stage is `--config=<file>:tiny` (no per-key flag list)."""
+    import importlib  # pylint: disable=import-outside-toplevel
+    for stage in reproduce.STAGES:
+        for scale, args in stage.args.items():
+            assert not any(a.startswith("--config.") and "{workdir}" not in a for a in args), (
+                stage.name, scale)
+            if scale == "tiny":
+                assert len(args) == 1 and args[0].endswith(":tiny") or args[0].endswith(",tiny")
+            for a in args:
+                if a.startswith("--config="):
+                    path, _, arg = a[len("--config="):].partition(":")
+                    mod = importlib.import_module(path[:-3].replace("/", "."))
+                    assert mod.get_config(arg) if arg else mod.get_config()

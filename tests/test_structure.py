@@ -15,7 +15,8 @@ LAYERS = [
     # 0: leaves and libraries
     {"files", "staleness", "collapse", "diagnostics", "losses", "tasks", "models", "sharding",
      "distributed", "checkpoint", "metrics", "sampling", "generator", "signals", "figures",
-     "workdir", "scaling", "lr_control", "metric_names", "learning"},
+     "workdir", "scaling", "lr_control", "metric_names", "learning", "results", "grid_runner",
+     "grid_axes"},
     # 1: built on the leaves
     {"config", "simulate", "testbeds"},
     # 2: the RL pieces

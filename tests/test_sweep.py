@@ -1,23 +1,21 @@
 """The sweep front end: LM grids (quick config, resume, refusal, 2 processes) and exact configs."""
 
 import csv
-import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from async_grpo import metric_names as mn
+from async_grpo import results
 from tests.helpers import repo_root
 
 REPO = repo_root()
-# The quick config made smaller still for the suite: 2 S x 2 η x 2 seeds, 12 steps.
-SMALL = ["--config.lags=0,2", "--config.lr_min=2e-3", "--config.lr_max=4e-3",
-         "--config.run.rl.steps=12", "--config.run.sft.steps=60", "--config.max_chunk_cells=4",
-         "--config.run.eval.num_problems=32", "--config.run.eval.batch_size=32"]
 
 
-def _run(workdir, *extra, env_extra=None, check=True, config="sweep_lm.py:quick"):
+def _run(workdir, *extra, env_extra=None, check=True, config="sweep_lm.py:tiny"):
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", **(env_extra or {}))
     proc = subprocess.run([sys.executable, "-m", "experiments.sweep",
                            f"--config=experiments/configs/{config}", f"--workdir={workdir}",
@@ -36,23 +34,24 @@ def _table(workdir):
 @pytest.fixture(name="one", scope="module")
 def _one(tmp_path_factory):
     wd = tmp_path_factory.mktemp("sweep") / "one"
-    proc = _run(wd, *SMALL)
+    proc = _run(wd)
     return wd, proc.stdout
 
 
 def test_lm_sweep_writes_its_table_curves_and_figure(one):
     wd, out = one
-    rows = _table(wd)
-    assert len(rows) == 8
-    assert {"S", "lr", "seed", "collapse_step", "collapse_reason", "reward_last10",
-            "heldout_greedy_final", "drift_final", "mean_loss_kl_behavior_k3"} <= set(rows[0])
-    assert sorted({r["S"] for r in rows}) == ["0", "2"]
-    for f in ("summary.json", "curves.npz", "phase.png", "phase.pdf", "sft/run.json"):
+    gr = results.read(str(wd))
+    assert gr.kind == "lm" and gr.num_cells == 8 and gr.axis("S") == [0, 2]
+    assert gr.axes["lr"].dtype == np.float64 and gr.axis("lr") == [2e-3, 4e-3]
+    assert {"collapse_step", "collapse_reason", "collapsed", "reward_last10",
+            "heldout/accuracy", "drift_final"} <= set(gr.summaries)
+    assert {mn.REWARD, mn.CLIP_FRAC, mn.DRIFT_CYCLE, mn.LAG} <= set(gr.curves)
+    st = gr.stability()
+    assert set(st["eta_max"]) == {"0", "2"} and "heldout_final_mean" in st
+    for f in ("result.json", "cells.csv", "curves.npz", "phase.png", "phase.pdf", "sft/run.json"):
         assert os.path.exists(wd / f), f
     assert "eta_max" in out and "fit eta_max" in out and "8 cells in 2 chunks" in out
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    curves = np.load(wd / "curves.npz")
-    assert curves["lag"].shape == (8, 12) and curves["lag"][-1].tolist() == [
+    assert gr.curves[mn.LAG].shape == (8, 12) and gr.curves[mn.LAG][-1].tolist() == [
         min(t, 2) for t in range(12)]
 
 
@@ -62,13 +61,12 @@ def test_lm_sweep_resumes_and_refuses_another_config(one, tmp_path):
     before = _table(wd)
     chunk = wd / "chunks" / "chunk_00001.npz"
     os.remove(chunk)                                     # as if killed in the last chunk
-    proc = _run(wd, *SMALL)
+    proc = _run(wd)
     assert "chunk 2/2" in proc.stderr and "chunk 1/2" not in proc.stderr   # only the lost one
     assert _table(wd) == before
-    with open(wd / "summary.json", encoding="utf-8") as f:
-        runs = [v["chunks_computed"] for v in json.load(f)["invocations"]]
+    runs = [v["chunks_computed"] for v in results.read(str(wd)).invocations]
     assert runs == [2, 1]                                 # both invocations kept
-    proc = _run(wd, *SMALL, "--config.lr_max=8e-3", check=False)
+    proc = _run(wd, "--config.lr_max=8e-3", check=False)
     assert proc.returncode != 0 and "lr_max: 0.004 -> 0.008" in proc.stderr
 
 
@@ -79,7 +77,7 @@ def test_two_shards_write_the_same_table(one, tmp_path):
     two = tmp_path / "two"          # from the first sweep's SFT checkpoint: the same θ_0
     procs = [subprocess.Popen(
         [sys.executable, "-m", "experiments.sweep",
-         "--config=experiments/configs/sweep_lm.py:quick", f"--workdir={two}", *SMALL,
+         "--config=experiments/configs/sweep_lm.py:tiny", f"--workdir={two}",
          f"--config.run.init_from={wd / 'sft'}",
          *(["--num_shards=2", "--shard=0"] if i == 0 else [])],     # shard 1: from the env
         cwd=REPO, env=dict(env, **({} if i == 0 else {"ASYNC_GRPO_NUM_PROCESSES": "2",

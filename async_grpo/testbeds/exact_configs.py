@@ -8,9 +8,9 @@ from the config's `collapse` section.
 
 from __future__ import annotations
 
-import numpy as np
 
 from async_grpo import collapse as collapse_lib
+from async_grpo import grid_axes
 from async_grpo.testbeds import exact as ex
 
 
@@ -39,25 +39,9 @@ def train_config(c, max_lag_cap: int, **overrides) -> ex.TrainConfig:
     return ex.TrainConfig(max_lag_cap=max_lag_cap, **kw)
 
 
-def parse_list(text: str, typ, name: str) -> list:
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    try:
-        return [typ(t) for t in items]
-    except ValueError as e:
-        raise ValueError(f"--config.{name}: cannot parse {text!r} as a comma-separated list of "
-                         f"{typ.__name__}.") from e
-
-
-def lr_grid(lr_min: float, lr_max: float, per_octave: int) -> list[float]:
-    """Log grid lr_min·2^(k/per_octave) up to lr_max (inclusive within rounding)."""
-    if not (np.isfinite(lr_min) and lr_min > 0):
-        raise ValueError(f"--config.lr_min must be finite and > 0 (η ≤ 0 is invalid), got {lr_min}.")
-    if not (np.isfinite(lr_max) and lr_max >= lr_min):
-        raise ValueError(f"--config.lr_max must be finite and >= lr_min, got {lr_max}.")
-    if not (isinstance(per_octave, int) and per_octave >= 1):
-        raise ValueError(f"--config.lrs_per_octave must be an integer >= 1, got {per_octave}.")
-    n = int(np.floor(np.log2(lr_max / lr_min) * per_octave + 1e-9)) + 1
-    return [float(lr_min * 2.0 ** (k / per_octave)) for k in range(n)]
+# The grid axes live in `async_grpo.grid_axes` (shared with the LM sweep); kept here by name.
+parse_list = grid_axes.parse_list
+lr_grid = grid_axes.lr_grid
 
 
 def sweep_plan(c) -> dict:

@@ -62,9 +62,8 @@ def verdict(fit: dict[str, Any], spread: Optional[float] = None) -> tuple[str, s
 def lag_of(run) -> int:
     """The detection lag of a run's drop rule (0 without an EMA)."""
     from async_grpo import scaling   # pylint: disable=import-outside-toplevel
-    s = run["summary"]
-    cfg = (s.get("train", {}) or {}).get("collapse") or \
-        s.get("config", {}).get("rl", {}).get("collapse", {}) or {}
+    from experiments import study as st   # pylint: disable=import-outside-toplevel
+    cfg = st._collapse_rules(run)   # pylint: disable=protected-access
     ema, frac = float(cfg.get("ema", 0) or 0), float(cfg.get("drop_frac", 0) or 0)
     return scaling.detection_lag(ema, frac) if ema > 0 and 0 < frac < 1 else 0
 

@@ -68,7 +68,7 @@ def rows(study) -> list[dict]:
             continue
         steps = g["num_steps"]
         horizons = sorted({max(1, int(round(f * steps))) for f in HORIZON_FRACS})
-        cfg = run["summary"].get("train", {}).get("collapse", {}) or {}
+        cfg = st._collapse_rules(run)   # pylint: disable=protected-access
         tab = scaling.horizon_table(g["lags"], g["lrs"], g["t_collapse"], horizons,
                                     num_steps=steps,
                                     patience=min(int(cfg.get("patience", 1) or 1), horizons[0]))

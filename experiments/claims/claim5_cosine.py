@@ -88,7 +88,7 @@ def rows(study) -> list[dict]:
         st_med = (float(np.nanmedian(scaling.running_mean(stable, w)[:, -1]))
                   if stable.size else float("nan"))
         v, why = verdict(res, st_med)
-        if run["summary"].get("train", {}).get("mode") == "population":
+        if (run["meta"].get("train") or {}).get("mode") == "population":
             v, why = INCONCLUSIVE, ("not applicable: population mode has no sampling noise, "
                                     "so no run is diffusive; shown for contrast (" + why + ")")
         out.append(dict(

@@ -17,7 +17,11 @@ import ml_collections
 from experiments.configs import exact_sweep
 
 
-def get_config():
+def get_config(arg=None):
+    """`arg`: none, or "tiny" (2 lags, 2 η, 1 seed, 40 steps, 9 radii: seconds, for tests and
+    `experiments.reproduce --scale=tiny`)."""
+    if arg not in (None, "", "tiny"):
+        raise ValueError(f"exact_bias config argument {arg!r}: use nothing or 'tiny'")
     c = ml_collections.ConfigDict()
     sweep = exact_sweep.get_config()
     c.testbed = sweep.testbed
@@ -36,4 +40,8 @@ def get_config():
     c.num_radii = 41
     c.linear_tol = 0.1           # linearity "breaks" where ‖δ‖/(slope·x) leaves [1 − tol, 1 + tol].
     c.x64 = True
+    if arg == "tiny":
+        c.traj_lags, c.traj_lrs, c.traj_seeds = "1,4", "0.5,4", 1
+        c.train.num_steps, c.anchor_steps = 40, "0,10"
+        c.num_directions, c.num_radii = 1, 9
     return c

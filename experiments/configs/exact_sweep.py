@@ -23,7 +23,17 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 
-def get_config():
+# The per-step traces the study's figures and regime table read (experiments.reproduce).
+STUDY_TRACES = ("J,cos/consecutive_updates,cos/consecutive_grads,drift/within_cycle,"
+                "drift/cumulative,update_norm,loss/clip_frac")
+
+
+def get_config(arg=None):
+    """`arg`: none (the grid above), "study" (it, keeping the study's traces) or "tiny" (the
+    study's traces on a toy grid: S ∈ {0,1,4}, 7 η, 2 seeds, T = 60; seconds, for tests and
+    `experiments.reproduce --scale=tiny`)."""
+    if arg not in (None, "", "study", "tiny"):
+        raise ValueError(f"exact_sweep config argument {arg!r}: use nothing, 'study' or 'tiny'")
     c = ml_collections.ConfigDict()
     c.testbed = ml_collections.ConfigDict(dict(
         num_prompts=8, vocab_size=4, seq_len=3, policy="linear", feature_dim=16, hidden_dim=32,
@@ -68,4 +78,9 @@ def get_config():
     # (docs/reproducibility.md); float64 costs little on a CPU. --config.x64=False for float32.
     c.x64 = True
     c.n_boot = 2000
+    if arg in ("study", "tiny"):
+        c.keep_metrics = STUDY_TRACES
+    if arg == "tiny":
+        c.lags, c.lr_min, c.lr_max, c.lrs_per_octave = "0,1,4", 4.0, 256.0, 1
+        c.num_seeds, c.train.num_steps, c.n_boot = 2, 60, 50
     return c

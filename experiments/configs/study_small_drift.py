@@ -53,9 +53,28 @@ POPULATION_VARIANTS = "grpo,pg,no_ratio"
 ARGS = ("adam", "adam_long", "sgd", "adam_variants", "large_variants", "large_population")
 
 
+MODIFIERS = ("study", "tiny")
+
+
 def get_config(arg="adam"):
-    if arg not in ARGS:
-        raise ValueError(f"Unknown study_small_drift config {arg!r}; valid: {list(ARGS)}.")
+    """`arg`: one of ARGS, optionally followed by modifiers: ",study" keeps the study's traces
+    (exact_sweep.STUDY_TRACES), ",tiny" also shrinks the grid to a toy one (S ∈ {0,1,4}, 5 η, 2
+    seeds, T = 60; for tests and `experiments.reproduce --scale=tiny`), e.g. "adam,tiny"."""
+    arg, *mods = (arg or "adam").split(",")
+    if arg not in ARGS or any(m not in MODIFIERS for m in mods):
+        raise ValueError(f"Unknown study_small_drift config {arg!r} (modifiers {mods}); valid: "
+                         f"{list(ARGS)}, each optionally with modifiers {list(MODIFIERS)}.")
+    c = _grid(arg)
+    if "study" in mods or "tiny" in mods:
+        c.keep_metrics = exact_sweep.STUDY_TRACES
+    if "tiny" in mods:
+        c.lags, c.lr_min, c.lr_max = "0,1,4", 0.08, 1.28
+        c.num_seeds, c.train.num_steps, c.trace_every = 2, 60, 1
+        c.horizons, c.n_boot = "30,60", 50
+    return c
+
+
+def _grid(arg):
     c = exact_sweep.get_config()
     c.variants = "grpo"
     c.lags = "0,1,2,4,8,16"

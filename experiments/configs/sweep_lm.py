@@ -84,6 +84,10 @@ def get_config(arg=None):
     c.max_chunk_cells = 64         # and at most this many cells per chunk
     if arg == "quick":             # ~2 minutes on a 2-core CPU, SFT included
         _grid(c, steps=60, lags="0,8", lrs=(1.2e-4, 4e-3), seeds=2)
+    elif arg == "tiny":            # seconds (tests): 2 S x 2 η x 2 seeds, T = 12, SFT 60 steps
+        _grid(c, steps=12, lags="0,2", lrs=(2e-3, 4e-3), seeds=2, chunk=4)
+        run.sft.steps = 60
+        run.eval.num_problems = run.eval.batch_size = 32
     elif arg == "study":           # the CPU-scale study (experiments.reproduce), ~3.5 minutes
         _grid(c, steps=100, lags="0,2,8", lrs=(3e-5, 2e-3), seeds=3)
     elif arg == "sgd":             # the study's SGD grid (plain SGD, gradients clipped at norm 1)
@@ -109,9 +113,9 @@ def get_config(arg=None):
     elif arg in ("learn", "learn_quick"):
         _learn(c, quick=arg == "learn_quick")
     elif arg not in (None, ""):
-        raise ValueError(f"sweep_lm config argument {arg!r}: use nothing, 'quick', 'study', "
-                         f"'sgd', 'small_drift', 'controller', 'controller_fixed', 'learn', "
-                         f"'learn_quick' or one of "
+        raise ValueError(f"sweep_lm config argument {arg!r}: use nothing, 'quick', 'tiny', "
+                         f"'study', 'sgd', 'small_drift', 'controller', 'controller_fixed', "
+                         f"'learn', 'learn_quick' or one of "
                          f"{sorted(VARIANTS)}")
     return c
 
