@@ -149,7 +149,7 @@ def exact_families(*dirs: str) -> str:
 def lm_families(*dirs: str) -> str:
     """LM grids of the same (S, η, seed) product, one per variant (sweep_lm.py:variants_*): the
     objective, η_max per S (geometric mean over seeds), α [CI] with censoring, and the regime."""
-    from experiments import study  # pylint: disable=import-outside-toplevel
+    from experiments import grids, study  # pylint: disable=import-outside-toplevel
     lines = ["| run | objective | η_max per S (geometric mean over seeds) | α (S ≥ 1) [95 % CI] | "
              "regime (clip fraction just below η_max) | cells collapsed | collapse step at S = "
              "max (median of cells collapsing after the warm-up) | mean reward over run and "
@@ -171,8 +171,8 @@ def lm_families(*dirs: str) -> str:
         per_s = ", ".join(f"S={k}: {_g(gm[k], 2)}" + (f" ({cens[k]} cens.)" if cens[k] else "")
                           for k in sorted(gm, key=int))
         frac = np.mean([np.mean(x) for x in s["collapse_frac"].values()])
-        clip = study.regime(run).get("clip_frac")
-        g = study.grid(run)
+        clip = grids.regime(run).get("clip_frac")
+        g = grids.grid(run)
         warm = int(gr.meta["run"]["collapse"]["warmup"])
         t_last = g["t_collapse"][-1]
         late = t_last[t_last > warm]
@@ -195,11 +195,11 @@ def lm_controller(fixed_dir: str, control_dir: str) -> str:
     best fixed η (highest mean reward over the run, averaged over seeds), the largest fixed η
     that never collapsed, and the controller at every base η (collapse rate, mean reward, mean
     effective η / base η)."""
-    from experiments import study  # pylint: disable=import-outside-toplevel
+    from experiments import grids, study  # pylint: disable=import-outside-toplevel
     fixed, ctl = study.load_lm(fixed_dir), study.load_lm(control_dir)
     if fixed is None or ctl is None:
         raise MissingResults(fixed_dir if fixed is None else control_dir)
-    gf, gc = study.grid(fixed), study.grid(ctl)
+    gf, gc = grids.grid(fixed), grids.grid(ctl)
     if not (np.array_equal(gf["lags"], gc["lags"]) and np.allclose(gf["lrs"], gc["lrs"])
             and np.array_equal(gf["seeds"], gc["seeds"])):
         raise ValueError(f"{fixed_dir} and {control_dir} are not the same (S, η, seed) grid")

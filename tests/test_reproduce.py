@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from async_grpo import results
-from experiments import reproduce, study
+from experiments import grids, reproduce, study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,7 +90,7 @@ def _fake_result(collapse_step, lags=(0, 1), lrs=(1.0, 2.0), seeds=(0, 1), steps
 
 def test_grid_recovers_the_product_and_refuses_a_partial_grid():
     run = study._run_of(_fake_result([-1, -1, -1, 5, -1, 7, 3, 4]))
-    g = study.grid(run)
+    g = grids.grid(run)
     assert g["collapsed"].shape == (2, 2, 2) and g["num_steps"] == 30
     assert g["collapsed"][1, 1].all() and not g["collapsed"][0, 0].any()
     assert g["t_collapse"][0, 1, 1] == 5
@@ -99,7 +99,7 @@ def test_grid_recovers_the_product_and_refuses_a_partial_grid():
     partial = results.GridResult("exact", {k: v[:-1] for k, v in full.axes.items()},
                                  {k: v[:-1] for k, v in full.summaries.items()})
     with pytest.raises(ValueError, match="not a full"):
-        study.grid(study._run_of(partial))
+        grids.grid(study._run_of(partial))
 
 
 def test_claims_markdown_of_an_empty_study_says_not_measured():

@@ -56,7 +56,7 @@ def verdict(fit: dict[str, Any], *, n_lags: Optional[int] = None,
 def rows(study) -> list[dict]:
     """One row per grid: α recomputed from the grid with this module's interval (results saved
     by older sweeps carry the old percentile bootstrap, so their saved CI is not read)."""
-    from experiments import study as st   # pylint: disable=import-outside-toplevel
+    from experiments import grids as st   # pylint: disable=import-outside-toplevel
     from async_grpo import scaling         # pylint: disable=import-outside-toplevel
     out = []
     for title, run in st.grids_of(study):

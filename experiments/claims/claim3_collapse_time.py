@@ -62,8 +62,8 @@ def verdict(fit: dict[str, Any], spread: Optional[float] = None) -> tuple[str, s
 def lag_of(run) -> int:
     """The detection lag of a run's drop rule (0 without an EMA)."""
     from async_grpo import scaling   # pylint: disable=import-outside-toplevel
-    from experiments import study as st   # pylint: disable=import-outside-toplevel
-    cfg = st._collapse_rules(run)   # pylint: disable=protected-access
+    from experiments import grids as st   # pylint: disable=import-outside-toplevel
+    cfg = st.collapse_rules(run)
     ema, frac = float(cfg.get("ema", 0) or 0), float(cfg.get("drop_frac", 0) or 0)
     return scaling.detection_lag(ema, frac) if ema > 0 and 0 < frac < 1 else 0
 
@@ -72,8 +72,8 @@ def fit_run(run) -> tuple[dict[str, Any], Optional[float], str]:
     """(fit, spread, subset text) of one grid: horizon-limited collapses only when the
     two-constraint rule identifies both constants (stale-limited ones left out, not censored)."""
     from async_grpo import scaling   # pylint: disable=import-outside-toplevel
-    from experiments import study as st   # pylint: disable=import-outside-toplevel
-    lags, lrs, cs = st._rows_of(run)          # pylint: disable=protected-access
+    from experiments import grids as st   # pylint: disable=import-outside-toplevel
+    lags, lrs, cs = st.rows_of(run)       
     g = st.grid(run)
     keep = np.ones(cs.size, bool)
     subset = "all runs"
@@ -83,7 +83,7 @@ def fit_run(run) -> tuple[dict[str, Any], Optional[float], str]:
         keep = ~stale
         subset = (f"stale-limited collapses (t_c ≤ {tc['crossover']:.3g}·(S+1)) left out: "
                   f"{int(stale.sum())}")
-    warm = st._warmup(run)   # pylint: disable=protected-access
+    warm = st.warmup(run)
     fit = scaling.collapse_time_censored(lrs[keep], cs[keep], num_steps=g["num_steps"],
                                          warmup=warm, lag=lag_of(run), group=lags[keep])
     spread = None
@@ -95,7 +95,7 @@ def fit_run(run) -> tuple[dict[str, Any], Optional[float], str]:
 
 
 def rows(study) -> list[dict]:
-    from experiments import study as st   # pylint: disable=import-outside-toplevel
+    from experiments import grids as st   # pylint: disable=import-outside-toplevel
     out = []
     for title, run in st.grids_of(study):
         base = dict(testbed=title, grid=st.grid_line(run))

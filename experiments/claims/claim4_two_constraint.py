@@ -57,7 +57,7 @@ def verdict(h: dict[str, Any]) -> tuple[str, str]:
 
 def rows(study) -> list[dict]:
     from async_grpo import scaling   # pylint: disable=import-outside-toplevel
-    from experiments import study as st   # pylint: disable=import-outside-toplevel
+    from experiments import grids as st   # pylint: disable=import-outside-toplevel
     out = []
     for title, run in st.grids_of(study):
         base = dict(testbed=title, grid=st.grid_line(run))
@@ -68,7 +68,7 @@ def rows(study) -> list[dict]:
             continue
         steps = g["num_steps"]
         horizons = sorted({max(1, int(round(f * steps))) for f in HORIZON_FRACS})
-        cfg = st._collapse_rules(run)   # pylint: disable=protected-access
+        cfg = st.collapse_rules(run)
         tab = scaling.horizon_table(g["lags"], g["lrs"], g["t_collapse"], horizons,
                                     num_steps=steps,
                                     patience=min(int(cfg.get("patience", 1) or 1), horizons[0]))

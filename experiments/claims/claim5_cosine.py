@@ -68,18 +68,18 @@ def verdict(res: dict[str, Any], stable_median: float) -> tuple[str, str]:
 
 def rows(study) -> list[dict]:
     from async_grpo import scaling   # pylint: disable=import-outside-toplevel
-    from experiments import study as st   # pylint: disable=import-outside-toplevel
+    from experiments import grids as st   # pylint: disable=import-outside-toplevel
     out = []
     for title, run in st.grids_of(study):
-        name, tr = st._cos_trace(run)   # pylint: disable=protected-access
+        name, tr = st.cos_trace(run)
         base = dict(testbed=title, grid=st.grid_line(run))
         if name is None:
             out.append(dict(base, measured="—", interval="—",
                             verdict=f"{INCONCLUSIVE}: no cosine traces"))
             continue
         stride = run.get("stride", 1)
-        _, lrs, cs = st._rows_of(run)   # pylint: disable=protected-access
-        keep = (cs < 0) | (cs > st._warmup(run))   # pylint: disable=protected-access
+        _, lrs, cs = st.rows_of(run)
+        keep = (cs < 0) | (cs > st.warmup(run))
         c_pts = np.where(cs >= 0, cs // stride, -1)[keep]
         w = max(1, COS_WINDOW // stride)
         leads = sorted({k // stride for k in COS_LEADS})
