@@ -267,8 +267,18 @@ class Attention(nnx.Module):
         return self.o_proj("bthk,hkd->btd", out), (k, v)
 
     def _attend(self, q, k, v, mask):
-        """q [B, T, H, Dh], k/v [B, K, S, Dh], mask [B, T, S] -> [B, T, H, Dh]."""
+        """q [B, T, H, Dh], k/v [B, K, S, Dh], mask [B, T, S] -> [B, T, H, Dh].
+
+        `mask=None` means plainly causal over S = T (`Llama.hidden_states(causal_only=True)`):
+        "xla" and "cudnn" then get `is_causal=True` and no dense mask (cuDNN skips the masked
+        blocks and needs no even T; no mask gradient), "einsum" builds the causal mask."""
         b, t, h, hd = q.shape
+        if mask is None:
+            if self.impl != "einsum":
+                return jax.nn.dot_product_attention(
+                    q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), is_causal=True,
+                    implementation=None if self.impl == "xla" else self.impl)
+            mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), jnp.bool_))[None], (b, t, t))
         decode = decode_attention_impl(self.decode_impl, self.dtype) if t == 1 else None
         if decode == "pallas":
             out = pallas_decode_attention(q, k, v, mask)
@@ -402,7 +412,8 @@ class Llama(nnx.Module):
 
     def hidden_states(self, tokens: Array, positions: Array | None = None, *,
                       input_mask: Array | None = None, segment_ids: Array | None = None,
-                      attn_mask: Array | None = None, cache: KVCache | None = None):
+                      attn_mask: Array | None = None, cache: KVCache | None = None,
+                      causal_only: bool = False):
         """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache (or None).
 
         Args:
@@ -414,9 +425,17 @@ class Llama(nnx.Module):
           segment_ids: [B, T] int, attention only within equal ids (sequence packing). No cache.
           attn_mask: [B, T, S] bool, extra mask AND-ed with the causal one (S = T, or cache slots).
           cache: a `KVCache`; the new tokens go into slots `[cache.index, cache.index + T)`.
+          causal_only: the attention is plainly causal (no pads before a token that matters, no
+            cache, segments or extra mask): no [B, T, T] mask is built and the "xla"/"cudnn"
+            attention gets `is_causal=True` (cuDNN's causal block skipping). Pads may follow
+            the last real token of a row (no earlier position attends to them).
         """
         cfg = self.config
         b, t = tokens.shape
+        if causal_only and (cache is not None or segment_ids is not None or
+                            attn_mask is not None or input_mask is not None):
+            raise ValueError("causal_only=True takes no cache, segment_ids, attn_mask or "
+                             "input_mask (pads may only trail the real tokens)")
         if positions is None:
             offset = 0 if cache is None else cache.index
             positions = jnp.broadcast_to(offset + jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -434,7 +453,9 @@ class Llama(nnx.Module):
             k_slot = jnp.arange(cache.num_slots)
             key_valid = jax.lax.dynamic_update_slice(cache.valid, input_mask.astype(jnp.bool_),
                                                      (0, index))
-        mask = (k_slot[None, :] <= q_slot[:, None])[None] & key_valid[:, None, :].astype(jnp.bool_)
+        # causal_only: None, plainly causal (the attention builds no [B, T, T] mask)
+        mask = None if causal_only else (
+            (k_slot[None, :] <= q_slot[:, None])[None] & key_valid[:, None, :].astype(jnp.bool_))
         if segment_ids is not None:
             mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
         if attn_mask is not None:
