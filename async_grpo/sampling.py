@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from async_grpo.models import llama as llama_lib
 from async_grpo.models.llama import KVCache, Llama
 
 Array = jax.Array
@@ -280,7 +281,8 @@ def _sample_jit(graphdef, params, prompt_tokens, prompt_lengths, key, params_ver
 
     # Prefill the left-aligned prompts; only the last column's logits are needed.
     tokens, positions, valid = left_align(prompt_tokens, prompt_lengths, pad_id)
-    cache = KVCache.init(cfg, b, p + n)
+    # (pallas decode: slots rounded up to the kernel's block; the extra ones are never valid)
+    cache = KVCache.init(cfg, b, llama_lib.decode_cache_slots(cfg, p + n))
     hidden, cache = model.hidden_states(tokens, positions, input_mask=valid, cache=cache)
     logits = model.logits(hidden[:, -1])  # [B, V] float32
 

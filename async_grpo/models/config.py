@@ -120,10 +120,11 @@ class LlamaConfig:
       decode_attention: attention of a one-token query over the KV cache (sampler decode steps):
         "reduce" (broadcast-multiply-reduce over the cache, exact float32; fastest on the CPU),
         "xla" (`jax.nn.dot_product_attention`), "pallas" (the Pallas GPU decode kernel
-        `jax.experimental.pallas.ops.gpu.decode_attention.gqa`, interpreted off GPU; needs each
-        row's valid cache slots to be contiguous, as in the sampler's layout, and falls back to
-        "xla" where the cache length does not fit its blocks), or "auto": "reduce" on the CPU and
-        in float32 compute (exact), "xla" for bf16 on accelerators.
+        `jax.experimental.pallas.ops.gpu.decode_attention.mqa` per row and KV head, interpreted
+        off GPU; needs each row's valid cache slots to be contiguous, as in the sampler's layout;
+        the sampler rounds its cache up to the kernel's 128-slot blocks, so every length fits),
+        or "auto": "reduce" on the CPU and in float32 compute (exact), "xla" for bf16 on
+        accelerators.
     """
 
     vocab_size: int
