@@ -37,9 +37,9 @@ sys.path.insert(0, ROOT)
 
 from bench import gpu_common  # noqa: E402
 
-PROBE = ("import json, jax; d = jax.devices()[0]; print(json.dumps(dict(backend="
+PROBE = ("import json, os, platform, jax; d = jax.devices()[0]; print(json.dumps(dict(backend="
          "jax.default_backend(), device=d.device_kind, count=jax.device_count(), "
-         "jax=jax.__version__)))")
+         "jax=jax.__version__, python=platform.python_version(), cpus=os.cpu_count())))")
 
 # Part budgets in seconds (each cut to what is left of the total).
 BUDGETS = {"learner": 190, "decode": 100, "memory": 75, "lm_grid": 55}

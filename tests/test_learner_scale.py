@@ -296,15 +296,22 @@ def test_gpu_learner_script_tiny_mode_runs_on_cpu(tmp_path):
     import subprocess
     import sys
     from tests.helpers import repo_root
-    env = dict(os.environ, OUT=str(tmp_path), JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "bench/gpu_learner.py", "--tiny"], cwd=repo_root(),
-                          capture_output=True, text=True, timeout=600, env=env)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "bench/gpu_learner.py", "--tiny",
+                           f"--out_dir={tmp_path}"], cwd=repo_root(),
+                          capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "| ours (update, logits_chunk=0) |" in proc.stdout
     import json
     rec = json.load(open(tmp_path / "gpu_learner.json"))
     ours = [r for n, r in rec["rows"].items() if n.startswith("ours")]
     assert len(ours) == 2 and all(r["finite"] and r["tokens_per_s"] > 0 for r in ours)
+    assert all(r["metrics"] > 5 for r in ours)   # the step returned (and waited on) every metric
+    assert rec["ok"] and rec["peak"]["matmul"].startswith("bf16 512^3 random")
+    # Off a GPU the 1B shape is refused, with exit code 3.
+    proc = subprocess.run([sys.executable, "bench/gpu_learner.py", "--peers="], cwd=repo_root(),
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 3 and "not on a GPU" in proc.stdout, proc.stdout[-2000:]
 
 
 @pytest.mark.slow
