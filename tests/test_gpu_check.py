@@ -93,7 +93,7 @@ def _check_tiny(python_dir, out):
     ours = [r for n, r in learner["rows"].items() if n.startswith("ours")]
     assert len(ours) == 2 and all(r["finite"] and r["metrics"] > 5 for r in ours)
     decode = json.loads((out / "decode.json").read_text())
-    assert [r["resolved"].split(" (")[0] for r in decode["rows"]] == ["reduce", "pallas"]
+    assert [r["resolved"].split(" (")[0] for r in decode["rows"]] == ["pallas", "reduce"]
     for row in ("| learner |", "| decode |", "| memory |", "| lm_grid |"):
         assert row in proc.stdout
     return proc.stdout

@@ -342,3 +342,25 @@ def test_pipeline_with_accumulation_chunking_and_bf16_host_snapshots(tmp_path):
 def dataclasses_replace_steps(config, steps):
     import dataclasses
     return dataclasses.replace(config, rl=dataclasses.replace(config.rl, steps=steps))
+
+
+def test_precision_and_optimizer_take_jnp_dtypes_or_names():
+    from async_grpo import config as config_lib  # pylint: disable=import-outside-toplevel
+    from async_grpo.rl.components import make_optimizer  # pylint: disable=import-outside-toplevel
+    pc = config_lib.PrecisionConfig(compute_dtype=jnp.bfloat16, param_dtype=np.float32,
+                                    opt_state_dtype=jnp.dtype("bfloat16"))
+    assert (pc.compute_dtype, pc.param_dtype, pc.opt_state_dtype) == (
+        "bfloat16", "float32", "bfloat16")
+    assert pc == config_lib.PrecisionConfig(compute_dtype="bfloat16", param_dtype="float32",
+                                            opt_state_dtype="bfloat16")
+    with pytest.raises(config_lib.ConfigError, match=r"compute_dtype=.*float16.*must be one of "
+                                                     r"\['float32', 'bfloat16'\]"):
+        config_lib.PrecisionConfig(compute_dtype=jnp.float16)
+    params = {"w": jnp.zeros(3, jnp.float32)}
+    for mu in (jnp.bfloat16, "bfloat16"):
+        state = make_optimizer(config_lib.OptimizerConfig(), 10, mu_dtype=mu).init(params)
+        mus = [s.mu["w"] for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "mu"))
+               if hasattr(s, "mu")]
+        assert mus and mus[0].dtype == jnp.bfloat16, mu
+    with pytest.raises(ValueError, match=r"mu_dtype must be one of"):
+        make_optimizer(config_lib.OptimizerConfig(), 10, mu_dtype=jnp.int8)

@@ -69,8 +69,8 @@ def test_gpu_check_block_renders_the_check_table(tmp_path):
                           "memory": dict(row=["1.00 GB of 80", "≤ 80 GB", "yes"],
                                          result=dict(wall_s=30))}), open(d / "check.json", "w"))
     text = report.render("gpu_check check", str(tmp_path))
-    assert "| learner | ours 1 tok/s | ≥ 1.1× peer | — | 200 |" in text
-    assert "| memory | 1.00 GB of 80 | ≤ 80 GB | yes | 30 |" in text
+    assert "| learner | ours 1 tok/s | ≥ 1.1× peer | — (tiny) | 200 |" in text
+    assert "| memory | 1.00 GB of 80 | ≤ 80 GB | — (tiny) | 30 |" in text
     assert "--tiny (toy shapes" in text and "Python 3.12.1" in text and "612 s of a 1800 s" in text
     with pytest.raises(report.MissingResults):
         report.render("gpu_check nowhere", str(tmp_path))
