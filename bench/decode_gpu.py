@@ -60,8 +60,8 @@ def _define_flags():
     beside other binaries (absl refuses a flag defined twice)."""
     global _TINY, _PRESETS, _DTYPE, _IMPLS, _PROMPTS, _G, _P, _N, _REPEATS, _COPY_GIB
     global _BUDGET, _WORKDIR
-    _TINY = flags.DEFINE_bool("tiny", False, "Tiny shapes (tiny preset, 4 prompts × 2, P = N = "
-                              "16, a 16 MiB copy): checks the code path on a CPU in about a minute.")
+    _TINY = flags.DEFINE_bool("tiny", False, "Tiny shapes (tiny preset, 4 prompts × 2, P = 16, "
+                              "N = 48, a 16 MiB copy): checks the code path on a CPU.")
     _PRESETS = flags.DEFINE_list("presets", ["llama3.2-1b", "small"], "Model presets.")
     _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Compute dtype.")
     _IMPLS = flags.DEFINE_list("decode_attention", ["auto", "reduce", "pallas"],
@@ -185,7 +185,7 @@ def main(argv):
     deadline = t_start + _BUDGET.value
     if _TINY.value:
         presets = ["tiny"]
-        shape = dict(prompts=4, num_samples=2, prompt_len=16, new_tokens=16, repeats=3)
+        shape = dict(prompts=4, num_samples=2, prompt_len=16, new_tokens=48, repeats=3)
         gib = 1 / 64
     else:
         presets = _PRESETS.value

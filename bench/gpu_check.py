@@ -13,7 +13,7 @@ r"""The first GPU check: four parts, each in its own process, under one time bud
 3. memory: `bench.memory_plan`, the 1B learner (B = 8, T = 1024) + the sampler + S + 1 = 9 bf16
    snapshots on the device, compiled on the GPU (goal: within one 80 GB card);
 4. lm grid: `bench.lm_grid`, the 12-cell LM grid as one population program against the pipeline
-   loop (4 cells measured, extrapolated).
+   loop (4 cells measured, extrapolated; 1 with --tiny).
 
 Before the parts, a probe process reads the JAX backend: off a GPU the check refuses (exit 3)
 unless --tiny. Each part has its own time limit, cut to what is left of `--budget_s` (default
@@ -43,7 +43,7 @@ PROBE = ("import json, os, platform, jax; d = jax.devices()[0]; print(json.dumps
 
 # Part budgets in seconds (each cut to what is left of the total).
 BUDGETS = {"learner": 190, "decode": 100, "memory": 75, "lm_grid": 55}
-TINY_BUDGETS = {"learner": 600, "decode": 300, "memory": 300, "lm_grid": 400}
+TINY_BUDGETS = {"learner": 600, "decode": 300, "memory": 300, "lm_grid": 600}
 
 
 def _commands(out: str, tiny: bool, budgets: dict) -> dict:
@@ -63,7 +63,8 @@ def _commands(out: str, tiny: bool, budgets: dict) -> dict:
         "memory": [py, "-m", "bench.memory_plan", *memory, "--max_lag=8", "--nocosines",
                    "--budget_gb=80", f"--out={os.path.join(out, 'memory_plan.json')}"],
         "lm_grid": [py, "-m", "bench.lm_grid", f"--steps={4 if tiny else 10}",
-                    "--ways=population,pipeline", "--pipeline_cells=4", "--notensorboard",
+                    "--ways=population,pipeline", f"--pipeline_cells={1 if tiny else 4}",
+                    "--notensorboard",
                     f"--json_out={os.path.join(out, 'lm_grid.json')}"],
     }
 

@@ -43,9 +43,9 @@ def test_decode_gpu_bench_tiny_runs_every_implementation(tmp_path):
     r = json.loads((tmp_path / "decode.json").read_text())
     assert not r["failed"] and not r["skipped"] and r["bandwidth"] > 0
     assert [x["resolved"].split(" (")[0] for x in r["rows"]] == ["reduce", "reduce", "pallas"]
-    assert r["rows"][2]["resolved"] == "pallas (32 slots, 4 splits)"    # 8 rows × 2 KV heads
+    assert r["rows"][2]["resolved"] == "pallas (64 slots, 4 splits)"    # 8 rows × 2 KV heads
     for x in r["rows"]:
-        assert x["visible_slots"] == 16 + 16 / 2 and x["cache_slots"] in (32,)
+        assert x["visible_slots"] == 16 + 48 / 2 and x["cache_slots"] == 64
         assert x["bytes_per_step"]["total"] == x["bytes_per_step"]["weights"] + \
             x["bytes_per_step"]["cache"]
         assert math.isclose(x["floor_s"], x["bytes_per_step"]["total"] / r["bandwidth"])
