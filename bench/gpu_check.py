@@ -162,7 +162,8 @@ def main(argv=None) -> int:
             # The learner's own record (its rows, even when the process was cut off).
             import json  # pylint: disable=import-outside-toplevel
             with open(os.path.join(out, "gpu_learner.json"), encoding="utf-8") as f:
-                res = {**json.load(f), **({"error": res["error"]} if "error" in res else {})}
+                res = {**json.load(f), "part_wall_s": res["part_wall_s"],
+                       **({"error": res["error"]} if "error" in res else {})}
         try:
             result, goal, met = _row(name, res)
         except (KeyError, TypeError, ValueError, StopIteration) as e:
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
         record["parts"][name] = dict(result=res, row=[result, goal, met], tail=tail[-3000:],
                                      ok=not failed)
         save()
-        gpu_common.say(f"| {name} | {result} | {goal} | {met} | {res.get('wall_s', 0):.0f} |")
+        gpu_common.say(f"| {name} | {result} | {goal} | {met} | {res['part_wall_s']:.0f} |")
     record["ok"] = ok
     save()
     gpu_common.say(f"gpu check: {'every part produced its numbers' if ok else 'FAILED parts'} in "

@@ -40,11 +40,11 @@ class Deadline:
 
 def run_part(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[dict, str]:
     """Runs `cmd` in the repository root for at most `timeout` s; -> (its last JSON line, or
-    {"error": ...}, the output's tail). The output is read as it comes, so a part that is cut
-    off still returns what it printed."""
+    {"error": ...}, with "part_wall_s" added: the part's wall time; the output's tail). A part
+    that is cut off still returns what it printed."""
     t0 = time.monotonic()
     if timeout <= 0:
-        return {"error": "skipped: no budget left"}, ""
+        return {"error": "skipped: no budget left", "part_wall_s": 0.0}, ""
     env = dict(os.environ if env is None else env)
     env.setdefault("PYTHONUNBUFFERED", "1")
     pythonpath = env.get("PYTHONPATH", "")
@@ -55,7 +55,8 @@ def run_part(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[d
         stdout, out, rc = proc.stdout, proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
         text = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else (b or "")  # noqa: E731
-        return ({"error": f"timed out after {timeout:.0f} s", "wall_s": time.monotonic() - t0},
+        return ({"error": f"timed out after {timeout:.0f} s",
+                 "part_wall_s": time.monotonic() - t0},
                 (text(e.stdout) + text(e.stderr))[-3000:])
     for line in reversed(stdout.strip().splitlines()):
         if line.startswith("{"):
@@ -63,12 +64,12 @@ def run_part(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[d
                 res = json.loads(line)
             except json.JSONDecodeError:
                 break
-            res.setdefault("wall_s", time.monotonic() - t0)
+            res["part_wall_s"] = time.monotonic() - t0
             if rc:
                 res.setdefault("exit_code", rc)
             return res, out[-3000:]
     return {"error": f"exit {rc}: {' '.join(out.strip().split())[-400:]}",
-            "wall_s": time.monotonic() - t0, "exit_code": rc}, out[-3000:]
+            "part_wall_s": time.monotonic() - t0, "exit_code": rc}, out[-3000:]
 
 
 def write_json(path: str, obj) -> None:

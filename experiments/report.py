@@ -496,7 +496,7 @@ def gpu_check(d: str) -> str:
         if rec.get("tiny"):
             met = "— (tiny)"   # toy shapes on a CPU: no goal applies
         lines.append(f"| {name} | {result} | {goal} | {met} | "
-                     f"{part['result'].get('wall_s', 0):.0f} |")
+                     f"{part['result'].get('part_wall_s', 0):.0f} |")
     mode = "--tiny (toy shapes: a check of the code path, not a benchmark)" if rec.get("tiny") \
         else "full shapes"
     lines += ["", f"{mode}; jax {probe.get('jax', '?')} on {probe.get('count', '?')}x "

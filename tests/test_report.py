@@ -65,9 +65,9 @@ def test_gpu_check_block_renders_the_check_table(tmp_path):
                    probe=dict(jax="0.10.2", count=1, device="cpu", backend="cpu",
                               python="3.12.1"),
                    parts={"learner": dict(row=["ours 1 tok/s", "≥ 1.1× peer", "—"],
-                                          result=dict(wall_s=200.2)),
+                                          result=dict(part_wall_s=200.2)),
                           "memory": dict(row=["1.00 GB of 80", "≤ 80 GB", "yes"],
-                                         result=dict(wall_s=30))}), open(d / "check.json", "w"))
+                                         result=dict(part_wall_s=30))}), open(d / "check.json", "w"))
     text = report.render("gpu_check check", str(tmp_path))
     assert "| learner | ours 1 tok/s | ≥ 1.1× peer | — (tiny) | 200 |" in text
     assert "| memory | 1.00 GB of 80 | ≤ 80 GB | — (tiny) | 30 |" in text
