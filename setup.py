@@ -38,6 +38,10 @@ setuptools.setup(
             "nbformat>=5.10,<6",
             "ipykernel>=6.29,<8",
         ],
+        # JAX with CUDA on NVIDIA GPUs (Linux x86-64/aarch64): the CUDA 12 or CUDA 13 plugin and
+        # its NVIDIA libraries from PyPI, at the same pinned jax. See the README's "On a GPU".
+        "cuda12": ["jax[cuda12]>=0.10,<0.12"],
+        "cuda13": ["jax[cuda13]>=0.10,<0.12"],
         # Regenerating the Hugging Face parity fixtures (tests/make_hf_fixtures.py, pytest -m hf):
         # ~5.6 GB with torch's GPU libraries, so kept out of the default install.
         "hf": [

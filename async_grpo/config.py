@@ -3,8 +3,10 @@
 An experiment's `ml_collections` config (experiments/configs/*.py, overridden on the command
 line with ``--config.x=y``) is parsed ONCE into a frozen `RunConfig` by `RunConfig.from_config`.
 Everything downstream (components, the learner, the pipeline, SFT) reads the typed config, never
-the ConfigDict. Parsing refuses unknown keys and checks every value before anything heavy starts;
-each error names the key, the value and what is allowed, e.g.
+the ConfigDict. `ml_collections` is imported only where a ConfigDict is built
+(`default_config_dict`): parsing a plain dict and everything downstream run without it (the GPU
+machine's image has no ml_collections). Parsing refuses unknown keys and checks every value
+before anything heavy starts; each error names the key, the value and what is allowed, e.g.
 ``rl.optimizer.lr=-1.0: must be a finite number > 0``.
 
 The config files start from `default_config_dict()`, which is built from the dataclasses below,
@@ -19,8 +21,6 @@ import math
 import os
 import typing
 from typing import Any, Mapping, Optional
-
-import ml_collections
 
 from async_grpo import collapse as collapse_lib
 from async_grpo import losses
@@ -196,6 +196,13 @@ class PrecisionConfig:
                                            "(pinned host memory, fetched when a batch samples)")
 
     def __post_init__(self):
+        for key in ("compute_dtype", "param_dtype", "opt_state_dtype"):   # jnp dtypes by name
+            v = getattr(self, key)
+            if not (key == "opt_state_dtype" and v == ""):
+                try:
+                    object.__setattr__(self, key, models.dtype_name(v, key, DTYPES))
+                except ValueError:
+                    pass   # refused by _one_of below, with the config's message
         _one_of(self, "compute_dtype", DTYPES)
         _one_of(self, "param_dtype", DTYPES)
         _one_of(self, "opt_state_dtype", ("",) + DTYPES)
@@ -363,6 +370,8 @@ class MeshConfig:
 @dataclasses.dataclass(frozen=True)
 class DiagnosticsConfig:
     cosines: bool = field(True, "cosines of consecutive gradients and updates (2 param copies)")
+    tensorboard: bool = field(True, "also write TensorBoard events to <workdir>/tb (needs "
+                                    "tensorboardX; metrics.jsonl is written either way)")
     exact_drift: bool = field(True, "‖θ_t − φ_t‖ from the held behavior snapshot")
     reshard_drift: bool = field(False, "with a separate generator mesh, copy φ back to the "
                                        "learner mesh every step for the exact drift")
@@ -442,8 +451,14 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def _is_config_dict(x) -> bool:
+    """An ml_collections ConfigDict (or FrozenConfigDict), recognised without importing it."""
+    return any(c.__module__.startswith("ml_collections") and c.__name__.endswith("ConfigDict")
+               for c in type(x).__mro__)
+
+
 def _coerce(key: str, value: Any, typ) -> Any:
-    if isinstance(value, ml_collections.ConfigDict):
+    if _is_config_dict(value):
         value = value.to_dict()
     if typ is bool:
         _need(isinstance(value, bool), key, value, "must be true or false")
@@ -462,7 +477,7 @@ def _coerce(key: str, value: Any, typ) -> Any:
 
 
 def _parse(cls, cfg, prefix: str):
-    data = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg or {})
+    data = cfg.to_dict() if _is_config_dict(cfg) else dict(cfg or {})
     types = _field_types(cls)
     unknown = sorted(set(data) - set(types))
     if unknown:
@@ -485,8 +500,10 @@ def _parse(cls, cfg, prefix: str):
         raise ValueError(str(e)) from None
 
 
-def default_config_dict() -> ml_collections.ConfigDict:
-    """The defaults of `RunConfig` as a ConfigDict (what experiments/configs/ start from)."""
+def default_config_dict():
+    """The defaults of `RunConfig` as an `ml_collections.ConfigDict` (what experiments/configs/
+    start from)."""
+    import ml_collections  # pylint: disable=import-outside-toplevel
     return ml_collections.ConfigDict(RunConfig().to_dict())
 
 

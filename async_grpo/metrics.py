@@ -5,7 +5,8 @@
 names) and writes the same scalars to TensorBoard event files under `<workdir>/tb/` through
 tensorboardX, one `Summary` event per step holding every scalar (one event per scalar, as
 `SummaryWriter.add_scalar` writes them, costs ~40 µs each: 2.9 ms for 70 scalars, against 0.16 ms
-batched). Values must be scalars (python numbers, numpy/JAX 0-d arrays); non-finite values are
+batched). tensorboardX is imported only when TensorBoard events are asked for
+(`tensorboard=True`, the runs' `diagnostics.tensorboard`). Values must be scalars (python numbers, numpy/JAX 0-d arrays); non-finite values are
 written as JSON `NaN`/`Infinity` like the `json` module does, never dropped.
 
 The event file is written synchronously (tensorboardX's `EventsWriter`, not its `FileWriter`):
@@ -69,8 +70,14 @@ class MetricsWriter:
         self._tb = None
         if tensorboard:
             # pylint: disable=import-outside-toplevel
-            from tensorboardX.event_file_writer import EventsWriter
-            from tensorboardX.proto import event_pb2, summary_pb2
+            try:
+                from tensorboardX.event_file_writer import EventsWriter
+                from tensorboardX.proto import event_pb2, summary_pb2
+            except ImportError as e:
+                raise ImportError(
+                    f"TensorBoard logging needs tensorboardX ({e}); install it (pip install "
+                    "tensorboardX) or switch it off (diagnostics.tensorboard=false, "
+                    "MetricsWriter(tensorboard=False)).") from e
             os.makedirs(os.path.join(workdir, TB_DIR), exist_ok=True)
             # The pid in the name: two writers opened in the same second get two files.
             self._tb = EventsWriter(os.path.join(workdir, TB_DIR, "events"), f".{os.getpid()}")

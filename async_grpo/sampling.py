@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from async_grpo.models import llama as llama_lib
 from async_grpo.models.llama import KVCache, Llama
 
 Array = jax.Array
@@ -280,7 +281,8 @@ def _sample_jit(graphdef, params, prompt_tokens, prompt_lengths, key, params_ver
 
     # Prefill the left-aligned prompts; only the last column's logits are needed.
     tokens, positions, valid = left_align(prompt_tokens, prompt_lengths, pad_id)
-    cache = KVCache.init(cfg, b, p + n)
+    # (pallas decode: slots rounded up to the kernel's block; the extra ones are never valid)
+    cache = KVCache.init(cfg, b, llama_lib.decode_cache_slots(cfg, p + n))
     hidden, cache = model.hidden_states(tokens, positions, input_mask=valid, cache=cache)
     logits = model.logits(hidden[:, -1])  # [B, V] float32
 
@@ -427,7 +429,7 @@ def token_logprobs(model: Llama, hidden: Array, targets: Array, *, temperature=1
 def score_responses(graphdef: nnx.GraphDef, params: Any, prompt_tokens: Array,
                     prompt_lengths: Array, response_tokens: Array, response_mask: Array, *,
                     temperature: float = 1.0, return_entropy: bool = False,
-                    chunk_size: int = 0):
+                    chunk_size: int = 0, packed: bool | None = None):
     """Teacher-forced `log π_τ(y_t | x, y_<t)` of response tokens: [B, N] float32, 0 where masked.
 
     One forward pass over `[left-aligned prompt | response]` (length P + N, the sampler's layout);
@@ -439,6 +441,11 @@ def score_responses(graphdef: nnx.GraphDef, params: Any, prompt_tokens: Array,
 
     With `return_entropy=True` also returns the entropy `H_t = -Σ_a π_τ(a) log π_τ(a)` of each
     position's full distribution ([B, N] float32, 0 where masked).
+
+    `packed` (default: when the model's `attention_impl` is "cudnn") runs the same forward pass
+    on each row packed as `[prompt | response | pads]` instead (the pads trail, positions are
+    0, 1, …), so the attention is plainly causal (`hidden_states(causal_only=True)`: no dense
+    [B, T, T] mask, cuDNN's `is_causal`); equal to the unpacked pass up to float rounding.
     """
     if isinstance(temperature, (int, float)) and not temperature > 0:
         raise ValueError(f"score_responses needs temperature > 0, got {temperature}")
@@ -449,6 +456,16 @@ def score_responses(graphdef: nnx.GraphDef, params: Any, prompt_tokens: Array,
         raise ValueError(f"prompt width P={p} + response width N={n} = {p + n} exceeds the model "
                          f"context max_seq_len={model.config.max_seq_len}")
     prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
+    if packed is None:
+        packed = model.config.attention_impl == "cudnn"
+    if packed:
+        out = _score_packed(model, jnp.asarray(prompt_tokens, jnp.int32), prompt_lengths,
+                            jnp.asarray(response_tokens, jnp.int32), temperature=temperature,
+                            chunk_size=chunk_size, return_entropy=return_entropy)
+        mask = jnp.asarray(response_mask, jnp.float32)
+        if not return_entropy:
+            return out * mask
+        return out[0] * mask, out[1] * mask
     tokens, positions, valid = left_align(jnp.asarray(prompt_tokens), prompt_lengths)
     response_tokens = jnp.asarray(response_tokens, jnp.int32)
     tokens = jnp.concatenate([tokens, response_tokens], axis=1)
@@ -463,3 +480,24 @@ def score_responses(graphdef: nnx.GraphDef, params: Any, prompt_tokens: Array,
     if not return_entropy:
         return out * mask
     return out[0] * mask, out[1] * mask
+
+
+def _score_packed(model: Llama, prompt_tokens, prompt_lengths, response_tokens, *, temperature,
+                  chunk_size, return_entropy):
+    """`score_responses` on rows packed as `[prompt (L_b) | response (N) | pads (P − L_b)]`:
+    a plainly causal pass (trailing pads are attended by nothing that is read), then the N
+    hidden states that predict the response, `L_b − 1 + i`, gathered per row."""
+    b, p = prompt_tokens.shape
+    n = response_tokens.shape[1]
+    j = jnp.arange(p + n)[None, :]
+    lengths = prompt_lengths[:, None]
+    src = jnp.where(j < lengths, j, jnp.where(j < lengths + n, p + j - lengths, 0))
+    tokens = jnp.take_along_axis(jnp.concatenate([prompt_tokens, response_tokens], axis=1), src,
+                                 axis=1)
+    tokens = jnp.where(j < lengths + n, tokens, 0)
+    positions = jnp.broadcast_to(j, (b, p + n)).astype(jnp.int32)
+    hidden, _ = model.hidden_states(tokens, positions, causal_only=True)
+    at = jnp.maximum(lengths - 1 + jnp.arange(n)[None, :], 0)
+    hidden = jnp.take_along_axis(hidden, at[:, :, None], axis=1)
+    return token_logprobs(model, hidden, response_tokens, temperature=temperature,
+                          chunk_size=chunk_size, return_entropy=return_entropy)

@@ -93,7 +93,8 @@ def run_sft(config: RunConfig, workdir: str, *, comps: Components | None = None,
         logging.info("sft already finished (step %d) in %s", start, workdir)
         return dict(records[-1]) if records else {}
     metrics_lib.truncate_after(workdir, start)
-    writer = metrics_lib.MetricsWriter(workdir, purge_step=start + 1)
+    writer = metrics_lib.MetricsWriter(workdir, purge_step=start + 1,
+                                       tensorboard=config.diagnostics.tensorboard)
     progress = metrics_lib.Progress(sc.steps, start)
     t0 = time.time() - t_before
     final: dict[str, float] = {}

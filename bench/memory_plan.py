@@ -55,6 +55,9 @@ _LAG = flags.DEFINE_integer("max_lag", 8, "S: the pipeline holds up to S + 1 sna
 _CHUNK = flags.DEFINE_integer("logits_chunk", 128, "learner.logits_chunk (0: full logits).")
 _REMAT = flags.DEFINE_enum("remat", "full", ["none", "full", "dots", "dots_no_batch"],
                            "LlamaConfig.remat of the learner's blocks.")
+_ATTN = flags.DEFINE_enum("attention_impl", "auto", ["auto", "einsum", "xla", "cudnn"],
+                          "LlamaConfig.attention_impl of the learner (auto: cudnn on a GPU, "
+                          "einsum elsewhere; cuDNN lowers only on a GPU).")
 _COMPUTE = flags.DEFINE_enum("compute_dtype", "bfloat16", ["float32", "bfloat16"], "")
 _PARAM = flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16"], "")
 _MU = flags.DEFINE_enum("opt_state_dtype", "", ["", "float32", "bfloat16"], "'' = param dtype")
@@ -192,14 +195,18 @@ def _fmt(v):
 
 def main(argv):
     del argv
+    attn = _ATTN.value
+    if attn == "auto":
+        attn = "cudnn" if jax.default_backend() == "gpu" else "einsum"
     cfg = models.get_config(_PRESET.value, dtype=_COMPUTE.value, param_dtype=_PARAM.value,
-                            remat=_REMAT.value)
+                            remat=_REMAT.value, attention_impl=attn)
     rc = config_lib.RLConfig()
     backend = jax.default_backend()
     dev = jax.devices()[0].device_kind
     print(f"backend {backend} ({dev}); jax {jax.__version__}; {platform.node()}")
     print(f"model {_PRESET.value}: {cfg.num_params() / 1e9:.3f}B params, compute {cfg.dtype}, "
-          f"params {cfg.param_dtype}, remat {cfg.remat}, logits_chunk {_CHUNK.value}")
+          f"params {cfg.param_dtype}, remat {cfg.remat}, logits_chunk {_CHUNK.value}, attention "
+          f"{cfg.attention_impl}")
     learner = learner_plan(cfg, rc)
     print(f"learner compiled in {learner['compile_s']:.0f} s")
     sampler = None
@@ -233,6 +240,7 @@ def main(argv):
             settings=dict(batch=_BATCH.value, seq_len=_SEQ.value, prompt_len=_PROMPT.value,
                           micro_batch=_MICRO.value or _BATCH.value, max_lag=_LAG.value,
                           logits_chunk=_CHUNK.value, remat=cfg.remat, compute_dtype=cfg.dtype,
+                          attention_impl=cfg.attention_impl,
                           param_dtype=cfg.param_dtype, opt_state_dtype=_MU.value or cfg.param_dtype,
                           snapshot_dtype=_SNAP.value, snapshot_memory=_SNAP_MEM.value,
                           loss=_LOSS.value, kl_coef=_KL.value,
@@ -242,6 +250,11 @@ def main(argv):
         with open(_OUT.value, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1)
         print(f"wrote {_OUT.value}")
+    # Last line: a JSON summary (bench/gpu_check.py reads it).
+    print(json.dumps(dict(backend=backend, device_kind=dev, preset=_PRESET.value,
+                          max_lag=_LAG.value, total_gb=tot["total"] / GB,
+                          budget_gb=_BUDGET.value, margin_gb=tot["margin"] / GB,
+                          fits=tot["margin"] >= 0)))
 
 
 if __name__ == "__main__":

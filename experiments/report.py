@@ -496,6 +496,26 @@ def bench_lm_grid(d: str) -> str:
     return "\n".join(lines)
 
 
+def gpu_check(d: str) -> str:
+    """The table `bash gpu/check.sh DIR` printed, from DIR/check.json (one row per part)."""
+    rec = _load(os.path.join(d, "check.json"))
+    probe = rec.get("probe", {})
+    lines = ["| part | result | goal | met | wall (s) |", "|---|---|---|---|---|"]
+    for name, part in rec.get("parts", {}).items():
+        result, goal, met = part["row"]
+        if rec.get("tiny"):
+            met = "— (tiny)"   # toy shapes on a CPU: no goal applies
+        lines.append(f"| {name} | {result} | {goal} | {met} | "
+                     f"{part['result'].get('part_wall_s', 0):.0f} |")
+    mode = "--tiny (toy shapes: a check of the code path, not a benchmark)" if rec.get("tiny") \
+        else "full shapes"
+    lines += ["", f"{mode}; jax {probe.get('jax', '?')} on {probe.get('count', '?')}x "
+                  f"{probe.get('device', '?')} (backend {probe.get('backend', '?')}), Python "
+                  f"{probe.get('python', '?')}; {rec.get('wall_s', 0):.0f} s of a "
+                  f"{rec.get('budget_s', 0):.0f} s budget."]
+    return "\n".join(lines)
+
+
 def study_claims(d: str, *extra: str) -> str:
     """The claims table of a study directory (`experiments.reproduce`), as `experiments.study`
     renders it for <workdir>/results.md; `extra` exact-sweep directories add their grids (each
@@ -607,7 +627,8 @@ def memory_plan(d: str) -> str:
     plans = [(os.path.basename(p)[:-5], _load(p)) for p in paths]
     backend = {p["backend"] for _, p in plans}
     gb = lambda v: f"{v / 1e9:.2f}"  # noqa: E731
-    keys = ("micro_batch", "max_lag", "logits_chunk", "remat", "compute_dtype", "param_dtype",
+    keys = ("micro_batch", "max_lag", "logits_chunk", "remat", "attention_impl", "compute_dtype",
+            "param_dtype",
             "opt_state_dtype", "snapshot_dtype", "snapshot_memory", "cosines", "loss")
     head = "| | " + " | ".join(f"`{n}`" for n, _ in plans) + " |"
     lines = [f"Per-device memory (GB = 1e9 bytes); compiled parts from the "
@@ -710,7 +731,7 @@ def throughput_before_after(before: str, after: str) -> str:
 REPORTS: dict[str, Callable[..., str]] = {
     "logprob_parity": logprob_parity, "throughput_before_after": throughput_before_after,
     "study_claims": study_claims, "study_stages": study_stages, "memory_plan": memory_plan,
-    "lm_sweep": lm_sweep, "bench_lm_grid": bench_lm_grid,
+    "lm_sweep": lm_sweep, "bench_lm_grid": bench_lm_grid, "gpu_check": gpu_check,
     "exact_sweep": exact_sweep, "exact_families": exact_families, "lm_families": lm_families,
     "lm_controller": lm_controller,
     "exact_collapse_law": exact_collapse_law, "exact_bias": exact_bias, "lm_bias": lm_bias,

@@ -41,6 +41,8 @@ from async_grpo import files
 from async_grpo import metrics as metrics_lib
 from experiments import _main, study
 
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 
 def _flags() -> dict:
@@ -218,23 +220,32 @@ def gpu_commands(workdir: str) -> str:
     lines = [
         "#!/usr/bin/env bash",
         "# The study at the paper's scale: Llama-3.2-1B(-Instruct) GRPO on GSM8K, one run per",
-        "# (S, eta, seed) cell, on one 80 GB GPU each (see experiments/configs/gsm8k_llama.py for",
-        "# memory). Written by `python -m experiments.reproduce --scale=gpu`; nothing here has run.",
-        "# Set MODEL (a local HF checkpoint directory) and GSM8K (train JSONL) first.",
-        "# Cells are independent: split this file over machines as you like. A killed cell resumes",
-        "# from its workdir; a finished one is skipped by the binary.",
+        "# (S, eta, seed) cell, one GPU each: an 80 GB card or an H200 fits every S of the grid",
+        "# by bench/memory_plan.py (experiments/configs/gsm8k_llama.py has the plan and its cost).",
+        "# Written by `python3 -m experiments.reproduce --scale=gpu`; nothing here has run.",
+        "#",
+        "#   MODEL=/path/to/Llama-3.2-1B-Instruct GSM8K=/path/to/gsm8k/train.jsonl \\",
+        "#       bash gsm8k_llama1b_grid.sh OUT",
+        "#",
+        "# OUT: where the runs go (one workdir per cell). Cells are independent: split this file",
+        "# over machines as you like. A killed cell resumes from its workdir; a finished one is",
+        "# skipped by the binary.",
         "set -euo pipefail",
+        'if [ $# -ne 1 ]; then echo "usage: bash $0 OUT (the runs\' directory)" >&2; exit 2; fi',
         ': "${MODEL:?set MODEL=/path/to/Llama-3.2-1B-Instruct}"',
         ': "${GSM8K:?set GSM8K=/path/to/gsm8k/train.jsonl}"',
-        f"OUT=${{OUT:-{os.path.join(workdir, 'gsm8k_llama')}}}",
+        'mkdir -p "$1"',
+        'OUT=$(cd "$1" && pwd)',
+        "# The repository root (the --config paths are relative to it); where this was written:",
+        f'cd "${{ASYNC_GRPO_ROOT:-{_REPO_ROOT}}}"',
     ]
     for s in GPU_LAGS:
         for lr in GPU_LRS:
             for seed in GPU_SEEDS:
                 lines.append(
-                    f"python -m experiments.train --config=experiments/configs/gsm8k_llama.py "
-                    f"--workdir=$OUT/S{s}_lr{lr:g}_seed{seed} --config.model.hf_path=$MODEL "
-                    f"--config.task.path=$GSM8K --config.staleness.max_lag={s} "
+                    f"python3 -m experiments.train --config=experiments/configs/gsm8k_llama.py "
+                    f'--workdir="$OUT/S{s}_lr{lr:g}_seed{seed}" --config.model.hf_path="$MODEL" '
+                    f'--config.task.path="$GSM8K" --config.staleness.max_lag={s} '
                     f"--config.rl.optimizer.lr={lr:g} --config.seed={seed} "
                     f"--config.rl.steps={GPU_STEPS}")
     return "\n".join(lines) + "\n"
@@ -254,8 +265,10 @@ def write_gpu(workdir: str) -> list[str]:
         "# (cells vmapped in chunks sized to --config.memory_budget_gb). Then rerun",
         "# `python -m experiments.reproduce --scale=cpu --workdir=" + workdir + "` to draw it.",
         "set -euo pipefail",
-        f"python -m experiments.sweep --config=experiments/configs/sweep_lm.py "
-        f"--workdir={os.path.join(workdir, 'lm_sweep_full')} --config.memory_budget_gb=40",
+        f'cd "${{ASYNC_GRPO_ROOT:-{_REPO_ROOT}}}"   # the repository root',
+        f"python3 -m experiments.sweep --config=experiments/configs/sweep_lm.py "
+        f"--workdir={shlex.quote(os.path.abspath(os.path.join(workdir, 'lm_sweep_full')))} "
+        "--config.memory_budget_gb=40",
         ""]))
     os.chmod(lm, 0o755)
     n = len(GPU_LAGS) * len(GPU_LRS) * len(GPU_SEEDS)
@@ -263,7 +276,7 @@ def write_gpu(workdir: str) -> list[str]:
     files.write_text_atomic(readme, "\n".join([
         "# The study at GPU/TPU scale (written, not run)",
         "",
-        f"- `gsm8k_llama1b_grid.sh`: {n} GRPO runs of Llama-3.2-1B on GSM8K, S ∈ "
+        f"- `gsm8k_llama1b_grid.sh OUT`: {n} GRPO runs of Llama-3.2-1B on GSM8K, S ∈ "
         f"{{{', '.join(map(str, GPU_LAGS))}}} × η ∈ {{{', '.join(f'{x:g}' for x in GPU_LRS)}}} × "
         f"{len(GPU_SEEDS)} seeds, {GPU_STEPS} learner steps each (the paper reports "
         "S·η_max ≈ 1.6e-6 at S ∈ {8, 16, 32}).",

@@ -108,5 +108,17 @@ if [ ! -d "$RUNS/bench_cpu/after" ]; then
       > "$RUNS/bench_cpu/after/model_throughput_$i.txt" 2>&1
   done
 fi
+# GSM8K configs by the memory plan at their shapes (docs/benchmarks.md, "GSM8K configs").
+for S in 8 32; do
+  [ -f "$RUNS/memory_plan_gsm8k/gsm8k_llama_S$S.json" ] || $PY -m bench.memory_plan \
+    $($PY -m experiments.configs.gsm8k_llama $S) --out="$RUNS/memory_plan_gsm8k/gsm8k_llama_S$S.json"
+done
+# The GPU check's path at toy shapes (docs/benchmarks.md, "The GPU check"): with this venv's
+# python3, and with .venv312 (the GPU machine's stack) when it exists.
+[ -f "$RUNS/gpu_check_tiny/py311/check.json" ] || PATH="$(dirname "$PY"):$PATH" \
+  bash gpu/check.sh "$RUNS/gpu_check_tiny/py311" --tiny
+if [ -x .venv312/bin/python3 ] && [ ! -f "$RUNS/gpu_check_tiny/py312/check.json" ]; then
+  PATH="$PWD/.venv312/bin:$PATH" bash gpu/check.sh "$RUNS/gpu_check_tiny/py312" --tiny
+fi
 
 $PY -m experiments.report --runs="$RUNS"

@@ -42,8 +42,10 @@ def test_decode_gpu_bench_tiny_runs_every_implementation(tmp_path):
     out = _bench("bench.decode_gpu", "--tiny", f"--workdir={tmp_path}")
     r = json.loads((tmp_path / "decode.json").read_text())
     assert not r["failed"] and not r["skipped"] and r["bandwidth"] > 0
-    assert [x["resolved"] for x in r["rows"]] == ["reduce", "reduce", "pallas"]
+    assert [x["resolved"].split(" (")[0] for x in r["rows"]] == ["reduce", "reduce", "pallas"]
+    assert r["rows"][2]["resolved"] == "pallas (64 slots, 4 splits)"    # 8 rows × 2 KV heads
     for x in r["rows"]:
+        assert x["visible_slots"] == 16 + 48 / 2 and x["cache_slots"] == 64
         assert x["bytes_per_step"]["total"] == x["bytes_per_step"]["weights"] + \
             x["bytes_per_step"]["cache"]
         assert math.isclose(x["floor_s"], x["bytes_per_step"]["total"] / r["bandwidth"])
@@ -59,6 +61,18 @@ def test_decode_bytes_per_step():
     assert b["weights"] == 2 * 1_235_814_400            # tied 1B, bf16
     assert b["cache"] == 2 * 16 * 512 * 8 * 512 * 64 * 2  # k and v, 16 layers: 8.6 GB
     assert b["total"] == b["weights"] + b["cache"]
+    # The floor counts the slots a step can see: P + N/2 on average, not all P + N.
+    assert decode_gpu.visible_slots(256, 256) == 384
+    assert decode_gpu.bytes_per_step(cfg, params, rows=512, slots=384)["cache"] == \
+        2 * 16 * 512 * 8 * 384 * 64 * 2
+
+
+def test_decode_gpu_refuses_the_full_shapes_off_a_gpu(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "bench.decode_gpu", f"--workdir={tmp_path}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "not on a GPU (jax backend 'cpu'" in proc.stdout and "--tiny" in proc.stdout
 
 
 @pytest.mark.slow       # ~60 s

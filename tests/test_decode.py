@@ -110,8 +110,22 @@ def test_decode_attention_setting_resolution_and_validation():
     assert llama.decode_attention_impl("pallas", jnp.float32) == "pallas"
     with pytest.raises(ValueError, match=r"decode_attention must be one of .*'pallas'.*got 'flash'"):
         _cfg(decode_attention="flash")
-    assert llama._pallas_k_splits(512) == 16 and llama._pallas_k_splits(64) == 4  # pylint: disable=protected-access
-    assert llama._pallas_k_splits(48) is None and llama._pallas_k_splits(384) == 1  # pylint: disable=protected-access
+    # pylint: disable=protected-access
+    # The smallest split that fills the GPU (rows × KV heads × split ≥ 512 programs) ...
+    assert llama._pallas_k_splits(512, programs=4096) == 1
+    assert llama._pallas_k_splits(512, programs=64) == 8
+    assert llama._pallas_k_splits(512, programs=100) == 8
+    # ... the largest accepted one when none does; None when none is accepted.
+    assert llama._pallas_k_splits(512) == 16 and llama._pallas_k_splits(64) == 4
+    assert llama._pallas_k_splits(48) is None and llama._pallas_k_splits(384) == 1
+    assert llama._pallas_k_splits(768, programs=1) == 2      # 384 = 3 blocks; 192 fits no block
+    # The sampler's cache under "pallas" always fits: P + N rounded up to 128-slot blocks.
+    pallas = _cfg(decode_attention="pallas")
+    for slots in (1, 48, 257, 768, 769):
+        got = llama.decode_cache_slots(pallas, slots)
+        assert got >= slots and got % 128 == 0 and got - slots < 128
+        assert llama._pallas_k_splits(got, 1) is not None
+    assert llama.decode_cache_slots(_cfg(decode_attention="reduce"), 257) == 257
 
 
 def test_xla_decode_attention_matches_reduce():
@@ -154,3 +168,19 @@ def test_pallas_decode_attention_matches_reduce():
     out = llama.pallas_decode_attention(q, k, v, mask)
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=0)
     assert llama.pallas_decode_attention(q, k[:, :, :48], v[:, :, :48], mask[..., :48]) is None
+
+
+def test_pallas_sampler_pads_odd_cache_lengths_and_matches_reduce():
+    """P + N = 16 + 9 = 25 slots fit no split: the sampler allocates 128 (the kernel's block)
+    and decodes with the kernel, with the same greedy tokens and close logits as "reduce"."""
+    tokens, lengths = _prompts()
+    out = {}
+    for impl in ("reduce", "pallas"):
+        graphdef, params = models.init_model(_cfg(decode_attention=impl), 0)
+        out[impl] = sampling.sample(graphdef, params, tokens, lengths, jax.random.key(0),
+                                    max_new_tokens=9, eos_id=None, pad_id=0, temperature=0.0,
+                                    return_logits=True)
+    assert llama._pallas_k_splits(tokens.shape[1] + 9) is None  # pylint: disable=protected-access
+    np.testing.assert_array_equal(out["reduce"][0].response_tokens,
+                                  out["pallas"][0].response_tokens)
+    np.testing.assert_allclose(out["reduce"][1], out["pallas"][1], atol=1e-4, rtol=0)

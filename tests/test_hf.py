@@ -145,6 +145,17 @@ def test_bfloat16_checkpoint_loads_exactly_into_float32(tmp_path):
         assert b.dtype == jnp.float32 and c.dtype == jnp.bfloat16
         np.testing.assert_array_equal(np.asarray(a.astype(jnp.bfloat16)), np.asarray(c))
         np.testing.assert_array_equal(np.asarray(c.astype(jnp.float32)), np.asarray(b))
+    # JAX dtypes are accepted as well as names, and stored by name (same config, same params).
+    cfg16, _, q16 = models.from_pretrained(str(tmp_path), dtype=jnp.bfloat16)
+    cfg_mixed, _, q32 = models.from_pretrained(str(tmp_path), dtype=jnp.bfloat16,
+                                               param_dtype=np.float32)
+    assert (cfg16.dtype, cfg16.param_dtype) == ("bfloat16", "bfloat16")
+    assert (cfg_mixed.dtype, cfg_mixed.param_dtype) == ("bfloat16", "float32")
+    for a, b, c in zip(jax.tree.leaves(p16), jax.tree.leaves(q16), jax.tree.leaves(q32)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert c.dtype == jnp.float32
+    with pytest.raises(ValueError, match=r"LlamaConfig.dtype must be one of .*float16"):
+        models.from_pretrained(str(tmp_path), dtype=jnp.float16)
 
 
 def test_missing_unexpected_and_misshaped_tensors_are_named(tmp_path):

@@ -56,6 +56,7 @@ def _hf_model(path, seed=0):
 def _overrides(model_dir, data):
     return {"model.hf_path": model_dir, "task.path": data, "task.prompt_format": "plain",
             "precision.compute_dtype": "float32", "model.overrides.attention_impl": "einsum",
+            "model.overrides.remat": "none", "learner.micro_batches": 1,
             "max_new_tokens": 24, "eval.num_problems": 2, "eval.batch_size": 2,
             "sft.steps": 3, "sft.batch_size": 4, "sft.eval_every": 0, "sft.checkpoint_every": 0,
             "sft.optimizer.warmup_steps": 1, "rl.steps": 4, "rl.prompts_per_step": 2,
@@ -87,6 +88,24 @@ def test_gsm8k_configs_carry_launch_command_and_refuse_missing_paths(name, tmp_p
     with pytest.raises(config_lib.ConfigError, match="task.path=.*no such file"):
         config_lib.RunConfig.from_config(helpers.set_keys(mod.get_config(),
                                                           {"task.path": str(tmp_path / "x")}))
+
+
+def test_gsm8k_llama_memory_settings_and_plan_flags_follow_the_config():
+    """The settings that make GSM8K fit one GPU (docs/benchmarks.md, "GSM8K configs"), and the
+    memory plan's flags read from the same config."""
+    mod = importlib.import_module("experiments.configs.gsm8k_llama")
+    c = mod.get_config()
+    rows = c.rl.prompts_per_step * c.rl.group_size
+    assert rows % c.learner.micro_batches == 0 and rows // c.learner.micro_batches == 2
+    assert c.model.overrides.to_dict() == {"attention_impl": "cudnn", "remat": "full"}
+    assert (c.precision.snapshot_memory, c.precision.snapshot_dtype) == ("host", "compute")
+    assert not c.diagnostics.cosines and not c.rl.log_ref_kl and c.rl.loss_kwargs.kl_coef == 0
+    assert "about 60 GB" not in mod.__doc__ and "80 GB" in mod.__doc__
+    flags = mod.memory_plan_flags(32)
+    assert "--batch=512" in flags and "--micro_batch=2" in flags and "--max_lag=32" in flags
+    assert f"--seq_len={mod.PLAN_PROMPT_LEN + 512}" in flags and "--nocosines" in flags
+    assert "--snapshot_memory=host" in flags and "--kl_coef=0.0" in flags
+    assert mod.PLAN_PROMPT_LEN % 64 == 0
 
 
 def test_hf_components_and_bad_values(tmp_path):

@@ -321,15 +321,22 @@ def test_gpu_learner_script_tiny_mode_runs_on_cpu(tmp_path):
     import subprocess
     import sys
     from tests.helpers import repo_root
-    env = dict(os.environ, OUT=str(tmp_path), JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "bench/gpu_learner.py", "--tiny"], cwd=repo_root(),
-                          capture_output=True, text=True, timeout=600, env=env)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "bench/gpu_learner.py", "--tiny",
+                           f"--out_dir={tmp_path}"], cwd=repo_root(),
+                          capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "| ours (update, logits_chunk=0) |" in proc.stdout
     import json
     rec = json.load(open(tmp_path / "gpu_learner.json"))
     ours = [r for n, r in rec["rows"].items() if n.startswith("ours")]
     assert len(ours) == 2 and all(r["finite"] and r["tokens_per_s"] > 0 for r in ours)
+    assert all(r["metrics"] > 5 for r in ours)   # the step returned (and waited on) every metric
+    assert rec["ok"] and rec["peak"]["matmul"].startswith("bf16 512^3 random")
+    # Off a GPU the 1B shape is refused, with exit code 3.
+    proc = subprocess.run([sys.executable, "bench/gpu_learner.py", "--peers="], cwd=repo_root(),
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 3 and "not on a GPU" in proc.stdout, proc.stdout[-2000:]
 
 
 @pytest.mark.slow
@@ -360,3 +367,25 @@ def test_pipeline_with_accumulation_chunking_and_bf16_host_snapshots(tmp_path):
 def dataclasses_replace_steps(config, steps):
     import dataclasses
     return dataclasses.replace(config, rl=dataclasses.replace(config.rl, steps=steps))
+
+
+def test_precision_and_optimizer_take_jnp_dtypes_or_names():
+    from async_grpo import config as config_lib  # pylint: disable=import-outside-toplevel
+    from async_grpo.rl.components import make_optimizer  # pylint: disable=import-outside-toplevel
+    pc = config_lib.PrecisionConfig(compute_dtype=jnp.bfloat16, param_dtype=np.float32,
+                                    opt_state_dtype=jnp.dtype("bfloat16"))
+    assert (pc.compute_dtype, pc.param_dtype, pc.opt_state_dtype) == (
+        "bfloat16", "float32", "bfloat16")
+    assert pc == config_lib.PrecisionConfig(compute_dtype="bfloat16", param_dtype="float32",
+                                            opt_state_dtype="bfloat16")
+    with pytest.raises(config_lib.ConfigError, match=r"compute_dtype=.*float16.*must be one of "
+                                                     r"\['float32', 'bfloat16'\]"):
+        config_lib.PrecisionConfig(compute_dtype=jnp.float16)
+    params = {"w": jnp.zeros(3, jnp.float32)}
+    for mu in (jnp.bfloat16, "bfloat16"):
+        state = make_optimizer(config_lib.OptimizerConfig(), 10, mu_dtype=mu).init(params)
+        mus = [s.mu["w"] for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "mu"))
+               if hasattr(s, "mu")]
+        assert mus and mus[0].dtype == jnp.bfloat16, mu
+    with pytest.raises(ValueError, match=r"mu_dtype must be one of"):
+        make_optimizer(config_lib.OptimizerConfig(), 10, mu_dtype=jnp.int8)

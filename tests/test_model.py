@@ -51,6 +51,22 @@ def test_get_config_errors_name_value_and_choices():
     hash(cfg)  # static-argument / graphdef friendly
 
 
+def test_dtypes_accepted_as_jnp_dtypes_or_names_and_stored_by_name():
+    for given, name in ((jnp.bfloat16, "bfloat16"), (jnp.dtype("bfloat16"), "bfloat16"),
+                        (np.float32, "float32"), (jnp.float32, "float32"), ("float32", "float32")):
+        cfg = models.get_config("tiny", dtype=given, param_dtype=given)
+        assert cfg.dtype == name and cfg.param_dtype == name, given
+        assert cfg == models.get_config("tiny", dtype=name, param_dtype=name)   # same hash/eq
+        assert cfg.compute_dtype == jnp.dtype(name)
+    for bad in (jnp.float16, "float16", None, 3, "bf16"):
+        with pytest.raises(ValueError, match=r"LlamaConfig.dtype must be one of \('float32', "
+                                             r"'bfloat16'\).*got"):
+            models.get_config("tiny", dtype=bad)
+    assert models.dtype_name(jnp.bfloat16, "x") == "bfloat16"
+    with pytest.raises(ValueError, match=r"precision.compute_dtype must be one of.*float64"):
+        models.dtype_name(jnp.float64, "precision.compute_dtype")
+
+
 def test_preset_param_counts_without_materializing():
     counts = {}
     for name, cfg in models.PRESETS.items():
@@ -198,6 +214,24 @@ def test_dot_product_attention_impl_matches_einsum():
     mask = jnp.asarray([[True] * 7, [False] * 2 + [True] * 5])
     np.testing.assert_allclose(fwd(graphdef, params, tokens, input_mask=mask),
                                fwd(xla_graphdef, params, tokens, input_mask=mask), atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["einsum", "xla"])
+def test_causal_only_equals_the_masked_pass_and_refuses_masks(impl):
+    """`causal_only=True` (no dense mask; `is_causal` for xla/cudnn) = the default causal mask
+    with every token valid, for the plain and the rematerialised blocks."""
+    for remat in ("none", "full"):
+        cfg = dataclasses.replace(TINY, attention_impl=impl, remat=remat)
+        graphdef, _ = models.abstract_model(cfg)
+        _, params = _model()
+        model = nnx.merge(graphdef, params)
+        tokens = _tokens(2, 9, seed=3)
+        a, _ = model.hidden_states(tokens)
+        b, _ = model.hidden_states(tokens, causal_only=True)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    with pytest.raises(ValueError, match="causal_only=True takes no cache, segment_ids, "
+                                         "attn_mask or input_mask"):
+        model.hidden_states(tokens, causal_only=True, input_mask=jnp.ones(tokens.shape, bool))
 
 
 def test_bf16_compute_keeps_float32_params_and_close_logits():

@@ -57,6 +57,25 @@ def test_every_block_in_docs_names_a_known_report():
                     assert kind in report.REPORTS, (name, kind)
 
 
+def test_gpu_check_block_renders_the_check_table(tmp_path):
+    import json  # pylint: disable=import-outside-toplevel
+    d = tmp_path / "check"
+    d.mkdir()
+    json.dump(dict(tiny=True, budget_s=1800, wall_s=612.4,
+                   probe=dict(jax="0.10.2", count=1, device="cpu", backend="cpu",
+                              python="3.12.1"),
+                   parts={"learner": dict(row=["ours 1 tok/s", "≥ 1.1× peer", "—"],
+                                          result=dict(part_wall_s=200.2)),
+                          "memory": dict(row=["1.00 GB of 80", "≤ 80 GB", "yes"],
+                                         result=dict(part_wall_s=30))}), open(d / "check.json", "w"))
+    text = report.render("gpu_check check", str(tmp_path))
+    assert "| learner | ours 1 tok/s | ≥ 1.1× peer | — (tiny) | 200 |" in text
+    assert "| memory | 1.00 GB of 80 | ≤ 80 GB | — (tiny) | 30 |" in text
+    assert "--tiny (toy shapes" in text and "Python 3.12.1" in text and "612 s of a 1800 s" in text
+    with pytest.raises(report.MissingResults):
+        report.render("gpu_check nowhere", str(tmp_path))
+
+
 def test_memory_plan_block_renders_one_column_per_plan(tmp_path):
     """KIND memory_plan: every JSON `bench.memory_plan --out` wrote, as one column, with the
     backend named in the header (the CPU analysis must never pass for a GPU's)."""

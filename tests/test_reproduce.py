@@ -64,8 +64,26 @@ def test_gpu_scale_writes_the_commands_and_runs_nothing(tmp_path):
     paths = reproduce.write_gpu(str(tmp_path))
     text = open(paths[0]).read()
     n = len(reproduce.GPU_LAGS) * len(reproduce.GPU_LRS) * len(reproduce.GPU_SEEDS)
-    assert text.count("python -m experiments.train") == n
+    assert text.count("python3 -m experiments.train") == n and "python -m" not in text
     assert "--config.staleness.max_lag=32" in text and "gsm8k_llama.py" in text
+    assert "OUT=${OUT:-" not in text and "80 GB GPU each" not in text
+    assert f'cd "${{ASYNC_GRPO_ROOT:-{reproduce._REPO_ROOT}}}"' in text  # pylint: disable=protected-access
+    # OUT is the one argument; the script refuses to run without it, before anything else.
+    proc = subprocess.run(["bash", paths[0]], capture_output=True, text=True, timeout=60,
+                          env={"PATH": os.environ["PATH"], "MODEL": "m", "GSM8K": "g"})
+    assert proc.returncode == 2 and "usage: bash" in proc.stderr
+    # With OUT, it changes to the repository root before the first run (here: python3 is a
+    # stub that prints where it runs and its arguments).
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "python3").write_text("#!/bin/sh\necho \"$PWD $*\"; exit 1\n")
+    (stub / "python3").chmod(0o755)
+    proc = subprocess.run(["bash", paths[0], str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=60, env={"PATH": f"{stub}:{os.environ['PATH']}",
+                                                      "MODEL": "m", "GSM8K": "g"})
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith(reproduce._REPO_ROOT + " -m experiments.train")  # pylint: disable=protected-access
+    assert f"--workdir={tmp_path / 'out'}/S0_lr1e-08_seed0" in first
     # the grid brackets the paper's S·η_max ≈ 1.6e-6 by at least 4x on both sides at S = 8..32
     for s in (8, 16, 32):
         assert min(reproduce.GPU_LRS) * 4 <= 1.6e-6 / s

@@ -5,6 +5,7 @@ from async_grpo.models.config import (
     PRESETS,
     LlamaConfig,
     RopeScaling,
+    dtype_name,
     get_config,
 )
 from async_grpo.models.hf import (
@@ -27,8 +28,8 @@ from async_grpo.models.llama import (
 )
 
 __all__ = [
-    "LLAMA3_ROPE_SCALING", "PRESETS", "LlamaConfig", "RopeScaling", "get_config", "PARAM_AXES",
-    "KVCache", "Llama", "abstract_model", "apply_model", "forward", "init_model", "logical_axes",
+    "LLAMA3_ROPE_SCALING", "PRESETS", "LlamaConfig", "RopeScaling", "dtype_name", "get_config",
+    "PARAM_AXES", "KVCache", "Llama", "abstract_model", "apply_model", "forward", "init_model", "logical_axes",
     "param_count", "config_from_hf", "config_to_hf", "from_pretrained", "load_params",
     "save_pretrained",
 ]

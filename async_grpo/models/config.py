@@ -28,6 +28,25 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DECODE_ATTENTION_IMPLS = ("auto", "reduce", "xla", "pallas")
 
 
+def dtype_name(value: Any, key: str = "dtype", allowed: tuple[str, ...] = _DTYPES) -> str:
+    """The name ("float32", "bfloat16", ...) of a dtype given as a string or as a JAX/NumPy
+    dtype (`jnp.bfloat16`, `jnp.dtype("float32")`, `np.float32`); ValueError naming `key`, the
+    value and the allowed names otherwise. Configs store the name (hashable, JSON-able)."""
+    if isinstance(value, str):
+        name = value
+    else:
+        try:
+            name = jnp.dtype(value).name
+        except (TypeError, ValueError):
+            name = None
+        if value is None or isinstance(value, bool):
+            name = None
+    if name not in allowed:
+        raise ValueError(f"{key} must be one of {allowed} (a string or a jnp dtype), "
+                         f"got {value!r}")
+    return name
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
     """Llama-3 frequency-dependent RoPE scaling (HF `rope_scaling={"rope_type": "llama3", ...}`).
@@ -83,7 +102,7 @@ class LlamaConfig:
       rope_theta: RoPE base θ.
       norm_eps: RMSNorm epsilon.
       tie_embeddings: if True the output projection is the transposed token embedding.
-      dtype: compute dtype, "float32" or "bfloat16". Norms, RoPE, attention softmax and the output
+      dtype: compute dtype, "float32" or "bfloat16" (or a jnp dtype, stored by name). Norms, RoPE, attention softmax and the output
         logits are always computed in float32.
       param_dtype: storage dtype of the parameters (float32 by default, also under bf16 compute).
       rope_scaling: optional Llama-3 RoPE frequency scaling (set for the Llama-3.2 presets).
@@ -101,10 +120,11 @@ class LlamaConfig:
       decode_attention: attention of a one-token query over the KV cache (sampler decode steps):
         "reduce" (broadcast-multiply-reduce over the cache, exact float32; fastest on the CPU),
         "xla" (`jax.nn.dot_product_attention`), "pallas" (the Pallas GPU decode kernel
-        `jax.experimental.pallas.ops.gpu.decode_attention.gqa`, interpreted off GPU; needs each
-        row's valid cache slots to be contiguous, as in the sampler's layout, and falls back to
-        "xla" where the cache length does not fit its blocks), or "auto": "reduce" on the CPU and
-        in float32 compute (exact), "xla" for bf16 on accelerators.
+        `jax.experimental.pallas.ops.gpu.decode_attention.mqa` per row and KV head, interpreted
+        off GPU; needs each row's valid cache slots to be contiguous, as in the sampler's layout;
+        the sampler rounds its cache up to the kernel's 128-slot blocks, so every length fits),
+        or "auto": "reduce" on the CPU and in float32 compute (exact), "xla" for bf16 on
+        accelerators.
     """
 
     vocab_size: int
@@ -118,7 +138,7 @@ class LlamaConfig:
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
-    dtype: str = "float32"
+    dtype: str = "float32"         # also accepts a jnp dtype (stored by name)
     param_dtype: str = "float32"
     rope_scaling: RopeScaling | None = None
     init_std: float = 0.02
@@ -138,10 +158,8 @@ class LlamaConfig:
                              f"n_heads={self.n_heads} (grouped-query attention)")
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in _DTYPES:
-                raise ValueError(
-                    f"LlamaConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
+        for name in ("dtype", "param_dtype"):   # jnp dtypes are stored by name
+            object.__setattr__(self, name, dtype_name(getattr(self, name), f"LlamaConfig.{name}"))
         if not isinstance(self.qkv_bias, bool):
             raise ValueError(f"LlamaConfig.qkv_bias must be a bool, got {self.qkv_bias!r}")
         if self.attention_impl not in _ATTENTION_IMPLS:

@@ -95,10 +95,10 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
     return float(theta), rs
 
 
-def config_from_hf(hf: Mapping[str, Any], *, dtype: str = "float32",
-                   param_dtype: str | None = None) -> LlamaConfig:
+def config_from_hf(hf: Mapping[str, Any], *, dtype: Any = "float32",
+                   param_dtype: Any = None) -> LlamaConfig:
     """Maps a Hugging Face config.json dict onto `LlamaConfig` (see config.py), refusing by name
-    what our model does not implement."""
+    what our model does not implement. `dtype`/`param_dtype`: names ("bfloat16") or jnp dtypes."""
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"config.json: model_type={model_type!r} is not supported; supported: "
@@ -134,7 +134,7 @@ def config_from_hf(hf: Mapping[str, Any], *, dtype: str = "float32",
         mlp_dim=int(hf["intermediate_size"]), max_seq_len=int(hf["max_position_embeddings"]),
         rope_theta=theta, norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)), dtype=dtype,
-        param_dtype=param_dtype or dtype, rope_scaling=scaling,
+        param_dtype=dtype if param_dtype is None else param_dtype, rope_scaling=scaling,
         init_std=float(hf.get("initializer_range", 0.02)), qkv_bias=model_type == "qwen2")
 
 
@@ -236,14 +236,15 @@ def read_config(path: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
+def from_pretrained(path: str, *, dtype: Any = "float32", param_dtype: Any = None,
                     mesh: Mesh | None = None, rules: Mapping[str, Any] | None = None,
                     max_seq_len: int | None = None) -> tuple[LlamaConfig, Any, Params]:
     """Loads a local Hugging Face Llama-3.x / Qwen2 directory as `(config, graphdef, params)`.
 
     Args:
       path: directory with config.json and model.safetensors (or sharded files + index).
-      dtype: compute dtype of the model ("float32" or "bfloat16").
+      dtype: compute dtype of the model: "float32" or "bfloat16", or the jnp dtype
+        (`jnp.bfloat16`).
       param_dtype: storage dtype of the parameters (default: `dtype`); tensors are cast from the
         checkpoint's dtype (bfloat16 -> float32 is exact).
       mesh: place every tensor straight into its sharding on this mesh (logical axes of

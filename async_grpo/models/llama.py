@@ -267,8 +267,18 @@ class Attention(nnx.Module):
         return self.o_proj("bthk,hkd->btd", out), (k, v)
 
     def _attend(self, q, k, v, mask):
-        """q [B, T, H, Dh], k/v [B, K, S, Dh], mask [B, T, S] -> [B, T, H, Dh]."""
+        """q [B, T, H, Dh], k/v [B, K, S, Dh], mask [B, T, S] -> [B, T, H, Dh].
+
+        `mask=None` means plainly causal over S = T (`Llama.hidden_states(causal_only=True)`):
+        "xla" and "cudnn" then get `is_causal=True` and no dense mask (cuDNN skips the masked
+        blocks and needs no even T; no mask gradient), "einsum" builds the causal mask."""
         b, t, h, hd = q.shape
+        if mask is None:
+            if self.impl != "einsum":
+                return jax.nn.dot_product_attention(
+                    q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), is_causal=True,
+                    implementation=None if self.impl == "xla" else self.impl)
+            mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), jnp.bool_))[None], (b, t, t))
         decode = decode_attention_impl(self.decode_impl, self.dtype) if t == 1 else None
         if decode == "pallas":
             out = pallas_decode_attention(q, k, v, mask)
@@ -308,37 +318,81 @@ def decode_attention_impl(setting: str, dtype) -> str:
     return "reduce" if jax.default_backend() == "cpu" or dtype == jnp.float32 else "xla"
 
 
-def _pallas_k_splits(num_slots: int) -> int | None:
-    """The largest split of the cache axis the Pallas decode kernel accepts (each split ≥ 16
-    slots and a power of two or a multiple of its 128-slot block), or None."""
-    for splits in (16, 8, 4, 2, 1):
-        part = num_slots // splits
-        if num_slots % splits == 0 and part >= 16 and (part & (part - 1) == 0 or part % 128 == 0):
-            return splits
-    return None
+PALLAS_BLOCK = 128            # slots per block of the Pallas decode kernel (its block_k)
+PALLAS_TARGET_PROGRAMS = 512  # enough (row, kv head, split) programs to fill a GPU (132 SMs × 4)
+
+
+def _pallas_fits(num_slots: int, splits: int) -> bool:
+    part = num_slots // splits
+    return (num_slots % splits == 0 and part >= 16 and
+            (part & (part - 1) == 0 or part % PALLAS_BLOCK == 0))
+
+
+def _pallas_k_splits(num_slots: int, programs: int = 1) -> int | None:
+    """The split of the cache axis for the Pallas decode kernel: the SMALLEST split (1, 2, 4, 8,
+    16) that the kernel accepts (each split ≥ 16 slots and a power of two or a multiple of its
+    128-slot block) and that gives `programs` (= rows × KV heads) × split ≥
+    `PALLAS_TARGET_PROGRAMS` parallel programs; the largest accepted one when none does; None
+    when none is accepted. (Splitting a batch that already fills the GPU only adds tiny programs
+    and a reduction: 64 × 8 rows × 8 KV heads need no split.)"""
+    fitting = [s for s in (1, 2, 4, 8, 16) if _pallas_fits(num_slots, s)]
+    if not fitting:
+        return None
+    return next((s for s in fitting if programs * s >= PALLAS_TARGET_PROGRAMS), fitting[-1])
+
+
+def decode_cache_slots(cfg, num_slots: int) -> int:
+    """Cache slots to allocate for `num_slots` (= P + N) under `cfg.decode_attention`: rounded up
+    to a multiple of `PALLAS_BLOCK` when it resolves to "pallas", so that every cache length fits
+    the kernel (the extra slots are never valid, and the kernel reads only slots
+    [first valid, last valid]); unchanged otherwise."""
+    if decode_attention_impl(cfg.decode_attention, cfg.compute_dtype) == "pallas":
+        return -(-num_slots // PALLAS_BLOCK) * PALLAS_BLOCK
+    return num_slots
+
+
+def _pallas_decode_kernel():
+    """`(kernel, name)`: the per-(row, KV head) `decode_attention.mqa` (jax 0.10–0.11; GQA is
+    done here by flattening rows × KV heads, which avoids `decode_attention.gqa`, deprecated in
+    jax 0.11.2), else `gqa` where a later jax drops `mqa`, else (None, reason)."""
+    from jax.experimental.pallas.ops.gpu import decode_attention  # pylint: disable=g-import-not-at-top
+    for name in ("mqa", "gqa"):
+        if hasattr(decode_attention, name):
+            return getattr(decode_attention, name), name
+    return None, f"jax {jax.__version__} has neither decode_attention.mqa nor .gqa"
 
 
 def pallas_decode_attention(q: Array, k: Array, v: Array, mask: Array) -> Array | None:
-    """One-token attention with `jax.experimental.pallas.ops.gpu.decode_attention.gqa`.
+    """One-token attention with the Pallas GPU decode kernel
+    (`jax.experimental.pallas.ops.gpu.decode_attention.mqa` per row and KV head).
 
     q [B, 1, H, Dh], k/v [B, K, S, Dh], mask [B, 1, S] → [B, 1, H, Dh], or None when S does not
-    fit the kernel. The kernel attends to slots `[start_b, end_b)`; they are read off the mask as
-    its first and last valid slot, so the valid slots of each row must be contiguous (true of the
-    sampler's left-aligned layout: pads, then prompt and response). Off the GPU it runs in Pallas
-    interpret mode (slow; for tests).
+    fit the kernel (the sampler allocates `decode_cache_slots`, which always fit). The kernel
+    attends to slots `[start_b, end_b)`; they are read off the mask as its first and last valid
+    slot, so the valid slots of each row must be contiguous (true of the sampler's left-aligned
+    layout: pads, then prompt and response). Off the GPU it runs in Pallas interpret mode (slow;
+    for tests).
     """
-    splits = _pallas_k_splits(k.shape[2])
-    if q.shape[1] != 1 or splits is None:
+    b, _, h, hd = q.shape
+    kv = k.shape[1]
+    splits = _pallas_k_splits(k.shape[2], b * kv)
+    kernel, name = _pallas_decode_kernel()
+    if q.shape[1] != 1 or splits is None or kernel is None:
         return None
-    from jax.experimental.pallas.ops.gpu import decode_attention  # pylint: disable=g-import-not-at-top
     m = mask[:, 0]
     s = m.shape[-1]
     start = jnp.argmax(m, axis=-1).astype(jnp.int32)
     end = (s - jnp.argmax(m[:, ::-1], axis=-1)).astype(jnp.int32)
-    # gqa takes k/v as [B, S, K, Dh] and transposes them back: the two transposes cancel in XLA.
-    out = decode_attention.gqa(q[:, 0], k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), start,
-                               end, k_splits=splits, interpret=jax.default_backend() != "gpu")
-    return out[:, None].astype(q.dtype)
+    interpret = jax.default_backend() != "gpu"
+    if name == "gqa":   # k/v as [B, S, K, Dh]
+        out = kernel(q[:, 0], k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), start, end,
+                     k_splits=splits, interpret=interpret)
+        return out[:, None].astype(q.dtype)
+    g = h // kv
+    out = kernel(q[:, 0].reshape(b * kv, g, hd), k.reshape(b * kv, s, hd),
+                 v.reshape(b * kv, s, hd), jnp.repeat(start, kv), jnp.repeat(end, kv),
+                 block_k=PALLAS_BLOCK, k_splits=splits, interpret=interpret)
+    return out.reshape(b, 1, h, hd).astype(q.dtype)
 
 
 class MLP(nnx.Module):
@@ -402,7 +456,8 @@ class Llama(nnx.Module):
 
     def hidden_states(self, tokens: Array, positions: Array | None = None, *,
                       input_mask: Array | None = None, segment_ids: Array | None = None,
-                      attn_mask: Array | None = None, cache: KVCache | None = None):
+                      attn_mask: Array | None = None, cache: KVCache | None = None,
+                      causal_only: bool = False):
         """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache (or None).
 
         Args:
@@ -414,9 +469,17 @@ class Llama(nnx.Module):
           segment_ids: [B, T] int, attention only within equal ids (sequence packing). No cache.
           attn_mask: [B, T, S] bool, extra mask AND-ed with the causal one (S = T, or cache slots).
           cache: a `KVCache`; the new tokens go into slots `[cache.index, cache.index + T)`.
+          causal_only: the attention is plainly causal (no pads before a token that matters, no
+            cache, segments or extra mask): no [B, T, T] mask is built and the "xla"/"cudnn"
+            attention gets `is_causal=True` (cuDNN's causal block skipping). Pads may follow
+            the last real token of a row (no earlier position attends to them).
         """
         cfg = self.config
         b, t = tokens.shape
+        if causal_only and (cache is not None or segment_ids is not None or
+                            attn_mask is not None or input_mask is not None):
+            raise ValueError("causal_only=True takes no cache, segment_ids, attn_mask or "
+                             "input_mask (pads may only trail the real tokens)")
         if positions is None:
             offset = 0 if cache is None else cache.index
             positions = jnp.broadcast_to(offset + jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -434,7 +497,9 @@ class Llama(nnx.Module):
             k_slot = jnp.arange(cache.num_slots)
             key_valid = jax.lax.dynamic_update_slice(cache.valid, input_mask.astype(jnp.bool_),
                                                      (0, index))
-        mask = (k_slot[None, :] <= q_slot[:, None])[None] & key_valid[:, None, :].astype(jnp.bool_)
+        # causal_only: None, plainly causal (the attention builds no [B, T, T] mask)
+        mask = None if causal_only else (
+            (k_slot[None, :] <= q_slot[:, None])[None] & key_valid[:, None, :].astype(jnp.bool_))
         if segment_ids is not None:
             mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
         if attn_mask is not None:

@@ -46,12 +46,15 @@ class Components:
 
 
 def make_optimizer(opt: OptimizerConfig, total_steps: int,
-                   lr=None, mu_dtype: str = "") -> optax.GradientTransformation:
+                   lr=None, mu_dtype: Any = "") -> optax.GradientTransformation:
     """AdamW (or SGD with heavy-ball momentum β1, `opt.name`) with linear warm-up then cosine (or
     constant) decay, and global-norm clipping.
 
     `lr` (optional, may be a traced scalar: one grid cell's η) replaces `opt.lr`; `mu_dtype`
-    ('' = the parameters' dtype) stores Adam's first moment (`precision.opt_state_dtype`)."""
+    ('' or None = the parameters' dtype; a name or a jnp dtype) stores Adam's first moment
+    (`precision.opt_state_dtype`)."""
+    # A NumPy dtype is falsy (len 0), so `mu_dtype or None` would drop a jnp dtype: name it.
+    mu_dtype = None if mu_dtype in ("", None) else models.dtype_name(mu_dtype, "mu_dtype")
     lr = opt.lr if lr is None else lr
     if opt.schedule == "cosine":
         # warm-up 0 means none: optax's warmup_cosine_decay with 0 warm-up steps starts at peak.
@@ -67,10 +70,10 @@ def make_optimizer(opt: OptimizerConfig, total_steps: int,
     chain = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip else []
     if opt.name == "sgd":
         chain.append(optax.sgd(sched, momentum=opt.b1 or None,
-                               accumulator_dtype=mu_dtype or None))
+                               accumulator_dtype=mu_dtype))
     else:
         chain.append(optax.adamw(sched, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
-                                 mu_dtype=mu_dtype or None))
+                                 mu_dtype=mu_dtype))
     return optax.chain(*chain)
 
 
@@ -130,6 +133,19 @@ def _model_config(config: RunConfig, tokenizer, needed: int):
     return cfg
 
 
+PROMPT_WIDTH_MULTIPLE = 64   # prompt widths under cuDNN attention (T = P + N: block-aligned)
+
+
+def prompt_width(max_prompt: int, max_new: int, model_cfg) -> int:
+    """The sampler's and learner's prompt width P: the longest prompt, rounded up to a multiple
+    of `PROMPT_WIDTH_MULTIPLE` under cuDNN attention (as far as max_seq_len allows), so that
+    T = P + N is even and block-aligned whatever the longest prompt is."""
+    if model_cfg.attention_impl != "cudnn":
+        return max_prompt
+    m = PROMPT_WIDTH_MULTIPLE
+    return max(max_prompt, min(-(-max_prompt // m) * m, model_cfg.max_seq_len - max_new))
+
+
 def _initial_model(config: RunConfig, model_cfg):
     """θ_0 before any checkpoint: model.hf_path's weights, else a fresh init (seed)."""
     if config.model.hf_path:
@@ -175,6 +191,7 @@ def build_grpo(config: RunConfig) -> Components:
     tokenizer = make_tokenizer(config)
     task, max_prompt, max_new = _task_and_budgets(config, tokenizer)
     model_cfg = _model_config(config, tokenizer, max_prompt + max_new)
+    max_prompt = prompt_width(max_prompt, max_new, model_cfg)
     if config.model.hf_path and not config.init_from:
         init_dir = ""
         graphdef, params = _initial_model(config, model_cfg)

@@ -299,7 +299,8 @@ class _Run:
         theta0 = L.place_params(self.comps.init_params)
         ref = theta0 if (rc.log_ref_kl or self.comps.objective.needs_ref) else None
 
-        writer = metrics_lib.MetricsWriter(metrics_dir, purge_step=start + 1 if start else 0)
+        writer = metrics_lib.MetricsWriter(metrics_dir, purge_step=start + 1 if start else 0,
+                                           tensorboard=c.diagnostics.tensorboard)
         progress = metrics_lib.Progress(self.total, start)
         last: dict[str, Any] = {}
         t_run = t_log = time.time()

@@ -5,10 +5,9 @@ defaults themselves, with a one-line help each, live only in async_grpo/config.p
 (`python -m experiments.train --print_config` lists them).
 """
 
-import ml_collections
-
 from async_grpo import config as config_lib
 
 
-def get_base_config() -> ml_collections.ConfigDict:
+def get_base_config():
+    """`RunConfig`'s defaults as an `ml_collections.ConfigDict`."""
     return config_lib.default_config_dict()

@@ -33,43 +33,48 @@ the reward EMA falls below half its best for 10 steps after step 20, or anything
 (`c.run.collapse`). Results and the choices behind these sizes are in docs/lm_grids.md.
 """
 
-import ml_collections
+from async_grpo import config as config_lib
 
-from experiments.configs import common
+# The run config of every cell (a plain dict over `RunConfig`'s defaults, so the benchmarks can
+# build it without ml_collections: bench/lm_grid.py). Why each size: docs/lm_grids.md ("Sizes,
+# and why").
+RUN_OVERRIDES = {
+    "task": {"name": "addition", "kwargs": {"num_digits": 2}},
+    # The tiny model (105 k parameters): ~250 cells x 200 steps fit in 45 CPU minutes.
+    "model": {"preset": "tiny", "max_seq_len": 24},
+    "eval": {"num_problems": 200, "batch_size": 200, "sampled": False},
+    # SFT past the phase transition (a high starting reward; a start inside the transition moves
+    # with the CPU's float rounding: docs/reproducibility.md).
+    "sft": {"steps": 1000, "batch_size": 64, "eval_every": 0, "optimizer": {"lr": 3e-3}},
+    # GRPO: 16 prompts x 8 samples, T = 200 (late collapses near the boundary at large S must
+    # fall inside the run), constant η after 5 warm-up steps.
+    "rl": {"steps": 200, "prompts_per_step": 16, "group_size": 8, "eval_every": 0,
+           "checkpoint_every": 0, "log_ref_kl": True, "optimizer": {"warmup_steps": 5}},
+    "staleness": {"policy": "fixed"},
+    "collapse": dict(metric="reward", drop_frac=0.5, baseline="zero", ema=0.9, warmup=20,
+                     patience=10, max_metric="", max_value=0.0, min_metric="", min_value=0.0,
+                     stop=False),
+}
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) \
+            else v
+    return out
+
+
+def run_dict() -> dict:
+    """The default grid's run config as a plain dict (`RunConfig.from_config` parses it)."""
+    return _merged(config_lib.RunConfig().to_dict(), RUN_OVERRIDES)
 
 
 def get_config(arg=None):
+    import ml_collections  # pylint: disable=import-outside-toplevel
     c = ml_collections.ConfigDict()
     c.kind = "lm"
-    run = common.get_base_config()
-    run.task.name = "addition"
-    run.task.kwargs = {"num_digits": 2}
-    # The tiny model (105 k parameters): ~250 cells x 200 steps fit in 45 CPU minutes. Why each
-    # size below: docs/lm_grids.md ("Sizes, and why").
-    run.model.preset = "tiny"
-    run.model.max_seq_len = 24
-    run.eval.num_problems = 200
-    run.eval.batch_size = 200
-    run.eval.sampled = False
-    # SFT past the phase transition (a high starting reward; a start inside the transition moves
-    # with the CPU's float rounding: docs/reproducibility.md).
-    run.sft.steps = 1000
-    run.sft.batch_size = 64
-    run.sft.eval_every = 0
-    run.sft.optimizer.lr = 3e-3
-    # GRPO: 16 prompts x 8 samples, T = 200 (late collapses near the boundary at large S must
-    # fall inside the run), constant η after 5 warm-up steps.
-    run.rl.steps = 200
-    run.rl.prompts_per_step = 16
-    run.rl.group_size = 8
-    run.rl.eval_every = 0
-    run.rl.checkpoint_every = 0
-    run.rl.log_ref_kl = True
-    run.rl.optimizer.warmup_steps = 5
-    run.staleness.policy = "fixed"
-    run.collapse = ml_collections.ConfigDict(dict(
-        metric="reward", drop_frac=0.5, baseline="zero", ema=0.9, warmup=20, patience=10,
-        max_metric="", max_value=0.0, min_metric="", min_value=0.0, stop=False))
+    run = ml_collections.ConfigDict(run_dict())
     c.run = run
     c.lags = "0,1,2,4,8,16"
     # Half-octave η grid 3e-5 .. 2.7e-3: stable at the low end and collapsed at the high end
