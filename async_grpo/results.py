@@ -196,7 +196,8 @@ def _variant_order(d: str) -> dict[str, int]:
     return {v: i for i, v in enumerate(names)}
 
 
-def _csv_columns(path: str) -> dict[str, np.ndarray]:
+def csv_columns(path: str) -> dict[str, np.ndarray]:
+    """A CSV file as columns of float arrays (non-numeric columns as str arrays)."""
     import csv  # pylint: disable=import-outside-toplevel
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -214,7 +215,7 @@ def _read_legacy(d: str) -> GridResult:
     """A results directory written before this format (exact variant or LM sweep)."""
     with open(os.path.join(d, "summary.json"), encoding="utf-8") as f:
         s = json.load(f)
-    cols = _csv_columns(os.path.join(d, "cells.csv"))
+    cols = csv_columns(os.path.join(d, "cells.csv"))
     axes = {k: cols.pop(k) for k in AXES if k in cols}
     if "heldout_greedy_final" in cols:
         cols["heldout/accuracy"] = cols.pop("heldout_greedy_final")

@@ -31,7 +31,6 @@ Figures (each PNG at 300 dpi and PDF, `async_grpo.figures` style):
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import warnings
@@ -62,22 +61,6 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
-def read_csv(path: str) -> dict[str, np.ndarray]:
-    """A CSV file as columns of float arrays (non-numeric columns as str arrays)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return {}
-    out = {}
-    for k in rows[0]:
-        vals = [r[k] for r in rows]
-        try:
-            out[k] = np.array([float(v) for v in vals])
-        except ValueError:
-            out[k] = np.array(vals)
-    return out
-
-
 def _run_of(gr: results.GridResult) -> dict[str, Any]:
     """A grid as the figures and claims use it: {"result" (the GridResult), "cells" (axes and
     summaries as columns, in cell order), "traces" {canonical name: [C, T / stride]}, "stride"
@@ -106,8 +89,8 @@ def load_bias(d: str) -> dict[str, Any] | None:
         return None
     canon = lambda t: {mn.canonical(k): v for k, v in t.items()}  # noqa: E731
     return {"summary": _read_json(os.path.join(d, "bias.json")),
-            "trajectory": canon(read_csv(os.path.join(d, "trajectory.csv"))),
-            "controlled": canon(read_csv(os.path.join(d, "controlled.csv"))), "dir": d}
+            "trajectory": canon(results.csv_columns(os.path.join(d, "trajectory.csv"))),
+            "controlled": canon(results.csv_columns(os.path.join(d, "controlled.csv"))), "dir": d}
 
 
 def load_lm_bias(d: str) -> dict[str, Any] | None:
