@@ -26,6 +26,8 @@ LR_SCALE = "lr_scale"                    # the LR controller's factor c_t (effec
 OBJECTIVE = "J"                          # the exact objective J(θ_t) (testbeds that have one)
 CLIP_FRAC = "loss/clip_frac"             # fraction of the behavior mass whose ratio is clipped
 REWARD = "reward"                        # mean reward of the step's rollouts
+COLLAPSE_STEP_NOW = "collapse/step"      # the detector's collapse step so far (−1: none)
+COLLAPSE_REASON_NOW = "collapse/reason"  # the detector's reason code so far (0: none)
 
 # --- summary keys (one value per run or cell) --------------------------------------------------
 COLLAPSE_STEP = "collapse_step"          # the step a collapse rule fired (−1: none)
@@ -52,6 +54,10 @@ TABLE = {
     CLIP_FRAC: ("step", "fraction of the behavior mass (tokens or responses) whose ratio is "
                         "clipped"),
     REWARD: ("step", "mean reward of the rollouts trained on at step t"),
+    COLLAPSE_STEP_NOW: ("step", "the collapse detector's state: the step a rule fired at or "
+                                "before this step (−1: none); the pipeline stops on it"),
+    COLLAPSE_REASON_NOW: ("step", "the collapse detector's state: the rule that fired so far "
+                                  "(0: none)"),
     COLLAPSE_STEP: ("summary", "the step at which a collapse rule fired (−1: none)"),
     COLLAPSE_REASON: ("summary", "the rule that fired (async_grpo.collapse.REASONS; 0: none)"),
     DRIFT_FINAL: ("summary", "‖θ_T − θ_0‖ at the end of the run"),

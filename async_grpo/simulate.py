@@ -161,8 +161,8 @@ def apply_update(params, opt_state, aux, grads, step, *, optimizer, metrics: Map
     if collapse is not None:
         state = collapse_lib.update(collapse, aux["collapse"], step, metrics)
         metrics[mn.COLLAPSED] = state["collapse_step"] >= 0
-        metrics["collapse/step"] = state["collapse_step"]
-        metrics["collapse/reason"] = state["reason"]
+        metrics[mn.COLLAPSE_STEP_NOW] = state["collapse_step"]
+        metrics[mn.COLLAPSE_REASON_NOW] = state["reason"]
         new_aux["collapse"] = state
     return params, opt_state, new_aux, metrics
 
