@@ -28,6 +28,8 @@ CLIP_FRAC = "loss/clip_frac"             # fraction of the behavior mass whose r
 REWARD = "reward"                        # mean reward of the step's rollouts
 COLLAPSE_STEP_NOW = "collapse/step"      # the detector's collapse step so far (−1: none)
 COLLAPSE_REASON_NOW = "collapse/reason"  # the detector's reason code so far (0: none)
+HELDOUT_ACC = "heldout/accuracy"         # held-out accuracy (greedy unless eval.greedy is off)
+HELDOUT_MALFORMED = "heldout/malformed_frac"   # held-out responses that are not an answer
 
 # --- summary keys (one value per run or cell) --------------------------------------------------
 COLLAPSE_STEP = "collapse_step"          # the step a collapse rule fired (−1: none)
@@ -58,6 +60,11 @@ TABLE = {
                                 "before this step (−1: none); the pipeline stops on it"),
     COLLAPSE_REASON_NOW: ("step", "the collapse detector's state: the rule that fired so far "
                                   "(0: none)"),
+    HELDOUT_ACC: ("eval", "accuracy on the fixed held-out set (greedy decoding unless "
+                          "eval.greedy is off), at the eval steps; in a grid also the summary "
+                          "at the end"),
+    HELDOUT_MALFORMED: ("eval", "fraction of held-out responses that are not a well-formed "
+                                "answer"),
     COLLAPSE_STEP: ("summary", "the step at which a collapse rule fired (−1: none)"),
     COLLAPSE_REASON: ("summary", "the rule that fired (async_grpo.collapse.REASONS; 0: none)"),
     DRIFT_FINAL: ("summary", "‖θ_T − θ_0‖ at the end of the run"),

@@ -83,6 +83,7 @@ class Context(NamedTuple):
 UpdateFn = Callable[[Params, Params, jax.Array, Context], tuple[Params, dict]]
 
 MAX_LAG_CAP = 256
+EVALS = "evals"      # the summary's key of the in-program evaluations ({name: [n_evals]})
 MAX_STEPS = 1_000_000
 INT_KEYS = {"seed": jnp.uint32, "max_lag": jnp.int32}
 
@@ -183,8 +184,9 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
                collapse: Optional[collapse_lib.CollapseRules] = None,
                lr_control: Optional[Callable[[Cell], lr_control_lib.Params]] = None,
                track_cosines: bool = True, first_step: int = 0,
-               keep: Optional[Sequence[str]] = None, return_params: bool = False
-               ) -> Callable[..., tuple]:
+               keep: Optional[Sequence[str]] = None, return_params: bool = False,
+               evaluate: Optional[Callable[[Params, Context], dict]] = None,
+               eval_every: int = 0) -> Callable[..., tuple]:
     """Returns ``train(cell, data=None) -> (metrics, summary)``; see the module docstring.
 
     `lr_control(cell) -> async_grpo.lr_control.Params` (optional) turns on the staleness-aware
@@ -201,6 +203,12 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
     metrics of update t are logged at step t + 1 (the LM population, whose collapse steps then
     equal the pipeline's). `keep`: the per-step metrics returned (None: all). `return_params`:
     train returns (metrics, summary, θ_T).
+
+    `evaluate(θ, ctx) -> {name: scalar}` (with `eval_every` = k ≥ 1, k dividing T): an
+    evaluation inside the program (e.g. held-out greedy accuracy) of θ_0 and of θ after every k
+    updates, so at steps `eval_steps(T, k)` = 0, k, …, T; the scan then runs over T / k blocks of
+    k steps, so an evaluation costs nothing on the steps between (under `vmap` a `lax.cond` would
+    run it every step). The evaluations are the summary's ``"evals"``: {name: [T / k + 1]}.
     """
     _check_int("num_steps", num_steps, 1, MAX_STEPS)
     _check_int("max_lag_cap (S_max)", max_lag_cap, 0, MAX_LAG_CAP)
@@ -213,6 +221,10 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
         raise ValueError("The collapse rule tracks 'J' but no objective was given; pass "
                          "objective= or rules on one of the update's metrics.")
     keep = _keep_names(keep)
+    if evaluate is not None:
+        check_trace_every(num_steps, eval_every)     # an integer k >= 1 dividing T
+    elif eval_every:
+        raise ValueError(f"eval_every={eval_every!r} needs an evaluate function.")
     k_ring = max_lag_cap + 1
 
     def lag_of(seed, t, s_max):
@@ -267,9 +279,23 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
                 m[mn.LR_SCALE] = opt_state[-1].last
             return dict(theta=theta, opt_state=opt_state, aux=aux, ring=ring, key=key), m
 
-        carry, metrics = jax.lax.scan(step, carry0, jnp.arange(num_steps, dtype=jnp.int32))
+        steps = jnp.arange(num_steps, dtype=jnp.int32)
+        if evaluate is None:
+            carry, metrics = jax.lax.scan(step, carry0, steps)
+        else:
+            def block(carry, ts):                  # k steps, then one evaluation
+                carry, m = jax.lax.scan(step, carry, ts)
+                return carry, (m, evaluate(carry["theta"], ctx))
+
+            carry, (metrics, evs) = jax.lax.scan(
+                block, carry0, steps.reshape(num_steps // eval_every, eval_every))
+            metrics = jax.tree.map(lambda x: x.reshape((num_steps,) + x.shape[2:]), metrics)
+            evals = jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest]),
+                                 evaluate(theta0, ctx), evs)
         theta = carry["theta"]
         summary = {mn.DRIFT_FINAL: drift_metrics(theta, None, theta0)[mn.DRIFT_CUM]}
+        if evaluate is not None:
+            summary[EVALS] = evals
         if lr_control is not None:
             cs = carry["opt_state"][-1]
             summary.update({mn.LR_SCALE_MEAN: cs.scale_sum / num_steps,
@@ -291,6 +317,7 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
 
     train.collapse = collapse
     train.lr_control = lr_control
+    train.eval_steps = eval_steps(num_steps, eval_every) if evaluate is not None else None
     train.max_lag_cap = max_lag_cap
     train.num_steps = num_steps
     return train
@@ -299,6 +326,12 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
 # ----------------------------------------------------------------------------------------------
 # Grids of cells.
 # ----------------------------------------------------------------------------------------------
+
+
+def eval_steps(num_steps: int, eval_every: int) -> np.ndarray:
+    """The steps of `make_train`'s evaluations: 0, k, 2k, …, T (θ after that many updates)."""
+    check_trace_every(num_steps, eval_every)
+    return np.arange(0, num_steps + 1, eval_every)
 
 
 def make_cells(**axes: Sequence) -> dict[str, np.ndarray]:
@@ -425,5 +458,5 @@ def run_cells_chunked(train, cells: Mapping[str, np.ndarray], *, chunk_size: int
             on_chunk(i, m, s)
         outs.append((m, s))
     metrics = {k: np.concatenate([o[0][k] for o in outs]) for k in outs[0][0]}
-    summary = {k: np.concatenate([o[1][k] for o in outs]) for k in outs[0][1]}
+    summary = jax.tree.map(lambda *xs: np.concatenate(xs), *[o[1] for o in outs])
     return metrics, summary

@@ -22,7 +22,8 @@ The numbers it prints mean nothing.
 at full resolution with the population runner) — and runs nothing. Point `--workdir` of the LM
 grid at <workdir>/lm_sweep and this binary draws its figures from it afterwards.
 
-Figures: 1 phase, 2 eta_max, 3 t_collapse, 4 delta, 5 cosine, 6 reward (`experiments.study`).
+Figures: 1 phase, 2 eta_max, 3 t_collapse, 4 delta, 5 cosine, 6 reward, 7 learning
+(`experiments.study`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _flags() -> dict:
     return {"figure": flags.DEFINE_string(
                 "figure", "all", "Comma-separated figures to draw: all, or any of "
-                + ", ".join(study.FIGURES) + " (or their numbers 1-6)."),
+                + ", ".join(study.FIGURES) + f" (or their numbers 1-{len(study.FIGURES)})."),
             "scale": flags.DEFINE_enum(
                 "scale", "cpu", ["cpu", "tiny", "gpu"], "cpu: run on this machine; tiny: toy "
                 "grids for tests; gpu: write the commands for a GPU/TPU run, run nothing.")}
@@ -103,11 +104,17 @@ STAGES = (
           {"cpu": 160}, "bias.json", ("delta",),
           "LM testbed: ‖δ‖ with the noise floor removed (32 coupled batch pairs per η × t × s, "
           "from the LM grid's SFT checkpoint)", needs=("lm_sweep",)),
+    Stage("lm_learn", "experiments.sweep",
+          {"cpu": [_CONFIGS + "sweep_lm.py:learn"]},
+          {"cpu": 6600}, "result.json", ("learning",),
+          "LM testbed, learning regime: GRPO from the shipped 28.8 % warm start, S ∈ {0, 1, 2, "
+          "4, 8, 16} × 18 half-octave η × 5 seeds, T = 200, held-out accuracy every 20 steps "
+          "(docs/learning_regime.md)"),
 )
 
 
 def parse_figures(spec: str) -> list[str]:
-    """'all' or a comma list of names / numbers 1-6 -> figure names (in FIGURES order)."""
+    """'all' or a comma list of names / numbers 1-N -> figure names (in FIGURES order)."""
     if spec.strip() == "all":
         return list(study.FIGURES)
     out = set()

@@ -40,12 +40,12 @@ import numpy as np
 
 from async_grpo import figures, results
 from async_grpo import metric_names as mn
-from async_grpo import scaling
+from async_grpo import learning, scaling
 from experiments import claims
 from experiments.grids import alpha_of, cos_trace, finite, grid, grids_of, null_of, warmup
-from experiments.claims import claim5_cosine
+from experiments.claims import claim5_cosine, claim6_learning
 
-FIGURES = ("phase", "eta_max", "t_collapse", "delta", "cosine", "reward")
+FIGURES = ("phase", "eta_max", "t_collapse", "delta", "cosine", "reward", "learning")
 
 # The claims' verdict thresholds live in their modules (experiments/claims); these two describe
 # the grids the figures and the claims share.
@@ -101,6 +101,25 @@ def load_lm_bias(d: str) -> dict[str, Any] | None:
     return dict(_read_json(path), dir=d)
 
 
+def load_learn(d: str) -> dict[str, Any] | None:
+    """A learning-regime LM grid (`sweep_lm.py:learn`) as claim 6 and Figure 7 read it:
+    {"lags", "lrs", "seeds", "eval_steps", "heldout" [lags, lrs, seeds, evals] (what each
+    evaluation measured, after a collapse too), "collapse_step" [lags, lrs, seeds] (−1: none),
+    "run"}; None without a result or without in-program evaluations."""
+    if not results.exists(d):
+        return None
+    gr = results.read(d)
+    if mn.HELDOUT_ACC not in gr.evals or gr.eval_steps is None:
+        return None
+    g = results.cube(gr)
+    idx = g["index"]
+    return {"lags": g["lags"], "lrs": g["lrs"], "seeds": g["seeds"],
+            "eval_steps": np.asarray(gr.eval_steps),
+            "heldout": np.asarray(gr.evals[mn.HELDOUT_ACC], float)[idx],
+            "collapse_step": np.asarray(gr.summaries[mn.COLLAPSE_STEP])[idx],
+            "run": _run_of(gr)}
+
+
 def load_study(d: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
     """Every stage of a study directory that has results, plus `extra` exact-sweep directories
     ({label: path}, e.g. more grids of the same testbed) shown and tabulated after them."""
@@ -108,7 +127,8 @@ def load_study(d: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
             "sampled": load_exact(os.path.join(d, "exact_sampled")),
             "bias": load_bias(os.path.join(d, "exact_bias")),
             "lm": load_lm(os.path.join(d, "lm_sweep")),
-            "lm_bias": load_lm_bias(os.path.join(d, "lm_bias")), "dir": d,
+            "lm_bias": load_lm_bias(os.path.join(d, "lm_bias")),
+            "learn": load_learn(os.path.join(d, "lm_learn")), "dir": d,
             "extra": {label: _load_grid_dir(path) for label, path in (extra or {}).items()}}
 
 
@@ -484,9 +504,85 @@ def fig_reward(study, stem: str) -> None:
         figures.save(fig, stem)
 
 
+def fig_learning(study, stem: str) -> None:
+    """Figure 7: the learning regime. (a) held-out accuracy against steps at each S's best η
+    (seed mean, seeds' range shaded, the ScaleRL fit dashed); (b) each η's score (the curve's
+    area, seed mean) per S, η* marked; (c) η*(S) per seed and its median beside η_max(S) of the
+    same grid (geometric mean over seeds), with claim 6's γ fit."""
+    g = study.get("learn")
+    with figures.style():
+        fig, axes = figures.figure("full", ncols=3, aspect=0.42, squeeze=False)
+        axes = axes.ravel()
+        if not g or len(g["lrs"]) < 3:
+            for ax in axes:
+                _empty(ax, "no learning grid with ≥ 3 η\n(sweep_lm.py:learn)")
+            fig.suptitle("Figure 7. The learning regime", fontsize=8)
+            figures.save(fig, stem)
+            return
+        res = claim6_learning.analyse(g["lags"], g["lrs"], g["seeds"], g["eval_steps"],
+                                      g["heldout"], g["collapse_step"])
+        lags, lrs, steps = list(g["lags"]), np.asarray(g["lrs"]), g["eval_steps"]
+        show = lags[:7]
+        colors = dict(zip(show, figures.palette(len(show))))
+        area = g["heldout"].mean(-1)
+        for s in show:
+            i, r = lags.index(s), res["per_S"][int(s)]
+            j = int(np.argmin(np.abs(lrs - r["best_lr"])))
+            acc = g["heldout"][i, j]
+            axes[0].plot(steps, acc.mean(0), "o-", ms=2, color=colors[s],
+                         label=f"S = {s}, η = {r['best_lr']:.2g}")
+            axes[0].fill_between(steps, acc.min(0), acc.max(0), color=colors[s], alpha=0.15,
+                                 lw=0)
+            if r["fit"] is not None:
+                tt = np.linspace(0, steps[-1], 200)
+                f = r["fit"]
+                axes[0].plot(tt, learning.saturating_curve(tt, f["R0"], f["A"], f["t_mid"],
+                                                           f["B"]), "--", lw=0.7,
+                             color=colors[s])
+            axes[1].plot(lrs, area[i].mean(1), "o-", ms=2, color=colors[s], label=f"S = {s}")
+            axes[1].axvline(r["eta_star_median"], color=colors[s], lw=0.6, ls=":")
+        axes[0].set(xlabel="learner step", ylabel="held-out greedy accuracy")
+        axes[0].set_title("(a) learning curves at the best η", loc="left")
+        axes[0].legend(loc="lower right", fontsize=5)
+        axes[1].set(xscale="log", xlabel="learning rate η",
+                    ylabel="area (mean held-out accuracy)")
+        axes[1].set_title("(b) score against η; η* dotted", loc="left")
+        collapsed = g["collapse_step"] >= 0
+        eta_max, _ = scaling.eta_max_per_seed(lrs, collapsed)
+        x = np.where(np.asarray(lags) == 0, 0.5, np.asarray(lags, float))
+        for code, marker in ((0, "o"), (-1, "v"), (1, "^")):
+            sel = res["censor"] == code
+            xs = np.repeat(x[:, None], sel.shape[1], 1)
+            if sel.any():
+                axes[2].plot(xs[sel], res["eta_star"][sel], marker, ls="none", ms=3,
+                             color="0.6", mfc="none" if code else "0.6")
+        axes[2].plot(x, np.median(res["eta_star"], 1), "o-", color="k", label="η* (median)")
+        axes[2].plot(x, np.exp(np.log(eta_max).mean(1)), "s-", color=figures.OKABE_ITO[3],
+                     label="η_max (geometric mean)")
+        law = res["law"]
+        if law.get("gamma") is not None:
+            pos = x >= 1
+            med = np.median(res["eta_star"][pos], 1)
+            c = np.exp(np.mean(np.log(med) + law["gamma"] * np.log(x[pos])))
+            axes[2].plot(x[pos], c * x[pos] ** -law["gamma"], "--", color=figures.OKABE_ITO[0],
+                         label=f"S^−γ, γ = {law['gamma']:.2f}" + (
+                             f" [{law['lo']:.2f}, {law['hi']:.2f}]" if law["lo"] is not None
+                             else ""))
+        axes[2].set(xscale="log", yscale="log", xlabel="staleness S (S = 0 drawn at ½)",
+                    ylabel="learning rate")
+        axes[2].set_xticks(x, [str(s) for s in lags])
+        axes[2].set_title("(c) η*(S) and η_max(S)", loc="left")
+        axes[2].legend(loc="lower left", fontsize=5)
+        fig.suptitle(f"Figure 7. The learning regime: {len(g['seeds'])} seeds, T = "
+                     f"{int(steps[-1])}, held-out accuracy every {int(steps[1] - steps[0])} "
+                     "steps", fontsize=8)
+        figures.save(fig, stem)
+
+
 DRAW: dict[str, Callable] = {"phase": fig_phase, "eta_max": fig_eta_max,
                              "t_collapse": fig_t_collapse, "delta": fig_delta,
-                             "cosine": fig_cosine, "reward": fig_reward}
+                             "cosine": fig_cosine, "reward": fig_reward,
+                             "learning": fig_learning}
 
 
 def draw(study, names, outdir: str) -> list[str]:

@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 from async_grpo import config as config_lib
-from async_grpo import distributed, figures, grid_axes, grid_runner, results
+from async_grpo import distributed, figures, grid_axes, grid_runner, results, simulate
 from async_grpo import metric_names as mn
 from async_grpo import lr_control as lr_control_lib
 from async_grpo import metrics as metrics_lib
@@ -50,7 +50,7 @@ from async_grpo import scaling as xa
 from experiments import _main, exact_sweep
 from experiments.configs import common
 
-HELDOUT = "heldout/accuracy"   # the evaluator's held-out greedy accuracy (at the end of a cell)
+HELDOUT = mn.HELDOUT_ACC     # the held-out greedy accuracy (at the end of a cell, and at the evals)
 
 @dataclasses.dataclass
 class Plan:
@@ -63,6 +63,7 @@ class Plan:
     max_chunk_cells: int
     lr_control: Optional[lr_control_lib.Params] = None
     lr_control_info: Optional[dict] = None     # R_batch's source (and its calibration)
+    eval_every: int = 0         # held-out evaluation inside the program every k steps (0: off)
 
 
 # Keys of `run` that the sweep sets itself, per cell: a value set in a sweep config would be
@@ -104,8 +105,13 @@ def lm_plan(c) -> Plan:
                          "compiled program; use 'random_uniform'")
     seeds = [config.seed + i for i in range(c.num_seeds)]
     control, info = _lr_control(c.get("lr_control"), max(lags))
+    eval_every = c.get("eval_every", 0)
+    if not (isinstance(eval_every, int) and eval_every >= 0
+            and (eval_every == 0 or config.rl.steps % eval_every == 0)):
+        raise ValueError(f"--config.eval_every={eval_every!r}: 0 (evaluate at the end only) or "
+                         f"an integer >= 1 that divides run.rl.steps = {config.rl.steps}")
     return Plan(config, lags, lrs, seeds, c.batching, c.memory_budget_gb * 2**30,
-                int(c.max_chunk_cells), control, info)
+                int(c.max_chunk_cells), control, info, eval_every)
 
 
 def _lr_control(lc, max_lag):
@@ -161,16 +167,21 @@ def _warm_start(plan: Plan, workdir: str, shard: int) -> config_lib.RunConfig:
 
 def _lm_compute(pop, fn, comps, cells, size):
     """compute(idx) of the grid runner: one population chunk (padded to `size` by repeating its
-    last cell: one compile), and each cell's held-out greedy accuracy at the end."""
+    last cell: one compile), and each cell's held-out greedy accuracy at the end: the last of
+    the in-program evaluations when the grid has them (`eval_every`), else the evaluator's."""
     def compute(idx):
         pad = np.concatenate([idx, np.full(size - len(idx), idx[-1])])
         metrics, params, summary = population.run_chunk(fn, pop, {k: v[pad] for k, v in
                                                                   cells.items()})
-        acc = [comps.evaluator(jax.tree.map(lambda x, j=j: x[j], params))["heldout/accuracy"]
-               for j in range(len(idx))]
+        evals = {k: v[:len(idx)] for k, v in summary.pop(simulate.EVALS, {}).items()}
+        if evals:
+            acc = evals[HELDOUT][:, -1]
+        else:
+            acc = np.asarray([comps.evaluator(jax.tree.map(lambda x, j=j: x[j], params))[HELDOUT]
+                              for j in range(len(idx))])
         return {"curves": {k: v[:len(idx)] for k, v in metrics.items()},
-                "summaries": {**{k: v[:len(idx)] for k, v in summary.items()},
-                              HELDOUT: np.asarray(acc)}}
+                "summaries": {**{k: v[:len(idx)] for k, v in summary.items()}, HELDOUT: acc},
+                "evals": evals}
     return compute
 
 
@@ -181,16 +192,18 @@ def run_lm_sweep(c, workdir: str, plan: Plan, shard: int = 0, num_shards: int = 
         raise ValueError(f"--shard={shard} with --num_shards={num_shards}: "
                          "need 0 <= shard < num_shards")
     workdir_lib.claim(workdir, "sweep_lm", json.loads(c.to_json()),
-                      defaults={"run": config_lib.RunConfig().to_dict()})
+                      defaults={"run": config_lib.RunConfig().to_dict(), "eval_every": 0})
     t0 = time.time()
     config = _warm_start(plan, workdir, shard)
     comps = components.build_grpo(config)
     pop = population.make_population(config, comps, seeds=plan.seeds,
-                                     max_lag_cap=max(plan.lags), lr_control=plan.lr_control)
+                                     max_lag_cap=max(plan.lags), lr_control=plan.lr_control,
+                                     eval_every=plan.eval_every)
     cells = population.make_cells(pop, lrs=plan.lrs, lags=plan.lags)
     n = len(cells["lr"])
     size = min(plan.max_chunk_cells,
-               population.chunk_size(config, comps, max(plan.lags), plan.budget_bytes, n))
+               population.chunk_size(config, comps, max(plan.lags), plan.budget_bytes, n,
+                                     eval_rows=config.eval.batch_size if plan.eval_every else 0))
     logging.info("LM sweep: %d cells in %d chunks of up to %d (%.0f MB per cell estimated); "
                  "shard %d of %d", n, -(-n // size), size,
                  population.cell_bytes(config, comps, max(plan.lags)) / 2**20, shard, num_shards)
@@ -200,13 +213,15 @@ def run_lm_sweep(c, workdir: str, plan: Plan, shard: int = 0, num_shards: int = 
                                  shard=shard, num_shards=num_shards)
     if shard != 0:
         return f"shard {shard}: my chunks are done; shard 0 writes the results"
-    gr = lm_result(c, plan, config, cells, run, time.time() - t0, num_shards, workdir)
+    gr = lm_result(c, plan, config, cells, run, time.time() - t0, num_shards, workdir,
+                   pop.eval_steps)
     gr.write(workdir)
     _plot(gr, os.path.join(workdir, "phase"))
     return lm_table(gr)
 
 
-def lm_result(c, plan: Plan, config, cells, run, wall, num_shards, workdir) -> results.GridResult:
+def lm_result(c, plan: Plan, config, cells, run, wall, num_shards, workdir,
+              eval_steps=None) -> results.GridResult:
     """The LM grid's GridResult: the cells' axes and summaries (with the reward over the first,
     last and best 10 steps), the per-step curves, the stability fits; the invocations keep every
     run's wall time (a rerun that only refits adds one, it does not replace the one that
@@ -225,7 +240,8 @@ def lm_result(c, plan: Plan, config, cells, run, wall, num_shards, workdir) -> r
                                   for i, s in enumerate(plan.lags)}
     return results.GridResult(
         "lm", {"S": cells["max_lag"], "lr": cells["lr"], "seed": cells["seed"]}, summ, curves,
-        1, fits={"stability": [stab]}, config=json.loads(c.to_json()),
+        1, evals=run.evals, eval_steps=eval_steps if run.evals else None,
+        fits={"stability": [stab]}, config=json.loads(c.to_json()),
         meta={"run": config.to_dict(), "collapse_rules": config.collapse.describe(),
               "lr_control": plan.lr_control_info, "processes": num_shards,
               "num_chunks": run.num_chunks},

@@ -5,6 +5,7 @@ import pytest
 from tests._subprocess import run_with_devices
 
 
+@pytest.mark.slow  # ~70 s; the sharded learner alone: tests/test_sharding.py, test_learner_scale.py
 @pytest.mark.multidevice
 def test_pipeline_on_8_devices_and_generator_submesh(tmp_path):
     out = run_with_devices(f"""

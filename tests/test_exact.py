@@ -328,6 +328,7 @@ def test_sampled_mode_training_runs_through_the_library():
     assert np.all(s["J_final"] > s["J_init"])
 
 
+@pytest.mark.slow  # ~15 s
 def test_delayed_mode_follows_the_on_policy_update_of_the_stale_parameters():
     """mode="delayed" applies H(φ_t, φ_t): with the fixed lag s_t = min(t, S) its update at step t
     is the on-policy update H(θ_{t−S}, θ_{t−S}) the run itself had at step t − S; at S = 0 it is

@@ -91,7 +91,9 @@ def _flat(tree):
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
 
 
-@pytest.mark.parametrize("td_kl", [pytest.param(0.0, marks=pytest.mark.slow), 0.04])
+# ~16 s each; the corrected mode through the pipeline: test_pipeline.py::test_gradient_modes_and_bias_diagnostics
+@pytest.mark.parametrize("td_kl", [pytest.param(0.0, marks=pytest.mark.slow),
+                                   pytest.param(0.04, marks=pytest.mark.slow)])
 def test_corrected_mode_interpolates_surrogate_and_total_derivative(comps, td_kl):
     """corrected with c = 0 is `surrogate` and c = 1 is `total_derivative` (the same code path,
     so bit for bit); c = 0.5 is their average (the gradient is linear in the loss)."""
@@ -151,6 +153,7 @@ def test_snapshots_survive_donation(comps):
     assert helpers.trees_equal(snap, kept)          # still readable: not a donated buffer
 
 
+@pytest.mark.slow  # ~12 s
 def test_the_td_objective_change_moves_only_the_td_cosines(comps):
     """Why the golden fixed-S=2 run (tests/data/golden_runs.json) differs from the pre-redesign
     record in `bias/cos_surrogate_td` and `bias/cos_td_fresh` only: the total-derivative

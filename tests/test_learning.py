@@ -125,3 +125,28 @@ def test_claim6_is_one_module_of_the_registry_and_reads_a_learning_grid():
     md = claims.claims_markdown({"exact": {}, "sampled": {}, "bias": None, "lm": None,
                                  "lm_bias": None, "extra": {}, **grid(1.0)})
     assert "**Claim 6.**" in md and "learning regime" in md
+
+
+def test_claim6_scores_a_collapsed_cell_by_what_it_ends_with_and_fits_before_the_collapse():
+    """A cell that climbs fastest and then collapses (accuracy 0 after step 100) must not be
+    η*: the area counts its evaluations after the collapse. The ScaleRL fit at a best η whose
+    seeds collapsed stops at the first collapse step."""
+    from experiments.claims import claim6_learning as c6
+    lrs, seeds, steps = np.array([1e-5, 2e-5, 4e-5, 8e-5]), [0, 1, 2], np.arange(0, 201, 20.0)
+    acc = np.empty((1, 4, 3, len(steps)))
+    for j, top in enumerate((0.5, 0.6, 0.55, 0.9)):
+        acc[0, j] = 0.3 + (top - 0.3) * steps / (steps + 40)
+    cstep = np.full((1, 4, 3), -1)
+    acc[0, 3, :, steps > 100] = 0.0
+    cstep[0, 3] = 105
+    res = c6.analyse([0], lrs, seeds, steps, acc, cstep)
+    r = res["per_S"][0]
+    assert r["best_lr"] == 2e-5 and r["n_collapsed"] == 0
+    assert np.all(res["eta_star"] < 4e-5)
+    # without the collapse marks the same curves would pick the fast one: the area decides
+    acc[0, 3] = 0.3 + 0.6 * steps / (steps + 40)
+    cstep[0, 3] = 150
+    res = c6.analyse([0], lrs, seeds, steps, acc, cstep)
+    r = res["per_S"][0]
+    assert r["best_lr"] == 8e-5 and r["n_collapsed"] == 3
+    assert r["fit"] is not None and r["fit"]["A"] == pytest.approx(0.9, abs=0.05)

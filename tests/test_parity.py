@@ -182,6 +182,7 @@ def test_parity_every_is_validated():
         rollout.RolloutSource(None, None, prompts_per_step=1, seed=0, parity_every=-2)
 
 
+@pytest.mark.slow  # ~13 s; the rollouts' parity statistics: test_rollouts_hand_the_truncated_behavior_logp_to_the_loss
 def test_pipeline_logs_parity_every_k_steps(tmp_path):
     helpers.random_init(tmp_path / "init")
     cfg = helpers.pipeline_config(tmp_path, **{"rl.steps": 3, "diagnostics.parity_every": 2,

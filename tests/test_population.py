@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from async_grpo import checkpoint as ckpt_lib
+from async_grpo import config as config_lib
 from async_grpo import metrics as metrics_lib
 from async_grpo.rl import components, pipeline, population
 from async_grpo.sft import run_sft
@@ -84,7 +85,7 @@ def test_refuses_tasks_without_a_token_reward_and_bad_cells(sft_dir):
     assert ckpt_lib.latest_step(sft_dir + "/checkpoints") == 150
 
 
-@pytest.mark.parametrize("prompts,cap", [(8, 2), (16, 16)])
+@pytest.mark.parametrize("prompts,cap", [(8, 2), pytest.param(16, 16, marks=pytest.mark.slow)])
 def test_the_memory_estimate_follows_xlas_count(sft_dir, prompts, cap):
     """`cell_bytes` (what sizes a chunk) against XLA's memory analysis of the compiled one-cell
     program: temporaries + outputs, within [0.7, 1.5]x; and per cell, linear in the chunk."""
@@ -104,6 +105,7 @@ def test_the_memory_estimate_follows_xlas_count(sft_dir, prompts, cap):
     assert population.chunk_size(cfg, comps, cap, 0.1 * est, 4) == 1
 
 
+@pytest.mark.slow  # ~50 s (three programs); the controller in the engine: test_lr_control.py (exact testbed)
 def test_the_lr_controller_keeps_the_within_cycle_drift_under_its_budget(sft_dir):
     """The controller chained after Adam (rule mode): with a huge R_batch it never acts
     (c_t = 1); with a small one it scales steps down and the measured ‖θ_t − φ_t‖ stays
@@ -132,3 +134,35 @@ def test_the_lr_controller_keeps_the_within_cycle_drift_under_its_budget(sft_dir
     look = np.asarray(runs["lookahead"]["drift/within_cycle"])
     assert look.max() <= 0.5 * 0.02 * (1 + 1e-5), look
     assert np.all(np.asarray(runs["lookahead"]["lr_scale"])[2:] < 1.0)
+
+
+def test_in_program_heldout_accuracy_is_the_evaluators():
+    """`eval_every`: the held-out evaluation inside the program (greedy, token reward, the last
+    batch padded and masked) gives the pipeline evaluator's numbers (greedy, Python reward) for
+    θ_0 and for the cell's final θ; the training metrics are those of the run without it. From
+    the shipped warm start (about 30 % held-out), so the accuracy can tell them apart."""
+    from experiments.configs import sweep_lm
+    c = sweep_lm.get_config("learn").run
+    c.rl.steps, c.rl.prompts_per_step, c.rl.group_size = 8, 4, 4
+    c.eval.num_problems, c.eval.batch_size = 20, 8              # 3 batches, 4 rows masked
+    cfg = config_lib.RunConfig.from_config(c)
+    comps = components.build_grpo(cfg)
+    cell = {"seed": jnp.uint32(cfg.seed), "seed_index": jnp.int32(0), "max_lag": jnp.int32(2),
+            "lr": jnp.float32(1e-3)}
+    plain = population.make_population(cfg, comps, seeds=[cfg.seed], max_lag_cap=2)
+    pop = population.make_population(cfg, comps, seeds=[cfg.seed], max_lag_cap=2, eval_every=4)
+    np.testing.assert_array_equal(pop.eval_steps, [0, 4, 8])
+    m0, p0, _ = jax.jit(plain.train)(cell, plain.tables)
+    m, p, s = jax.jit(pop.train)(cell, pop.tables)
+    for k in m0:
+        np.testing.assert_array_equal(m[k], m0[k], err_msg=k)
+    assert helpers.trees_equal(p, p0)
+    ev = jax.tree.map(np.asarray, s["evals"])
+    want0 = comps.evaluator(comps.init_params)
+    want = comps.evaluator(p)
+    for name in ("heldout/accuracy", "heldout/malformed_frac"):
+        assert ev[name].shape == (3,)
+        assert ev[name][0] == pytest.approx(want0[name], abs=1e-6), name
+        assert ev[name][-1] == pytest.approx(want[name], abs=1e-6), name
+    assert 0 < want0["heldout/accuracy"] < 1           # a set that can tell them apart
+    assert want["heldout/accuracy"] != want0["heldout/accuracy"]     # and θ moved it

@@ -21,7 +21,8 @@ def test_parse_figures_accepts_names_numbers_and_all_and_refuses_the_rest():
     assert reproduce.parse_figures("all") == list(study.FIGURES)
     assert reproduce.parse_figures("eta_max, 1") == ["phase", "eta_max"]
     assert reproduce.parse_figures("6,cosine") == ["cosine", "reward"]
-    for bad in ("7", "phases", "", " , "):
+    assert reproduce.parse_figures("7") == ["learning"]
+    for bad in ("8", "phases", "", " , "):
         with pytest.raises(ValueError, match="--figure"):
             reproduce.parse_figures(bad)
 
@@ -35,7 +36,8 @@ def test_stages_follow_the_figures():
     assert {"exact_sweep", "lm_sweep"} <= names
     # the tiny scale has no LM stage (minutes even on the smallest grid)
     tiny = {s.name for s in reproduce.stages_for(study.FIGURES, "tiny")}
-    assert not {"lm_sweep", "lm_bias"} & tiny
+    assert not {"lm_sweep", "lm_bias", "lm_learn"} & tiny
+    assert [s.name for s in reproduce.stages_for(["learning"], "cpu")] == ["lm_learn"]
     # a stage's arguments may name the study directory; run_stage fills it in
     lm_bias = next(s for s in reproduce.STAGES if s.name == "lm_bias")
     assert any("{workdir}/lm_sweep/sft" in a for a in lm_bias.args["cpu"])

@@ -8,6 +8,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from async_grpo import checkpoint as ckpt_lib
 from async_grpo import metrics as metrics_lib
@@ -52,6 +53,7 @@ def _wait_for_step(proc, workdir, step, timeout=120):
     raise AssertionError(f"step {step} not reached in {timeout} s")
 
 
+@pytest.mark.slow  # ~30 s; SFT's kill-and-resume (test_run_hygiene.py) and bounded_async resume stay
 def test_sigkill_and_sigterm_resume_bit_identical(tmp_path):
     helpers.random_init(tmp_path / "init")
     ref, _, ref_recs = run_pipeline(config(tmp_path, **OVERRIDES), tmp_path / "ref")

@@ -82,6 +82,7 @@ def test_bad_workdirs_are_refused(tmp_path):
         workdir_lib.claim("/proc/async_grpo_test/run", "sft", {})
 
 
+@pytest.mark.slow  # ~25 s of subprocesses; workdir.claim's refusals are tested in-process above
 def test_binaries_refuse_a_used_workdir_fast(tmp_path):
     """GRPO resumed with another lr or task, SFT rerun with more steps: refused in seconds with
     the differing keys named, nothing trained, nothing written."""

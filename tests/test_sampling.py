@@ -193,7 +193,7 @@ def test_score_responses_is_differentiable():
     assert float(jnp.abs(grads["embed_tokens"]["embedding"]).max()) > 0
 
 
-@pytest.mark.parametrize("impl", ["einsum", "xla"])
+@pytest.mark.parametrize("impl", [pytest.param("einsum", marks=pytest.mark.slow), "xla"])
 def test_packed_scoring_equals_the_left_aligned_pass(impl):
     """`packed=True` ([prompt | response | pads], plainly causal: the cuDNN layout) gives the
     same log-probs, entropies and gradients as the left-aligned masked pass, with prompts of

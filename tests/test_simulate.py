@@ -202,3 +202,46 @@ def test_update_norm_is_the_optimizers_update_and_a_non_finite_step_is_not_appli
     assert list(m[mn.FINITE][0]) == [True] * 5 + [False] + [True] * 2
     assert int(s["collapse_step"][0]) == 5 and bool(s["collapsed"][0])
     assert np.isfinite(s["drift_final"][0])
+
+
+def _quadratic_with_objective(num_steps, evaluate=None, eval_every=0):
+    """Noisy gradient descent on J(θ) = −‖θ‖²/2 with stale gradients (a sampled update)."""
+    def update(theta, phi, key, ctx):
+        return phi + 0.1 * jax.random.normal(key, theta.shape), {}
+
+    return simulate.make_train(
+        update, lambda key, cell: jax.random.normal(key, (3,)),
+        lambda cell: optax.sgd(cell["lr"]), num_steps=num_steps, max_lag_cap=2,
+        objective=lambda theta, ctx: -0.5 * jnp.sum(theta ** 2), collapse=None,
+        evaluate=evaluate, eval_every=eval_every)
+
+
+def test_in_program_evaluations_see_theta_every_k_steps_and_change_nothing_else():
+    """`evaluate` every k steps: evaluation i is of θ after ik updates, so it equals the J(θ_ik)
+    the step logs before update ik (and J_final at T); the per-step metrics and the summary are
+    bit-identical to the run without evaluations (the blocked scan is the same computation)."""
+    cells = simulate.make_cells(max_lag=[0, 2], lr=[0.1, 0.5], seed=[0, 3])
+    plain = simulate.run_cells(_quadratic_with_objective(20), cells)
+    both = lambda theta, ctx: {"J": -0.5 * jnp.sum(theta ** 2), "x0": theta[0]}  # noqa: E731
+    train = _quadratic_with_objective(20, both, 5)
+    m, s = simulate.run_cells(train, cells)
+    np.testing.assert_array_equal(train.eval_steps, [0, 5, 10, 15, 20])
+    for k in plain[0]:
+        np.testing.assert_array_equal(m[k], plain[0][k], err_msg=k)
+    for k in plain[1]:
+        np.testing.assert_array_equal(s[k], plain[1][k], err_msg=k)
+    ev = s[simulate.EVALS]
+    assert ev["J"].shape == ev["x0"].shape == (8, 5)
+    np.testing.assert_allclose(ev["J"][:, :4], m["J"][:, ::5], rtol=1e-6)
+    np.testing.assert_allclose(ev["J"][:, 4], s["J_final"], rtol=1e-6)
+    # chunked (padded last chunk) concatenates the evaluations like every other summary
+    mc, sc = simulate.run_cells_chunked(train, cells, chunk_size=3)
+    np.testing.assert_array_equal(sc[simulate.EVALS]["J"], ev["J"])
+
+
+@pytest.mark.parametrize("every, evaluate, match", [
+    (3, lambda theta, ctx: {}, "must divide"), (0, lambda theta, ctx: {}, "trace_every"),
+    (4, None, "needs an evaluate function")])
+def test_eval_every_must_divide_the_horizon_and_needs_a_function(every, evaluate, match):
+    with pytest.raises(ValueError, match=match):
+        _quadratic_with_objective(20, evaluate, every)

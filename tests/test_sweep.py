@@ -34,7 +34,7 @@ def _table(workdir):
 @pytest.fixture(name="one", scope="module")
 def _one(tmp_path_factory):
     wd = tmp_path_factory.mktemp("sweep") / "one"
-    proc = _run(wd)
+    proc = _run(wd, "--config.eval_every=6")
     return wd, proc.stdout
 
 
@@ -53,6 +53,15 @@ def test_lm_sweep_writes_its_table_curves_and_figure(one):
     assert "eta_max" in out and "fit eta_max" in out and "8 cells in 2 chunks" in out
     assert gr.curves[mn.LAG].shape == (8, 12) and gr.curves[mn.LAG][-1].tolist() == [
         min(t, 2) for t in range(12)]
+    # held-out accuracy inside the program at steps 0, 6, 12; the summary is the last of them
+    assert gr.eval_steps.tolist() == [0, 6, 12]
+    acc = gr.evals[mn.HELDOUT_ACC]
+    assert acc.shape == (8, 3) and np.all((acc >= 0) & (acc <= 1))
+    np.testing.assert_array_equal(gr.summaries[mn.HELDOUT_ACC], acc[:, -1])
+    assert len(set(acc[:, 0].tolist())) == 1        # every cell starts from the same θ_0
+    from experiments import study
+    learn = study.load_learn(str(wd))
+    assert learn["heldout"].shape == (2, 2, 2, 3) and learn["collapse_step"].shape == (2, 2, 2)
 
 
 @pytest.mark.slow  # ~30 s idle; resume is also covered by the exact sweep tests
@@ -100,13 +109,28 @@ def test_exact_configs_go_through_the_same_binary(tmp_path):
 
 
 def test_bad_lm_sweep_configs_fail_fast(tmp_path):
-    for flag, match in (("--config.lags=", "lags"), ("--config.batching=pmap", "batching"),
-                        ("--config.run.rl.group_size=1", "rl.group_size=1"),
-                        ("--config.run.staleness.policy=bounded_async", "random_uniform"),
-                        ("--shard=2", "--shard=2 with --num_shards=1")):
-        proc = _run(tmp_path / "bad", flag, check=False)
-        assert proc.returncode != 0 and match in proc.stderr, (flag, proc.stderr[-1500:])
-        assert "Traceback" not in proc.stderr
+    """One subprocess proves the binary reports a bad value without a traceback; the other
+    refusals are the same parser (`sweep.lm_plan`) and runner checks, called in-process."""
+    from experiments import sweep  # pylint: disable=import-outside-toplevel
+    from experiments.configs import sweep_lm  # pylint: disable=import-outside-toplevel
+    proc = _run(tmp_path / "bad", "--config.lags=", check=False)
+    assert proc.returncode != 0 and "lags" in proc.stderr, proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
+    for key, value, match in (("batching", "pmap", "batching"),
+                              ("run.rl.group_size", 1, "rl.group_size=1"),
+                              ("run.staleness.policy", "bounded_async", "random_uniform"),
+                              ("eval_every", 5, "eval_every=5"),
+                              ("eval_every", -1, "eval_every=-1")):
+        c = sweep_lm.get_config("tiny")
+        node, *path = c, *key.split(".")
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+        with pytest.raises(ValueError, match=match):
+            sweep.lm_plan(c)
+    plan = sweep.lm_plan(sweep_lm.get_config("tiny"))
+    with pytest.raises(ValueError, match="--shard=2 with --num_shards=1"):
+        sweep.run_lm_sweep(sweep_lm.get_config("tiny"), str(tmp_path / "bad2"), plan, 2, 1)
 
 
 def test_lr_control_config_is_parsed_once_with_clear_errors(tmp_path):

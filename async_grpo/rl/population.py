@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from async_grpo import lr_control as lr_control_lib
+from async_grpo import metric_names as mn
 from async_grpo import models, sampling, simulate
 from async_grpo import staleness as staleness_lib
 from async_grpo.config import RunConfig
@@ -61,7 +62,9 @@ class Population:
     train: Callable
     seeds: tuple
     max_lag_cap: int
-    tables: dict               # per seed: prompts, lengths, targets for every step, stacked
+    tables: dict               # per seed: prompts, lengths, targets for every step, stacked;
+                               # "heldout": the held-out set's batches (with eval_every)
+    eval_steps: Optional[np.ndarray] = None    # the steps of the in-program evaluations
 
 
 def _prompt_tables(config: RunConfig, comps: Components, seeds: Sequence[int], steps: int,
@@ -91,9 +94,56 @@ def _pad_to(x, width):
     return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
 
 
+def _heldout_table(config: RunConfig, comps: Components, token_reward) -> dict[str, np.ndarray]:
+    """The evaluator's held-out problems as [n_batches, B] arrays (B = eval.batch_size; the last
+    batch padded with the first prompt and masked out), encoded as `rollout.evaluate` does."""
+    problems = comps.evaluator.problems
+    b = int(config.eval.batch_size)
+    n_batches = -(-len(problems) // b)
+    padded = problems + [problems[0]] * (n_batches * b - len(problems))
+    toks, lens = comps.tokenizer.batch_encode([p.prompt for p in padded],
+                                              max_len=comps.max_prompt_len, add_bos=True)
+    tgts = token_reward.targets(padded, comps.max_new_tokens)
+    rows = dict(prompt_tokens=np.asarray(toks), prompt_lengths=np.asarray(lens),
+                real=np.arange(len(padded)) < len(problems), **tgts)
+    return {k: v.reshape((n_batches, b) + v.shape[1:]) for k, v in rows.items()}
+
+
+def _heldout_evaluate(config: RunConfig, comps: Components, token_reward) -> Callable:
+    """evaluate(θ, ctx) -> {heldout/accuracy, heldout/malformed_frac}: the pipeline's evaluator
+    (`rollout.evaluate_heldout`: greedy, or one sample at the RL temperature with the eval key)
+    inside the program, scored by the task's token reward (equal to its Python reward)."""
+    ec, tok = config.eval, comps.tokenizer
+    temperature = 0.0 if ec.greedy else config.rl.temperature
+    eval_key = jax.random.key(int(ec.seed))
+
+    def evaluate(theta, ctx):
+        def one_batch(xs):
+            i, tab = xs
+            sb = sampling.sample(comps.graphdef, theta, tab["prompt_tokens"],
+                                 tab["prompt_lengths"], jax.random.fold_in(eval_key, i),
+                                 max_new_tokens=comps.max_new_tokens, eos_id=tok.eos_id,
+                                 pad_id=tok.pad_id, temperature=temperature)
+            targets = {k: v for k, v in tab.items()
+                       if k not in ("prompt_tokens", "prompt_lengths", "real")}
+            reward, malformed = token_reward.reward(sb.response_tokens, sb.response_lengths,
+                                                    targets)
+            real = tab["real"]
+            return jnp.sum(jnp.where(real, reward > 0, False)), jnp.sum(real & malformed)
+
+        tab = ctx.data["heldout"]
+        n_batches = tab["real"].shape[0]
+        correct, malformed = jax.lax.map(one_batch, (jnp.arange(n_batches), tab))
+        n = jnp.sum(tab["real"])
+        return {mn.HELDOUT_ACC: jnp.sum(correct) / n, mn.HELDOUT_MALFORMED: jnp.sum(malformed) / n}
+
+    return evaluate
+
+
 def make_population(config: RunConfig, comps: Components, *, seeds: Sequence[int],
                     max_lag_cap: int, keep: Optional[Sequence[str]] = CURVES,
-                    lr_control: Optional[lr_control_lib.Params] = None) -> Population:
+                    lr_control: Optional[lr_control_lib.Params] = None,
+                    eval_every: int = 0) -> Population:
     """The runner for cells whose seeds are among `seeds` and whose S ≤ `max_lag_cap`.
 
     A cell is {"seed": s, "max_lag": S, "lr": η}. `keep` limits the per-step metrics returned
@@ -101,7 +151,10 @@ def make_population(config: RunConfig, comps: Components, *, seeds: Sequence[int
     the staleness-aware learning-rate controller (`async_grpo.lr_control`) chained after the
     optimizer, with the cell's S and the measured drifts of each step (the engine knows the next
     step's behavior snapshot, so the lookahead mode runs too); its scale c_t is the metric
-    "lr_scale" (the effective η is c_t·η)."""
+    "lr_scale" (the effective η is c_t·η). `eval_every` = k ≥ 1: the held-out evaluation of the
+    pipeline's evaluator (`heldout/accuracy`, `heldout/malformed_frac`) inside the program at
+    steps 0, k, …, T (`Population.eval_steps`; k must divide T), returned in the summary's
+    "evals" ({name: [T / k + 1]})."""
     if lr_control is not None:
         lr_control_lib.validate(lr_control, max_lag_cap)
     rc, st = config.rl, config.staleness
@@ -116,6 +169,10 @@ def make_population(config: RunConfig, comps: Components, *, seeds: Sequence[int
         raise ValueError("the population runner needs GRPO components (components.build_grpo)")
     seeds = tuple(int(s) for s in seeds)
     tables = _prompt_tables(config, comps, seeds, rc.steps, token_reward)
+    evaluate = None
+    if eval_every:
+        tables["heldout"] = _heldout_table(config, comps, token_reward)
+        evaluate = _heldout_evaluate(config, comps, token_reward)
     theta0 = comps.init_params
     engine_train = simulate.make_train(
         _grpo_update(config, comps, token_reward), lambda key, cell: theta0,
@@ -125,13 +182,14 @@ def make_population(config: RunConfig, comps: Components, *, seeds: Sequence[int
         num_steps=rc.steps, staleness=st.policy, max_lag_cap=max_lag_cap,
         geometric_p=st.geometric_p, collapse=config.collapse,
         lr_control=None if lr_control is None else (lambda cell: lr_control),
-        track_cosines=config.diagnostics.cosines, first_step=1, keep=keep, return_params=True)
+        track_cosines=config.diagnostics.cosines, first_step=1, keep=keep, return_params=True,
+        evaluate=evaluate, eval_every=eval_every)
 
     def train(cell, tables):
         metrics, summary, params = engine_train(cell, tables)
         return metrics, params, summary
 
-    return Population(train, seeds, max_lag_cap, tables)
+    return Population(train, seeds, max_lag_cap, tables, engine_train.eval_steps)
 
 
 def _grpo_update(config: RunConfig, comps: Components, token_reward) -> Callable:
@@ -145,7 +203,8 @@ def _grpo_update(config: RunConfig, comps: Components, token_reward) -> Callable
     def update(theta, phi, key, ctx):
         del key            # the sampling key is the pipeline's, from the seed and the step
         t, version = ctx.step, ctx.step - ctx.lag
-        tab = jax.tree.map(lambda x: x[ctx.cell["seed_index"]], ctx.data)
+        tab = jax.tree.map(lambda x: x[ctx.cell["seed_index"]],
+                           {k: v for k, v in ctx.data.items() if k != "heldout"})
         seed_key = jax.random.key(jnp.asarray(ctx.cell["seed"], jnp.uint32))
         sb = sampling.sample(
             comps.graphdef, phi, tab["prompt_tokens"][t], tab["prompt_lengths"][t],
@@ -192,7 +251,7 @@ def make_cells(pop: Population, *, lrs: Sequence[float], lags: Sequence[int],
     return cells
 
 
-def cell_bytes(config: RunConfig, comps: Components, max_lag_cap: int) -> int:
+def cell_bytes(config: RunConfig, comps: Components, max_lag_cap: int, eval_rows: int = 0) -> int:
     """An estimate of one cell's device memory in bytes (float32), the number that sizes a chunk.
 
     Two terms. Parameters: (S_max + 7) copies (the ring of S_max + 1 snapshots, θ, θ_0, Adam's two
@@ -201,11 +260,13 @@ def cell_bytes(config: RunConfig, comps: Components, max_lag_cap: int) -> int:
     and backward buffers, the logits and their softmax and gradients, the sampler's cache),
     fitted to XLA's own count. `tests/test_population.py` holds it within [0.7, 1.5]× of XLA's
     compiled memory analysis (temporaries + outputs) on CPU for two batch sizes and S_max; other
-    backends fuse differently, so leave the budget some headroom.
+    backends fuse differently, so leave the budget some headroom. `eval_rows`: the batch of an
+    in-program held-out evaluation (counted, conservatively, as if it were a training batch
+    when it is the larger).
     """
     n = models.param_count(comps.init_params)
     cfg = comps.model_config
-    rows = config.rl.prompts_per_step * config.rl.group_size
+    rows = max(config.rl.prompts_per_step * config.rl.group_size, int(eval_rows))
     length = comps.max_prompt_len + comps.max_new_tokens
     per_position = (cfg.n_layers * (10 * cfg.d_model + 5 * cfg.mlp_dim + 2 * cfg.n_heads * length)
                     + 6 * cfg.vocab_size)
@@ -213,9 +274,9 @@ def cell_bytes(config: RunConfig, comps: Components, max_lag_cap: int) -> int:
 
 
 def chunk_size(config: RunConfig, comps: Components, max_lag_cap: int, budget_bytes: float,
-               num_cells: int) -> int:
+               num_cells: int, eval_rows: int = 0) -> int:
     """Cells per compiled chunk within `budget_bytes` (at least 1)."""
-    per = cell_bytes(config, comps, max_lag_cap)
+    per = cell_bytes(config, comps, max_lag_cap, eval_rows)
     return int(max(1, min(num_cells, budget_bytes // per)))
 
 

@@ -52,28 +52,41 @@ def verdict(law: dict[str, Any]) -> tuple[str, str]:
                f"[{law['lo']:.2f}, {law['hi']:.2f}])")
 
 
-def analyse(lags, lrs, seeds, steps, acc) -> dict[str, Any]:
+def analyse(lags, lrs, seeds, steps, acc, collapse_step=None) -> dict[str, Any]:
     """Claim 6's numbers from a learning grid: `acc` [n_lags, n_lrs, n_seeds, n_evals] held-out
-    accuracy at eval `steps` (NaN after a collapse). -> {"eta_star", "censor", "law",
-    "per_S": {S: {"eta_star_median", "area", "final", "fit"}}}."""
+    accuracy at eval `steps`, `collapse_step` [n_lags, n_lrs, n_seeds] (−1 or None: none).
+
+    The score of a cell is its area (mean accuracy over the evaluations, after a collapse too:
+    a collapsed run is scored by what it ends with, never by its best part). The ScaleRL fit at
+    each S's best η is of the seed-mean curve up to the first collapse among those seeds (the
+    pre-collapse curve; no fit with fewer than 4 points), and says how many seeds collapsed.
+    -> {"eta_star", "censor", "law", "per_S": {S: {"eta_star_median", "n_censored", "area",
+    "final", "best_lr", "fit", "n_collapsed"}}}."""
     acc = np.asarray(acc, float)
-    lags, lrs = np.asarray(lags), np.asarray(lrs, float)
+    lags, lrs, steps = np.asarray(lags), np.asarray(lrs, float), np.asarray(steps, float)
     if acc.shape[:3] != (len(lags), len(lrs), len(seeds)) or acc.shape[3] != len(steps):
         want = (len(lags), len(lrs), len(seeds), len(steps))
         raise ValueError(f"acc must be [lags, lrs, seeds, evals] = {want}, got {acc.shape}")
-    area = np.nanmean(acc, axis=-1)                     # mean accuracy over the evals
+    cstep = (np.full(acc.shape[:3], -1) if collapse_step is None
+             else np.asarray(collapse_step).reshape(acc.shape[:3]))
+    area = np.mean(acc, axis=-1)                        # mean accuracy over the evals
     eta, cen = np.empty((len(lags), len(seeds))), np.zeros((len(lags), len(seeds)), int)
     per_s = {}
     for i, s in enumerate(lags):
         eta[i], cen[i] = learning.eta_star_per_seed(lrs, area[i])
-        best = int(np.argmax(np.nanmean(area[i], axis=1)))
-        curve = np.nanmean(acc[i, best], axis=0)
-        fit = (learning.fit_saturating(steps, curve) if np.all(np.isfinite(curve)) else None)
+        best = int(np.argmax(np.mean(area[i], axis=1)))
+        cs = cstep[i, best]
+        first = cs[cs >= 0].min() if (cs >= 0).any() else np.inf
+        keep = steps <= first
+        curve = np.mean(acc[i, best], axis=0)[keep]
+        fit = (learning.fit_saturating(steps[keep], curve)
+               if keep.sum() >= 4 and np.all(np.isfinite(curve)) else None)
         per_s[int(s)] = {"eta_star_median": float(np.median(eta[i])),
                          "n_censored": int((cen[i] != 0).sum()),
                          "area": learning.t_interval(area[i, best]),
                          "final": learning.t_interval(acc[i, best, :, -1]),
-                         "best_lr": float(lrs[best]), "fit": fit}
+                         "best_lr": float(lrs[best]), "fit": fit,
+                         "n_collapsed": int((cs >= 0).sum())}
     return {"eta_star": eta, "censor": cen, "law": learning.eta_star_law(lags, eta, cen),
             "per_S": per_s}
 
@@ -84,7 +97,11 @@ def rows(study) -> list[dict]:
     g = study.get("learn")
     if not g:
         return []
-    res = analyse(g["lags"], g["lrs"], g["seeds"], g["eval_steps"], g["heldout"])
+    if len(g["lrs"]) < 3:
+        raise ValueError(f"claim 6 needs a learning grid with ≥ 3 learning rates (η* is a peak "
+                         f"over η); got {list(g['lrs'])}")
+    res = analyse(g["lags"], g["lrs"], g["seeds"], g["eval_steps"], g["heldout"],
+                  g.get("collapse_step"))
     law = res["law"]
     v, why = verdict(law)
     stars = ", ".join(f"S={s}: {r['eta_star_median']:.2g}" for s, r in res["per_S"].items())

@@ -85,6 +85,8 @@ def get_config(arg=None):
     c.num_seeds = 3
     c.batching = "vmap"            # vmap: batched cells; map: one after another (bit-identical
                                    # to the pipeline), inside one program either way
+    c.eval_every = 0               # k >= 1: held-out accuracy inside the program at steps
+                                   # 0, k, ..., T (GridResult.evals); 0: at the end only
     c.memory_budget_gb = 4.0       # device memory for one chunk of cells (see cell_bytes)
     c.max_chunk_cells = 64         # and at most this many cells per chunk
     if arg == "quick":             # ~2 minutes on a 2-core CPU, SFT included
@@ -149,8 +151,9 @@ def _learn(c, *, quick):
     outcomes), shipped as a file so that every machine starts from the same weights."""
     c.run.init_from = LEARN_WARM_START
     c.warm_start_step = 500          # experiments.warm_start keeps this SFT step
-    c.run.eval.num_problems = 500    # held-out greedy accuracy at the end, ±2 points
-    c.run.eval.batch_size = 500
+    c.run.eval.num_problems = 500    # held-out greedy accuracy, ±2 points,
+    c.run.eval.batch_size = 125      # in 4 batches (a chunk's memory stays the training batch's)
+    c.eval_every = 20                # at steps 0, 20, ..., T: the learning curves' fits
     if quick:                        # ~3 minutes on a loaded 2-core CPU
         _grid(c, steps=100, lags="0,4", lrs=(1e-4, 2e-4), seeds=1)
     else:
