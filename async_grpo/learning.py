@@ -90,6 +90,37 @@ def fit_saturating(steps: Sequence[float], acc: Sequence[float], *,
             "rmse": float(np.sqrt(np.mean(best.fun ** 2))), "identified": identified}
 
 
+FIT_KEYS = ("A", "B", "t_mid", "R0", "rmse")
+
+
+def fit_cells(steps: Sequence[float], acc: np.ndarray,
+              collapse_step: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """`fit_saturating` of every cell's curve: `acc` [..., n_evals] at `steps`, each cut at its
+    cell's collapse step (`collapse_step` [...], −1: none; a collapsed cell keeps the fit of its
+    pre-collapse curve). -> {"A", "B", "t_mid", "R0", "rmse": float [...] (NaN where fewer than
+    4 evaluations precede the collapse), "identified": bool [...], "n_points": int [...]}."""
+    steps = np.asarray(steps, float)
+    acc = np.asarray(acc, float)
+    if acc.shape[-1] != len(steps):
+        raise ValueError(f"acc's last axis ({acc.shape[-1]}) must match the {len(steps)} steps")
+    shape = acc.shape[:-1]
+    cs = (np.full(shape, -1) if collapse_step is None
+          else np.broadcast_to(np.asarray(collapse_step), shape))
+    out = {k: np.full(shape, np.nan) for k in FIT_KEYS}
+    out["identified"] = np.zeros(shape, bool)
+    out["n_points"] = np.zeros(shape, int)
+    for idx in np.ndindex(*shape):
+        keep = steps <= cs[idx] if cs[idx] >= 0 else np.ones(len(steps), bool)
+        out["n_points"][idx] = int(keep.sum())
+        if keep.sum() < 4 or not np.all(np.isfinite(acc[idx][keep])):
+            continue
+        f = fit_saturating(steps[keep], acc[idx][keep])
+        for k in FIT_KEYS:
+            out[k][idx] = f[k]
+        out["identified"][idx] = f["identified"]
+    return out
+
+
 def area(steps: Sequence[float], acc: Sequence[float]) -> float:
     """The curve's area: its mean accuracy over [steps[0], steps[-1]] (trapezoid rule)."""
     steps, acc = _check_curve(steps, acc)
@@ -173,3 +204,37 @@ def claim6_verdict(law: dict[str, Any], band: tuple[float, float] = GAMMA_BAND) 
     if hi < band[0] or lo > band[1]:
         return "not supported"
     return "inconclusive"
+
+
+# ----------------------------------------------------------------------------------------------
+# Wall-clock: steps to seconds.
+# ----------------------------------------------------------------------------------------------
+
+
+def step_seconds(lag: int, t_gen: float, t_learn: float, overhead: float = 0.0) -> float:
+    """Seconds per learner step of an RL system whose generator and learner run on separate
+    devices: synchronous (S = 0) a step waits for its batch, t_gen + t_learn; asynchronous
+    (S ≥ 1) generation of batch t + 1 overlaps the update on batch t, so a step costs
+    max(t_gen, t_learn). Both pay `overhead` per step (the weight hand-off, the metrics).
+    This is the ideal of separate devices; on one shared device the two parts compete for the
+    same cores and S ≥ 1 gains little (docs/pipeline.md)."""
+    for name, v in (("t_gen", t_gen), ("t_learn", t_learn), ("overhead", overhead)):
+        if not (np.isfinite(v) and v >= 0):
+            raise ValueError(f"{name}={v!r}: must be a finite number ≥ 0")
+    if int(lag) < 0:
+        raise ValueError(f"lag={lag!r}: must be ≥ 0")
+    return float((t_gen + t_learn if int(lag) == 0 else max(t_gen, t_learn)) + overhead)
+
+
+def first_crossing(steps: Sequence[float], curve: Sequence[float], target: float):
+    """The first step at which `curve` reaches `target`, linearly interpolated between the
+    evaluations (so its resolution is the evaluation interval); None if it never does."""
+    steps, curve = np.asarray(steps, float), np.asarray(curve, float)
+    hit = np.flatnonzero(np.isfinite(curve) & (curve >= target))
+    if not len(hit):
+        return None
+    i = int(hit[0])
+    if i == 0:
+        return float(steps[0])
+    x0, x1, y0, y1 = steps[i - 1], steps[i], curve[i - 1], curve[i]
+    return float(x0 + (target - y0) / (y1 - y0) * (x1 - x0)) if y1 > y0 else float(x1)

@@ -3,10 +3,16 @@ r"""Wall time per step of the pipeline against its jitted parts measured alone.
   python -m bench.async_pipeline             # tiny model, addition, 32 prompts x 8, CPU
   python -m bench.async_pipeline --config.model.preset=small --config.rl.prompts_per_step=64 \
       --blocks=5 --json_out=/tmp/async_pipeline.json
+  # the learning regime's run config (docs/learning_regime.md, the wall-clock model): t_gen,
+  # t_learn and the pipeline at S = 0 and S = 1, into DIR/async_pipeline.json
+  python -m bench.async_pipeline --config=bench/async_pipeline_config.py:learn --workdir=DIR
 
-The config is experiments/configs/addition.py with the bench defaults of `get_config()` below
-(any field can be overridden with --config.x=y). The model starts from a random init of the
-configured preset (or from --config.init_from=DIR, an SFT workdir), so no checkpoint is needed.
+The config (bench/async_pipeline_config.py) is experiments/configs/addition.py with the bench
+defaults
+(any field can be overridden with --config.x=y); `:learn` is instead the run config of
+`experiments/configs/sweep_lm.py:learn` (16 prompts x 8 from the shipped warm start) with the
+bench's step settings. The model starts from a random init of the configured preset (or from
+--config.init_from=DIR, an SFT workdir or a shipped checkpoint), so no checkpoint is needed.
 
 The measurement runs in blocks of `rl.steps` steps, each block in turn:
   * parts alone: the synchronous loop done by hand, each part timed and blocked on its result:
@@ -41,27 +47,21 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from async_grpo import config as config_lib
+from async_grpo import files
 from async_grpo import metrics as metrics_lib
+from async_grpo import workdir as workdir_lib
 from async_grpo.rl import components, pipeline
-from experiments.configs import addition
 
 
-def get_config():
-    c = addition.get_config()
-    c.model.preset = "tiny"
-    c.rl.prompts_per_step = 32
-    c.rl.group_size = 8
-    c.rl.steps = 20                 # steps per block
-    c.rl.eval_every = 0
-    c.rl.checkpoint_every = 0
-    c.log_every = 1
-    return c
-
-
-_CONFIG = config_flags.DEFINE_config_dict("config", get_config())
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "async_pipeline_config.py"),
+    "bench/async_pipeline_config.py, optionally with ':learn' (see the docstring).")
 _BLOCKS = flags.DEFINE_integer("blocks", 10, "Measured blocks (parts, S=0, S=1 in turn each).")
 _SKIP = flags.DEFINE_integer("skip", 2, "Leading steps of each run dropped from its median.")
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Also write the results as JSON here.")
+_WORKDIR = flags.DEFINE_string("workdir", "", "Also write the results to WORKDIR/async_pipeline.json "
+                               "(what experiments.report and the study read).")
+RESULT = "async_pipeline.json"
 
 
 def parts_alone(comps, learner, steps: int) -> tuple[list[float], list[float]]:
@@ -156,11 +156,15 @@ def main(argv):
         else:
             cell = f"{1e3 * m:.1f} ms [{1e3 * lo:.1f}, {1e3 * hi:.1f}]"
         print(f"| {k:28s} | {cell:>28s} |")
-    if _JSON_OUT.value:
-        with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
-            json.dump({"device": f"{dev.platform} {dev.device_kind} x{len(jax.devices())}",
-                       "config": cfg.to_dict(), "skip": skip, "seconds_or_fraction": rows}, f,
-                      indent=1, default=str)
+    record = {"device": f"{dev.platform} {dev.device_kind} x{len(jax.devices())}",
+              "machine": workdir_lib.machine(), "config": cfg.to_dict(), "skip": skip,
+              "blocks": blocks, "steps": steps, "seconds_or_fraction": rows}
+    outs = [_JSON_OUT.value] if _JSON_OUT.value else []
+    if _WORKDIR.value:
+        os.makedirs(_WORKDIR.value, exist_ok=True)
+        outs.append(os.path.join(_WORKDIR.value, RESULT))
+    for path in outs:
+        files.write_json_atomic(path, record)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import numpy as np
 from async_grpo import metric_names as mn
 from async_grpo import metrics as metrics_lib
 from async_grpo import results
+from async_grpo import scaling
 
 BLOCK = re.compile(r"(<!-- report: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end report -->)",
                    re.S)
@@ -728,6 +729,97 @@ def throughput_before_after(before: str, after: str) -> str:
     return "\n".join(lines + ["", f"{machine.replace('machine: ', 'Machine: ')}."])
 
 
+def _ci(t: dict, scale: float = 100.0, digits: int = 1) -> str:
+    """mean [lo, hi] of a `learning.t_interval`, or the mean alone (n < 2), or n/a."""
+    if t.get("mean") is None:
+        return "n/a"
+    if t.get("lo") is None:
+        return f"{scale * t['mean']:.{digits}f} (n = {t['n']})"
+    return (f"{scale * t['mean']:.{digits}f} [{scale * t['lo']:.{digits}f}, "
+            f"{scale * t['hi']:.{digits}f}]")
+
+
+def _censored(codes) -> str:
+    k = int((np.asarray(codes) != 0).sum())
+    return f" ({k} censored)" if k else ""
+
+
+def learning_regime(learn_dir: str) -> str:
+    """The learning-regime grid (`sweep_lm.py:learn`), per S at its best grid η (by the area,
+    seed mean): η* (median over seeds of the parabola peak), held-out accuracy at the start, the
+    area and the final accuracy with 95 % t-intervals over seeds, the ScaleRL ceiling A and
+    steepness B of the per-seed fits (t-intervals over the seeds whose fit is identified),
+    collapses; then η_max per S and claim 6's row."""
+    from experiments import study  # pylint: disable=import-outside-toplevel
+    from experiments.claims import claim6_learning as c6  # pylint: disable=import-outside-toplevel
+    g = study.load_learn(learn_dir)
+    if g is None:
+        raise MissingResults(os.path.join(learn_dir, "evals.npz"))
+    res = c6.analyse(g["lags"], g["lrs"], g["seeds"], g["eval_steps"], g["heldout"],
+                     g["collapse_step"])
+    eta_max, cens = scaling.eta_max_per_seed(g["lrs"], g["collapse_step"] >= 0)
+    n, steps = len(g["seeds"]), g["eval_steps"]
+    lines = [f"Per S at its best grid η (by area); accuracies in %, 95 % t-intervals over {n} "
+             f"seeds on one fixed set of {g['run']['result'].meta['run']['eval']['num_problems']}"
+             f" held-out problems (its own standard error is about 2 points); evaluations at "
+             f"steps 0, {int(steps[1])}, …, {int(steps[-1])}.", "",
+             "| S | best η | η* (median) | start | area | final | ceiling A | steepness B | "
+             "collapsed (best η / all η) | η_max (geo. mean) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for i, s in enumerate(g["lags"]):
+        r = res["per_S"][int(s)]
+        j = int(np.argmin(np.abs(np.asarray(g["lrs"]) - r["best_lr"])))
+        start = g["heldout"][i, j, :, 0].mean()
+        em = np.exp(np.log(eta_max[i]).mean())
+        lines.append(
+            f"| {int(s)} | {r['best_lr']:.3g} | {r['eta_star_median']:.3g}"
+            f"{' (censored ' + str(r['n_censored']) + ')' if r['n_censored'] else ''} | "
+            f"{100 * start:.1f} | {_ci(r['area'])} | {_ci(r['final'])} | "
+            f"{_ci(r['A'])} ({r['n_identified']} fits) | {_ci(r['B'], 1.0, 2)} | "
+            f"{r['n_collapsed']} / {int((g['collapse_step'][i] >= 0).sum())} | "
+            f"{em:.3g}{_censored(cens[i])} |")
+    row = c6.rows({"learn": g})[0]
+    walls = [w for w in g["run"]["result"].chunk_wall_s if w is not None]
+    lines += ["", f"Claim 6: {row['measured']}; {row['interval']}; **{row['verdict']}**.", "",
+              f"{len(g['lags']) * len(g['lrs']) * n} cells; the chunks took "
+              f"{metrics_lib.format_duration(sum(walls))}. "
+              f"{_machine_line(g['run']['result'].machine)}"]
+    return "\n".join(lines)
+
+
+def learning_time(learn_dir: str, time_dir: str) -> str:
+    """The wall-clock model of the learning regime: t_gen and t_learn measured alone (medians
+    over blocks), the pipeline measured here at S = 0 and 1, and per S the modeled seconds per
+    step, steps and seconds to 90 % of the S = 0 ceiling at its best η."""
+    from experiments import study  # pylint: disable=import-outside-toplevel
+    g, tm = study.load_learn(learn_dir), study.load_learn_time(time_dir)
+    if g is None:
+        raise MissingResults(os.path.join(learn_dir, "evals.npz"))
+    if tm is None:
+        raise MissingResults(os.path.join(time_dir, "async_pipeline.json"))
+    rows = study.learning_time_rows(g, tm)
+    ms = lambda x: f"{1e3 * x:.1f} ms"  # noqa: E731
+    lines = [f"Measured ({tm['device']}, medians over {tm['blocks']} blocks): sampling + reward "
+             f"t_gen = {ms(tm['t_gen'])}, learner step t_learn = {ms(tm['t_learn'])}, the "
+             f"pipeline's own cost {ms(tm['overhead'])} per step; the pipeline here: S = 0 "
+             f"{ms(tm['pipeline_s0'])}, S = 1 {ms(tm['pipeline_s1'])} per step "
+             f"(model for separate devices: {ms(tm['t_gen'] + tm['t_learn'] + tm['overhead'])} "
+             f"and {ms(max(tm['t_gen'], tm['t_learn']) + tm['overhead'])}). "
+             f"{_machine_line(tm['machine'])}", "",
+             f"Target: {100 * study.CEILING_FRAC:.0f} % of the S = 0 ceiling (its best η's "
+             f"seed-mean final accuracy {100 * rows[0]['ceiling']:.1f} %) = "
+             f"{100 * rows[0]['target']:.1f} %, first reached by the seed-mean curve "
+             "(interpolated between evaluations).", "",
+             "| S | best η | modeled s / step (bound by) | steps to target | seconds to target |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        hit = "not reached" if r["steps_to_target"] is None else f"{r['steps_to_target']:.0f}"
+        sec = ("—" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}")
+        lines.append(f"| {r['S']} | {r['lr']:.3g} | {1e3 * r['step_s']:.1f} ms ({r['bound_by']})"
+                     f" | {hit} | {sec} |")
+    return "\n".join(lines)
+
+
 REPORTS: dict[str, Callable[..., str]] = {
     "logprob_parity": logprob_parity, "throughput_before_after": throughput_before_after,
     "study_claims": study_claims, "study_stages": study_stages, "memory_plan": memory_plan,
@@ -739,6 +831,7 @@ REPORTS: dict[str, Callable[..., str]] = {
     "staleness_curves": staleness_curves, "isa_spread": isa_spread,
     "bench_exact_grid": bench_exact_grid, "group_bias": group_bias,
     "lr_controller": lr_controller, "lr_controller_map": lr_controller_map,
+    "learning_regime": learning_regime, "learning_time": learning_time,
 }
 
 

@@ -22,8 +22,8 @@ The numbers it prints mean nothing.
 at full resolution with the population runner) — and runs nothing. Point `--workdir` of the LM
 grid at <workdir>/lm_sweep and this binary draws its figures from it afterwards.
 
-Figures: 1 phase, 2 eta_max, 3 t_collapse, 4 delta, 5 cosine, 6 reward, 7 learning
-(`experiments.study`).
+Figures: 1 phase, 2 eta_max, 3 t_collapse, 4 delta, 5 cosine, 6 reward, 7 learning, 8
+learning_time (`experiments.study`).
 """
 
 from __future__ import annotations
@@ -106,10 +106,15 @@ STAGES = (
           "from the LM grid's SFT checkpoint)", needs=("lm_sweep",)),
     Stage("lm_learn", "experiments.sweep",
           {"cpu": [_CONFIGS + "sweep_lm.py:learn"]},
-          {"cpu": 6600}, "result.json", ("learning",),
+          {"cpu": 6600}, "result.json", ("learning", "learning_time"),
           "LM testbed, learning regime: GRPO from the shipped 28.8 % warm start, S ∈ {0, 1, 2, "
           "4, 8, 16} × 18 half-octave η × 5 seeds, T = 200, held-out accuracy every 20 steps "
           "(docs/learning_regime.md)"),
+    Stage("lm_learn_time", "bench.async_pipeline",
+          {"cpu": ["--config=bench/async_pipeline_config.py:learn"]},
+          {"cpu": 240}, "async_pipeline.json", ("learning_time",),
+          "the learning regime's step, timed: sampling + reward and the learner step alone, "
+          "the pipeline at S = 0 and S = 1 (the wall-clock model's t_gen and t_learn)"),
 )
 
 

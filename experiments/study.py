@@ -45,7 +45,8 @@ from experiments import claims
 from experiments.grids import alpha_of, cos_trace, finite, grid, grids_of, null_of, warmup
 from experiments.claims import claim5_cosine, claim6_learning
 
-FIGURES = ("phase", "eta_max", "t_collapse", "delta", "cosine", "reward", "learning")
+FIGURES = ("phase", "eta_max", "t_collapse", "delta", "cosine", "reward", "learning",
+           "learning_time")
 
 # The claims' verdict thresholds live in their modules (experiments/claims); these two describe
 # the grids the figures and the claims share.
@@ -120,6 +121,56 @@ def load_learn(d: str) -> dict[str, Any] | None:
             "run": _run_of(gr)}
 
 
+# The bench's row names (bench/async_pipeline.py) of the parts of a step.
+_T_GEN, _T_LEARN = "sampling + reward (alone)", "learner step (alone)"
+_T_SUM, _T_S0, _T_S1 = "sum of parts", "pipeline S=0", "pipeline S=1"
+
+
+def load_learn_time(d: str) -> dict[str, Any] | None:
+    """`python -m bench.async_pipeline --config=bench/async_pipeline_config.py:learn --workdir=d`'s
+    medians over blocks: {"t_gen", "t_learn", "overhead" (the pipeline's own cost per step at
+    S = 0: its step minus the parts run alone, ≥ 0), "pipeline_s0", "pipeline_s1", "device",
+    "machine", "blocks"}; None without it."""
+    path = os.path.join(d, "async_pipeline.json")
+    if not os.path.exists(path):
+        return None
+    r = _read_json(path)
+    med = {k: float(np.median(v)) for k, v in r["seconds_or_fraction"].items()}
+    return {"t_gen": med[_T_GEN], "t_learn": med[_T_LEARN],
+            "overhead": max(0.0, med[_T_S0] - med[_T_SUM]), "pipeline_s0": med[_T_S0],
+            "pipeline_s1": med[_T_S1], "device": r.get("device", "?"),
+            "machine": r.get("machine", {}), "blocks": r.get("blocks")}
+
+
+CEILING_FRAC = 0.9   # "time to 90 % of the S = 0 ceiling"
+
+
+def learning_time_rows(learn: dict[str, Any], tm: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per S, at its best grid η (by area, seed mean): seconds per step of the time model
+    (`learning.step_seconds`, separate devices), the steps and the seconds until the seed-mean
+    held-out accuracy first reaches CEILING_FRAC × the S = 0 ceiling (the seed-mean final
+    accuracy at S = 0's best η; interpolated between evaluations), and where a step's time goes."""
+    lags, lrs, steps = list(learn["lags"]), np.asarray(learn["lrs"]), learn["eval_steps"]
+    area = learn["heldout"].mean(-1).mean(-1)                  # [lags, lrs], seed mean
+    best = area.argmax(1)
+    if 0 not in lags:
+        raise ValueError("the time to the S = 0 ceiling needs S = 0 in the learning grid")
+    i0 = lags.index(0)
+    ceiling = float(learn["heldout"][i0, best[i0], :, -1].mean())
+    target = CEILING_FRAC * ceiling
+    rows = []
+    for i, s in enumerate(lags):
+        curve = learn["heldout"][i, best[i]].mean(0)
+        sec = learning.step_seconds(int(s), tm["t_gen"], tm["t_learn"], tm["overhead"])
+        hit = learning.first_crossing(steps, curve, target)
+        bound = "gen" if tm["t_gen"] >= tm["t_learn"] else "learn"
+        rows.append({"S": int(s), "lr": float(lrs[best[i]]), "step_s": sec,
+                     "steps_to_target": hit, "seconds_to_target": None if hit is None
+                     else hit * sec, "target": target, "ceiling": ceiling,
+                     "bound_by": "gen + learn" if s == 0 else bound, "curve": curve})
+    return rows
+
+
 def load_study(d: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
     """Every stage of a study directory that has results, plus `extra` exact-sweep directories
     ({label: path}, e.g. more grids of the same testbed) shown and tabulated after them."""
@@ -128,7 +179,8 @@ def load_study(d: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
             "bias": load_bias(os.path.join(d, "exact_bias")),
             "lm": load_lm(os.path.join(d, "lm_sweep")),
             "lm_bias": load_lm_bias(os.path.join(d, "lm_bias")),
-            "learn": load_learn(os.path.join(d, "lm_learn")), "dir": d,
+            "learn": load_learn(os.path.join(d, "lm_learn")),
+            "learn_time": load_learn_time(os.path.join(d, "lm_learn_time")), "dir": d,
             "extra": {label: _load_grid_dir(path) for label, path in (extra or {}).items()}}
 
 
@@ -511,8 +563,9 @@ def fig_learning(study, stem: str) -> None:
     same grid (geometric mean over seeds), with claim 6's γ fit."""
     g = study.get("learn")
     with figures.style():
-        fig, axes = figures.figure("full", ncols=3, aspect=0.42, squeeze=False)
+        fig, axes = figures.figure("full", ncols=2, nrows=2, aspect=1.0, squeeze=False)
         axes = axes.ravel()
+        axes[3].set_visible(False)
         if not g or len(g["lrs"]) < 3:
             for ax in axes:
                 _empty(ax, "no learning grid with ≥ 3 η\n(sweep_lm.py:learn)")
@@ -542,11 +595,12 @@ def fig_learning(study, stem: str) -> None:
             axes[1].plot(lrs, area[i].mean(1), "o-", ms=2, color=colors[s], label=f"S = {s}")
             axes[1].axvline(r["eta_star_median"], color=colors[s], lw=0.6, ls=":")
         axes[0].set(xlabel="learner step", ylabel="held-out greedy accuracy")
-        axes[0].set_title("(a) learning curves at the best η", loc="left")
-        axes[0].legend(loc="lower right", fontsize=5)
+        axes[0].set_title("(a) curves at the best η", loc="left")
+        axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
         axes[1].set(xscale="log", xlabel="learning rate η",
                     ylabel="area (mean held-out accuracy)")
-        axes[1].set_title("(b) score against η; η* dotted", loc="left")
+        axes[1].set_title("(b) area against η; η* dotted", loc="left")
+        axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
         collapsed = g["collapse_step"] >= 0
         eta_max, _ = scaling.eta_max_per_seed(lrs, collapsed)
         x = np.where(np.asarray(lags) == 0, 0.5, np.asarray(lags, float))
@@ -570,19 +624,63 @@ def fig_learning(study, stem: str) -> None:
                              else ""))
         axes[2].set(xscale="log", yscale="log", xlabel="staleness S (S = 0 drawn at ½)",
                     ylabel="learning rate")
+        axes[2].minorticks_off()
         axes[2].set_xticks(x, [str(s) for s in lags])
         axes[2].set_title("(c) η*(S) and η_max(S)", loc="left")
-        axes[2].legend(loc="lower left", fontsize=5)
-        fig.suptitle(f"Figure 7. The learning regime: {len(g['seeds'])} seeds, T = "
-                     f"{int(steps[-1])}, held-out accuracy every {int(steps[1] - steps[0])} "
-                     "steps", fontsize=8)
+        axes[2].legend(loc="upper center", bbox_to_anchor=(0.5, -0.3))
+        fig.suptitle(f"Figure 7. The learning regime ({len(g['seeds'])} seeds, T = "
+                     f"{int(steps[-1])}, evaluations every {int(steps[1] - steps[0])} steps)",
+                     fontsize=8)
+        figures.save(fig, stem)
+
+
+def fig_learning_time(study, stem: str) -> None:
+    """Figure 8: held-out accuracy against modeled wall-clock at each S's best η (seed mean;
+    seconds per step from `learning.step_seconds` with t_gen and t_learn measured alone), the
+    target CEILING_FRAC × the S = 0 ceiling; and the seconds to reach it per S."""
+    g, tm = study.get("learn"), study.get("learn_time")
+    with figures.style():
+        fig, axes = figures.figure("full", ncols=2, aspect=1.1, squeeze=False)
+        axes = axes.ravel()
+        if not g or not tm or 0 not in list(g["lags"]):
+            for ax in axes:
+                _empty(ax, "needs the learning grid (lm_learn) with S = 0\nand the time "
+                           "measurement (lm_learn_time)")
+            fig.suptitle("Figure 8. The learning regime against wall-clock", fontsize=8)
+            figures.save(fig, stem)
+            return
+        rows = learning_time_rows(g, tm)
+        shown = rows[:7]
+        colors = figures.palette(len(shown))
+        for c, r in zip(colors, shown):
+            axes[0].plot(g["eval_steps"] * r["step_s"], r["curve"], "o-", ms=2, color=c,
+                         label=f"S = {r['S']} ({1e3 * r['step_s']:.0f} ms/step)")
+        axes[0].axhline(rows[0]["target"], ls=":", color="0.4", lw=0.8,
+                        label=f"{CEILING_FRAC:.0%} of the S = 0 ceiling")
+        axes[0].set(xlabel="modeled wall-clock (s), separate devices",
+                    ylabel="held-out greedy accuracy")
+        axes[0].legend(loc="upper left", bbox_to_anchor=(0.0, -0.25), ncol=3)
+        axes[0].set_title("(a) accuracy against time at each S's best η", loc="left")
+        xs = np.arange(len(rows))
+        secs = [r["seconds_to_target"] if r["seconds_to_target"] is not None else np.nan
+                for r in rows]
+        axes[1].bar(xs, secs, color="0.5")
+        for x, r in zip(xs, rows):
+            if r["seconds_to_target"] is None:
+                axes[1].text(x, 0, "not\nreached", ha="center", va="bottom")
+        axes[1].set_xticks(xs, [str(r["S"]) for r in rows])
+        axes[1].set(xlabel="staleness S", ylabel="seconds to the target")
+        axes[1].set_title(f"(b) to the target; t_gen {1e3 * tm['t_gen']:.0f} ms, t_learn "
+                          f"{1e3 * tm['t_learn']:.0f} ms", loc="left")
+        fig.suptitle(f"Figure 8. Learning against wall-clock (time model, parts timed on "
+                     f"{tm['device']})", fontsize=8)
         figures.save(fig, stem)
 
 
 DRAW: dict[str, Callable] = {"phase": fig_phase, "eta_max": fig_eta_max,
                              "t_collapse": fig_t_collapse, "delta": fig_delta,
                              "cosine": fig_cosine, "reward": fig_reward,
-                             "learning": fig_learning}
+                             "learning": fig_learning, "learning_time": fig_learning_time}
 
 
 def draw(study, names, outdir: str) -> list[str]:

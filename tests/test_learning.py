@@ -150,3 +150,43 @@ def test_claim6_scores_a_collapsed_cell_by_what_it_ends_with_and_fits_before_the
     r = res["per_S"][0]
     assert r["best_lr"] == 8e-5 and r["n_collapsed"] == 3
     assert r["fit"] is not None and r["fit"]["A"] == pytest.approx(0.9, abs=0.05)
+
+
+def test_fit_cells_fits_every_cell_before_its_collapse():
+    """Per-cell fits recover each cell's ceiling; a cell cut by its collapse is fitted on its
+    pre-collapse points only, and one with < 4 of them has no fit (NaN), never a made-up one."""
+    steps = np.arange(0, 201, 20.0)
+    tops = np.array([[0.6, 0.8], [0.7, 0.5]])
+    acc = 0.3 + (tops[..., None] - 0.3) / (1 + (50 / np.maximum(steps, 1e-9)) ** 1.5)
+    acc[..., 0] = 0.3
+    cs = np.array([[-1, 120], [50, -1]])
+    acc[0, 1, steps > 120] = 0.0             # what the collapse leaves, never fitted
+    f = L.fit_cells(steps, acc, cs)
+    assert f["n_points"].tolist() == [[11, 7], [3, 11]]
+    np.testing.assert_allclose(f["A"][0, 0], 0.6, atol=0.01)
+    np.testing.assert_allclose(f["A"][0, 1], 0.8, atol=0.03)
+    np.testing.assert_allclose(f["B"][1, 1], 1.5, atol=0.05)
+    assert np.isnan(f["A"][1, 0]) and not f["identified"][1, 0]
+    with pytest.raises(ValueError, match="last axis"):
+        L.fit_cells(steps[:-1], acc)
+
+
+def test_step_seconds_is_the_sum_synchronously_and_the_max_asynchronously():
+    assert L.step_seconds(0, 0.3, 0.2, 0.01) == pytest.approx(0.51)
+    for s in (1, 4, 16):
+        assert L.step_seconds(s, 0.3, 0.2, 0.01) == pytest.approx(0.31)
+        assert L.step_seconds(s, 0.1, 0.2) == pytest.approx(0.2)
+    for bad in (dict(t_gen=-1.0), dict(t_learn=float("nan")), dict(overhead=float("inf"))):
+        kw = {**dict(lag=1, t_gen=0.1, t_learn=0.1), **bad}
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            L.step_seconds(**kw)
+    with pytest.raises(ValueError, match="lag"):
+        L.step_seconds(-1, 0.1, 0.1)
+
+
+def test_first_crossing_interpolates_between_evaluations():
+    steps = [0, 20, 40, 60]
+    assert L.first_crossing(steps, [0.3, 0.5, 0.7, 0.6], 0.6) == pytest.approx(30.0)
+    assert L.first_crossing(steps, [0.3, 0.5, 0.7, 0.6], 0.3) == 0.0
+    assert L.first_crossing(steps, [0.3, 0.5, 0.55, 0.5], 0.6) is None
+    assert L.first_crossing(steps, [0.3, np.nan, 0.7, 0.6], 0.6) == pytest.approx(40.0)
