@@ -126,6 +126,7 @@ def _wait_for_step(proc, workdir, step, timeout=120):
     raise AssertionError(f"step {step} not reached")
 
 
+@pytest.mark.slow  # ~20 s; resume without a kill: test_resume.py::test_bounded_async_resume_keeps_its_guarantees
 def test_sft_sigkill_and_sigterm_resume_bit_identical(tmp_path):
     ref = tmp_path / "ref"
     _run("experiments.sft", ref, *SFT_FLAGS)

@@ -60,9 +60,9 @@ def analyse(lags, lrs, seeds, steps, acc, collapse_step=None) -> dict[str, Any]:
     a collapsed run is scored by what it ends with, never by its best part). The ScaleRL fit at
     each S's best η is of the seed-mean curve up to the first collapse among those seeds (the
     pre-collapse curve; no fit with fewer than 4 points), and says how many seeds collapsed.
-    Per cell (`learning.fit_cells`, each seed's pre-collapse curve), the ceiling A and the
-    steepness B; at each S's best η their t-intervals over the seeds whose fit is identified.
-    -> {"eta_star", "censor", "law", "cell_fits" (arrays [lags, lrs, seeds]), "per_S": {S:
+    At each S's best η, per seed (`learning.fit_cells`, each seed's pre-collapse curve), the
+    ceiling A and the steepness B, with t-intervals over the seeds whose fit is identified.
+    -> {"eta_star", "censor", "law", "per_S": {S:
     {"eta_star_median", "n_censored", "area", "final", "best_lr", "fit", "n_collapsed", "A",
     "B", "n_identified"}}}."""
     acc = np.asarray(acc, float)
@@ -73,7 +73,6 @@ def analyse(lags, lrs, seeds, steps, acc, collapse_step=None) -> dict[str, Any]:
     cstep = (np.full(acc.shape[:3], -1) if collapse_step is None
              else np.asarray(collapse_step).reshape(acc.shape[:3]))
     area = np.mean(acc, axis=-1)                        # mean accuracy over the evals
-    cell_fits = learning.fit_cells(steps, acc, cstep)
     eta, cen = np.empty((len(lags), len(seeds))), np.zeros((len(lags), len(seeds)), int)
     per_s = {}
     for i, s in enumerate(lags):
@@ -91,12 +90,13 @@ def analyse(lags, lrs, seeds, steps, acc, collapse_step=None) -> dict[str, Any]:
                          "final": learning.t_interval(acc[i, best, :, -1]),
                          "best_lr": float(lrs[best]), "fit": fit,
                          "n_collapsed": int((cs >= 0).sum())}
-        ok = cell_fits["identified"][i, best]
-        per_s[int(s)].update(A=learning.t_interval(cell_fits["A"][i, best][ok]),
-                             B=learning.t_interval(cell_fits["B"][i, best][ok]),
+        seeds_fit = learning.fit_cells(steps, acc[i, best], cs)     # this η's seeds
+        ok = seeds_fit["identified"]
+        per_s[int(s)].update(A=learning.t_interval(seeds_fit["A"][ok]),
+                             B=learning.t_interval(seeds_fit["B"][ok]),
                              n_identified=int(ok.sum()))
     return {"eta_star": eta, "censor": cen, "law": learning.eta_star_law(lags, eta, cen),
-            "cell_fits": cell_fits, "per_S": per_s}
+            "per_S": per_s}
 
 
 def rows(study) -> list[dict]:
