@@ -17,6 +17,9 @@ already done) are printed while it runs. Figures go to <workdir>/figures/figN_<n
 --scale=tiny: the same stages on toy grids (seconds each); for tests and for trying the pipeline.
 The numbers it prints mean nothing.
 
+--scale=draw: runs nothing; draws the figures and the claims table from whatever results the
+workdir holds (e.g. the full learning grid of docs/learning_regime.md in <workdir>/lm_learn).
+
 --scale=gpu: writes <workdir>/gpu/ — the commands a GPU/TPU user runs for the paper's setting
 (Llama-3.2-1B on GSM8K, one `experiments.train` run per (S, η, seed) cell; and the LM-testbed grid
 at full resolution with the population runner) — and runs nothing. Point `--workdir` of the LM
@@ -51,8 +54,10 @@ def _flags() -> dict:
                 "figure", "all", "Comma-separated figures to draw: all, or any of "
                 + ", ".join(study.FIGURES) + f" (or their numbers 1-{len(study.FIGURES)})."),
             "scale": flags.DEFINE_enum(
-                "scale", "cpu", ["cpu", "tiny", "gpu"], "cpu: run on this machine; tiny: toy "
-                "grids for tests; gpu: write the commands for a GPU/TPU run, run nothing.")}
+                "scale", "cpu", ["cpu", "tiny", "gpu", "draw"], "cpu: run on this machine; "
+                "tiny: toy grids for tests; gpu: write the commands for a GPU/TPU run, run "
+                "nothing; draw: run nothing, draw the figures and the claims table from the "
+                "results already in --workdir (a figure whose results are missing says so).")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +110,11 @@ STAGES = (
           "LM testbed: ‖δ‖ with the noise floor removed (32 coupled batch pairs per η × t × s, "
           "from the LM grid's SFT checkpoint)", needs=("lm_sweep",)),
     Stage("lm_learn", "experiments.sweep",
-          {"cpu": [_CONFIGS + "sweep_lm.py:learn"]},
-          {"cpu": 6600}, "result.json", ("learning", "learning_time"),
-          "LM testbed, learning regime: GRPO from the shipped 28.8 % warm start, S ∈ {0, 1, 2, "
-          "4, 8, 16} × 18 half-octave η × 5 seeds, T = 200, held-out accuracy every 20 steps "
-          "(docs/learning_regime.md)"),
+          {"cpu": [_CONFIGS + "sweep_lm.py:learn_study"]},
+          {"cpu": 600}, "result.json", ("learning", "learning_time"),
+          "LM testbed, learning regime: GRPO from the shipped 28.8 % warm start, S ∈ {0, 1, 4, "
+          "16} × 7 η × 2 seeds, T = 100, held-out accuracy every 20 steps (the full grid of "
+          "docs/learning_regime.md is sweep_lm.py:learn)"),
     Stage("lm_learn_time", "bench.async_pipeline",
           {"cpu": ["--config=bench/async_pipeline_config.py:learn"]},
           {"cpu": 240}, "async_pipeline.json", ("learning_time",),
@@ -309,7 +314,7 @@ def run(workdir: str, figure: str = "all", scale: str = "cpu") -> None:
         for p in write_gpu(workdir):
             print(f"wrote {p}")
         return
-    stages = stages_for(names, scale)
+    stages = stages_for(names, scale) if scale != "draw" else []
     progress = Progress({s.name: float(s.est_s[scale]) for s in stages})
     progress.say(f"{len(stages)} stage(s) for figure(s) {', '.join(names)} into {workdir}")
     for s in stages:

@@ -64,7 +64,8 @@ def test_params_digest_sees_every_bit_and_name():
     assert ckpt_lib.params_digest(a) != ckpt_lib.params_digest({"v": a["w"], "b": a["b"]})
 
 
-@pytest.mark.parametrize("arg,min_cells", [("learn", 100), ("learn_quick", 2)])
+@pytest.mark.parametrize("arg,min_cells", [("learn", 100), ("learn_quick", 2),
+                                           ("learn_study", 50)])
 def test_the_learn_grids_parse(arg, min_cells):
     plan = sweep.lm_plan(sweep_lm.get_config(arg))
     cells = len(plan.lags) * len(plan.lrs) * len(plan.seeds)
@@ -74,3 +75,6 @@ def test_the_learn_grids_parse(arg, min_cells):
         assert plan.lags == [0, 1, 2, 4, 8, 16] and len(plan.seeds) >= 5
         ratios = [b / a for a, b in zip(plan.lrs, plan.lrs[1:])]
         assert all(abs(r - 2 ** 0.5) < 1e-6 for r in ratios)      # half-octave steps
+    assert plan.eval_every and plan.config.rl.steps % plan.eval_every == 0
+    if arg == "learn_study":      # claim 6's γ needs three S >= 1 and three η around η*
+        assert sum(s >= 1 for s in plan.lags) >= 3 and len(plan.lrs) >= 3 and 0 in plan.lags

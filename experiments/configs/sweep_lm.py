@@ -20,6 +20,9 @@ Launch (from the repository root):
   python -m experiments.sweep --config=experiments/configs/sweep_lm.py:learn --workdir=runs/study/lm_learn
   python -m experiments.sweep --config=experiments/configs/sweep_lm.py:learn_quick \
       --workdir=runs/study/lm_learn_quick
+  # its time measurement (t_gen, t_learn; docs/learning_regime.md, the wall-clock model)
+  python -m bench.async_pipeline --config=bench/async_pipeline_config.py:learn \
+      --workdir=runs/study/lm_learn_time
   # the LR controller (R_batch measured on variants_grpo) against fixed η, held-out seeds
   for v in controller controller_fixed; do python -m experiments.sweep \
       --config=experiments/configs/sweep_lm.py:$v --workdir=runs/study/lm_$v \
@@ -117,12 +120,12 @@ def get_config(arg=None):
         if arg == "controller":
             c.lr_control = ml_collections.ConfigDict(dict(
                 r_batch=0.0, r_batch_from="runs/study/lm_variants/grpo", margin=0.5, r_crit=0.0))
-    elif arg in ("learn", "learn_quick"):
-        _learn(c, quick=arg == "learn_quick")
+    elif arg in ("learn", "learn_quick", "learn_study"):
+        _learn(c, size=arg)
     elif arg not in (None, ""):
         raise ValueError(f"sweep_lm config argument {arg!r}: use nothing, 'quick', 'tiny', "
                          f"'study', 'sgd', 'small_drift', 'controller', 'controller_fixed', "
-                         f"'learn', 'learn_quick' or one of "
+                         f"'learn', 'learn_quick', 'learn_study' or one of "
                          f"{sorted(VARIANTS)}")
     return c
 
@@ -144,7 +147,7 @@ def _grid(c, *, steps, lags, lrs, seeds, chunk=None):
 LEARN_WARM_START = "experiments/data/warm_start_add2_tiny"
 
 
-def _learn(c, *, quick):
+def _learn(c, *, size):
     """The testbed where GRPO learns (docs/learning_regime.md): the same task, model, batch and
     loss as the other grids, from a warm start inside SFT's phase transition (step 500 of the
     1000-step SFT above: about 30 % held-out greedy, 20 % sampled, so most groups of 8 hold both
@@ -154,8 +157,12 @@ def _learn(c, *, quick):
     c.run.eval.num_problems = 500    # held-out greedy accuracy, ±2 points,
     c.run.eval.batch_size = 125      # in 4 batches (a chunk's memory stays the training batch's)
     c.eval_every = 20                # at steps 0, 20, ..., T: the learning curves' fits
-    if quick:                        # ~3 minutes on a loaded 2-core CPU
+    if size == "learn_quick":        # ~3 minutes on a loaded 2-core CPU
         _grid(c, steps=100, lags="0,4", lrs=(1e-4, 2e-4), seeds=1)
+    elif size == "learn_study":      # the CPU reproduction's stage (experiments.reproduce):
+        # 4 S (three S >= 1, the fewest γ needs) x 7 η one per octave x 2 seeds, T = 100: about
+        # ten minutes; claim 6's interval over 2 seeds is wide (the full grid is `learn`)
+        _grid(c, steps=100, lags="0,1,4,16", lrs=(1.25e-5, 8e-4), seeds=2)
     else:
         # S x 18 half-octave η x 5 seeds = 540 cells. At S = 0 the final accuracy is on a
         # plateau from 2.5e-5 to 1e-4 and falls on both sides (54 % at 6.25e-6, 59 % at 2e-4,
