@@ -820,6 +820,33 @@ def learning_time(learn_dir: str, time_dir: str) -> str:
     return "\n".join(lines)
 
 
+def claims_rules() -> str:
+    """Each registered claim's verdict rule, from its module (the "Verdict" paragraph of its
+    docstring, each backticked module constant followed by its value): the rules the code
+    applies, so the docs cannot describe older ones."""
+    from experiments import claims  # pylint: disable=import-outside-toplevel
+    out = []
+    for n, mod in claims.discover().items():
+        doc = mod.__doc__ or ""
+        at = [i for i, line in enumerate(doc.splitlines()) if "Verdict" in line or
+              re.search(r"[Tt]he verdict\b", line)]
+        if not at:
+            raise ValueError(f"{mod.__name__}: its docstring has no Verdict paragraph")
+        lines = doc.splitlines()[at[0]:]
+        para = " ".join(line.strip() for line in lines[:next(
+            (i for i, line in enumerate(lines) if not line.strip()), len(lines))])
+        para = para[para.index("erdict") - 1:] if "erdict" in para else para
+        para = "The " + para if para.startswith("verdict") else para
+
+        def value(m, mod=mod):
+            name = m.group(1)
+            v = getattr(mod, name, None)
+            return m.group(0) + (f" (= {v})" if name.isupper() and v is not None
+                                 and not callable(v) else "")
+        out.append(f"* **Claim {n}** ({mod.KEY}): {re.sub(r'`([A-Za-z_][A-Za-z_0-9]*)`', value, para)}")
+    return "\n".join(out)
+
+
 REPORTS: dict[str, Callable[..., str]] = {
     "logprob_parity": logprob_parity, "throughput_before_after": throughput_before_after,
     "study_claims": study_claims, "study_stages": study_stages, "memory_plan": memory_plan,
@@ -832,6 +859,7 @@ REPORTS: dict[str, Callable[..., str]] = {
     "bench_exact_grid": bench_exact_grid, "group_bias": group_bias,
     "lr_controller": lr_controller, "lr_controller_map": lr_controller_map,
     "learning_regime": learning_regime, "learning_time": learning_time,
+    "claims_rules": claims_rules,
 }
 
 

@@ -102,3 +102,15 @@ def test_memory_plan_block_renders_one_column_per_plan(tmp_path):
     assert "| **total** | **90.00** | **70.00** |" in text and "| margin to 80.00 | -10.00 | 10.00 |" in text
     with pytest.raises(report.MissingResults):
         report.render("memory_plan nowhere", str(tmp_path))
+
+
+def test_the_docs_verdict_rules_are_the_claim_modules():
+    """docs/results.md's verdict rules are the report block rendered from the claim modules
+    (no results needed), so a changed rule or threshold cannot leave the docs behind."""
+    from tests.helpers import repo_root
+    text = open(os.path.join(repo_root(), "docs", "results.md"), encoding="utf-8").read()
+    blocks = {m.group("spec"): m.group("body") for m in report.BLOCK.finditer(text)}
+    assert blocks["claims_rules"] == report.render("claims_rules", "runs")
+    for n in range(1, 7):
+        assert f"**Claim {n}**" in blocks["claims_rules"]
+    assert "SLOPE_MARGIN` (= 0.5)" in blocks["claims_rules"]
