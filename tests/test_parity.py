@@ -136,6 +136,7 @@ def test_truncation_behavior_logp_is_the_truncated_distribution(trunc):
     np.testing.assert_allclose(sb.behavior_logp, ref, atol=2e-5)
 
 
+@pytest.mark.slow  # ~14 s; the truncated distribution itself: test_truncation_behavior_logp_is_...
 def test_rollouts_hand_the_truncated_behavior_logp_to_the_loss():
     """`Rollouts.generate_batch` puts `behavior_logp` = log μ (truncated) in the batch, and on a
     parity step reports parity/* with the gap."""

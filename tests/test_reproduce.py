@@ -129,14 +129,21 @@ def test_claims_markdown_of_an_empty_study_says_not_measured():
     assert "GPU-scale run" in md
 
 
-def test_tiny_reproduction_end_to_end_then_the_notebook_on_its_results(tmp_path):
-    """The README's main job at toy size: every stage runs, the six figures and the claims table
-    are written; a second call reuses every stage; the notebook runs on the results."""
-    wd = tmp_path / "study"
+@pytest.fixture(name="tiny_study", scope="module")
+def _tiny_study(tmp_path_factory):
+    """The README's main job at toy size, run once: (workdir, its stdout)."""
+    wd = tmp_path_factory.mktemp("reproduce") / "study"
     cmd = [sys.executable, "-m", "experiments.reproduce", "--scale=tiny", f"--workdir={wd}"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "ETA" in out.stdout
+    return wd, cmd, out.stdout
+
+
+def test_tiny_reproduction_end_to_end(tiny_study):
+    """Every stage runs, the figures and the claims table are written; a second call reuses
+    every stage."""
+    wd, cmd, stdout = tiny_study
+    assert "ETA" in stdout
     for i, name in enumerate(study.FIGURES):
         for ext in ("png", "pdf"):
             assert (wd / "figures" / f"fig{i + 1}_{name}.{ext}").stat().st_size > 1000
@@ -146,6 +153,10 @@ def test_tiny_reproduction_end_to_end_then_the_notebook_on_its_results(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("reusing finished results") == 3
 
+
+@pytest.mark.slow  # ~20 s (a kernel and every figure); the figures themselves are checked above
+def test_the_notebook_runs_on_a_tiny_reproduction(tiny_study):
+    wd = tiny_study[0]
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(os.path.join(ROOT, "notebooks", "study.ipynb"), as_version=4)
