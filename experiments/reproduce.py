@@ -25,8 +25,8 @@ workdir holds (e.g. the full learning grid of docs/learning_regime.md in <workdi
 at full resolution with the population runner) — and runs nothing. Point `--workdir` of the LM
 grid at <workdir>/lm_sweep and this binary draws its figures from it afterwards.
 
-Figures: 1 phase, 2 eta_max, 3 t_collapse, 4 delta, 5 cosine, 6 reward, 7 learning, 8
-learning_time (`experiments.study`).
+Figures: 1 phase, 2 eta_max, 3 t_collapse, 4 delta, 5 cosine, 6 reward, 7 learning_curves,
+8 eta_star, 9 ceiling, 10 learning_time (`experiments.study`).
 """
 
 from __future__ import annotations
@@ -111,13 +111,13 @@ STAGES = (
           "from the LM grid's SFT checkpoint)", needs=("lm_sweep",)),
     Stage("lm_learn", "experiments.sweep",
           {"cpu": [_CONFIGS + "sweep_lm.py:learn_study"]},
-          {"cpu": 600}, "result.json", ("learning", "learning_time"),
+          {"cpu": 210}, "result.json", ("learning_curves", "eta_star", "ceiling", "learning_time"),
           "LM testbed, learning regime: GRPO from the shipped 28.8 % warm start, S ∈ {0, 1, 4, "
-          "16} × 7 η × 2 seeds, T = 100, held-out accuracy every 20 steps (the full grid of "
+          "16} × 4 η × 2 seeds, T = 100, held-out accuracy every 20 steps (the full grid of "
           "docs/learning_regime.md is sweep_lm.py:learn)"),
     Stage("lm_learn_time", "bench.async_pipeline",
           {"cpu": ["--config=bench/async_pipeline_config.py:learn"]},
-          {"cpu": 240}, "async_pipeline.json", ("learning_time",),
+          {"cpu": 40}, "async_pipeline.json", ("learning_time",),
           "the learning regime's step, timed: sampling + reward and the learner step alone, "
           "the pipeline at S = 0 and S = 1 (the wall-clock model's t_gen and t_learn)"),
 )

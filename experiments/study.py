@@ -45,8 +45,8 @@ from experiments import claims
 from experiments.grids import alpha_of, cos_trace, finite, grid, grids_of, null_of, warmup
 from experiments.claims import claim5_cosine, claim6_learning
 
-FIGURES = ("phase", "eta_max", "t_collapse", "delta", "cosine", "reward", "learning",
-           "learning_time")
+FIGURES = ("phase", "eta_max", "t_collapse", "delta", "cosine", "reward", "learning_curves",
+           "eta_star", "ceiling", "learning_time")
 
 # The claims' verdict thresholds live in their modules (experiments/claims); these two describe
 # the grids the figures and the claims share.
@@ -556,86 +556,143 @@ def fig_reward(study, stem: str) -> None:
         figures.save(fig, stem)
 
 
-def fig_learning(study, stem: str) -> None:
-    """Figure 7: the learning regime. (a) held-out accuracy against steps at each S's best η
-    (seed mean, seeds' range shaded, the ScaleRL fit dashed); (b) each η's score (the curve's
-    area, seed mean) per S, η* marked; (c) η*(S) per seed and its median beside η_max(S) of the
-    same grid (geometric mean over seeds), with claim 6's γ fit."""
+def _learn_or_empty(study, stem, title, ncols=2, aspect=1.1, need_time=False):
+    """(learning grid, claim 6's analysis, fig, axes), or None after saving a figure that says
+    which results are missing."""
     g = study.get("learn")
+    ok = g is not None and len(g["lrs"]) >= 3 and (not need_time or (
+        study.get("learn_time") is not None and 0 in list(g["lags"])))
+    fig, axes = figures.figure("full", ncols=ncols, aspect=aspect, squeeze=False)
+    axes = axes.ravel()
+    if not ok:
+        for ax in axes:
+            _empty(ax, "needs the learning grid (lm_learn, ≥ 3 η)" +
+                   (",\nS = 0 and its timing (lm_learn_time)" if need_time else ""))
+        fig.suptitle(title, fontsize=8)
+        figures.save(fig, stem)
+        return None
+    res = claim6_learning.analyse(g["lags"], g["lrs"], g["seeds"], g["eval_steps"],
+                                  g["heldout"], g["collapse_step"])
+    return g, res, fig, axes
+
+
+def _best_lr_index(g, r) -> int:
+    return int(np.argmin(np.abs(np.asarray(g["lrs"]) - r["best_lr"])))
+
+
+def fig_learning_curves(study, stem: str) -> None:
+    """Figure 7: (a) held-out accuracy against steps at each S's best η (seed mean, the seeds'
+    range shaded, the ScaleRL fit of the seed mean dashed), S = 0 included; (b) each η's area
+    (mean accuracy over the run, seed mean) per S, η* (median over seeds) dotted."""
+    title = "Figure 7. Learning under staleness: held-out accuracy"
     with figures.style():
-        fig, axes = figures.figure("full", ncols=2, nrows=2, aspect=1.0, squeeze=False)
-        axes = axes.ravel()
-        axes[3].set_visible(False)
-        if not g or len(g["lrs"]) < 3:
-            for ax in axes:
-                _empty(ax, "no learning grid with ≥ 3 η\n(sweep_lm.py:learn)")
-            fig.suptitle("Figure 7. The learning regime", fontsize=8)
-            figures.save(fig, stem)
+        out = _learn_or_empty(study, stem, title)
+        if out is None:
             return
-        res = claim6_learning.analyse(g["lags"], g["lrs"], g["seeds"], g["eval_steps"],
-                                      g["heldout"], g["collapse_step"])
+        g, res, fig, axes = out
         lags, lrs, steps = list(g["lags"]), np.asarray(g["lrs"]), g["eval_steps"]
         show = lags[:7]
         colors = dict(zip(show, figures.palette(len(show))))
         area = g["heldout"].mean(-1)
         for s in show:
             i, r = lags.index(s), res["per_S"][int(s)]
-            j = int(np.argmin(np.abs(lrs - r["best_lr"])))
-            acc = g["heldout"][i, j]
+            acc = g["heldout"][i, _best_lr_index(g, r)]
             axes[0].plot(steps, acc.mean(0), "o-", ms=2, color=colors[s],
                          label=f"S = {s}, η = {r['best_lr']:.2g}")
             axes[0].fill_between(steps, acc.min(0), acc.max(0), color=colors[s], alpha=0.15,
                                  lw=0)
             if r["fit"] is not None:
-                tt = np.linspace(0, steps[-1], 200)
-                f = r["fit"]
+                f, tt = r["fit"], np.linspace(0, steps[-1], 200)
                 axes[0].plot(tt, learning.saturating_curve(tt, f["R0"], f["A"], f["t_mid"],
                                                            f["B"]), "--", lw=0.7,
                              color=colors[s])
             axes[1].plot(lrs, area[i].mean(1), "o-", ms=2, color=colors[s], label=f"S = {s}")
             axes[1].axvline(r["eta_star_median"], color=colors[s], lw=0.6, ls=":")
         axes[0].set(xlabel="learner step", ylabel="held-out greedy accuracy")
-        axes[0].set_title("(a) curves at the best η", loc="left")
-        axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
+        axes[0].set_title("(a) at each S's best η; band: seeds", loc="left")
+        axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
         axes[1].set(xscale="log", xlabel="learning rate η",
                     ylabel="area (mean held-out accuracy)")
         axes[1].set_title("(b) area against η; η* dotted", loc="left")
         axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
-        collapsed = g["collapse_step"] >= 0
-        eta_max, _ = scaling.eta_max_per_seed(lrs, collapsed)
+        fig.suptitle(f"{title} ({len(g['seeds'])} seeds, evaluations every "
+                     f"{int(steps[1] - steps[0])} steps, T = {int(steps[-1])})", fontsize=8)
+        figures.save(fig, stem)
+
+
+def fig_eta_star(study, stem: str) -> None:
+    """Figure 8: η*(S) per seed (open: censored at the grid's edge) and its median, η_max(S) of
+    the same grid (geometric mean over seeds), claim 6's fit η* ∝ S^−γ with its interval, and
+    1/S through the S = 1 median. S = 0 is drawn at S = ½."""
+    title = "Figure 8. The best learning rate η* and the largest stable one against staleness"
+    with figures.style():
+        out = _learn_or_empty(study, stem, title, ncols=1, aspect=0.75)
+        if out is None:
+            return
+        g, res, fig, axes = out
+        ax, lags, lrs = axes[0], list(g["lags"]), np.asarray(g["lrs"])
+        eta_max, _ = scaling.eta_max_per_seed(lrs, g["collapse_step"] >= 0)
         x = np.where(np.asarray(lags) == 0, 0.5, np.asarray(lags, float))
-        for code, marker in ((0, "o"), (-1, "v"), (1, "^")):
+        for code, marker, label in ((0, "o", "η*, one seed"), (-1, "v", "η*, one seed, ≤"),
+                                    (1, "^", "η*, one seed, ≥")):
             sel = res["censor"] == code
             xs = np.repeat(x[:, None], sel.shape[1], 1)
             if sel.any():
-                axes[2].plot(xs[sel], res["eta_star"][sel], marker, ls="none", ms=3,
-                             color="0.6", mfc="none" if code else "0.6")
-        axes[2].plot(x, np.median(res["eta_star"], 1), "o-", color="k", label="η* (median)")
-        axes[2].plot(x, np.exp(np.log(eta_max).mean(1)), "s-", color=figures.OKABE_ITO[3],
-                     label="η_max (geometric mean)")
+                ax.plot(xs[sel], res["eta_star"][sel], marker, ls="none", ms=3, color="0.6",
+                        mfc="none" if code else "0.6", label=label)
+        med = np.median(res["eta_star"], 1)
+        ax.plot(x, med, "o-", color="k", label="η* (median over seeds)")
+        ax.plot(x, np.exp(np.log(eta_max).mean(1)), "s-", color=figures.OKABE_ITO[3],
+                label="η_max (geometric mean over seeds)")
+        pos = x >= 1
         law = res["law"]
         if law.get("gamma") is not None:
-            pos = x >= 1
-            med = np.median(res["eta_star"][pos], 1)
-            c = np.exp(np.mean(np.log(med) + law["gamma"] * np.log(x[pos])))
-            axes[2].plot(x[pos], c * x[pos] ** -law["gamma"], "--", color=figures.OKABE_ITO[0],
-                         label=f"S^−γ, γ = {law['gamma']:.2f}" + (
-                             f" [{law['lo']:.2f}, {law['hi']:.2f}]" if law["lo"] is not None
-                             else ""))
-        axes[2].set(xscale="log", yscale="log", xlabel="staleness S (S = 0 drawn at ½)",
-                    ylabel="learning rate")
-        axes[2].minorticks_off()
-        axes[2].set_xticks(x, [str(s) for s in lags])
-        axes[2].set_title("(c) η*(S) and η_max(S)", loc="left")
-        axes[2].legend(loc="upper center", bbox_to_anchor=(0.5, -0.3))
-        fig.suptitle(f"Figure 7. The learning regime ({len(g['seeds'])} seeds, T = "
-                     f"{int(steps[-1])}, evaluations every {int(steps[1] - steps[0])} steps)",
-                     fontsize=8)
+            c = np.exp(np.mean(np.log(med[pos]) + law["gamma"] * np.log(x[pos])))
+            ci = (f" [{law['lo']:.2f}, {law['hi']:.2f}]" if law["lo"] is not None else "")
+            ax.plot(x[pos], c * x[pos] ** -law["gamma"], "--", color=figures.OKABE_ITO[0],
+                    label=f"fit S^−γ, γ = {law['gamma']:.2f}{ci}")
+        if pos.any():
+            ax.plot(x[pos], med[pos][0] * x[pos][0] / x[pos], ":", color=figures.OKABE_ITO[2],
+                    label="1/S through S = 1")
+        ax.set(xscale="log", yscale="log", xlabel="staleness S (S = 0 drawn at ½)",
+               ylabel="learning rate")
+        ax.minorticks_off()
+        ax.set_xticks(x, [str(s) for s in lags])
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        fig.suptitle(title, fontsize=8)
+        figures.save(fig, stem)
+
+
+def fig_ceiling(study, stem: str) -> None:
+    """Figure 9: the ScaleRL ceiling A and steepness B at each S's best η (mean and 95 %
+    t-interval over the seeds whose fit is identified), beside the area: does staleness lower
+    the ceiling, or only slow the climb?"""
+    title = "Figure 9. Ceiling A and steepness B of the learning curve against staleness"
+    with figures.style():
+        out = _learn_or_empty(study, stem, title, ncols=3, aspect=1.2)
+        if out is None:
+            return
+        g, res, fig, axes = out
+        lags = [int(s) for s in g["lags"]]
+        xs = np.arange(len(lags))
+        for ax, key, label in ((axes[0], "A", "ceiling A"), (axes[1], "B", "steepness B"),
+                               (axes[2], "area", "area (mean accuracy)")):
+            for x, s in zip(xs, lags):
+                t = res["per_S"][s][key]
+                if t["mean"] is None:
+                    continue
+                err = (None if t["lo"] is None else
+                       [[t["mean"] - t["lo"]], [t["hi"] - t["mean"]]])
+                ax.errorbar([x], [t["mean"]], yerr=err, fmt="o", color="k", ms=3, capsize=2)
+            ax.set_xticks(xs, [str(s) for s in lags])
+            ax.set(xlabel="staleness S", ylabel=label)
+            ax.set_title(f"({'abc'['A B area'.split().index(key)]}) {label}", loc="left")
+        fig.suptitle(f"{title} (at each S's best η; 95 % t-intervals over seeds)", fontsize=8)
         figures.save(fig, stem)
 
 
 def fig_learning_time(study, stem: str) -> None:
-    """Figure 8: held-out accuracy against modeled wall-clock at each S's best η (seed mean;
+    """Figure 10: held-out accuracy against modeled wall-clock at each S's best η (seed mean;
     seconds per step from `learning.step_seconds` with t_gen and t_learn measured alone), the
     target CEILING_FRAC × the S = 0 ceiling; and the seconds to reach it per S."""
     g, tm = study.get("learn"), study.get("learn_time")
@@ -646,7 +703,7 @@ def fig_learning_time(study, stem: str) -> None:
             for ax in axes:
                 _empty(ax, "needs the learning grid (lm_learn) with S = 0\nand the time "
                            "measurement (lm_learn_time)")
-            fig.suptitle("Figure 8. The learning regime against wall-clock", fontsize=8)
+            fig.suptitle("Figure 10. The learning regime against wall-clock", fontsize=8)
             figures.save(fig, stem)
             return
         rows = learning_time_rows(g, tm)
@@ -672,7 +729,7 @@ def fig_learning_time(study, stem: str) -> None:
         axes[1].set(xlabel="staleness S", ylabel="seconds to the target")
         axes[1].set_title(f"(b) to the target; t_gen {1e3 * tm['t_gen']:.0f} ms, t_learn "
                           f"{1e3 * tm['t_learn']:.0f} ms", loc="left")
-        fig.suptitle(f"Figure 8. Learning against wall-clock (time model, parts timed on "
+        fig.suptitle(f"Figure 10. Learning against wall-clock (time model, parts timed on "
                      f"{tm['device']})", fontsize=8)
         figures.save(fig, stem)
 
@@ -680,7 +737,8 @@ def fig_learning_time(study, stem: str) -> None:
 DRAW: dict[str, Callable] = {"phase": fig_phase, "eta_max": fig_eta_max,
                              "t_collapse": fig_t_collapse, "delta": fig_delta,
                              "cosine": fig_cosine, "reward": fig_reward,
-                             "learning": fig_learning, "learning_time": fig_learning_time}
+                             "learning_curves": fig_learning_curves, "eta_star": fig_eta_star,
+                             "ceiling": fig_ceiling, "learning_time": fig_learning_time}
 
 
 def draw(study, names, outdir: str) -> list[str]:

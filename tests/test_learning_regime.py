@@ -65,7 +65,7 @@ def test_params_digest_sees_every_bit_and_name():
 
 
 @pytest.mark.parametrize("arg,min_cells", [("learn", 100), ("learn_quick", 2),
-                                           ("learn_study", 50)])
+                                           ("learn_study", 32)])
 def test_the_learn_grids_parse(arg, min_cells):
     plan = sweep.lm_plan(sweep_lm.get_config(arg))
     cells = len(plan.lags) * len(plan.lrs) * len(plan.seeds)

@@ -86,19 +86,21 @@ def test_report_blocks_and_figures_of_the_learning_regime(tmp_path):
     with pytest.raises(FileNotFoundError):
         report.learning_time(learn, str(tmp_path / "nothing"))
     s = {"learn": study.load_learn(learn), "learn_time": study.load_learn_time(tdir)}
-    paths = study.draw(s, ["learning", "learning_time"], str(tmp_path / "fig"))
-    assert [os.path.basename(p) for p in paths] == ["fig7_learning.png",
-                                                    "fig8_learning_time.png"]
+    names = ["learning_curves", "eta_star", "ceiling", "learning_time"]
+    paths = study.draw(s, names, str(tmp_path / "fig"))
+    assert [os.path.basename(p) for p in paths] == [f"fig{7 + i}_{n}.png"
+                                                    for i, n in enumerate(names)]
     assert all(os.path.getsize(p) > 10_000 for p in paths)
 
 
 def test_reproduce_draws_the_learning_figures_from_results_it_did_not_run(tmp_path):
-    """--scale=draw runs no stage: Figures 7 and 8 and claim 6's row come from the grids already
+    """--scale=draw runs no stage: Figures 7-10 and claim 6's row come from the grids already
     in the workdir (here synthetic ones)."""
     from experiments import reproduce
     _learn_dir(tmp_path), _time_dir(tmp_path)
-    reproduce.run(str(tmp_path), "learning,learning_time", "draw")
-    for name in ("fig7_learning.png", "fig8_learning_time.png"):
+    reproduce.run(str(tmp_path), "7,8,9,10", "draw")
+    for name in ("fig7_learning_curves.png", "fig8_eta_star.png", "fig9_ceiling.png",
+                 "fig10_learning_time.png"):
         assert (tmp_path / "figures" / name).stat().st_size > 10_000
     md = (tmp_path / "results.md").read_text()
     assert "**Claim 6.**" in md and "learning regime" in md and "supported" in md

@@ -21,8 +21,8 @@ def test_parse_figures_accepts_names_numbers_and_all_and_refuses_the_rest():
     assert reproduce.parse_figures("all") == list(study.FIGURES)
     assert reproduce.parse_figures("eta_max, 1") == ["phase", "eta_max"]
     assert reproduce.parse_figures("6,cosine") == ["cosine", "reward"]
-    assert reproduce.parse_figures("7") == ["learning"]
-    for bad in ("9", "phases", "", " , "):
+    assert reproduce.parse_figures("7,10") == ["learning_curves", "learning_time"]
+    for bad in ("11", "phases", "", " , "):
         with pytest.raises(ValueError, match="--figure"):
             reproduce.parse_figures(bad)
 
@@ -37,7 +37,9 @@ def test_stages_follow_the_figures():
     # the tiny scale has no LM stage (minutes even on the smallest grid)
     tiny = {s.name for s in reproduce.stages_for(study.FIGURES, "tiny")}
     assert not {"lm_sweep", "lm_bias", "lm_learn"} & tiny
-    assert [s.name for s in reproduce.stages_for(["learning"], "cpu")] == ["lm_learn"]
+    assert [s.name for s in reproduce.stages_for(["eta_star"], "cpu")] == ["lm_learn"]
+    assert [s.name for s in reproduce.stages_for(["learning_time"], "cpu")] == [
+        "lm_learn", "lm_learn_time"]
     # a stage's arguments may name the study directory; run_stage fills it in
     lm_bias = next(s for s in reproduce.STAGES if s.name == "lm_bias")
     assert any("{workdir}/lm_sweep/sft" in a for a in lm_bias.args["cpu"])
