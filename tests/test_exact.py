@@ -232,7 +232,10 @@ def test_finite_group_bias_with_std_normalization_shrinks_with_G():
 _SMALL = dict(num_prompts=3, vocab_size=3, seq_len=2, policy="linear", feature_dim=6)
 
 
-@pytest.mark.parametrize("staleness", staleness_lib.SCHEDULED)
+# ~3-4 s each: fixed and random_uniform by default, the other schedules in the slow suite
+@pytest.mark.parametrize("staleness", [
+    s if s in ("fixed", "random_uniform") else pytest.param(s, marks=pytest.mark.slow)
+    for s in staleness_lib.SCHEDULED])
 def test_recorded_lags_follow_the_staleness_model_and_delta_vanishes_at_S0(staleness):
     tb = ex.make_testbed(ex.TestbedConfig(**_SMALL))
     tc = ex.TrainConfig(num_steps=40, staleness=staleness, max_lag_cap=5, geometric_p=0.3)

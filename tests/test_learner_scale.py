@@ -141,9 +141,9 @@ def _grpo_batch(objective, params, cfg):
     return batch
 
 
-# Every registered loss is checked; two run by default (the θ-dependent keep mask of MIS, and
-# GRPO's KL to a reference), the rest (Geo-RS's mask too) with `pytest -m slow` (~7-15 s each).
-_DEFAULT_LOSSES = ("mis", "grpo")
+# Every registered loss is checked; MIS by default (its θ-dependent keep mask is the subtle
+# case), the rest (GRPO's KL to a reference, Geo-RS's mask) with `pytest -m slow` (~7-15 s each).
+_DEFAULT_LOSSES = ("mis",)
 
 
 @pytest.mark.parametrize("name", [n if n in _DEFAULT_LOSSES else
