@@ -739,9 +739,17 @@ def _ci(t: dict, scale: float = 100.0, digits: int = 1) -> str:
             f"{scale * t['hi']:.{digits}f}]")
 
 
-def _censored(codes) -> str:
-    k = int((np.asarray(codes) != 0).sum())
-    return f" ({k} censored)" if k else ""
+def _eta_max_cell(eta_max, codes) -> str:
+    """η_max's geometric mean over seeds, as a bound when every seed's is one (+1: nothing
+    collapsed, so η_max ≥ the largest η; −1: everything did, ≤ the smallest)."""
+    codes = np.asarray(codes)
+    gm = float(np.exp(np.log(eta_max).mean()))
+    if np.all(codes == 1):
+        return f"≥ {gm:.3g}"
+    if np.all(codes == -1):
+        return f"≤ {gm:.3g}"
+    k = int((codes != 0).sum())
+    return f"{gm:.3g}" + (f" ({k} of {len(codes)} seeds censored)" if k else "")
 
 
 def learning_regime(learn_dir: str) -> str:
@@ -764,20 +772,19 @@ def learning_regime(learn_dir: str) -> str:
              f" held-out problems (its own standard error is about 2 points); evaluations at "
              f"steps 0, {int(steps[1])}, …, {int(steps[-1])}.", "",
              "| S | best η | η* (median) | start | area | final | ceiling A | steepness B | "
-             "collapsed (best η / all η) | η_max (geo. mean) |",
+             "collapsed (best η / all η) | η_max (geo. mean over seeds) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for i, s in enumerate(g["lags"]):
         r = res["per_S"][int(s)]
         j = int(np.argmin(np.abs(np.asarray(g["lrs"]) - r["best_lr"])))
         start = g["heldout"][i, j, :, 0].mean()
-        em = np.exp(np.log(eta_max[i]).mean())
+        edge = f" ({r['n_censored']} of {n} seeds at the grid's edge)" if r["n_censored"] else ""
         lines.append(
-            f"| {int(s)} | {r['best_lr']:.3g} | {r['eta_star_median']:.3g}"
-            f"{' (censored ' + str(r['n_censored']) + ')' if r['n_censored'] else ''} | "
+            f"| {int(s)} | {r['best_lr']:.3g} | {r['eta_star_median']:.3g}{edge} | "
             f"{100 * start:.1f} | {_ci(r['area'])} | {_ci(r['final'])} | "
             f"{_ci(r['A'])} ({r['n_identified']} fits) | {_ci(r['B'], 1.0, 2)} | "
             f"{r['n_collapsed']} / {int((g['collapse_step'][i] >= 0).sum())} | "
-            f"{em:.3g}{_censored(cens[i])} |")
+            f"{_eta_max_cell(eta_max[i], cens[i])} |")
     row = c6.rows({"learn": g})[0]
     walls = [w for w in g["run"]["result"].chunk_wall_s if w is not None]
     lines += ["", f"Claim 6: {row['measured']}; {row['interval']}; **{row['verdict']}**.", "",
