@@ -36,6 +36,7 @@ import os
 import warnings
 from typing import Any, Callable
 
+import matplotlib
 import numpy as np
 
 from async_grpo import figures, results
@@ -613,6 +614,7 @@ def fig_learning_curves(study, stem: str) -> None:
         axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
         axes[1].set(xscale="log", xlabel="learning rate η",
                     ylabel="area (mean held-out accuracy)")
+        axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axes[1].set_title("(b) area against η; η* dotted", loc="left")
         axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
         fig.suptitle(f"{title} ({len(g['seeds'])} seeds, evaluations every "
@@ -631,7 +633,7 @@ def fig_eta_star(study, stem: str) -> None:
             return
         g, res, fig, axes = out
         ax, lags, lrs = axes[0], list(g["lags"]), np.asarray(g["lrs"])
-        eta_max, _ = scaling.eta_max_per_seed(lrs, g["collapse_step"] >= 0)
+        eta_max, emax_cens = scaling.eta_max_per_seed(lrs, g["collapse_step"] >= 0)
         x = np.where(np.asarray(lags) == 0, 0.5, np.asarray(lags, float))
         for code, marker, label in ((0, "o", "η*, one seed"), (-1, "v", "η*, one seed, ≤"),
                                     (1, "^", "η*, one seed, ≥")):
@@ -642,8 +644,14 @@ def fig_eta_star(study, stem: str) -> None:
                         mfc="none" if code else "0.6", label=label)
         med = np.median(res["eta_star"], 1)
         ax.plot(x, med, "o-", color="k", label="η* (median over seeds)")
-        ax.plot(x, np.exp(np.log(eta_max).mean(1)), "s-", color=figures.OKABE_ITO[3],
-                label="η_max (geometric mean over seeds)")
+        gm = np.exp(np.log(eta_max).mean(1))
+        bound = np.all(emax_cens == 1, axis=1)       # nothing collapsed: η_max ≥ the grid's top
+        ax.plot(x, gm, "-", color=figures.OKABE_ITO[3], lw=0.8)
+        for sel, marker, label in ((~bound, "s", "η_max (geometric mean over seeds)"),
+                                   (bound, "^", "η_max ≥ (no collapse up to the grid's top)")):
+            if sel.any():
+                ax.plot(x[sel], gm[sel], marker, ls="none", color=figures.OKABE_ITO[3],
+                        label=label)
         pos = x >= 1
         law = res["law"]
         if law.get("gamma") is not None:
@@ -667,7 +675,7 @@ def fig_ceiling(study, stem: str) -> None:
     """Figure 9: the ScaleRL ceiling A and steepness B at each S's best η (mean and 95 %
     t-interval over the seeds whose fit is identified), beside the area: does staleness lower
     the ceiling, or only slow the climb?"""
-    title = "Figure 9. Ceiling A and steepness B of the learning curve against staleness"
+    title = "Figure 9. Ceiling A, steepness B and area against staleness"
     with figures.style():
         out = _learn_or_empty(study, stem, title, ncols=3, aspect=1.2)
         if out is None:
@@ -687,7 +695,8 @@ def fig_ceiling(study, stem: str) -> None:
             ax.set_xticks(xs, [str(s) for s in lags])
             ax.set(xlabel="staleness S", ylabel=label)
             ax.set_title(f"({'abc'['A B area'.split().index(key)]}) {label}", loc="left")
-        fig.suptitle(f"{title} (at each S's best η; 95 % t-intervals over seeds)", fontsize=8)
+        fig.suptitle(f"{title} (best η per S; 95 % t-intervals over seeds; a dot alone: "
+                     "one identified fit)", fontsize=8)
         figures.save(fig, stem)
 
 
@@ -716,7 +725,7 @@ def fig_learning_time(study, stem: str) -> None:
                         label=f"{CEILING_FRAC:.0%} of the S = 0 ceiling")
         axes[0].set(xlabel="modeled wall-clock (s), separate devices",
                     ylabel="held-out greedy accuracy")
-        axes[0].legend(loc="upper left", bbox_to_anchor=(0.0, -0.25), ncol=3)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4)
         axes[0].set_title("(a) accuracy against time at each S's best η", loc="left")
         xs = np.arange(len(rows))
         secs = [r["seconds_to_target"] if r["seconds_to_target"] is not None else np.nan
@@ -727,10 +736,10 @@ def fig_learning_time(study, stem: str) -> None:
                 axes[1].text(x, 0, "not\nreached", ha="center", va="bottom")
         axes[1].set_xticks(xs, [str(r["S"]) for r in rows])
         axes[1].set(xlabel="staleness S", ylabel="seconds to the target")
-        axes[1].set_title(f"(b) to the target; t_gen {1e3 * tm['t_gen']:.0f} ms, t_learn "
-                          f"{1e3 * tm['t_learn']:.0f} ms", loc="left")
-        fig.suptitle(f"Figure 10. Learning against wall-clock (time model, parts timed on "
-                     f"{tm['device']})", fontsize=8)
+        axes[1].set_title("(b) seconds to the target", loc="left")
+        fig.suptitle(f"Figure 10. Learning against wall-clock: time model with t_gen = "
+                     f"{1e3 * tm['t_gen']:.0f} ms, t_learn = {1e3 * tm['t_learn']:.0f} ms "
+                     f"({tm['device']})", fontsize=8)
         figures.save(fig, stem)
 
 
