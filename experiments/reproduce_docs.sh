@@ -92,6 +92,14 @@ for V in controller_fixed controller; do
     $([ $V = controller ] && echo --config.lr_control.r_batch_from="$RUNS/study/lm_variants/grpo")
 done
 
+# The learning regime (docs/learning_regime.md): the full grid (about two hours), its step timed
+# (an idle machine), Figures 7-10 drawn from both into docs/figures/learning/.
+$PY -m experiments.sweep --config=experiments/configs/sweep_lm.py:learn --workdir="$RUNS/study/lm_learn"
+[ -f "$RUNS/study/lm_learn_time/async_pipeline.json" ] || $PY -m bench.async_pipeline \
+  --config=bench/async_pipeline_config.py:learn --workdir="$RUNS/study/lm_learn_time"
+$PY -m experiments.reproduce --scale=draw --figure=7,8,9,10 --workdir="$RUNS/study"
+mkdir -p docs/figures/learning && cp "$RUNS"/study/figures/fig{7,8,9,10}_*.png docs/figures/learning/
+
 # Benchmarks last (timings: run them on an otherwise idle machine).
 [ -f "$RUNS/bench_exact_grid/bench.json" ] || $PY -m bench.exact_grid --workdir="$RUNS/bench_exact_grid"
 mkdir -p "$RUNS/bench"
