@@ -695,8 +695,7 @@ def fig_ceiling(study, stem: str) -> None:
             ax.set_xticks(xs, [str(s) for s in lags])
             ax.set(xlabel="staleness S", ylabel=label)
             ax.set_title(f"({'abc'['A B area'.split().index(key)]}) {label}", loc="left")
-        fig.suptitle(f"{title} (best η per S; 95 % t-intervals over seeds; a dot alone: "
-                     "one identified fit)", fontsize=8)
+        fig.suptitle(f"{title} (best η per S; 95 % t over seeds)", fontsize=8)
         figures.save(fig, stem)
 
 
