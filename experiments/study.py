@@ -31,6 +31,7 @@ Figures (each PNG at 300 dpi and PDF, `async_grpo.figures` style):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -557,189 +558,172 @@ def fig_reward(study, stem: str) -> None:
         figures.save(fig, stem)
 
 
-def _learn_or_empty(study, stem, title, ncols=2, aspect=1.1, need_time=False):
-    """(learning grid, claim 6's analysis, fig, axes), or None after saving a figure that says
-    which results are missing."""
-    g = study.get("learn")
-    ok = g is not None and len(g["lrs"]) >= 3 and (not need_time or (
-        study.get("learn_time") is not None and 0 in list(g["lags"])))
-    fig, axes = figures.figure("full", ncols=ncols, aspect=aspect, squeeze=False)
-    axes = axes.ravel()
-    if not ok:
-        for ax in axes:
-            _empty(ax, "needs the learning grid (lm_learn, ≥ 3 η)" +
-                   (",\nS = 0 and its timing (lm_learn_time)" if need_time else ""))
-        fig.suptitle(title, fontsize=8)
-        figures.save(fig, stem)
-        return None
-    res = claim6_learning.analyse(g["lags"], g["lrs"], g["seeds"], g["eval_steps"],
-                                  g["heldout"], g["collapse_step"])
-    return g, res, fig, axes
+def _learning_figure(title: str, ncols: int = 2, aspect: float = 1.1, need_time: bool = False):
+    """Decorates `draw(study, g, res, fig, axes, title)`, a figure of the learning grid, into
+    `fig_*(study, stem)`: the figure style and size, claim 6's analysis of the grid (`res`), the
+    save, and, when the results it needs are missing, a figure that says which."""
+    def wrap(draw):
+        @functools.wraps(draw)
+        def fig_fn(study, stem: str) -> None:
+            g = study.get("learn")
+            ok = g is not None and len(g["lrs"]) >= 3 and (not need_time or (
+                study.get("learn_time") is not None and 0 in list(g["lags"])))
+            with figures.style():
+                fig, axes = figures.figure("full", ncols=ncols, aspect=aspect, squeeze=False)
+                axes = axes.ravel()
+                fig.suptitle(title, fontsize=8)
+                if not ok:
+                    for ax in axes:
+                        _empty(ax, "needs the learning grid (lm_learn, ≥ 3 η)" +
+                               (",\nS = 0 and its timing (lm_learn_time)" if need_time else ""))
+                else:
+                    res = claim6_learning.analyse(g["lags"], g["lrs"], g["seeds"],
+                                                  g["eval_steps"], g["heldout"],
+                                                  g["collapse_step"])
+                    draw(study, g, res, fig, axes, title)
+                figures.save(fig, stem)
+        return fig_fn
+    return wrap
 
 
 def _best_lr_index(g, r) -> int:
     return int(np.argmin(np.abs(np.asarray(g["lrs"]) - r["best_lr"])))
 
 
-def fig_learning_curves(study, stem: str) -> None:
+@_learning_figure("Figure 7. Learning under staleness: held-out accuracy")
+def fig_learning_curves(study, g, res, fig, axes, title) -> None:
     """Figure 7: (a) held-out accuracy against steps at each S's best η (seed mean, the seeds'
     range shaded, the ScaleRL fit of the seed mean dashed), S = 0 included; (b) each η's area
     (mean accuracy over the run, seed mean) per S, η* (median over seeds) dotted."""
-    title = "Figure 7. Learning under staleness: held-out accuracy"
-    with figures.style():
-        out = _learn_or_empty(study, stem, title)
-        if out is None:
-            return
-        g, res, fig, axes = out
-        lags, lrs, steps = list(g["lags"]), np.asarray(g["lrs"]), g["eval_steps"]
-        show = lags[:7]
-        colors = dict(zip(show, figures.palette(len(show))))
-        area = g["heldout"].mean(-1)
-        for s in show:
-            i, r = lags.index(s), res["per_S"][int(s)]
-            acc = g["heldout"][i, _best_lr_index(g, r)]
-            axes[0].plot(steps, acc.mean(0), "o-", ms=2, color=colors[s],
-                         label=f"S = {s}, η = {r['best_lr']:.2g}")
-            axes[0].fill_between(steps, acc.min(0), acc.max(0), color=colors[s], alpha=0.15,
-                                 lw=0)
-            if r["fit"] is not None:
-                f, tt = r["fit"], np.linspace(0, steps[-1], 200)
-                axes[0].plot(tt, learning.saturating_curve(tt, f["R0"], f["A"], f["t_mid"],
-                                                           f["B"]), "--", lw=0.7,
-                             color=colors[s])
-            axes[1].plot(lrs, area[i].mean(1), "o-", ms=2, color=colors[s], label=f"S = {s}")
-            axes[1].axvline(r["eta_star_median"], color=colors[s], lw=0.6, ls=":")
-        axes[0].set(xlabel="learner step", ylabel="held-out greedy accuracy")
-        axes[0].set_title("(a) at each S's best η; band: seeds", loc="left")
-        axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
-        axes[1].set(xscale="log", xlabel="learning rate η",
-                    ylabel="area (mean held-out accuracy)")
-        axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        axes[1].set_title("(b) area against η; η* dotted", loc="left")
-        axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
-        fig.suptitle(f"{title} ({len(g['seeds'])} seeds, evaluations every "
-                     f"{int(steps[1] - steps[0])} steps, T = {int(steps[-1])})", fontsize=8)
-        figures.save(fig, stem)
+    lags, lrs, steps = list(g["lags"]), np.asarray(g["lrs"]), g["eval_steps"]
+    show = lags[:7]
+    colors = dict(zip(show, figures.palette(len(show))))
+    area = g["heldout"].mean(-1)
+    for s in show:
+        i, r = lags.index(s), res["per_S"][int(s)]
+        acc = g["heldout"][i, _best_lr_index(g, r)]
+        axes[0].plot(steps, acc.mean(0), "o-", ms=2, color=colors[s],
+                     label=f"S = {s}, η = {r['best_lr']:.2g}")
+        axes[0].fill_between(steps, acc.min(0), acc.max(0), color=colors[s], alpha=0.15,
+                             lw=0)
+        if r["fit"] is not None:
+            f, tt = r["fit"], np.linspace(0, steps[-1], 200)
+            axes[0].plot(tt, learning.saturating_curve(tt, f["R0"], f["A"], f["t_mid"],
+                                                       f["B"]), "--", lw=0.7,
+                         color=colors[s])
+        axes[1].plot(lrs, area[i].mean(1), "o-", ms=2, color=colors[s], label=f"S = {s}")
+        axes[1].axvline(r["eta_star_median"], color=colors[s], lw=0.6, ls=":")
+    axes[0].set(xlabel="learner step", ylabel="held-out greedy accuracy")
+    axes[0].set_title("(a) at each S's best η; band: seeds", loc="left")
+    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+    axes[1].set(xscale="log", xlabel="learning rate η",
+                ylabel="area (mean held-out accuracy)")
+    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[1].set_title("(b) area against η; η* dotted", loc="left")
+    axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
+    fig.suptitle(f"{title} ({len(g['seeds'])} seeds, evaluations every "
+                 f"{int(steps[1] - steps[0])} steps, T = {int(steps[-1])})", fontsize=8)
 
 
-def fig_eta_star(study, stem: str) -> None:
+@_learning_figure("Figure 8. The best learning rate η* and the largest stable one against staleness",
+                  ncols=1, aspect=0.75)
+def fig_eta_star(study, g, res, fig, axes, title) -> None:
     """Figure 8: η*(S) per seed (open: censored at the grid's edge) and its median, η_max(S) of
     the same grid (geometric mean over seeds), claim 6's fit η* ∝ S^−γ with its interval, and
     1/S through the S = 1 median. S = 0 is drawn at S = ½."""
-    title = "Figure 8. The best learning rate η* and the largest stable one against staleness"
-    with figures.style():
-        out = _learn_or_empty(study, stem, title, ncols=1, aspect=0.75)
-        if out is None:
-            return
-        g, res, fig, axes = out
-        ax, lags, lrs = axes[0], list(g["lags"]), np.asarray(g["lrs"])
-        eta_max, emax_cens = scaling.eta_max_per_seed(lrs, g["collapse_step"] >= 0)
-        x = np.where(np.asarray(lags) == 0, 0.5, np.asarray(lags, float))
-        for code, marker, label in ((0, "o", "η*, one seed"), (-1, "v", "η*, one seed, ≤"),
-                                    (1, "^", "η*, one seed, ≥")):
-            sel = res["censor"] == code
-            xs = np.repeat(x[:, None], sel.shape[1], 1)
-            if sel.any():
-                ax.plot(xs[sel], res["eta_star"][sel], marker, ls="none", ms=3, color="0.6",
-                        mfc="none" if code else "0.6", label=label)
-        med = np.median(res["eta_star"], 1)
-        ax.plot(x, med, "o-", color="k", label="η* (median over seeds)")
-        gm = np.exp(np.log(eta_max).mean(1))
-        bound = np.all(emax_cens == 1, axis=1)       # nothing collapsed: η_max ≥ the grid's top
-        ax.plot(x, gm, "-", color=figures.OKABE_ITO[3], lw=0.8)
-        for sel, marker, label in ((~bound, "s", "η_max (geometric mean over seeds)"),
-                                   (bound, "^", "η_max ≥ (no collapse up to the grid's top)")):
-            if sel.any():
-                ax.plot(x[sel], gm[sel], marker, ls="none", color=figures.OKABE_ITO[3],
-                        label=label)
-        pos = x >= 1
-        law = res["law"]
-        if law.get("gamma") is not None:
-            c = np.exp(np.mean(np.log(med[pos]) + law["gamma"] * np.log(x[pos])))
-            ci = (f" [{law['lo']:.2f}, {law['hi']:.2f}]" if law["lo"] is not None else "")
-            ax.plot(x[pos], c * x[pos] ** -law["gamma"], "--", color=figures.OKABE_ITO[0],
-                    label=f"fit S^−γ, γ = {law['gamma']:.2f}{ci}")
-        if pos.any():
-            ax.plot(x[pos], med[pos][0] * x[pos][0] / x[pos], ":", color=figures.OKABE_ITO[2],
-                    label="1/S through S = 1")
-        ax.set(xscale="log", yscale="log", xlabel="staleness S (S = 0 drawn at ½)",
-               ylabel="learning rate")
-        ax.minorticks_off()
-        ax.set_xticks(x, [str(s) for s in lags])
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
-        fig.suptitle(title, fontsize=8)
-        figures.save(fig, stem)
+    ax, lags, lrs = axes[0], list(g["lags"]), np.asarray(g["lrs"])
+    eta_max, emax_cens = scaling.eta_max_per_seed(lrs, g["collapse_step"] >= 0)
+    x = np.where(np.asarray(lags) == 0, 0.5, np.asarray(lags, float))
+    for code, marker, label in ((0, "o", "η*, one seed"), (-1, "v", "η*, one seed, ≤"),
+                                (1, "^", "η*, one seed, ≥")):
+        sel = res["censor"] == code
+        xs = np.repeat(x[:, None], sel.shape[1], 1)
+        if sel.any():
+            ax.plot(xs[sel], res["eta_star"][sel], marker, ls="none", ms=3, color="0.6",
+                    mfc="none" if code else "0.6", label=label)
+    med = np.median(res["eta_star"], 1)
+    ax.plot(x, med, "o-", color="k", label="η* (median over seeds)")
+    gm = np.exp(np.log(eta_max).mean(1))
+    bound = np.all(emax_cens == 1, axis=1)       # nothing collapsed: η_max ≥ the grid's top
+    ax.plot(x, gm, "-", color=figures.OKABE_ITO[3], lw=0.8)
+    for sel, marker, label in ((~bound, "s", "η_max (geometric mean over seeds)"),
+                               (bound, "^", "η_max ≥ (no collapse up to the grid's top)")):
+        if sel.any():
+            ax.plot(x[sel], gm[sel], marker, ls="none", color=figures.OKABE_ITO[3],
+                    label=label)
+    pos = x >= 1
+    law = res["law"]
+    if law.get("gamma") is not None:
+        c = np.exp(np.mean(np.log(med[pos]) + law["gamma"] * np.log(x[pos])))
+        ci = (f" [{law['lo']:.2f}, {law['hi']:.2f}]" if law["lo"] is not None else "")
+        ax.plot(x[pos], c * x[pos] ** -law["gamma"], "--", color=figures.OKABE_ITO[0],
+                label=f"fit S^−γ, γ = {law['gamma']:.2f}{ci}")
+    if pos.any():
+        ax.plot(x[pos], med[pos][0] * x[pos][0] / x[pos], ":", color=figures.OKABE_ITO[2],
+                label="1/S through S = 1")
+    ax.set(xscale="log", yscale="log", xlabel="staleness S (S = 0 drawn at ½)",
+           ylabel="learning rate")
+    ax.minorticks_off()
+    ax.set_xticks(x, [str(s) for s in lags])
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(title, fontsize=8)
 
 
-def fig_ceiling(study, stem: str) -> None:
+@_learning_figure("Figure 9. Ceiling A, steepness B and area against staleness", ncols=3,
+                  aspect=1.2)
+def fig_ceiling(study, g, res, fig, axes, title) -> None:
     """Figure 9: the ScaleRL ceiling A and steepness B at each S's best η (mean and 95 %
     t-interval over the seeds whose fit is identified), beside the area: does staleness lower
     the ceiling, or only slow the climb?"""
-    title = "Figure 9. Ceiling A, steepness B and area against staleness"
-    with figures.style():
-        out = _learn_or_empty(study, stem, title, ncols=3, aspect=1.2)
-        if out is None:
-            return
-        g, res, fig, axes = out
-        lags = [int(s) for s in g["lags"]]
-        xs = np.arange(len(lags))
-        for ax, key, label in ((axes[0], "A", "ceiling A"), (axes[1], "B", "steepness B"),
-                               (axes[2], "area", "area (mean accuracy)")):
-            for x, s in zip(xs, lags):
-                t = res["per_S"][s][key]
-                if t["mean"] is None:
-                    continue
-                err = (None if t["lo"] is None else
-                       [[t["mean"] - t["lo"]], [t["hi"] - t["mean"]]])
-                ax.errorbar([x], [t["mean"]], yerr=err, fmt="o", color="k", ms=3, capsize=2)
-            ax.set_xticks(xs, [str(s) for s in lags])
-            ax.set(xlabel="staleness S", ylabel=label)
-            ax.set_title(f"({'abc'['A B area'.split().index(key)]}) {label}", loc="left")
-        fig.suptitle(f"{title} (best η per S; 95 % t over seeds)", fontsize=8)
-        figures.save(fig, stem)
+    lags = [int(s) for s in g["lags"]]
+    xs = np.arange(len(lags))
+    for ax, key, label in ((axes[0], "A", "ceiling A"), (axes[1], "B", "steepness B"),
+                           (axes[2], "area", "area (mean accuracy)")):
+        for x, s in zip(xs, lags):
+            t = res["per_S"][s][key]
+            if t["mean"] is None:
+                continue
+            err = (None if t["lo"] is None else
+                   [[t["mean"] - t["lo"]], [t["hi"] - t["mean"]]])
+            ax.errorbar([x], [t["mean"]], yerr=err, fmt="o", color="k", ms=3, capsize=2)
+        ax.set_xticks(xs, [str(s) for s in lags])
+        ax.set(xlabel="staleness S", ylabel=label)
+        ax.set_title(f"({'abc'['A B area'.split().index(key)]}) {label}", loc="left")
+    fig.suptitle(f"{title} (best η per S; 95 % t over seeds)", fontsize=8)
 
 
-def fig_learning_time(study, stem: str) -> None:
+@_learning_figure("Figure 10. The learning regime against wall-clock", need_time=True)
+def fig_learning_time(study, g, res, fig, axes, title) -> None:
     """Figure 10: held-out accuracy against modeled wall-clock at each S's best η (seed mean;
     seconds per step from `learning.step_seconds` with t_gen and t_learn measured alone), the
     target CEILING_FRAC × the S = 0 ceiling; and the seconds to reach it per S."""
-    g, tm = study.get("learn"), study.get("learn_time")
-    with figures.style():
-        fig, axes = figures.figure("full", ncols=2, aspect=1.1, squeeze=False)
-        axes = axes.ravel()
-        if not g or not tm or 0 not in list(g["lags"]):
-            for ax in axes:
-                _empty(ax, "needs the learning grid (lm_learn) with S = 0\nand the time "
-                           "measurement (lm_learn_time)")
-            fig.suptitle("Figure 10. The learning regime against wall-clock", fontsize=8)
-            figures.save(fig, stem)
-            return
-        rows = learning_time_rows(g, tm)
-        shown = rows[:7]
-        colors = figures.palette(len(shown))
-        for c, r in zip(colors, shown):
-            axes[0].plot(g["eval_steps"] * r["step_s"], r["curve"], "o-", ms=2, color=c,
-                         label=f"S = {r['S']} ({1e3 * r['step_s']:.0f} ms/step)")
-        axes[0].axhline(rows[0]["target"], ls=":", color="0.4", lw=0.8,
-                        label=f"{CEILING_FRAC:.0%} of the S = 0 ceiling")
-        axes[0].set(xlabel="modeled wall-clock (s), separate devices",
-                    ylabel="held-out greedy accuracy")
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4)
-        axes[0].set_title("(a) accuracy against time at each S's best η", loc="left")
-        xs = np.arange(len(rows))
-        secs = [r["seconds_to_target"] if r["seconds_to_target"] is not None else np.nan
-                for r in rows]
-        axes[1].bar(xs, secs, color="0.5")
-        for x, r in zip(xs, rows):
-            if r["seconds_to_target"] is None:
-                axes[1].text(x, 0, "not\nreached", ha="center", va="bottom")
-        axes[1].set_xticks(xs, [str(r["S"]) for r in rows])
-        axes[1].set(xlabel="staleness S", ylabel="seconds to the target")
-        axes[1].set_title("(b) seconds to the target", loc="left")
-        fig.suptitle(f"Figure 10. Learning against wall-clock: time model with t_gen = "
-                     f"{1e3 * tm['t_gen']:.0f} ms, t_learn = {1e3 * tm['t_learn']:.0f} ms "
-                     f"({tm['device']})", fontsize=8)
-        figures.save(fig, stem)
+    del res
+    tm = study["learn_time"]
+    rows = learning_time_rows(g, tm)
+    shown = rows[:7]
+    colors = figures.palette(len(shown))
+    for c, r in zip(colors, shown):
+        axes[0].plot(g["eval_steps"] * r["step_s"], r["curve"], "o-", ms=2, color=c,
+                     label=f"S = {r['S']} ({1e3 * r['step_s']:.0f} ms/step)")
+    axes[0].axhline(rows[0]["target"], ls=":", color="0.4", lw=0.8,
+                    label=f"{CEILING_FRAC:.0%} of the S = 0 ceiling")
+    axes[0].set(xlabel="modeled wall-clock (s), separate devices",
+                ylabel="held-out greedy accuracy")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4)
+    axes[0].set_title("(a) accuracy against time at each S's best η", loc="left")
+    xs = np.arange(len(rows))
+    secs = [r["seconds_to_target"] if r["seconds_to_target"] is not None else np.nan
+            for r in rows]
+    axes[1].bar(xs, secs, color="0.5")
+    for x, r in zip(xs, rows):
+        if r["seconds_to_target"] is None:
+            axes[1].text(x, 0, "not\nreached", ha="center", va="bottom")
+    axes[1].set_xticks(xs, [str(r["S"]) for r in rows])
+    axes[1].set(xlabel="staleness S", ylabel="seconds to the target")
+    axes[1].set_title("(b) seconds to the target", loc="left")
+    fig.suptitle(f"Figure 10. Learning against wall-clock: time model with t_gen = "
+                 f"{1e3 * tm['t_gen']:.0f} ms, t_learn = {1e3 * tm['t_learn']:.0f} ms "
+                 f"({tm['device']})", fontsize=8)
 
 
 DRAW: dict[str, Callable] = {"phase": fig_phase, "eta_max": fig_eta_max,
