@@ -70,12 +70,12 @@ def test_lm_sweep_resumes_and_refuses_another_config(one, tmp_path):
     before = _table(wd)
     chunk = wd / "chunks" / "chunk_00001.npz"
     os.remove(chunk)                                     # as if killed in the last chunk
-    proc = _run(wd)
+    proc = _run(wd, "--config.eval_every=6")            # the same config as the fixture's
     assert "chunk 2/2" in proc.stderr and "chunk 1/2" not in proc.stderr   # only the lost one
     assert _table(wd) == before
     runs = [v["chunks_computed"] for v in results.read(str(wd)).invocations]
     assert runs == [2, 1]                                 # both invocations kept
-    proc = _run(wd, "--config.lr_max=8e-3", check=False)
+    proc = _run(wd, "--config.eval_every=6", "--config.lr_max=8e-3", check=False)
     assert proc.returncode != 0 and "lr_max: 0.004 -> 0.008" in proc.stderr
 
 
