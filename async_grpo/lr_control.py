@@ -37,7 +37,14 @@ effective learning rate η_t = c_t·η, with c_t = min{1, w_t, k_t} (c_t = 1 whe
   ‖θ_{t+1} − θ_0‖ ≤ ‖θ_t − θ_0‖ + ‖u_t‖ ≤ max(m·R_crit, ‖θ_t − θ_0‖): the cumulative drift
   never grows past m·R_crit (a trust region around θ_0; learning stops there).
 
-With a huge R_batch (and R_crit = 0) c_t = 1: the controller is the base η. The state records
+* ESS scaling (only when `ess_power` p > 0; VCPO, Huang et al. 2026, arXiv 2602.17616): the
+  factor is multiplied by ρ_t^p, with ρ_t = ESS_t/B = (Σ_i w_i)²/(B·Σ_i w_i²) the Kish effective
+  sample size fraction of the step's sequence importance weights w_i = π_θ(y_i)/π_φ(y_i) (the
+  loss's ``loss/ess_frac``). VCPO's rule for Adam-style optimizers is p = 1/2 (η_eff = η·√ρ).
+  With R_batch = inf (no drift bound) this is the VCPO baseline alone; ρ_t = 1 on-policy, so at
+  S = 0 it is the base η.
+
+With a huge R_batch (and R_crit = 0, p = 0) c_t = 1: the controller is the base η. The state records
 the measured within-cycle drift ‖θ_t − φ_t‖ (its maximum and how often it exceeded m·R_batch,
 which the guarantees make 0 when the lags respect S) so a run shows how tight each bound was.
 
@@ -71,11 +78,15 @@ class Params(NamedTuple):
     r_crit: R_crit ≥ 0, the cumulative drift ‖θ_t − θ_0‖ not to exceed (times `margin`);
       0 turns the cumulative bound off.
     lookahead: 0 (the rule m·R_batch/(S·‖û‖)) or 1 (the measured lookahead bound).
+    ess_power: p ≥ 0; the factor is multiplied by (ESS/B)^p (0: off; 1/2: VCPO's √ρ for Adam).
+
+    `r_batch` = inf turns the within-cycle bound off (with `ess_power` > 0: the VCPO baseline).
     """
     r_batch: Any
     margin: Any = 0.5
     r_crit: Any = 0.0
     lookahead: Any = 0.0
+    ess_power: Any = 0.0
 
 
 class State(NamedTuple):
@@ -100,8 +111,13 @@ def validate(params: Params, max_lag=None) -> None:
     r_batch = scalar("r_batch (R_batch)", params.r_batch)
     margin = scalar("margin", params.margin)
     r_crit = scalar("r_crit (R_crit)", params.r_crit)
-    if not (math.isfinite(r_batch) and r_batch > 0):
-        raise ValueError(f"lr_control r_batch (R_batch) must be finite and > 0, got {r_batch}.")
+    if not (r_batch > 0):          # +inf: no within-cycle bound; NaN fails here too
+        raise ValueError(f"lr_control r_batch (R_batch) must be > 0 (inf: no within-cycle "
+                         f"bound), got {r_batch}.")
+    ess_power = scalar("ess_power", params.ess_power)
+    if not (math.isfinite(ess_power) and ess_power >= 0):
+        raise ValueError(f"lr_control ess_power must be finite and >= 0 (0: off; 0.5: VCPO's "
+                         f"sqrt(ESS/B)), got {ess_power}.")
     if not (math.isfinite(margin) and 0 < margin <= 1):
         raise ValueError(f"lr_control margin must be in (0, 1], got {margin}.")
     if not (math.isfinite(r_crit) and r_crit >= 0):
@@ -124,13 +140,14 @@ def init(dtype=None) -> State:
 
 
 def scale(params: Params, state: State, *, update_norm, max_lag, drift_cycle=0.0,
-          drift_cum=0.0, drift_next=0.0) -> tuple[jax.Array, State]:
+          drift_cum=0.0, drift_next=0.0, ess_frac=1.0) -> tuple[jax.Array, State]:
     """c_t of the module docstring and the new state. Pure and jittable.
 
     update_norm: ‖û_t‖, the proposed update at the base η; max_lag: S (the bound every lag
     respects); drift_cycle: the measured ‖θ_t − φ_t‖ (recorded); drift_cum: ‖θ_t − θ_0‖ (used
     only when r_crit > 0); drift_next: D⁺_t = ‖θ_t − φ_{t+1}‖ (used only in lookahead mode; 0
-    when the next batch is on-policy). A NaN update norm gives a NaN scale, so
+    when the next batch is on-policy); ess_frac: ρ_t = ESS/B in (0, 1] of the step's batch (used
+    only when ess_power > 0). A NaN update norm gives a NaN scale, so
     a non-finite update stays non-finite (the simulator then flags the run as collapsed).
     """
     dtype = state.max_drift.dtype
@@ -149,6 +166,8 @@ def scale(params: Params, state: State, *, update_norm, max_lag, drift_cycle=0.0
     room = jnp.maximum(margin * r_crit - jnp.asarray(drift_cum, dtype), 0.0)
     c = jnp.where(r_crit > 0, jnp.minimum(c, room / safe), c)
     c = jnp.where(norm > 0, c, 1.0)
+    p = jnp.asarray(params.ess_power, dtype)
+    c = c * jnp.where(p > 0, jnp.power(jnp.asarray(ess_frac, dtype), p), 1.0)
     c = jnp.where(jnp.isnan(norm), jnp.nan, c)
     d = jnp.asarray(drift_cycle, dtype)
     new = State(steps=state.steps + 1, max_drift=jnp.maximum(state.max_drift, d),
@@ -161,17 +180,19 @@ def scale(params: Params, state: State, *, update_norm, max_lag, drift_cycle=0.0
 def scale_by_drift_control(params: Params) -> optax.GradientTransformationExtraArgs:
     """The controller as an optax transformation: chain it AFTER the optimizer (its input is the
     proposed update at the base η). `update(updates, state, params=None, *, max_lag,
-    drift_cycle=0., drift_cum=0., drift_next=0., **extra)` multiplies every leaf by c_t."""
+    drift_cycle=0., drift_cum=0., drift_next=0., ess_frac=1., **extra)` multiplies every leaf by
+    c_t."""
 
     def init_fn(updates):
         leaves = jax.tree.leaves(updates)
         return init(jnp.result_type(*leaves) if leaves else None)
 
     def update_fn(updates, state, params_=None, *, max_lag, drift_cycle=0.0, drift_cum=0.0,
-                  drift_next=0.0, **extra_args):
+                  drift_next=0.0, ess_frac=1.0, **extra_args):
         del params_, extra_args
         c, state = scale(params, state, update_norm=optax.tree.norm(updates), max_lag=max_lag,
-                         drift_cycle=drift_cycle, drift_cum=drift_cum, drift_next=drift_next)
+                         drift_cycle=drift_cycle, drift_cum=drift_cum, drift_next=drift_next,
+                         ess_frac=ess_frac)
         return jax.tree.map(lambda u: (c * u).astype(u.dtype), updates), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -25,6 +25,7 @@ COLLAPSED = "collapsed"                  # a collapse rule has fired at or befor
 LR_SCALE = "lr_scale"                    # the LR controller's factor c_t (effective η = c_t·η)
 OBJECTIVE = "J"                          # the exact objective J(θ_t) (testbeds that have one)
 CLIP_FRAC = "loss/clip_frac"             # fraction of the behavior mass whose ratio is clipped
+ESS_FRAC = "loss/ess_frac"               # Kish ESS/B of the sequence importance weights
 REWARD = "reward"                        # mean reward of the step's rollouts
 COLLAPSE_STEP_NOW = "collapse/step"      # the detector's collapse step so far (−1: none)
 COLLAPSE_REASON_NOW = "collapse/reason"  # the detector's reason code so far (0: none)
@@ -53,6 +54,8 @@ TABLE = {
     COLLAPSED: ("step", "a collapse rule (async_grpo.collapse) has fired at or before this step"),
     LR_SCALE: ("step", "the LR controller's factor c_t; the effective learning rate is c_t·η"),
     OBJECTIVE: ("step", "the exact objective J(θ_t) (testbeds with an objective)"),
+    ESS_FRAC: ("step", "Kish effective sample size fraction ESS/B = (Σw)²/(B·Σw²) of the "
+                       "sequence importance weights w = π_θ(y)/π_φ(y) (1 on-policy)"),
     CLIP_FRAC: ("step", "fraction of the behavior mass (tokens or responses) whose ratio is "
                         "clipped"),
     REWARD: ("step", "mean reward of the rollouts trained on at step t"),

@@ -177,6 +177,23 @@ def _keep_names(keep: Optional[Sequence[str]]) -> Optional[frozenset]:
     return frozenset(mn.canonical(k) for k in keep)
 
 
+def _ess_frac(metrics: dict, params: lr_control_lib.Params):
+    """The step's ESS/B for the controller's ESS scaling: the update's ``loss/ess_frac``, or 1
+    where the controller does not use it; an error where it does and the testbed's update has
+    none (ess_power must then be a concrete 0)."""
+    if mn.ESS_FRAC in metrics:
+        return metrics[mn.ESS_FRAC]
+    try:
+        off = float(params.ess_power) == 0.0
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        off = False
+    if not off:
+        raise ValueError(f"lr_control ess_power={params.ess_power!r} scales η by the batch's "
+                         f"ESS/B, but this testbed's update returns no {mn.ESS_FRAC!r} metric "
+                         f"(it has {sorted(metrics)}); use ess_power=0.")
+    return 1.0
+
+
 def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
                optimizer: Callable[[Cell], optax.GradientTransformation], *, num_steps: int,
                staleness: str = "fixed", max_lag_cap: int = 16, geometric_p: float = 0.5,
@@ -270,7 +287,8 @@ def make_train(update: UpdateFn, init: Callable[[jax.Array, Cell], Params],
                 extra = dict(max_lag=s_max, drift_cycle=m[mn.DRIFT_CYCLE],
                              drift_cum=m[mn.DRIFT_CUM],
                              drift_next=jnp.where(next_lag > 0, optax.tree.norm(
-                                 optax.tree.sub(theta, phi_next)), 0.0))
+                                 optax.tree.sub(theta, phi_next)), 0.0),
+                             ess_frac=_ess_frac(m, lr_control(cell)))
             theta, opt_state, aux, m = apply_update(
                 theta, carry["opt_state"], carry["aux"], h, t + first_step, optimizer=opt,
                 metrics=m, track_cosines=track_cosines, collapse=collapse,

@@ -827,6 +827,46 @@ def learning_time(learn_dir: str, time_dir: str) -> str:
     return "\n".join(lines)
 
 
+def learning_control(d: str) -> str:
+    """The LR-schedule comparison (`experiments.learn_control`): per S each schedule's η (the
+    controllers' base η), area with its 95 % t-interval over the held-out seeds, area as a
+    fraction of the best fixed η's at S = 0 (paired by seed), collapses, the controllers' mean
+    factor c_t and the mean ESS/B; then the target's verdict per schedule at the largest S."""
+    from experiments import learn_control as lcm  # pylint: disable=import-outside-toplevel
+    cmp = lcm.compare(d)
+    if cmp is None:
+        raise MissingResults(os.path.join(d, "fixed", "result.json"))
+    fx = results.read(os.path.join(d, "fixed"))
+    ctl = {a: results.read(os.path.join(d, a)).meta.get("lr_control")
+           for a in lcm.ARMS[1:] if a in cmp["grids"]}
+    lines = [f"{len(cmp['seeds'])} held-out seeds ({', '.join(map(str, cmp['seeds']))}), "
+             f"T = {cmp['T']}, held-out greedy accuracy every {cmp['eval_every']} steps; area = "
+             f"mean accuracy over the run; 95 % t-intervals over seeds. The fixed schedule's η "
+             f"is the best of {len(cmp['grids']['fixed']['lrs'])} on these same seeds (an "
+             f"oracle); the controllers start from S = 0's best η, "
+             f"{cmp['reference_lr']:.3g}.", ""]
+    if "drift" in ctl and ctl["drift"]:
+        lines += [f"Drift rule: R_batch = {ctl['drift']['r_batch']:.4g} (the median run-peak "
+                  f"within-cycle drift at each S ≥ 1's best fixed η), margin "
+                  f"{ctl['drift']['margin']:g}. VCPO: (ESS/B)^"
+                  f"{ctl.get('ess', {}).get('ess_power', float('nan')):g}.", ""]
+    lines += [lcm.table(cmp), ""]
+    for arm, v in cmp["target_met"].items():
+        r = next(r for r in cmp["rows"] if r["arm"] == arm and r["S"] == cmp["S_top"])
+        lo = "–" if r["ratio"]["lo"] is None else f"{100 * r['ratio']['lo']:.1f}"
+        lines.append(f"* {arm} at S = {cmp['S_top']}: {100 * r['ratio']['mean']:.1f} % of the "
+                     f"S = 0 area (lower end {lo} %): "
+                     + ("reaches" if v["interval_above"] else "does not reach")
+                     + f" the {cmp['target']:.0%} target"
+                     + (" (its mean does, its interval does not)"
+                        if v["mean_above"] and not v["interval_above"] else "") + ".")
+    walls = [w for a in cmp["grids"] for w in results.read(os.path.join(d, a)).chunk_wall_s
+             if w is not None]
+    lines += ["", f"{sum(g['area'].size for g in cmp['grids'].values())} cells; the chunks took "
+              f"{metrics_lib.format_duration(sum(walls))}. {_machine_line(fx.machine)}"]
+    return "\n".join(lines)
+
+
 def claims_rules() -> str:
     """Each registered claim's verdict rule, from its module (the "Verdict" paragraph of its
     docstring, each backticked module constant followed by its value): the rules the code
@@ -866,6 +906,7 @@ REPORTS: dict[str, Callable[..., str]] = {
     "bench_exact_grid": bench_exact_grid, "group_bias": group_bias,
     "lr_controller": lr_controller, "lr_controller_map": lr_controller_map,
     "learning_regime": learning_regime, "learning_time": learning_time,
+    "learning_control": learning_control,
     "claims_rules": claims_rules,
 }
 

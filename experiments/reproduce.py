@@ -115,6 +115,12 @@ STAGES = (
           "LM testbed, learning regime: GRPO from the shipped 28.8 % warm start, S ∈ {0, 1, 4, "
           "16} × 4 η × 2 seeds, T = 100, held-out accuracy every 20 steps (the full grid of "
           "docs/learning_regime.md is sweep_lm.py:learn)"),
+    Stage("lm_learn_control", "experiments.learn_control",
+          {"cpu": [_CONFIGS + "learn_control.py:quick"]},
+          {"cpu": 150}, "ess/result.json", ("learning_control",),
+          "LM testbed, learning regime: the best fixed η, the drift controller and the VCPO "
+          "baseline at S = 4 against S = 0, 2 held-out seeds, T = 40 (the full comparison of "
+          "docs/learning_regime.md, S up to 16 and 5 seeds, is learn_control.py)"),
     Stage("lm_learn_time", "bench.async_pipeline",
           {"cpu": ["--config=bench/async_pipeline_config.py:learn"]},
           {"cpu": 40}, "async_pipeline.json", ("learning_time",),

@@ -97,8 +97,11 @@ done
 $PY -m experiments.sweep --config=experiments/configs/sweep_lm.py:learn --workdir="$RUNS/study/lm_learn"
 [ -f "$RUNS/study/lm_learn_time/async_pipeline.json" ] || $PY -m bench.async_pipeline \
   --config=bench/async_pipeline_config.py:learn --workdir="$RUNS/study/lm_learn_time"
-$PY -m experiments.reproduce --scale=draw --figure=7,8,9,10 --workdir="$RUNS/study"
-mkdir -p docs/figures/learning && cp "$RUNS"/study/figures/fig{7,8,9,10}_*.png docs/figures/learning/
+# Three LR schedules on it, on held-out seeds (about 45 minutes): Figure 11.
+$PY -m experiments.learn_control --config=experiments/configs/learn_control.py \
+  --workdir="$RUNS/study/lm_learn_control"
+$PY -m experiments.reproduce --scale=draw --figure=7,8,9,10,11 --workdir="$RUNS/study"
+mkdir -p docs/figures/learning && cp "$RUNS"/study/figures/fig{7,8,9,10,11}_*.png docs/figures/learning/
 
 # Benchmarks last (timings: run them on an otherwise idle machine).
 [ -f "$RUNS/bench_exact_grid/bench.json" ] || $PY -m bench.exact_grid --workdir="$RUNS/bench_exact_grid"

@@ -45,10 +45,11 @@ from async_grpo import metric_names as mn
 from async_grpo import learning, scaling
 from experiments import claims
 from experiments.grids import alpha_of, cos_trace, finite, grid, grids_of, null_of, warmup
+from experiments import learn_control
 from experiments.claims import claim5_cosine, claim6_learning
 
 FIGURES = ("phase", "eta_max", "t_collapse", "delta", "cosine", "reward", "learning_curves",
-           "eta_star", "ceiling", "learning_time")
+           "eta_star", "ceiling", "learning_time", "learning_control")
 
 # The claims' verdict thresholds live in their modules (experiments/claims); these two describe
 # the grids the figures and the claims share.
@@ -182,7 +183,9 @@ def load_study(d: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
             "lm": load_lm(os.path.join(d, "lm_sweep")),
             "lm_bias": load_lm_bias(os.path.join(d, "lm_bias")),
             "learn": load_learn(os.path.join(d, "lm_learn")),
-            "learn_time": load_learn_time(os.path.join(d, "lm_learn_time")), "dir": d,
+            "learn_time": load_learn_time(os.path.join(d, "lm_learn_time")),
+            "learn_control": learn_control.compare(os.path.join(d, "lm_learn_control")),
+            "dir": d,
             "extra": {label: _load_grid_dir(path) for label, path in (extra or {}).items()}}
 
 
@@ -726,11 +729,72 @@ def fig_learning_time(study, g, res, fig, axes, title) -> None:
                  f"({tm['device']})", fontsize=8)
 
 
+def fig_learning_control(study, stem: str) -> None:
+    """Figure 11: (a) held-out accuracy against steps at the largest S of the LR-schedule
+    comparison (`experiments.learn_control`): the best fixed η there, the drift controller and
+    the VCPO baseline, against the best fixed η at S = 0 (seed means, the seeds' range shaded);
+    (b) each schedule's area as a fraction of S = 0's per S, with 95 % t-intervals over seeds
+    (paired by seed) and the target."""
+    cmp = study.get("learn_control")
+    with figures.style():
+        fig, axes = figures.figure("full", ncols=2, aspect=1.1, squeeze=False)
+        axes = axes.ravel()
+        title = "Figure 11. Three learning-rate schedules under staleness"
+        fig.suptitle(title, fontsize=8)
+        if cmp is None:
+            for ax in axes:
+                _empty(ax, "needs the schedule comparison (lm_learn_control)")
+            figures.save(fig, stem)
+            return
+        arms = [a for a in learn_control.ARMS if a in cmp["grids"]]
+        colors = dict(zip(arms, figures.palette(len(arms))))
+        s_top = cmp["S_top"]
+        ref = next(r for r in cmp["rows"] if r["S"] == 0)
+        curves = [("fixed", 0, ref["lr"], "0.2", f"S = 0, best fixed η = {ref['lr']:.2g}")]
+        for r in cmp["rows"]:
+            if r["S"] == s_top:
+                curves.append((r["arm"], s_top, r["lr"], colors[r["arm"]],
+                               f"S = {s_top}, {r['arm']}"
+                               + (f" η = {r['lr']:.2g}" if r["arm"] == "fixed" else
+                                  f" (base η {r['lr']:.2g})")))
+        for arm, s, lr, color, label in curves:
+            g = cmp["grids"][arm]
+            acc = g["acc"][g["lags"].index(s), int(np.argmin(np.abs(g["lrs"] - lr)))]
+            axes[0].plot(g["eval_steps"], acc.mean(0), "o-", ms=2, color=color, label=label)
+            axes[0].fill_between(g["eval_steps"], acc.min(0), acc.max(0), color=color,
+                                 alpha=0.15, lw=0)
+        axes[0].set(xlabel="learner step", ylabel="held-out greedy accuracy")
+        axes[0].set_title(f"(a) S = {s_top} against S = 0; band: seeds", loc="left")
+        axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+        lags = sorted({r["S"] for r in cmp["rows"] if r["S"] >= 1})
+        width = 0.8 / len(arms)
+        for k, arm in enumerate(arms):
+            rows = {r["S"]: r for r in cmp["rows"] if r["arm"] == arm and r["S"] >= 1}
+            xs = [i + (k - (len(arms) - 1) / 2) * width for i, s in enumerate(lags) if s in rows]
+            rs = [rows[s]["ratio"] for s in lags if s in rows]
+            mean = np.asarray([r["mean"] for r in rs])
+            lo = np.asarray([r["lo"] if r["lo"] is not None else r["mean"] for r in rs])
+            hi = np.asarray([r["hi"] if r["hi"] is not None else r["mean"] for r in rs])
+            axes[1].errorbar(xs, mean, yerr=[mean - lo, hi - mean], fmt="o", ms=3, capsize=2,
+                             color=colors[arm], label=arm)
+        axes[1].axhline(1.0, color="0.6", lw=0.6)
+        axes[1].axhline(cmp["target"], ls=":", color="0.3", lw=0.8,
+                        label=f"target {cmp['target']:.0%}")
+        axes[1].set_xticks(range(len(lags)), [str(s) for s in lags])
+        axes[1].set(xlabel="staleness S", ylabel="area / best fixed area at S = 0")
+        axes[1].set_title("(b) area relative to S = 0; 95 % t-intervals", loc="left")
+        axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4)
+        fig.suptitle(f"{title} ({len(cmp['seeds'])} held-out seeds, T = {cmp['T']})",
+                     fontsize=8)
+        figures.save(fig, stem)
+
+
 DRAW: dict[str, Callable] = {"phase": fig_phase, "eta_max": fig_eta_max,
                              "t_collapse": fig_t_collapse, "delta": fig_delta,
                              "cosine": fig_cosine, "reward": fig_reward,
                              "learning_curves": fig_learning_curves, "eta_star": fig_eta_star,
-                             "ceiling": fig_ceiling, "learning_time": fig_learning_time}
+                             "ceiling": fig_ceiling, "learning_time": fig_learning_time,
+                             "learning_control": fig_learning_control}
 
 
 def draw(study, names, outdir: str) -> list[str]:

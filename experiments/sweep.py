@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Optional
@@ -115,18 +116,23 @@ def lm_plan(c) -> Plan:
 
 
 def _lr_control(lc, max_lag):
-    """`c.lr_control` (absent, or r_batch = 0 with no r_batch_from: off) -> (Params, info).
+    """`c.lr_control` (absent, or r_batch = 0 with no r_batch_from and ess_power = 0: off) ->
+    (Params, info).
 
     R_batch is `r_batch`, or measured from the finished fixed-η LM sweep in `r_batch_from`
     (`scaling.estimate_r_batch`: the median peak within-cycle drift of the stable runs at the
-    stability edge, S ≥ 1)."""
-    if lc is None or (not lc.get("r_batch") and not lc.get("r_batch_from")):
+    stability edge, S ≥ 1), or, with neither, inf (no drift bound). `ess_power` p > 0 multiplies
+    the factor by (ESS/B)^p: p = 0.5 with no R_batch is the VCPO baseline (lr_control.Params)."""
+    ess_power = float(lc.get("ess_power", 0.0)) if lc is not None else 0.0
+    if lc is None or (not lc.get("r_batch") and not lc.get("r_batch_from") and not ess_power):
         return None, None
     if lc.get("r_batch") and lc.get("r_batch_from"):
         raise ValueError(f"--config.lr_control: set r_batch={lc.r_batch!r} or r_batch_from="
                          f"{lc.r_batch_from!r}, not both")
-    info = {"margin": float(lc.margin), "r_crit": float(lc.r_crit)}
-    if lc.get("r_batch_from"):
+    info = {"margin": float(lc.margin), "r_crit": float(lc.r_crit), "ess_power": ess_power}
+    if not lc.get("r_batch") and not lc.get("r_batch_from"):
+        info.update(r_batch=None, source="none (no within-cycle bound: R_batch = inf)")
+    elif lc.get("r_batch_from"):
         src = lc.r_batch_from
         try:
             gr = results.read(src)
@@ -143,7 +149,8 @@ def _lr_control(lc, max_lag):
                     calibration={k: v for k, v in calib.items() if k != "edges"})
     else:
         info.update(r_batch=float(lc.r_batch), source="config")
-    params = lr_control_lib.Params(info["r_batch"], info["margin"], info["r_crit"], 0.0)
+    params = lr_control_lib.Params(math.inf if info["r_batch"] is None else info["r_batch"],
+                                   info["margin"], info["r_crit"], 0.0, ess_power)
     lr_control_lib.validate(params, max_lag)
     return params, info
 

@@ -148,20 +148,23 @@ def test_jittable_and_vmappable_over_cells():
     rng = np.random.default_rng(2)
     params = lc.Params(jnp.asarray(rng.uniform(0.1, 3, n)), jnp.asarray(rng.uniform(0.1, 1, n)),
                        jnp.asarray(np.where(np.arange(n) % 2, 2.0, 0.0)),
-                       jnp.asarray((np.arange(n) % 3 == 0).astype(float)))
+                       jnp.asarray((np.arange(n) % 3 == 0).astype(float)),
+                       jnp.asarray(np.where(np.arange(n) % 4 == 1, 0.5, 0.0)))
     norms = jnp.asarray(rng.uniform(0, 5, n))
     lags = jnp.asarray(rng.integers(0, 9, n), jnp.int32)
     dnext, dcum = jnp.asarray(rng.uniform(0, 1, n)), jnp.asarray(rng.uniform(0, 2, n))
+    ess = jnp.asarray(rng.uniform(0.05, 1, n))
     states = jax.vmap(lambda _: lc.init(jnp.float64))(jnp.arange(n))
 
-    def one(p, st, u, s, dn, dc):
-        return lc.scale(p, st, update_norm=u, max_lag=s, drift_next=dn, drift_cum=dc)
+    def one(p, st, u, s, dn, dc, e):
+        return lc.scale(p, st, update_norm=u, max_lag=s, drift_next=dn, drift_cum=dc,
+                        ess_frac=e)
 
-    c_all, _ = jax.jit(jax.vmap(one))(params, states, norms, lags, dnext, dcum)
+    c_all, _ = jax.jit(jax.vmap(one))(params, states, norms, lags, dnext, dcum, ess)
     for i in range(n):
         p = lc.Params(*(float(x[i]) for x in params))
         c, _ = one(p, lc.init(jnp.float64), float(norms[i]), int(lags[i]), float(dnext[i]),
-                   float(dcum[i]))
+                   float(dcum[i]), float(ess[i]))
         assert float(c_all[i]) == pytest.approx(float(c), rel=1e-14)
 
 
@@ -176,10 +179,11 @@ def test_optax_transformation_scales_the_optimizer_update():
 
 
 @pytest.mark.parametrize("params,match", [
-    (lc.Params(0.0), "r_batch .* must be finite and > 0"),
     (lc.Params(-1.0), "r_batch"),
     (lc.Params(float("nan")), "r_batch"),
-    (lc.Params(float("inf")), "r_batch"),
+    (lc.Params(0.0), "r_batch .* > 0"),
+    (lc.Params(1.0, 0.5, 0.0, 0.0, -0.5), "ess_power must be finite and >= 0"),
+    (lc.Params(1.0, 0.5, 0.0, 0.0, float("nan")), "ess_power"),
     (lc.Params("x"), "r_batch .* must be a real scalar"),
     (lc.Params(1.0, 0.0), "margin must be in \\(0, 1\\]"),
     (lc.Params(1.0, 1.5), "margin"),
@@ -189,6 +193,59 @@ def test_optax_transformation_scales_the_optimizer_update():
 def test_bad_inputs_raise(params, match):
     with pytest.raises(ValueError, match=match):
         lc.validate(params)
+
+
+def test_ess_scaling_is_vcpo_and_multiplies_the_drift_rule():
+    """c_t = min{1, w_t}·(ESS/B)^p: with R_batch = inf and p = 1/2 it is VCPO's √(ESS/B); on
+    policy (ESS/B = 1) it is the base η; p = 0 ignores the ESS; with the rule it multiplies w_t."""
+    lc.validate(lc.Params(float("inf"), 1.0, 0.0, 0.0, 0.5), max_lag=16)   # inf: no drift bound
+    vcpo = lc.Params(float("inf"), 1.0, 0.0, 0.0, 0.5)
+    for s in (0, 1, 16):
+        for norm in (0.0, 1e-3, 1e8):
+            c, _ = lc.scale(vcpo, lc.init(jnp.float64), update_norm=norm, max_lag=s,
+                            drift_cycle=1e9, drift_next=1e9, ess_frac=0.36)
+            assert float(c) == pytest.approx(0.6, rel=1e-15)
+            c, _ = lc.scale(vcpo, lc.init(jnp.float64), update_norm=norm, max_lag=s, ess_frac=1.0)
+            assert float(c) == 1.0
+    c, st = lc.scale(lc.Params(float("inf"), 1.0, 0.0, 0.0, 1.0), lc.init(jnp.float64),
+                     update_norm=1.0, max_lag=4, ess_frac=0.25)
+    assert float(c) == 0.25 and int(st.limited) == 1 and int(st.over) == 0
+    c, _ = lc.scale(lc.Params(2.0, 0.5), lc.init(jnp.float64), update_norm=3.0, max_lag=4,
+                    ess_frac=0.01)
+    assert float(c) == pytest.approx(0.5 * 2.0 / (4 * 3.0), rel=1e-15)     # p = 0: no ESS
+    c, _ = lc.scale(lc.Params(2.0, 0.5, 0.0, 0.0, 0.5), lc.init(jnp.float64), update_norm=3.0,
+                    max_lag=4, ess_frac=0.25)
+    assert float(c) == pytest.approx(0.5 * 2.0 / (4 * 3.0) * 0.5, rel=1e-15)
+
+
+def test_ess_scaling_in_the_engine_uses_the_updates_ess_and_refuses_a_testbed_without_it():
+    """The engine passes the update's ``loss/ess_frac`` to the controller: a run whose update
+    reports ESS/B = 0.25 at every step moves exactly half as far as the run without the
+    controller (SGD, p = 1/2); a testbed with no ESS metric is refused, naming the metric."""
+    def update(ess):
+        def fn(theta, phi, key, ctx):
+            m = {} if ess is None else {"loss/ess_frac": jnp.asarray(ess)}
+            return {"x": jnp.ones(3)}, m
+        return fn
+
+    init = lambda key, cell: {"x": jnp.zeros(3)}       # noqa: E731
+    opt = lambda cell: optax.sgd(cell["lr"])          # noqa: E731
+    cells = simulate.make_cells(max_lag=[0, 4], lr=[0.1], seed=[0])
+    vcpo = lambda cell: lc.Params(float("inf"), 1.0, 0.0, 0.0, 0.5)   # noqa: E731
+    kw = dict(num_steps=6, max_lag_cap=4)
+    _, plain = simulate.run_cells(simulate.make_train(update(0.25), init, opt, **kw), cells)
+    m, ctl = simulate.run_cells(simulate.make_train(update(0.25), init, opt,
+                                                    lr_control=vcpo, **kw), cells)
+    np.testing.assert_allclose(ctl["drift_final"], 0.5 * plain["drift_final"], rtol=1e-12)
+    assert np.all(plain["drift_final"] > 0)
+    np.testing.assert_allclose(m["lr_scale"], 0.5, rtol=1e-12)
+    with pytest.raises(ValueError, match="no 'loss/ess_frac' metric"):
+        simulate.run_cells(simulate.make_train(update(None), init, opt, lr_control=vcpo, **kw),
+                           cells)
+    # without ESS scaling the same testbed runs (the drift rule needs no ESS)
+    simulate.run_cells(simulate.make_train(update(None), init, opt,
+                                           lr_control=lambda cell: lc.Params(1.0, 1.0), **kw),
+                       cells)
 
 
 def test_bad_max_lag_raises():

@@ -22,7 +22,8 @@ def test_parse_figures_accepts_names_numbers_and_all_and_refuses_the_rest():
     assert reproduce.parse_figures("eta_max, 1") == ["phase", "eta_max"]
     assert reproduce.parse_figures("6,cosine") == ["cosine", "reward"]
     assert reproduce.parse_figures("7,10") == ["learning_curves", "learning_time"]
-    for bad in ("11", "phases", "", " , "):
+    assert reproduce.parse_figures("11") == ["learning_control"]
+    for bad in ("12", "0", "phases", "", " , "):
         with pytest.raises(ValueError, match="--figure"):
             reproduce.parse_figures(bad)
 
