@@ -110,6 +110,40 @@ def test_compare_gives_the_known_ratios_and_the_target_verdict(arms):
     assert low["target_met"]["fixed"]["interval_above"]          # 0.75 of S = 0
 
 
+def test_window_area_is_the_mean_over_a_wall_clock_window():
+    from async_grpo import learning
+    steps = np.arange(0, 201, 20.0)
+    acc = steps / 200.0                                   # linear: the mean over [0, e] is e/400
+    for end in (200.0, 150.0, 37.0):
+        assert learning.window_area(steps, acc, end) == pytest.approx(end / 400.0, rel=1e-12)
+    assert learning.window_area(steps, acc, 200.0) == pytest.approx(learning.area(steps, acc))
+    for bad in (0.0, 250.0, float("nan")):
+        with pytest.raises(ValueError, match="end="):
+            learning.window_area(steps, acc, bad)
+
+
+def test_per_second_compares_over_the_same_wall_clock_window(arms):
+    """With t_gen = 0.3 and t_learn = 0.1 s, S >= 1 runs a step in 0.3 s against S = 0's 0.4 s:
+    S = 0's window is 3/4 of its run; on flat curves per second equals per step, and a rising
+    S = 0 curve makes the window's mean lower, so per second is higher than per step."""
+    timing = {"t_gen": 0.3, "t_learn": 0.1, "overhead": 0.0}
+    cmp = lcm.compare(arms, timing=timing)
+    for r in cmp["rows"]:
+        assert r["per_second"]["mean"] == pytest.approx(r["ratio"]["mean"])
+        if r["S"] >= 1:
+            assert r["per_second"]["window_steps"] == pytest.approx(30.0)
+    gr = results.read(os.path.join(arms, "fixed"))
+    acc = gr.evals[mn.HELDOUT_ACC].copy()
+    s0 = gr.axes["S"] == 0
+    acc[s0] = acc[s0] * np.linspace(0.5, 1.5, len(STEPS))    # rising, same area over the run
+    gr.evals[mn.HELDOUT_ACC] = acc
+    gr.write(os.path.join(arms, "fixed"))
+    cmp = lcm.compare(arms, timing=timing)
+    r = next(r for r in cmp["rows"] if (r["S"], r["arm"]) == (4, "drift"))
+    assert r["per_second"]["mean"] > r["ratio"]["mean"] * 1.05
+    assert "per second" in lcm.table(cmp)
+
+
 def test_compare_refuses_arms_on_other_seeds_and_waits_for_the_fixed_arm(tmp_path, arms):
     assert lcm.compare(str(tmp_path / "nothing")) is None
     gr = results.read(os.path.join(arms, "ess"))
@@ -121,6 +155,7 @@ def test_compare_refuses_arms_on_other_seeds_and_waits_for_the_fixed_arm(tmp_pat
 
 def test_report_block_and_figure_11(arms, tmp_path):
     text = report.learning_control(arms)
+    assert "per second" not in text and "collapsed cells (of 3): fixed 0, drift 0, ess 0" in text
     assert "| 4 | drift | 5e-05 | 0.570" in text
     assert "drift at S = 16: 50.0 % of the S = 0 area" in text and "does not reach" in text
     assert "R_batch = 0.05" in text

@@ -21,8 +21,10 @@ def _init_dir(tmp_path):
     return helpers.random_init(tmp_path / "init")
 
 
-@pytest.mark.parametrize("policy", ["fixed", pytest.param("bounded_async", marks=pytest.mark.slow),
-                                    pytest.param("random_uniform", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~30 s each; in the default suite the pipeline's fixed run equals a population
+# cell (tests/test_population.py) and the learner's step equals the plain reference step
+# (tests/test_learner.py)
+@pytest.mark.parametrize("policy", ["fixed", "bounded_async", "random_uniform"])
 def test_s0_matches_the_plain_reference_loop(tmp_path, init_dir, policy):
     """S = 0 through the generator thread, the sharded donated learner and the diagnostics
     equals the plain loop (generate with θ_t, then the reference step) bit for bit, under each

@@ -142,6 +142,8 @@ def test_the_lr_controller_keeps_the_within_cycle_drift_under_its_budget(sft_dir
     assert np.all(np.asarray(runs["lookahead"]["lr_scale"])[2:] < 1.0)
 
 
+@pytest.mark.slow  # ~18 s; in the default suite the engine's evaluation hook is
+# tests/test_simulate.py::test_in_program_evaluations_see_theta_every_k_steps_and_change_nothing_else
 def test_in_program_heldout_accuracy_is_the_evaluators():
     """`eval_every`: the held-out evaluation inside the program (greedy, token reward, the last
     batch padded and masked) gives the pipeline evaluator's numbers (greedy, Python reward) for

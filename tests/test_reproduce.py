@@ -142,6 +142,9 @@ def _tiny_study(tmp_path_factory):
     return wd, cmd, out.stdout
 
 
+@pytest.mark.slow  # ~45 s (every stage as a process); in the default suite the binary runs in
+# test_gpu_scale_writes_the_commands_and_runs_nothing and, drawing from results,
+# tests/test_learning_report.py; every stage's binary has its own tests
 def test_tiny_reproduction_end_to_end(tiny_study):
     """Every stage runs, the figures and the claims table are written; a second call reuses
     every stage."""

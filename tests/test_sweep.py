@@ -38,6 +38,9 @@ def _one(tmp_path_factory):
     return wd, proc.stdout
 
 
+@pytest.mark.slow  # ~40 s (SFT, then the grid as a process); in the default suite the population
+# runner is tests/test_population.py, the results format tests/test_results.py, the sweep's
+# config checks the tests below and the same binary's exact path test_exact_configs_go_...
 def test_lm_sweep_writes_its_table_curves_and_figure(one):
     wd, out = one
     gr = results.read(str(wd))

@@ -50,6 +50,8 @@ def _check_finite(recs, keys):
             assert isinstance(r[k], (int, float)) and math.isfinite(r[k]), (k, r[k])
 
 
+@pytest.mark.slow  # ~26 s (two binaries, a resume); in the default suite
+# test_train_binary_fixed_staleness_end_to_end runs experiments.train as a process
 def test_sft_then_grpo_end_to_end(tmp_path):
     sft_dir, rl_dir = str(tmp_path / "sft"), str(tmp_path / "grpo")
     log = _run("experiments.sft", sft_dir)
