@@ -127,6 +127,20 @@ def area(steps: Sequence[float], acc: Sequence[float]) -> float:
     return float(np.trapezoid(acc, steps) / (steps[-1] - steps[0]))
 
 
+def window_area(steps: Sequence[float], acc: Sequence[float], end: float) -> float:
+    """The mean accuracy over [steps[0], end] of the curve linearly interpolated between its
+    evaluations (`area` when end = steps[-1]); `end` must lie inside the evaluated range. Used
+    to compare runs over the same wall-clock window when their steps cost different times."""
+    steps, acc = _check_curve(steps, acc)
+    if not (np.isfinite(end) and steps[0] < end <= steps[-1]):
+        raise ValueError(f"end={end!r}: must lie in ({steps[0]}, {steps[-1]}] (the evaluated "
+                         f"steps)")
+    inside = steps < end
+    xs = np.concatenate([steps[inside], [end]])
+    ys = np.concatenate([acc[inside], [np.interp(end, steps, acc)]])
+    return float(np.trapezoid(ys, xs) / (end - steps[0]))
+
+
 def t_interval(values: Sequence[float], level: float = LEVEL) -> dict[str, Any]:
     """Mean and its Student-t interval over independent replicates (seeds).
 

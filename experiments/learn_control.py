@@ -106,11 +106,18 @@ def _ratio(num, den) -> dict[str, Any]:
     return learning.t_interval(np.asarray(num) / np.asarray(den))
 
 
-def compare(workdir: str, target: float = 0.95) -> Optional[dict[str, Any]]:
+def compare(workdir: str, target: float = 0.95,
+            timing: Optional[dict[str, float]] = None) -> Optional[dict[str, Any]]:
     """The comparison from the arms' results in `workdir`, or None while the fixed arm is
     missing. Rows per S ≥ 1 of the fixed arm: each arm's η, area (t-interval over seeds), area /
     the S = 0 best fixed area (paired by seed, t-interval), collapsed cells, mean controller
-    factor and mean ESS/B; "target_met" per controller at the largest S."""
+    factor and mean ESS/B; "target_met" per controller at the largest S.
+
+    With `timing` ({"t_gen", "t_learn", "overhead"} in seconds, `bench.async_pipeline`'s
+    medians), each row also has "per_second": its area over its T steps divided by the S = 0
+    reference's mean accuracy over the same wall-clock window (seed by seed), with separate
+    devices' step times (`learning.step_seconds`): S ≥ 1 runs its T steps in the time S = 0 runs
+    T·step(S)/step(0) of them; above 1, the schedule beats S = 0 per second."""
     if not results.exists(os.path.join(workdir, "fixed")):
         return None
     fixed_gr = results.read(os.path.join(workdir, "fixed"))
@@ -124,9 +131,21 @@ def compare(workdir: str, target: float = 0.95) -> Optional[dict[str, Any]]:
             raise ValueError(f"{workdir}/{a}: seeds {g['seeds']} differ from the fixed arm's "
                              f"{fx['seeds']} (the ratios are paired by seed)")
 
+    ref_acc = fx["acc"][fx["lags"].index(0), best[0]]         # [seeds, evals]
+
+    def per_second(s, a):
+        if timing is None:
+            return None
+        t = {k: float(timing[k]) for k in ("t_gen", "t_learn", "overhead")}
+        frac = learning.step_seconds(s, **t) / learning.step_seconds(0, **t)
+        end = fx["eval_steps"][0] + frac * (fx["eval_steps"][-1] - fx["eval_steps"][0])
+        window = [learning.window_area(fx["eval_steps"], c, end) for c in ref_acc]
+        return dict(_ratio(a, window), window_steps=float(end))
+
     def row(arm, g, i, j):
         a = g["area"][i, j]
         return {"arm": arm, "lr": float(g["lrs"][j]), "area": learning.t_interval(a),
+                "per_second": per_second(g["lags"][i], a),
                 "ratio": _ratio(a, ref), "collapsed": int(g["collapsed"][i, j].sum()),
                 "lr_scale_mean": float(np.nanmean(g["lr_scale_mean"][i, j]))
                 if np.isfinite(g["lr_scale_mean"][i, j]).any() else None,
@@ -138,6 +157,8 @@ def compare(workdir: str, target: float = 0.95) -> Optional[dict[str, Any]]:
         r = dict(row("fixed", fx, i, best[s]), S=s)
         if s == 0:            # the reference itself: its ratio is 1 by definition, no interval
             r["ratio"] = {"mean": 1.0, "lo": None, "hi": None, "n": r["area"]["n"]}
+            if r["per_second"] is not None:
+                r["per_second"] = dict(r["ratio"], window_steps=float(fx["eval_steps"][-1]))
         rows.append(r)
         for a, g in arms.items():
             if s in g["lags"]:
@@ -147,6 +168,7 @@ def compare(workdir: str, target: float = 0.95) -> Optional[dict[str, Any]]:
                       r["ratio"]["mean"] >= target)
            for r in rows if r["S"] == s_top}
     return {"rows": rows, "target": target, "S_top": s_top, "seeds": fx["seeds"],
+            "timing": timing,
             "T": int(fx["eval_steps"][-1]), "eval_every": int(fx["eval_steps"][1]),
             "reference_lr": float(fx["lrs"][best[0]]),
             "reference_area": learning.t_interval(ref),
@@ -162,12 +184,16 @@ def table(cmp: dict[str, Any]) -> str:
             return "–"
         return f"{d['mean']:{f}}" + ("" if d["lo"] is None else
                                      f" [{d['lo']:{f}}, {d['hi']:{f}}]")
-    lines = ["| S | schedule | η (base) | area | area / S = 0 best | collapsed | mean c_t | "
-             "mean ESS/B |", "|---|---|---|---|---|---|---|---|"]
+    timed = cmp.get("timing") is not None
+    lines = ["| S | schedule | η (base) | area | area / S = 0 best (per step) | "
+             + ("per second | " if timed else "") + "collapsed | mean c_t | mean ESS/B |",
+             "|---|---|---|---|---|" + ("---|" if timed else "") + "---|---|---|"]
     for r in cmp["rows"]:
         lines.append(
             f"| {r['S']} | {r['arm']} | {r['lr']:.3g} | {iv(r['area'], '.3f')} | "
-            f"{iv(r['ratio'], '.3f')} | {r['collapsed']}/{r['area']['n']} | "
+            f"{iv(r['ratio'], '.3f')} | "
+            + (f"{iv(r['per_second'], '.3f')} | " if timed else "")
+            + f"{r['collapsed']}/{r['area']['n']} | "
             + ("–" if r["lr_scale_mean"] is None else f"{r['lr_scale_mean']:.2f}") + " | "
             + ("–" if r["ess_mean"] is None else f"{r['ess_mean']:.2f}") + " |")
     return "\n".join(lines)

@@ -827,13 +827,20 @@ def learning_time(learn_dir: str, time_dir: str) -> str:
     return "\n".join(lines)
 
 
-def learning_control(d: str) -> str:
+def learning_control(d: str, time_dir: str | None = None) -> str:
     """The LR-schedule comparison (`experiments.learn_control`): per S each schedule's η (the
     controllers' base η), area with its 95 % t-interval over the held-out seeds, area as a
-    fraction of the best fixed η's at S = 0 (paired by seed), collapses, the controllers' mean
-    factor c_t and the mean ESS/B; then the target's verdict per schedule at the largest S."""
+    fraction of the best fixed η's at S = 0 (paired by seed), the same per second when the step
+    timing `time_dir` is given, collapses, the controllers' mean factor c_t and the mean ESS/B;
+    then the target's verdict per schedule at the largest S and what the numbers say limits it."""
     from experiments import learn_control as lcm  # pylint: disable=import-outside-toplevel
-    cmp = lcm.compare(d)
+    from experiments import study  # pylint: disable=import-outside-toplevel
+    timing = None
+    if time_dir is not None:
+        timing = study.load_learn_time(time_dir)
+        if timing is None:
+            raise MissingResults(os.path.join(time_dir, "async_pipeline.json"))
+    cmp = lcm.compare(d, timing=timing)
     if cmp is None:
         raise MissingResults(os.path.join(d, "fixed", "result.json"))
     fx = results.read(os.path.join(d, "fixed"))
@@ -860,11 +867,49 @@ def learning_control(d: str) -> str:
                      + f" the {cmp['target']:.0%} target"
                      + (" (its mean does, its interval does not)"
                         if v["mean_above"] and not v["interval_above"] else "") + ".")
+    lines += _limits(cmp)
     walls = [w for a in cmp["grids"] for w in results.read(os.path.join(d, a)).chunk_wall_s
              if w is not None]
     lines += ["", f"{sum(g['area'].size for g in cmp['grids'].values())} cells; the chunks took "
               f"{metrics_lib.format_duration(sum(walls))}. {_machine_line(fx.machine)}"]
     return "\n".join(lines)
+
+
+def _limits(cmp: dict) -> list[str]:
+    """Sentences on the largest S, every number from `cmp`: per second against S = 0 (with the
+    timing), and what limits the schedules there (collapses, the importance weights' ESS, the
+    drift rule's effective η beside the best fixed one)."""
+    top = {r["arm"]: r for r in cmp["rows"] if r["S"] == cmp["S_top"]}
+    out = []
+    if cmp.get("timing") is not None:
+        tm = cmp["timing"]
+        per = "; ".join(f"{a} {100 * r['per_second']['mean']:.1f} % "
+                        f"[{100 * r['per_second']['lo']:.1f}, {100 * r['per_second']['hi']:.1f}]"
+                        for a, r in top.items() if r["per_second"]["lo"] is not None)
+        beat = [a for a, r in top.items() if r["per_second"]["lo"] is not None
+                and r["per_second"]["lo"] > 1]
+        out.append(f"* Per second (separate devices: t_gen = {1e3 * tm['t_gen']:.1f} ms, "
+                   f"t_learn = {1e3 * tm['t_learn']:.1f} ms, {tm['device']}), at S = "
+                   f"{cmp['S_top']} against S = 0's mean accuracy over the same wall-clock "
+                   f"window: {per}; "
+                   + (f"{', '.join(beat)} beat{'s' if len(beat) == 1 else ''} S = 0 per second."
+                      if beat else "none beats S = 0 per second with its whole interval."))
+    n = cmp["rows"][0]["area"]["n"]
+    coll = ", ".join(f"{a} {r['collapsed']}" for a, r in top.items())
+    ess = ", ".join(f"{a} {r['ess_mean']:.2f}" for a, r in top.items() if r["ess_mean"] is not None)
+    line = (f"* What limits them at S = {cmp['S_top']}: collapsed cells (of {n}): {coll}; mean "
+            f"ESS/B of the importance weights: {ess}.")
+    if "drift" in top and top["drift"]["lr_scale_mean"] is not None:
+        eff = top["drift"]["lr_scale_mean"] * top["drift"]["lr"]
+        line += (f" The drift rule's mean effective η, {eff:.2g}, sits beside the best fixed "
+                 f"η, {top['fixed']['lr']:.2g}, and their areas' intervals "
+                 + ("overlap" if _overlap(top["drift"]["area"], top["fixed"]["area"])
+                    else "do not overlap") + ".")
+    return out + [line]
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["lo"] is not None and b["lo"] is not None and a["lo"] <= b["hi"] and b["lo"] <= a["hi"]
 
 
 def claims_rules() -> str:
