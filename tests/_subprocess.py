@@ -20,6 +20,22 @@ def run_with_devices(code: str, num_devices: int = 8, timeout: float = 300) -> s
     return proc.stdout
 
 
+def run_at_production_codegen(code: str, timeout: float = 600) -> str:
+    """Runs `code` in a fresh interpreter at the production XLA flags: the environment's
+    XLA_FLAGS without the default suite's -O0 (tests/conftest.py). For the tests that compare two
+    different compiled programs bit for bit. Returns stdout; raises on failure."""
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                     if f != "--xla_backend_optimization_level=0")
+    env = dict(os.environ, XLA_FLAGS=flags, ASYNC_GRPO_TEST_O0="0",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"Subprocess failed ({proc.returncode}):\n{proc.stdout}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc.stdout
+
+
 # Runs a binary's `__main__` once per argv in forks of one interpreter that has already imported
 # the binary's dependencies: each row is what `python -m module *argv` does (absl flags from
 # sys.argv, logging to stderr, the interpreter's exit code and traceback printing), without paying

@@ -10,6 +10,7 @@ from async_grpo import config as config_lib
 from async_grpo import metrics as metrics_lib
 from async_grpo.rl import components, pipeline, population
 from tests import helpers
+from tests._subprocess import run_at_production_codegen
 
 STEPS = 24
 GRID = {"rl.steps": STEPS, "rl.prompts_per_step": 8, "rl.group_size": 8, "rl.eval_every": 0,
@@ -28,8 +29,17 @@ def _sft_dir():
 def test_a_cell_equals_the_pipelines_fixed_run(sft_dir, tmp_path):
     """The same config and seed through `pipeline.run` (fixed S = 2, 24 steps) and as one cell
     of the population runner: the same prompts, keys, lags and samples, and bit-identical
-    parameters when the cells run one after another; vmapped beside another cell, the batched matmuls round
-    differently, so it agrees to float tolerance (the samples stay identical)."""
+    parameters when the cells run one after another. Two different programs agree bit for bit
+    only at the production codegen, so the body runs in a fresh interpreter at those flags (the
+    default suite compiles at -O0: tests/conftest.py)."""
+    run_at_production_codegen(f"from tests.test_population import cell_equals_pipeline\n"
+                              f"cell_equals_pipeline({sft_dir!r}, {str(tmp_path)!r})")
+
+
+def cell_equals_pipeline(sft_dir, tmp_path):
+    """The body of the test above (also importable to run by hand)."""
+    import pathlib  # pylint: disable=import-outside-toplevel
+    tmp_path = pathlib.Path(tmp_path)
     cfg = helpers.tiny_config(**{**GRID, "init_from": sft_dir})
     comps = components.build_grpo(cfg)
     result = pipeline.run(cfg, comps, str(tmp_path / "pipe"))
