@@ -117,7 +117,7 @@ STAGES = (
           "docs/learning_regime.md is sweep_lm.py:learn)"),
     Stage("lm_learn_control", "experiments.learn_control",
           {"cpu": [_CONFIGS + "learn_control.py:quick"]},
-          {"cpu": 150}, "ess/result.json", ("learning_control",),
+          {"cpu": 75}, "ess/result.json", ("learning_control",),
           "LM testbed, learning regime: the best fixed η, the drift controller and the VCPO "
           "baseline at S = 4 against S = 0, 2 held-out seeds, T = 40 (the full comparison of "
           "docs/learning_regime.md, S up to 16 and 5 seeds, is learn_control.py)"),

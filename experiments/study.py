@@ -735,14 +735,13 @@ def fig_learning_control(study, stem: str) -> None:
     """Figure 11: (a) held-out accuracy against steps at the largest S of the LR-schedule
     comparison (`experiments.learn_control`): the best fixed η there, the drift controller and
     the VCPO baseline, against the best fixed η at S = 0 (seed means, the seeds' range shaded);
-    (b) each schedule's area as a fraction of S = 0's per S, with 95 % t-intervals over seeds
-    (paired by seed) and the target; (c), with the step timing, the same per second (S = 0's
-    mean accuracy over the same wall-clock window)."""
+    (b) each schedule's area as a fraction of S = 0's per S (filled), and, with the step timing,
+    per second (hollow: S = 0's mean accuracy over the same wall-clock window), with 95 %
+    t-intervals over seeds (paired by seed) and the target."""
     cmp = study.get("learn_control")
     timed = cmp is not None and cmp.get("timing") is not None
     with figures.style():
-        fig, axes = figures.figure("full", ncols=3 if timed else 2, aspect=1.1 if timed else 1.1,
-                                   squeeze=False)
+        fig, axes = figures.figure("full", ncols=2, aspect=1.1, squeeze=False)
         axes = axes.ravel()
         title = "Figure 11. Three learning-rate schedules under staleness"
         fig.suptitle(title, fontsize=8)
@@ -772,35 +771,41 @@ def fig_learning_control(study, stem: str) -> None:
         axes[0].set_title(f"(a) S = {s_top} against S = 0; band: seeds", loc="left")
         axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
         lags = sorted({r["S"] for r in cmp["rows"] if r["S"] >= 1})
-        width = 0.8 / len(arms)
-        panels = [(axes[1], "ratio", "(b) area / S = 0's, per step")]
-        if timed:
-            panels.append((axes[2], "per_second", "(c) the same per second"))
-        for ax, key, sub in panels:
-            for k, arm in enumerate(arms):
-                rows = {r["S"]: r for r in cmp["rows"] if r["arm"] == arm and r["S"] >= 1}
-                xs = [i + (k - (len(arms) - 1) / 2) * width for i, s in enumerate(lags)
+        keys = [("ratio", "o", "per step")] + ([("per_second", "s", "per second")] if timed
+                                               else [])
+        slots = len(arms) * len(keys)
+        width = 0.8 / slots
+        for k, arm in enumerate(arms):
+            rows = {r["S"]: r for r in cmp["rows"] if r["arm"] == arm and r["S"] >= 1}
+            for q, (key, marker, _) in enumerate(keys):
+                slot = k * len(keys) + q
+                xs = [i + (slot - (slots - 1) / 2) * width for i, s in enumerate(lags)
                       if s in rows]
                 rs = [rows[s][key] for s in lags if s in rows]
                 mean = np.asarray([r["mean"] for r in rs])
                 lo = np.asarray([r["lo"] if r["lo"] is not None else r["mean"] for r in rs])
                 hi = np.asarray([r["hi"] if r["hi"] is not None else r["mean"] for r in rs])
-                ax.errorbar(xs, mean, yerr=[mean - lo, hi - mean], fmt="o", ms=3, capsize=2,
-                            color=colors[arm], label=arm)
-            ax.axhline(1.0, color="0.6", lw=0.6)
-            if key == "ratio":
-                ax.axhline(cmp["target"], ls=":", color="0.3", lw=0.8,
-                           label=f"target {cmp['target']:.0%}")
-            ax.set_xticks(range(len(lags)), [str(s) for s in lags])
-            ax.set(xlabel="staleness S", ylabel="relative to S = 0's best fixed η")
-            ax.set_title(sub, loc="left")
-        axes[1].legend(loc="upper center", bbox_to_anchor=(0.5 if not timed else 1.1, -0.22),
-                       ncol=4)
-        fig.suptitle(f"{title} ({len(cmp['seeds'])} held-out seeds, T = {cmp['T']}; 95 % "
-                     f"t-intervals over seeds"
-                     + (f"; per second: separate devices, t_gen = {1e3 * cmp['timing']['t_gen']:.0f}"
-                        f" ms, t_learn = {1e3 * cmp['timing']['t_learn']:.0f} ms)" if timed
-                        else ")"), fontsize=8)
+                axes[1].errorbar(xs, mean, yerr=[mean - lo, hi - mean], fmt=marker, ms=3,
+                                 capsize=2, color=colors[arm],
+                                 mfc=colors[arm] if q == 0 else "white",
+                                 label=arm if q == 0 else None)
+        axes[1].axhline(1.0, color="0.6", lw=0.6)
+        axes[1].axhline(cmp["target"], ls=":", color="0.3", lw=0.8)
+        axes[1].set_xticks(range(len(lags)), [str(s) for s in lags])
+        axes[1].set(xlabel="staleness S", ylabel="area / S = 0's best fixed η")
+        axes[1].set_title("(b) relative to S = 0; 95 % t-intervals", loc="left")
+        extra = [(f"target {cmp['target']:.0%}", dict(ls=":", color="0.3", lw=0.8))]
+        if timed:
+            extra += [("per step", dict(marker="o", ls="", color="0.3")),
+                      ("per second", dict(marker="s", ls="", color="0.3", mfc="white"))]
+        figures.legend_only(axes[1], extra, loc="upper center", bbox_to_anchor=(0.5, -0.22),
+                            ncol=3)
+        sub = (f"{len(cmp['seeds'])} held-out seeds, T = {cmp['T']}")
+        if timed:
+            sub += (f"; per second: separate devices, t_gen = "
+                    f"{1e3 * cmp['timing']['t_gen']:.0f} ms, t_learn = "
+                    f"{1e3 * cmp['timing']['t_learn']:.0f} ms")
+        fig.suptitle(f"{title}\n({sub})", fontsize=8)
         figures.save(fig, stem)
 
 
