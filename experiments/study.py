@@ -240,6 +240,9 @@ def fig_phase(study, stem: str) -> None:
             y = np.arange(len(g["lags"]) + 1) - 0.5
             im = ax.pcolormesh(_edges(g["lrs"]), y, frac, cmap=figures.SEQUENTIAL, vmin=0, vmax=1)
             ax.set_xscale("log")
+            # labels at the decades only: on a narrow range matplotlib also labels the minor
+            # ticks, and they overlap into an unreadable run
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_yticks(range(len(g["lags"])), [str(s) for s in g["lags"]])
             eta, _ = scaling.eta_max_per_seed(g["lrs"], g["collapsed"])
             for i in range(len(g["lags"])):
@@ -266,7 +269,9 @@ def fig_phase(study, stem: str) -> None:
 
 
 def fig_eta_max(study, stem: str) -> None:
-    """Figure 2: η_max(S) per grid, log–log, per-seed (censored marks), the α fit, 1/S, S = 0."""
+    """Figure 2: η_max(S) per grid, log–log: each seed's bracket on the grid (last stable η to
+    the first collapsed one; censored seeds as bounds), the geometric mean of the brackets'
+    middles, the α fit, the null model, 1/S, S = 0."""
     panels = grids_of(study)
     with figures.style():
         fig, axes = _grid_axes(max(1, len(panels)))
@@ -277,39 +282,52 @@ def fig_eta_max(study, stem: str) -> None:
             eta, cens = scaling.eta_max_per_seed(g["lrs"], g["collapsed"])
             pos = g["lags"] >= 1
             s_pos = g["lags"][pos]
-            xs = np.repeat(s_pos[:, None], eta.shape[1], 1)
-            for code, marker, label in ((0, "o", "one seed"), (1, "^", "one seed, ≥"),
-                                        (-1, "v", "one seed, ≤")):
+            # Each seed's η_max is a bracket on the grid: from its last stable η to the next grid
+            # η, which collapsed (what the censored fit uses); seeds side by side in S.
+            lrs = np.asarray(g["lrs"], float)
+            upper = lrs[np.minimum(np.searchsorted(lrs, eta) + 1, len(lrs) - 1)]
+            mid = np.where(cens == 0, np.sqrt(eta * upper), eta)
+            n_seeds = eta.shape[1]
+            jitter = 2.0 ** (0.06 * (np.arange(n_seeds) - (n_seeds - 1) / 2))
+            xs = s_pos[:, None] * jitter[None, :]
+            br = cens[pos] == 0
+            if br.any():
+                ax.vlines(xs[br], eta[pos][br], upper[pos][br], color="0.6", lw=1.0,
+                          label="seed: stable → collapsed")
+            for code, marker, label in ((1, "^", "seed ≥ (none collapsed)"),
+                                        (-1, "v", "seed ≤ (all collapsed)")):
                 sel = cens[pos] == code
                 if sel.any():
                     ax.plot(xs[sel], eta[pos][sel], marker, ls="none", color="0.6", ms=3,
-                            mfc="none" if code else "0.6", label=label)
-            gm = np.exp(np.log(eta[pos]).mean(1))
-            ax.plot(s_pos, gm, "o-", color="k", label="geometric mean")
+                            mfc="none", label=label)
+            gm = np.exp(np.log(mid[pos]).mean(1))
+            ax.plot(s_pos, gm, "o-", color="k", ms=3,
+                    label="geo. mean of middles")
             fit = alpha_of(run)
             if fit.get("alpha") is not None and (fit.get("ci") or [None])[0] is not None:
                 ax.plot(s_pos, np.exp(fit["log_c"]) * s_pos ** (-fit["alpha"]), "--",
                         color=figures.OKABE_ITO[3],
-                        label=f"S^−α, α = {fit['alpha']:.2f} [{fit['ci'][0]:.2f}, {fit['ci'][1]:.2f}]")
+                        label=f"S^−α, α = {fit['alpha']:.2f}\n[{fit['ci'][0]:.2f}, {fit['ci'][1]:.2f}]")
             elif len(s_pos):
                 ax.plot([], [], " ", label="α: n/a (censored)")
             null = null_of(run)
             if finite(null.get("c")) and len(s_pos):
                 ax.plot(s_pos, null["eta0"] / (s_pos + null["c"]), "-", lw=0.9,
                         color=figures.OKABE_ITO[4],
-                        label=f"null η0/(S + c), c = {null['c']:.2g}")
+                        label=f"null η0/(S+c), c = {null['c']:.2g}")
             if len(s_pos):
                 ax.plot(s_pos, gm[0] * s_pos[0] / s_pos, ":", color=figures.OKABE_ITO[0],
-                        label="1/S through S = 1")
+                        label="1/S via S = 1")
             if 0 in g["lags"]:
-                ax.axhline(np.exp(np.log(eta[list(g["lags"]).index(0)]).mean()), ls="-.",
+                ax.axhline(np.exp(np.log(mid[list(g["lags"]).index(0)]).mean()), ls="-.",
                            color=figures.OKABE_ITO[2], label="S = 0")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("staleness S")
             ax.set_ylabel("η_max (largest stable η)")
             ax.set_title(title, loc="left")
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2,
+                      columnspacing=0.8, handlelength=1.5)
         for ax in axes[len(panels):]:
             ax.set_visible(False)
         fig.suptitle("Figure 2. Largest stable learning rate against staleness", fontsize=8)
@@ -393,7 +411,9 @@ def _lm_delta_panels(ax, lmb) -> None:
     ax[0].plot([], [], "v", color="0.4", ms=2.5,
                label="unresolved: upper end of the 2-SE interval")
     ax[0].plot([], [], "x", color="0.4", ms=3, label="policy-gradient part alone (no KL term)")
-    ax[0].legend(loc="upper center", bbox_to_anchor=(1.1, -0.3), ncol=3)
+    # A figure legend below both panels: an axes legend that reaches past its panel makes the
+    # layout widen that panel's column, which left a wide empty gap between the columns.
+    ax[0].figure.legend(*ax[0].get_legend_handles_labels(), loc="outside lower center", ncol=3)
 
 
 def fig_delta(study, stem: str) -> None:
