@@ -103,7 +103,15 @@ def controller_plan(gr: results.GridResult, margin: float, ess_power: float) -> 
 
 
 def _ratio(num, den) -> dict[str, Any]:
+    """The mean over seeds of the per-seed ratio num/den (paired: the same seed's prompts and
+    sampling keys) and its Student-t interval (coverage and the target rule's power:
+    tests/test_learn_control.py)."""
     return learning.t_interval(np.asarray(num) / np.asarray(den))
+
+
+def reaches(ratio: dict[str, Any], target: float) -> bool:
+    """The target rule: the ratio's whole 95 % interval lies at or above `target`."""
+    return ratio["lo"] is not None and ratio["lo"] >= target
 
 
 def compare(workdir: str, target: float = 0.95,
@@ -164,8 +172,7 @@ def compare(workdir: str, target: float = 0.95,
             if s in g["lags"]:
                 rows.append(dict(row(a, g, g["lags"].index(s), 0), S=s))
     s_top = max(fx["lags"])
-    met = {r["arm"]: (r["ratio"]["lo"] is not None and r["ratio"]["lo"] >= target,
-                      r["ratio"]["mean"] >= target)
+    met = {r["arm"]: (reaches(r["ratio"], target), r["ratio"]["mean"] >= target)
            for r in rows if r["S"] == s_top}
     return {"rows": rows, "target": target, "S_top": s_top, "seeds": fx["seeds"],
             "timing": timing,

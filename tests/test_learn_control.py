@@ -110,6 +110,40 @@ def test_compare_gives_the_known_ratios_and_the_target_verdict(arms):
     assert low["target_met"]["fixed"]["interval_above"]          # 0.75 of S = 0
 
 
+def test_the_paired_ratio_interval_covers_and_the_target_rule_has_power():
+    """Synthetic paired areas with the noise the comparison measured (a seed effect shared by
+    both arms, sd 0.01, and per-run noise, sd 0.008, around areas near 0.6; 5 seeds): the t
+    interval of the per-seed ratio covers the mean per-seed ratio about 95 % of the time; the
+    rule "the interval's lower end ≥ 95 %" says "reaches" at most 5 % of the time when the true
+    ratio is 0.93, and at least 80 % of the time when it is 1.00."""
+    from scipy import stats
+    rng = np.random.default_rng(0)
+
+    def draw(true_ratio, reps, n=5):
+        seed = rng.normal(0, 0.01, (reps, n))
+        ref = 0.6 + seed + rng.normal(0, 0.008, (reps, n))
+        arm = true_ratio * (0.6 + seed) + rng.normal(0, 0.008, (reps, n))
+        return arm, ref
+
+    def intervals(arm, ref):          # lcm._ratio, vectorized over repetitions
+        x = arm / ref
+        half = stats.t.ppf(0.975, x.shape[1] - 1) * x.std(1, ddof=1) / np.sqrt(x.shape[1])
+        return x.mean(1) - half, x.mean(1) + half
+
+    arm, ref = draw(0.9, 3)
+    lo, hi = intervals(arm, ref)
+    for i in range(3):
+        r = lcm._ratio(arm[i], ref[i])
+        assert (r["lo"], r["hi"]) == pytest.approx((lo[i], hi[i]), rel=1e-12)
+    truth = float(np.mean(np.divide(*draw(0.9, 200_000, 2))))
+    lo, hi = intervals(*draw(0.9, 4000))
+    assert 0.93 <= np.mean((lo <= truth) & (truth <= hi)) <= 0.97
+    false = np.mean(intervals(*draw(0.93, 4000))[0] >= 0.95)
+    power = np.mean(intervals(*draw(1.0, 4000))[0] >= 0.95)
+    assert false <= 0.05 and power >= 0.8, (false, power)
+    assert not lcm.reaches({"mean": 1.0, "lo": None, "hi": None, "n": 1}, 0.95)
+
+
 def test_window_area_is_the_mean_over_a_wall_clock_window():
     from async_grpo import learning
     steps = np.arange(0, 201, 20.0)
