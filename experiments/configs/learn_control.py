@@ -37,20 +37,22 @@ def get_config(arg=None):
     c.ess_power = 0.5               # VCPO's √(ESS/B) for Adam
     c.target = 0.95                 # the moonshot: area at S = 16 / best fixed area at S = 0
     if arg == "quick":              # minutes: S 0 and 4, 2 η, 2 seeds, T = 40
-        c.run.rl.steps = 40
-        c.eval_every = 10
-        c.lags, c.control_lags = "0,4", "4"
-        c.lr_min, c.lr_max, c.lrs_per_octave = 1e-4, 2e-4, 1
-        c.num_seeds = 2
+        _small(c, steps=40, every=10, lag=4)
         c.run.eval.num_problems = 125
     elif arg == "tiny":             # seconds (tests): T = 8, a 32-problem evaluation
-        c.run.rl.steps = 8
-        c.eval_every = 2
-        c.lags, c.control_lags = "0,2", "2"
-        c.lr_min, c.lr_max, c.lrs_per_octave = 1e-4, 2e-4, 1
-        c.num_seeds = 2
+        _small(c, steps=8, every=2, lag=2)
         c.run.rl.prompts_per_step = 4
         c.run.eval.num_problems = c.run.eval.batch_size = 32
     elif arg not in (None, ""):
         raise ValueError(f"learn_control config argument {arg!r}: use nothing, 'quick' or 'tiny'")
     return c
+
+
+def _small(c, *, steps, every, lag):
+    """A small comparison: T = `steps`, evaluations every `every` steps, S in {0, lag} for the
+    fixed arm and {lag} for the controllers, η in {1e-4, 2e-4}, 2 seeds."""
+    c.run.rl.steps = steps
+    c.eval_every = every
+    c.lags, c.control_lags = f"0,{lag}", str(lag)
+    c.lr_min, c.lr_max, c.lrs_per_octave = 1e-4, 2e-4, 1
+    c.num_seeds = 2
