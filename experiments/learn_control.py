@@ -39,8 +39,9 @@ _OWN = ("control_lags", "margin", "ess_power", "target")
 
 def arm_grid(gr: results.GridResult) -> dict[str, Any]:
     """An arm's cells as [S, η, seed] arrays: lags, lrs, seeds, eval_steps, acc [S, η, seed, E],
-    area [S, η, seed], collapsed [S, η, seed], and the controller's mean factor and the mean
-    ESS/B where recorded (NaN otherwise)."""
+    area [S, η, seed], collapsed [S, η, seed], the controller's mean factor and the mean ESS/B
+    where recorded (NaN otherwise), and the grid's `lr_control` settings (None without) and
+    chunk wall times."""
     if mn.HELDOUT_ACC not in gr.evals or gr.eval_steps is None:
         raise ValueError(f"{gr.dir}: no in-program held-out evaluations (eval_every = 0)")
     g = results.cube(gr)
@@ -56,7 +57,9 @@ def arm_grid(gr: results.GridResult) -> dict[str, Any]:
     return dict(lags=[int(s) for s in g["lags"]], lrs=np.asarray(g["lrs"], float),
                 seeds=[int(s) for s in g["seeds"]], eval_steps=steps, acc=acc, area=area,
                 collapsed=np.asarray(gr.summaries[mn.COLLAPSED], bool)[idx],
-                lr_scale_mean=scale, ess_mean=ess)
+                lr_scale_mean=scale, ess_mean=ess, lr_control=gr.meta.get("lr_control"),
+                chunk_wall_s=[w for w in gr.chunk_wall_s if w is not None],
+                machine=gr.machine)
 
 
 def best_fixed(g: dict[str, Any]) -> dict[int, int]:
@@ -178,7 +181,6 @@ def compare(workdir: str, target: float = 0.95,
             "timing": timing,
             "T": int(fx["eval_steps"][-1]), "eval_every": int(fx["eval_steps"][1]),
             "reference_lr": float(fx["lrs"][best[0]]),
-            "reference_area": learning.t_interval(ref),
             "target_met": {a: {"interval_above": v[0], "mean_above": v[1]}
                            for a, v in met.items()},
             "grids": {"fixed": fx, **arms}}
@@ -204,6 +206,22 @@ def table(cmp: dict[str, Any]) -> str:
             + ("–" if r["lr_scale_mean"] is None else f"{r['lr_scale_mean']:.2f}") + " | "
             + ("–" if r["ess_mean"] is None else f"{r['ess_mean']:.2f}") + " |")
     return "\n".join(lines)
+
+
+def target_lines(cmp: dict[str, Any]) -> list[str]:
+    """One sentence per schedule at the largest S: its area as a fraction of S = 0's and
+    whether it reaches the target by the rule (`reaches`)."""
+    out = []
+    for arm, v in cmp["target_met"].items():
+        r = next(r for r in cmp["rows"] if r["arm"] == arm and r["S"] == cmp["S_top"])
+        lo = "–" if r["ratio"]["lo"] is None else f"{100 * r['ratio']['lo']:.1f}"
+        out.append(f"* {arm} at S = {cmp['S_top']}: {100 * r['ratio']['mean']:.1f} % of the "
+                   f"S = 0 area (lower end {lo} %): "
+                   + ("reaches" if v["interval_above"] else "does not reach")
+                   + f" the {cmp['target']:.0%} target"
+                   + (" (its mean does, its interval does not)"
+                      if v["mean_above"] and not v["interval_above"] else "") + ".")
+    return out
 
 
 def _arm_config(c, *, lags: str, lr: Optional[float] = None,
@@ -243,11 +261,7 @@ def run(c, workdir: str) -> str:
                                     lr_control=plan[arm]), os.path.join(workdir, arm)),
               flush=True)
     cmp = compare(workdir, float(c.target))
-    verdicts = [f"{a}: {'reaches' if v['interval_above'] else 'misses'} {cmp['target']:.0%} "
-                f"of S = 0 at S = {cmp['S_top']}" + (" (its mean does)" if v["mean_above"]
-                                                     and not v["interval_above"] else "")
-                for a, v in cmp["target_met"].items()]
-    return table(cmp) + "\n" + "; ".join(verdicts)
+    return "\n".join([table(cmp), ""] + target_lines(cmp))
 
 
 if __name__ == "__main__":

@@ -854,9 +854,7 @@ def learning_control(d: str, time_dir: str | None = None) -> str:
     cmp = lcm.compare(d, timing=timing)
     if cmp is None:
         raise MissingResults(os.path.join(d, "fixed", "result.json"))
-    fx = results.read(os.path.join(d, "fixed"))
-    ctl = {a: results.read(os.path.join(d, a)).meta.get("lr_control")
-           for a in lcm.ARMS[1:] if a in cmp["grids"]}
+    ctl = {a: g["lr_control"] for a, g in cmp["grids"].items() if a != "fixed"}
     lines = [f"{len(cmp['seeds'])} held-out seeds ({', '.join(map(str, cmp['seeds']))}), "
              f"T = {cmp['T']}, held-out greedy accuracy every {cmp['eval_every']} steps; area = "
              f"mean accuracy over the run; 95 % t-intervals over seeds. The fixed schedule's η "
@@ -868,21 +866,12 @@ def learning_control(d: str, time_dir: str | None = None) -> str:
                   f"within-cycle drift at each S ≥ 1's best fixed η), margin "
                   f"{ctl['drift']['margin']:g}. VCPO: (ESS/B)^"
                   f"{ctl.get('ess', {}).get('ess_power', float('nan')):g}.", ""]
-    lines += [lcm.table(cmp), ""]
-    for arm, v in cmp["target_met"].items():
-        r = next(r for r in cmp["rows"] if r["arm"] == arm and r["S"] == cmp["S_top"])
-        lo = "–" if r["ratio"]["lo"] is None else f"{100 * r['ratio']['lo']:.1f}"
-        lines.append(f"* {arm} at S = {cmp['S_top']}: {100 * r['ratio']['mean']:.1f} % of the "
-                     f"S = 0 area (lower end {lo} %): "
-                     + ("reaches" if v["interval_above"] else "does not reach")
-                     + f" the {cmp['target']:.0%} target"
-                     + (" (its mean does, its interval does not)"
-                        if v["mean_above"] and not v["interval_above"] else "") + ".")
+    lines += [lcm.table(cmp), ""] + lcm.target_lines(cmp)
     lines += _limits(cmp)
-    walls = [w for a in cmp["grids"] for w in results.read(os.path.join(d, a)).chunk_wall_s
-             if w is not None]
+    walls = [w for g in cmp["grids"].values() for w in g["chunk_wall_s"]]
     lines += ["", f"{sum(g['area'].size for g in cmp['grids'].values())} cells; the chunks took "
-              f"{metrics_lib.format_duration(sum(walls))}. {_machine_line(fx.machine)}"]
+              f"{metrics_lib.format_duration(sum(walls))}. "
+              f"{_machine_line(cmp['grids']['fixed']['machine'])}"]
     return "\n".join(lines)
 
 
