@@ -16,6 +16,15 @@ def alpha_map(rng, alpha, sigma, ratio, n_seed, lags=(1, 2, 4, 8, 16)):
     return lags, lrs, np.log(lrs)[None, :, None] > thr[:, None, :]
 
 
+def null_map(rng, eta0, c, lags, ratio, n_seed, sigma):
+    """A collapse map from the delayed-gradient null: η_max(S, seed) = η0/(S + c)·exp(σ·ε), on
+    a geometric η grid of step `ratio` placed at random. -> (lags, lrs, collapsed)."""
+    lrs = ratio ** np.arange(-14, 4) * ratio ** rng.uniform(0, 1)
+    lags = np.asarray(lags)
+    thr = eta0 / (lags[:, None] + c) * np.exp(sigma * rng.standard_normal((len(lags), n_seed)))
+    return lags, lrs, lrs[None, :, None] > thr[:, None, :]
+
+
 def lm_bias_cells(rng, beta, *, lrs=(3e-5, 1e-4, 3e-4, 1e-3), anchors=(20, 40),
                   lags=(1, 2, 4, 8, 16), level_sd=0.5, slope_sd=0.1, rel_se=0.15,
                   floor_se=0.02, rho=0.5):
@@ -83,15 +92,17 @@ def cosine_runs(rng, *, signal=0.0, ramp=50, confound=0.1, noise=0.15, n_seed=12
 
 
 def two_constraint_grid(rng, *, exponent=1.0, a=0.5, b=40.0, sigma=0.2, n_seed=3,
-                        lags=(0, 1, 2, 4, 8, 16), num_steps=400, ratio=2 ** 0.5):
+                        lags=(0, 1, 2, 4, 8, 16), num_steps=400, ratio=2 ** 0.5,
+                        shared_noise=False):
     """A sweep whose run (S, η, seed) collapses at once when η > a·u/(S + 1)^exponent (the
     stale constraint; exponent 1 is the rule's 1/S_eff) and otherwise at step b·v/η (the
-    horizon constraint), u, v = exp(σ·ε) per (S, seed). -> (lags, lrs, collapse_step [nS, E,
-    nseed], num_steps)."""
+    horizon constraint), u, v = exp(σ·ε) per (S, seed), independent, or one draw (u = v: the
+    fit's model, one noise term after the min) with `shared_noise`. -> (lags, lrs,
+    collapse_step [nS, E, nseed], num_steps)."""
     lrs = ratio ** np.arange(-24, 4) * a * ratio ** rng.uniform(0, 1)
     lags = np.asarray(lags)
     u = np.exp(sigma * rng.standard_normal((len(lags), 1, n_seed)))
-    v = np.exp(sigma * rng.standard_normal((len(lags), 1, n_seed)))
+    v = u if shared_noise else np.exp(sigma * rng.standard_normal((len(lags), 1, n_seed)))
     eta = lrs[None, :, None]
     stale = eta > a * u / (lags[:, None, None] + 1.0) ** exponent
     t_h = np.ceil(b * v / eta).astype(int) - 1
