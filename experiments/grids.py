@@ -35,8 +35,7 @@ def null_of(run: dict[str, Any]) -> dict[str, Any]:
     S ≥ 1, with its log-likelihood against the power law on the same cells); cached on the run."""
     if "_null" not in run:
         g = grid(run)
-        run["_null"] = scaling.fit_null_model(g["lags"], g["lrs"], g["collapsed"], min_lag=1,
-                                              n_boot=200)
+        run["_null"] = scaling.fit_null_model(g["lags"], g["lrs"], g["collapsed"], min_lag=1)
     return run["_null"]
 
 

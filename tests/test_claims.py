@@ -180,3 +180,44 @@ def test_claim1_rows_on_lm_bias_results():
     rows = claims.discover()[1].rows({"bias": None, "lm_bias": two})
     lm = [r for r in rows if r["testbed"].startswith("LM")]
     assert lm and lm[0]["verdict"].startswith("inconclusive") and "anchor" in lm[0]["verdict"]
+
+
+def _null_comparisons(gen, draws):
+    c2 = claims.discover()[2]
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(draws):
+        if gen[0] == "null":
+            lags, lrs, col = synthetic.null_map(rng, 2.0, gen[1], (1, 2, 4, 8, 16), 2 ** 0.5,
+                                                3, 0.25)
+        else:
+            lags, lrs, col = synthetic.alpha_map(rng, gen[1], 0.25, 2 ** 0.5, 3)
+        d = scaling.fit_null_model(lags, lrs, col, min_lag=1)["compare"]["delta_loglik"]
+        out.append(c2.null_comparison(d).split(":")[0])
+    return {k: out.count(k) / len(out) for k in ("null better", "power law better", "a tie")}
+
+
+@pytest.mark.parametrize("gen", [("null", 3.0), ("null", 1.0), ("power", 1.0), ("power", 0.5),
+                                 ("power", 0.3)])
+def test_claim2_null_comparison_rates(gen):
+    """The claims table's "null better" / "power law better" / tie between η0/(S + c) and
+    S^−α, at S ∈ {1, …, 16}, 3 seeds, σ = 0.25, √2 grid. Measured (80 draws each, margin
+    2 nats): grids made by the power law (α = 1, 0.5, 0.3) are called "null better" in 0–3 %;
+    grids made by the null (c = 3, 1) are called "power law better" in 1 %. The price is power:
+    the null is recognised in only 30 % (c = 3) and 10 % (c = 1) of its own grids, the rest tie
+    (at margin 1 nat the false "null better" rate was 10–14 %). At this design the two laws are
+    rarely told apart, and a tie is what the table says."""
+    rates = _null_comparisons(gen, 30)
+    wrong = "power law better" if gen[0] == "null" else "null better"
+    assert rates[wrong] <= 0.10, rates
+
+
+def test_summary_line_groups_the_rows_by_verdict():
+    rows = [dict(testbed="exact; large drift", verdict="not supported: α < 1"),
+            dict(testbed="LM", verdict="inconclusive: wide"),
+            dict(testbed="sampled", verdict="not supported: α > 1"),
+            dict(testbed="tiny", verdict="supported: fine")]
+    assert claims.summary_line(rows) == ("supported on 1 (tiny); not supported on 2 (exact, "
+                                         "sampled); inconclusive on 1 (LM)")
+    with pytest.raises(ValueError, match="does not start"):
+        claims.summary_line([dict(testbed="x", verdict="maybe")])
