@@ -104,8 +104,10 @@ def exact_sweep(d: str) -> str:
                   f"from {_g(lrs[0])} to {_g(lrs[-1])}; the "
                   "α is the interval-censored maximum-likelihood fit over S ≥ 1 (each seed's η_max "
                   "enters as the grid interval that brackets it, or as a bound when nothing or "
-                  "everything collapsed); its interval is a 95 % bootstrap over seeds and does "
-                  "not cover float precision (docs/reproducibility.md). " +
+                  "everything collapsed); its interval is a 95 % t-interval over the per-seed "
+                  "slopes, floored at the grid's resolution (`scaling.bootstrap_alpha`, coverage "
+                  "in tests/test_coverage.py), and does not cover float precision "
+                  "(docs/reproducibility.md). " +
                   _machine_line(variants[0].machine)]
     return "\n".join(lines)
 
@@ -128,10 +130,25 @@ def _setting(gr) -> str:
             f"KL β = {tb['kl_coef']:g}, {tr['mode']}")
 
 
+def _alpha_groups(fits: list[tuple[str, dict]]) -> str:
+    """Which α intervals lie below 1, hold 1, lie above 1, or are missing: the sentence about
+    an α column, made from the column."""
+    groups: dict[str, list[str]] = {"below 1": [], "holding 1": [], "above 1": [],
+                                    "without an interval": []}
+    for label, f in fits:
+        lo, hi = (f.get("ci") or [None, None]) if f.get("alpha") is not None else (None, None)
+        key = ("without an interval" if lo is None else "below 1" if hi < 1 else
+               "above 1" if lo > 1 else "holding 1")
+        groups[key].append(label)
+    return "α intervals " + "; ".join(f"{k}: {len(v)} ({', '.join(v)})"
+                                      for k, v in groups.items() if v) + "."
+
+
 def exact_families(*dirs: str) -> str:
     """One row per (run, variant): the setting, η_max(S=0) → η_max(S ≥ 1) range, α [CI]."""
     lines = ["| run | setting | variant | η_max(S=0) → η_max(S ≥ 1), geometric means | α (S ≥ 1) [95 % CI] | σ of log η_max | cells collapsed |",
              "|---|---|---|---|---|---|---|"]
+    fits = []
     for d in dirs:
         for v in _grids(d):
             r = v.stability()
@@ -145,6 +162,10 @@ def exact_families(*dirs: str) -> str:
                          f"{v.meta['variant']} | "
                          f"{s0} → {_g(min(pos))}–{_g(max(pos))} | {_alpha(f)} | "
                          f"{_g(f['sigma'], 2)} | {frac:.2f} |")
+            fits.append((f"{os.path.basename(d)}/{v.meta['variant']}", f))
+    lines += ["", "α: the interval-censored fit over S ≥ 1 with a 95 % t-interval over the "
+                  "per-seed slopes, floored at the grid's resolution (`scaling.bootstrap_alpha`). "
+                  + _alpha_groups(fits)]
     return "\n".join(lines)
 
 
@@ -156,6 +177,7 @@ def lm_families(*dirs: str) -> str:
              "regime (clip fraction just below η_max) | cells collapsed | collapse step at S = "
              "max (median of cells collapsing after the warm-up) | mean reward over run and "
              "cells |", "|---|---|---|---|---|---|---|---|"]
+    fits = []
     for d in dirs:
         run = study.load_lm(d)
         if run is None:
@@ -179,6 +201,7 @@ def lm_families(*dirs: str) -> str:
         t_last = g["t_collapse"][-1]
         late = t_last[t_last > warm]
         late_txt = f"{np.median(late):.0f} (n = {late.size})" if late.size else "none"
+        fits.append((os.path.basename(d), s["alpha_fit_S_ge_1"]))
         lines.append(f"| `{os.path.basename(d)}` | {obj} | {per_s} | "
                      f"{_alpha(s['alpha_fit_S_ge_1'])} | "
                      f"{'—' if clip is None else f'{clip:.1%}'} | {frac:.2f} | {late_txt} | "
@@ -187,7 +210,9 @@ def lm_families(*dirs: str) -> str:
     lrs = grid.axis("lr")
     lines += ["", f"Grid: S ∈ {{{', '.join(map(str, grid.axis('S')))}}}, {len(lrs)} η from "
                   f"{_g(lrs[0])} to {_g(lrs[-1])} (one per octave), "
-                  f"{len(grid.axis('seed'))} seeds, T = {grid.meta['run']['rl']['steps']}. "
+                  f"{len(grid.axis('seed'))} seeds, T = {grid.meta['run']['rl']['steps']}; "
+                  f"α's interval is a 95 % t-interval over the per-seed slopes "
+                  f"(`scaling.bootstrap_alpha`). {_alpha_groups(fits)} "
                   f"{_machine_line(grid.machine)}"]
     return "\n".join(lines)
 
@@ -276,36 +301,135 @@ def lm_bias(d: str) -> str:
             f"{_g(r['h_norm'], 3)} | "
             f"{_g(r['noise_single'], 3)} | {r['clip_frac']:.3f} | {_g(r['kl_behavior_k3'], 2)} | "
             f"{_g(r.get('ratio_max'), 3)} |")
-    fit = lambda k: f[k]  # noqa: E731
-    def txt(x):
-        if x["slope"] is None or x["slope"] != x["slope"]:      # NaN is saved as null
+    from experiments.claims import claim1_bias   # pylint: disable=import-outside-toplevel
+
+    def txt(est, se, clip_max=None):
+        x = claim1_bias.lm_fit(b, est, se, clip_max=clip_max)
+        if not np.isfinite(x["slope"]):
             return f"not fitted ({x.get('reason', '')})"
-        return (f"{x['slope']:.2f} [{_g(x['ci'][0], 3)}, {_g(x['ci'][1], 3)}] from {x['n']} "
-                f"of {x['n_total']} cells")
+        return (f"{x['slope']:.2f} [{x['ci'][0]:.2f}, {x['ci'][1]:.2f}] over {x['n']} cells of "
+                f"{x['n_anchors']} anchors")
     lines += [
         "",
         r"\* = resolved: the 2-SE interval excludes 0. "
         f"{c['replicates']} coupled batch pairs per "
         f"row; {b['num_params']} parameters; lag 0 is the fresh–fresh control (resolved in "
-        f"{f['control_resolved']} of {f['n_control']}). Log–log slope of ‖δ‖ (95 % parametric "
-        "bootstrap, resolved cells):",
+        f"{f['control_resolved']} of {f['n_control']}). Slope of ‖δ‖ on s·η with a level per "
+        "anchor (η, t), every cell resolved or not, 95 % delete-one-anchor jackknife "
+        "t-interval (claim 1's fit, `scaling.anchored_slope`; one trajectory per η, so it does "
+        "not cover trajectory-to-trajectory spread):",
         "",
-        f"- vs s·η, clip fraction < {f['clip_small']:.0%}: {txt(fit('small_vs_s_eta'))}; vs the "
-        f"drift: {txt(fit('small_vs_drift'))}",
-        f"- vs s·η, all stale cells: {txt(fit('all_vs_s_eta'))}; vs the drift: "
-        f"{txt(fit('all_vs_drift'))}",
-    ] + [f"- η = {lr} alone (s varies), clip fraction < {f['clip_small']:.0%}: {txt(x)}"
-         for lr, x in f["per_lr"].items()] + [
-        f"- without the KL penalty (δ_PG): vs s·η, clip fraction < {f['clip_small']:.0%}: "
-        f"{txt(fit('pg_small_vs_s_eta'))}; all stale cells: {txt(fit('pg_all_vs_s_eta'))}",
-    ] + [f"- δ_PG at η = {lr} alone, clip fraction < {f['clip_small']:.0%}: {txt(x)}"
-         for lr, x in f.get("pg_per_lr", {}).items()] + [
+        f"- ‖δ‖, clip fraction < {f['clip_small']:.0%}: {txt('delta_est', 'delta_se')}; all "
+        f"stale cells: {txt('delta_est', 'delta_se', math.inf)}",
+        f"- ‖δ_PG‖ (without the KL penalty), clip fraction < {f['clip_small']:.0%}: "
+        f"{txt('pg_est', 'pg_se')}; all stale cells: {txt('pg_est', 'pg_se', math.inf)}",
         f"- resolved in the {f['n_stale']} stale cells: δ {f['n_resolved']}, δ_PG "
         f"{f['pg_resolved']}, δ_KL {f['kl_resolved']}, δ_TD (total-derivative mode) "
         f"{f['td_resolved']}.",
         "",
         f"Wall time {b['wall_s']:.0f} s. {_machine_line(b.get('machine', {}))}"]
     return "\n".join(lines)
+
+
+def lm_bias_words(d: str) -> str:
+    """The sentences about the `lm_bias` table, computed from the same rows, so that they cannot
+    contradict it: where ‖δ‖ is resolved, how it grows with s at a fixed (η, t), how much of it
+    the policy-gradient part carries, where the KL part dominates and turns heavy-tailed, and
+    δ_TD."""
+    b = _load(os.path.join(d, "bias.json"))
+    f = b["fits"]
+    small = f["clip_small"]
+    stale = [r for r in b["rows"] if r["lag"] >= 1]
+    lrs = sorted({r["lr"] for r in stale})
+    anchors = sorted({r["anchor"] for r in stale})
+    lags = sorted({r["lag"] for r in stale})
+    at = {(r["lr"], r["anchor"], r["lag"]): r for r in stale}
+
+    def where(cells):
+        by = {}
+        for r in cells:
+            by.setdefault((r["lr"], r["anchor"]), []).append(str(r["lag"]))
+        return "; ".join(f"η = {lr:g}, t = {t}: s ∈ {{{', '.join(v)}}}"
+                         for (lr, t), v in sorted(by.items())) or "no cell"
+
+    out = []
+    # 1. where the bias is resolved
+    parts, first_everywhere = [], []
+    for lr in lrs:
+        per = []
+        for t in anchors:
+            res = [s for s in lags if (lr, t, s) in at and at[(lr, t, s)]["resolved"]]
+            per.append(f"t = {t}: " + ("s ∈ {" + ", ".join(map(str, res)) + "}" if res
+                                       else "never"))
+        parts.append(f"η = {lr:g} ({'; '.join(per)})")
+        if all((lr, t, lags[0]) in at and at[(lr, t, lags[0])]["resolved"] for t in anchors):
+            first_everywhere.append(f"{lr:g}")
+    res_small = [r for r in stale if r["resolved"] and r["clip_frac"] < small]
+    ratio_h = [r["delta_norm"] / r["h_norm"] for r in res_small if r["h_norm"] > 0]
+    ratio_n = [r["delta_norm"] / r["noise_single"] for r in res_small if r["noise_single"] > 0]
+    out.append(
+        "- **Where it is resolved** (2-SE interval above 0): " + ", ".join(parts) + ". "
+        + (f"Resolved from s = {lags[0]} at every anchor only at η ∈ {{"
+           + ", ".join(first_everywhere) + "}. " if first_everywhere else
+           f"At no η is it resolved from s = {lags[0]} at every anchor. ")
+        + (f"Where resolved with clip fraction < {small:.0%} ({len(res_small)} cells) its "
+           f"median size is {np.median(ratio_h):.2g} × ‖H(θ, θ)‖ and {np.median(ratio_n):.2g} × "
+           f"one batch's noise." if res_small else ""))
+    # 2. growth with s at a fixed (η, t)
+    lo_s, hi_s = lags[0], lags[-1]
+    grow, falls, rises = [], [], []
+    for lr in lrs:
+        for t in anchors:
+            a, z = at.get((lr, t, lo_s)), at.get((lr, t, hi_s))
+            if a and z:
+                g = (f"{z['delta_norm'] / a['delta_norm']:.3g}×" if a["delta_norm"] > 0
+                     else "from 0")
+                star = "" if a["resolved"] and z["resolved"] else " (an end unresolved)"
+                grow.append(f"η = {lr:g}, t = {t}: {g}{star}")
+            if len(lags) >= 2:
+                p_, q_ = at.get((lr, t, lags[-2])), z
+                if p_ and q_:
+                    (falls if q_["delta_norm"] < p_["delta_norm"] else rises).append(
+                        f"η = {lr:g}, t = {t}")
+    out.append(
+        f"- **Growth with s at a fixed (η, t).** A bias ∝ s·η would grow {hi_s // lo_s}× from "
+        f"s = {lo_s} to s = {hi_s}; measured: " + "; ".join(grow) + f". From s = {lags[-2]} "
+        f"to {hi_s} it falls at " + (", ".join(falls) or "no anchor") + " and rises at "
+        + (", ".join(rises) or "no anchor") + ".")
+    # 3. the policy-gradient part at small drift
+    from experiments.claims import claim1_bias   # pylint: disable=import-outside-toplevel
+    pg_share = [r["pg_norm"] / r["delta_norm"] for r in res_small if r["delta_norm"] > 0]
+    pg_fit = claim1_bias.lm_fit(b, "pg_est", "pg_se")
+    fit_txt = (f"its slope on s·η with a level per anchor is {pg_fit['slope']:.2f} "
+               f"[{pg_fit['ci'][0]:.2f}, {pg_fit['ci'][1]:.2f}]"
+               if np.isfinite(pg_fit["slope"]) and np.isfinite(pg_fit["ci"][0])
+               else "its slope is not identified")
+    out.append(
+        f"- **The policy-gradient part** (the surrogate without its KL penalty, same batches): "
+        + (f"in the resolved cells with clip fraction < {small:.0%} it is a median "
+           f"{np.median(pg_share):.0%} of ‖δ‖; " if pg_share else "") + fit_txt + ".")
+    # 4. the KL part: where it dominates, where ‖δ‖ is heavy-tailed
+    dom = [r for r in stale if r["kl_resolved"] and r["kl_norm"] > r["pg_norm"]]
+    heavy = [r for r in stale if r["h_norm"] > 0 and r["delta_norm"] > 10 * r["h_norm"]]
+    kl_txt = (f"KL(φ‖θ) {min(r['kl_behavior_k3'] for r in heavy):.2g}–"
+              f"{max(r['kl_behavior_k3'] for r in heavy):.2g} nat/token, ‖δ‖/‖H‖ "
+              f"{min(r['delta_norm'] / r['h_norm'] for r in heavy):.2g}–"
+              f"{max(r['delta_norm'] / r['h_norm'] for r in heavy):.2g}; there "
+              f"‖δ_PG‖/‖H‖ ≤ {max(r['pg_norm'] / r['h_norm'] for r in heavy):.2g}" if heavy
+              else "")
+    out.append(
+        "- **The KL-penalty part** is resolved and larger than the policy-gradient part at: "
+        + where(dom) + f". ‖δ‖ exceeds 10 × ‖H(θ, θ)‖ (resolved or not) at: {where(heavy)}"
+        + (f" ({kl_txt})" if heavy else "") + ".")
+    # 5. the total derivative
+    td_hi = [r["td_hi"] / r["delta_norm"] for r in stale if r["delta_norm"] > 0 and
+             r.get("td_hi") is not None]
+    out.append(
+        f"- **The total derivative.** δ_TD is resolved in {f['td_resolved']} of "
+        f"{f['n_stale']} stale cells" + (f"; the median upper end of its interval is "
+                                         f"{np.median(td_hi):.2g} × ‖δ‖" if td_hi else "") +
+        ".")
+    return "\n".join(out)
 
 
 def exact_bias(d: str) -> str:
@@ -946,6 +1070,7 @@ REPORTS: dict[str, Callable[..., str]] = {
     "exact_sweep": exact_sweep, "exact_families": exact_families, "lm_families": lm_families,
     "lm_controller": lm_controller,
     "exact_collapse_law": exact_collapse_law, "exact_bias": exact_bias, "lm_bias": lm_bias,
+    "lm_bias_words": lm_bias_words,
     "sft_grpo": sft_grpo,
     "staleness_curves": staleness_curves, "isa_spread": isa_spread,
     "bench_exact_grid": bench_exact_grid, "group_bias": group_bias,

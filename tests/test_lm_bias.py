@@ -2,6 +2,7 @@
 
 import functools
 import json
+import re
 
 import jax
 import numpy as np
@@ -160,4 +161,17 @@ def test_claim_rows_follow_the_verdict_rule(power, verdict, tmp_path):
     res.update(num_params=200, wall_s=1.0)
     (tmp_path / "bias.json").write_text(json.dumps(res))
     text = report.lm_bias(str(tmp_path))
-    assert f"{fits['small_vs_s_eta']['slope']:.2f}" in text and "resolved in 0 of 4" in text
+    anchored = claim1_bias.lm_fit(res)
+    assert f"‖δ‖, clip fraction < 5%: {anchored['slope']:.2f} [{anchored['ci'][0]:.2f}" in text
+    assert "resolved in 0 of 4" in text
+    words = report.lm_bias_words(str(tmp_path))
+    if power == 1.0:    # ‖δ‖ ∝ s·η exactly: 8× from s = 1 to 8 at every anchor, never falls
+        grows = re.findall(r"η = [\d.e-]+, t = 20: ([\d.]+)×", words)
+        assert len(grows) == 4 and all(abs(float(g) - 8) < 0.5 for g in grows), words
+        assert "it falls at no anchor" in words
+        assert "Resolved from s = 1 at every anchor only at η ∈ {0.0001, 0.0002, 0.0003, " \
+               "0.0005}" in words
+    else:               # ∝ √(s·η): √8 ≈ 2.8×
+        grows = re.findall(r"η = [\d.e-]+, t = 20: ([\d.]+)×", words)
+        assert all(abs(float(g) - 8 ** 0.5) < 0.3 for g in grows), words
+    assert "δ_TD is resolved in 0 of 16 stale cells" in words

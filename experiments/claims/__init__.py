@@ -55,6 +55,22 @@ def claim_rows(study) -> dict[int, list[dict]]:
     return {n: mod.rows(study) for n, mod in discover().items()}
 
 
+def summary_line(rows: list[dict]) -> str:
+    """The verdicts of a claim's rows grouped by verdict, each testbed named (the text before
+    its first ";"), in `base.VERDICTS` order: the sentence a reader would otherwise write by
+    hand about the table, made from the table's own rows."""
+    from experiments.claims.base import VERDICTS   # pylint: disable=import-outside-toplevel
+    groups: dict[str, list[str]] = {v: [] for v in VERDICTS}
+    for r in rows:
+        v = next((v for v in sorted(VERDICTS, key=len, reverse=True)
+                  if str(r["verdict"]).startswith(v)), None)
+        if v is None:
+            raise ValueError(f"row verdict {r['verdict']!r} does not start with one of "
+                             f"{VERDICTS}")
+        groups[v].append(str(r["testbed"]).split(";")[0].strip())
+    return "; ".join(f"{v} on {len(t)} ({', '.join(t)})" for v, t in groups.items() if t)
+
+
 def claims_markdown(study) -> str:
     """The claims table of a loaded study, one table per registered claim, in number order."""
     out = []
@@ -72,6 +88,7 @@ def claims_markdown(study) -> str:
                          ("testbed", "measured", "interval", "grid", "verdict")]
                 out.append("| " + " | ".join(cells) + " |")
             out.append("")
+            out.append(f"In one line (from the rows above): {summary_line(rows)}.\n")
         out.append(f"What a GPU-scale run would have to show to change this verdict: "
                    f"{mod.GPU_CHANGE}.\n")
     return "\n".join(out)

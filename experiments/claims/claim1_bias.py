@@ -72,11 +72,13 @@ def exact_verdict(slopes) -> tuple[str, str]:
                            f"[{LINEAR_SLOPE[0]}, {LINEAR_SLOPE[1]}]")
 
 
-def lm_fit(lmb: dict, est: str = "delta_est", se: str = "delta_se") -> dict[str, Any]:
+def lm_fit(lmb: dict, est: str = "delta_est", se: str = "delta_se", *,
+           clip_max: float | None = None) -> dict[str, Any]:
     """`anchored_slope` of ‖δ‖ (or, with est/se = pg_est/pg_se, ‖δ_PG‖) on s·η over the
-    small-drift stale cells of an `experiments.lm_bias` result."""
+    stale cells of an `experiments.lm_bias` result whose clip fraction is below `clip_max`
+    (default: the result's small-drift threshold; math.inf: every stale cell)."""
     from async_grpo import scaling   # pylint: disable=import-outside-toplevel
-    clip_small = lmb["fits"]["clip_small"]
+    clip_small = lmb["fits"]["clip_small"] if clip_max is None else clip_max
     rows = [r for r in lmb["rows"] if r["lag"] >= 1 and r.get(est) is not None and
             np.nan_to_num(r.get("clip_frac", math.nan), nan=1.0) < clip_small]
     col = lambda k: np.asarray([r[k] for r in rows], float)  # noqa: E731
