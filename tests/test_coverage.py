@@ -214,3 +214,14 @@ def test_two_constraint_constants_cover(ratio, sigma, n_seed):
     misspecification."""
     cov, _ = _two_constraint_coverage(n_seed, ratio, sigma, 40)
     assert cov >= 0.90, cov
+
+
+def test_two_constraint_one_seed_has_no_interval_and_says_so():
+    rng = np.random.default_rng(2)
+    lags, lrs, c, steps = synthetic.two_constraint_grid(rng, n_seed=1, shared_noise=True)
+    tab = scaling.horizon_table(lags, lrs, c, [steps // 8, steps // 4, steps // 2, steps],
+                                num_steps=steps)
+    fit = scaling.fit_two_constraint(tab["S"], tab["T"], tab["lo"], tab["hi"], tab["seed"])
+    assert np.isfinite(fit["a"]) and np.isnan(fit["ci_a"]).all(), fit
+    assert "1 seed(s) identify it alone" in fit["ci_reason"]
+    assert "no interval for a: 1 seed(s)" in scaling.format_two_constraint(fit)

@@ -398,7 +398,8 @@ def format_two_constraint(fit: dict[str, Any]) -> str:
             f"T = {_fmt(fit['crossover'])}*(S+{fit['s_offset']}); bracketed rows: "
             f"{fit['n_stale_bracketed']} stale-, {fit['n_horizon_bracketed']} horizon-limited "
             f"of {fit['n_rows']}")
-    return line + (f" -- {fit['reason']}" if "reason" in fit else "")
+    return (line + (f" -- {fit['reason']}" if "reason" in fit else "")
+            + (f" -- no interval for {fit['ci_reason']}" if "ci_reason" in fit else ""))
 
 
 def _power_model(s_eff, t):

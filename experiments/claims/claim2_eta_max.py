@@ -7,7 +7,10 @@ over per-seed slopes whose coverage tests/test_coverage.py measures). The verdic
 `ALPHA_MARGIN`: "supported" needs the interval to contain 1 and to exclude α ≤ 0.6 and α ≥ 1.4
 (so 1/√S, the nearest law anyone proposes, cannot pass); "not supported" needs it to exclude 1.
 Grids with fewer than `MIN_LAGS` values of S ≥ 1 or fewer than `MIN_SEEDS` seeds are not
-measured. tests/test_claims.py states the rule's power.
+measured. Beside α, the delayed-gradient null η0/(S + c) is compared with the power law by
+log-likelihood (`null_comparison`): one is "better" only beyond `NULL_MARGIN` nats, otherwise
+the row says a tie; the comparison is descriptive and does not enter the verdict.
+tests/test_claims.py states the rule's power and the comparison's error rates.
 """
 
 from __future__ import annotations
