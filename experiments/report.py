@@ -133,15 +133,15 @@ def _setting(gr) -> str:
 def _alpha_groups(fits: list[tuple[str, dict]]) -> str:
     """Which α intervals lie below 1, hold 1, lie above 1, or are missing: the sentence about
     an α column, made from the column."""
-    groups: dict[str, list[str]] = {"below 1": [], "holding 1": [], "above 1": [],
-                                    "without an interval": []}
+    groups: dict[str, list[str]] = {"lies below 1": [], "holds 1": [], "lies above 1": [],
+                                    "is missing": []}
     for label, f in fits:
         lo, hi = (f.get("ci") or [None, None]) if f.get("alpha") is not None else (None, None)
-        key = ("without an interval" if lo is None else "below 1" if hi < 1 else
-               "above 1" if lo > 1 else "holding 1")
+        key = ("is missing" if lo is None else "lies below 1" if hi < 1 else
+               "lies above 1" if lo > 1 else "holds 1")
         groups[key].append(label)
-    return "α intervals " + "; ".join(f"{k}: {len(v)} ({', '.join(v)})"
-                                      for k, v in groups.items() if v) + "."
+    return "The α interval " + "; ".join(f"{k} for {len(v)} ({', '.join(v)})"
+                                         for k, v in groups.items() if v) + "."
 
 
 def exact_families(*dirs: str) -> str:
