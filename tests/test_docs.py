@@ -61,3 +61,127 @@ def test_learning_regime_prose_agrees_with_its_generated_blocks():
     row = re.search(r"\| 16 \| ess \| [^|]+ \|(?: [^|]+ \|){3} (\d+)/\d+ \| ([\d.]+) \|", doc)
     assert row is not None and float(row.group(2)) >= 0.85
     assert "VCPO's √(ESS/B)\nbarely lowers η here" in doc and "ends lowest at S = 16" in doc
+
+
+def _blocks(doc):
+    return {m.group(1).split()[0] + (" " + m.group(1).split()[1] if len(m.group(1).split()) > 1
+                                     else ""): m.group(2)
+            for m in re.finditer(r"<!-- report: (.*?) -->\n(.*?)<!-- end report -->", doc, re.S)}
+
+
+def _claim_rows(block):
+    """{claim number: [(testbed, measured, interval, verdict)]} of the study_claims block."""
+    out, n = {}, None
+    for line in block.splitlines():
+        m = re.match(r"\*\*Claim (\d+)\.\*\*", line)
+        if m:
+            n = int(m.group(1))
+            out[n] = []
+        elif line.startswith("| ") and not line.startswith(("| testbed", "| ---")) and n:
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            out[n].append((cells[0], cells[1], cells[2], cells[4]))
+    return out
+
+
+def _row(rows, prefix):
+    hit = [r for r in rows if r[0].startswith(prefix)]
+    assert len(hit) == 1, (prefix, [r[0] for r in rows])
+    return hit[0]
+
+
+def test_results_prose_agrees_with_its_generated_tables():
+    """docs/results.md's sentences about the claims table and the correction tables, checked
+    against the generated blocks (issue 20: sentences there had contradicted their tables)."""
+    doc = _doc("results.md")
+    blocks = _blocks(doc)
+    claims = _claim_rows(next(v for k, v in blocks.items() if k.startswith("study_claims")))
+    words = doc[doc.index("## What the tables say, in words"):
+                doc.index("## Does a correction change the exponent")]
+    verdict = lambda row: row[3].split(":")[0]  # noqa: E731
+    # claim 1: exact supported; LM policy-gradient part supported; whole LM bias inconclusive,
+    # its interval past 1.5
+    c1 = claims[1]
+    assert verdict(_row(c1, "exact, controlled")) == "supported"
+    assert verdict(_row(c1, "LM, policy-gradient part")) == "supported"
+    whole = _row(c1, "LM, stale cells")
+    assert verdict(whole) == "inconclusive"
+    assert float(re.match(r"\[(-?[\d.]+), (-?[\d.]+)\]", whole[2]).group(2)) > 1.5
+    assert "proportional to s·η (supported)" in words and "reaches past 1.5" in words
+    # claim 2: "not supported" exactly where the interval decides: below 1 for the GRPO grids
+    # named, above 1 for the ratio-free control; everything else inconclusive; null better on
+    # the default LM grid
+    c2 = claims[2]
+    below = {r[0].split(";")[0] for r in c2 if r[3].startswith("not supported: α < 1")}
+    above = {r[0].split(";")[0] for r in c2 if r[3].startswith("not supported: α > 1")}
+    assert below == {"exact, population: grpo", "sweep lm: grpo"}, below
+    assert above == {"exact, population: no_ratio"}, above
+    assert all(verdict(r) == "inconclusive" for r in c2
+               if r[0].split(";")[0] not in below | above)
+    assert "(null better)" in _row(c2, "sweep lm")[1]
+    assert "the exact population grid and the default LM grid" in words
+    # claim 3: the LM grids with timed collapses are not supported with slopes below −1 and
+    # level spreads above 2; the exact grids are inconclusive
+    c3 = claims[3]
+    for prefix in ("LM (addition)", "sweep lm"):
+        r = _row(c3, prefix)
+        hi = float(re.match(r"\[(-?[\d.]+), (-?[\d.]+)\]", r[2]).group(2))
+        spread = float(re.search(r"levels within ([\d.]+)×", r[1]).group(1))
+        assert verdict(r) == "not supported" and hi < -1 and spread > 2, r
+    assert all(verdict(r) == "inconclusive" for r in c3 if r[0].startswith("exact"))
+    for old in ("0.40", "0.72"):      # the old least-squares slopes, no longer in the table
+        assert f"−{old}" in words and f"-{old}" not in " ".join(r[1] for r in c3)
+    # claim 4: not supported wherever seeds can be held out, but the exact population GRPO
+    # grid (a tie); which grids identify which constant
+    c4 = claims[4]
+    for r in c4:
+        scored = "0 seed(s) could be held out" not in r[3]
+        tie = r[0].startswith("exact, population: grpo")
+        assert verdict(r) == ("inconclusive" if tie or not scored else "not supported"), r
+    assert "a tie" in _row(c4, "exact, population: grpo")[3]
+    ident = {r[0]: ("a = n/a" not in r[1], "b = n/a" not in r[1]) for r in c4}
+    assert [k for k, v in ident.items() if all(v)] == ["exact, sampled G: grpo"]
+    assert all(v == (True, False) for k, v in ident.items() if k.startswith("exact, population"))
+    assert all(v == (False, True) for k, v in ident.items()
+               if k in ("LM (addition): grpo", "sweep lm: grpo", "lm sgd: grpo"))
+    assert all(v == (False, False) for k, v in ident.items() if "small drift" in k)
+    # claim 5: lower before collapse on the exact sampled grid; higher on the default LM grid
+    # but stable runs not ≈ 0; the others inconclusive
+    c5 = claims[5]
+    assert "LOWER before collapse" in _row(c5, "exact, sampled")[3]
+    lm = _row(c5, "sweep lm")[3]
+    assert lm.startswith("not supported: higher before collapse") and "not ≈ 0" in lm
+    assert all(verdict(r) == "inconclusive" for r in c5
+               if not r[0].startswith(("exact, sampled", "sweep lm")))
+    assert verdict(_row(claims[6], "LM, learning regime")) == "inconclusive"
+
+
+def test_results_correction_prose_agrees_with_its_tables():
+    doc = _doc("results.md")
+    blocks = _blocks(doc)
+    exact = next(v for k, v in blocks.items() if k.startswith("exact_families"))
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in exact.splitlines()
+            if line.startswith("| `")]
+    ci = lambda cell: [float(x) for x in re.search(  # noqa: E731
+        r"\[(-?[\d.]+), (-?[\d.]+)\]", cell).groups()]
+    for run, _, variant, _, alpha, *_ in rows:
+        lo, hi = ci(alpha)
+        if "large_drift" in run and variant != "no_ratio":
+            assert hi < 1, (run, variant, alpha)        # "every GRPO-family variant below 1"
+        if "large_drift" in run and variant == "no_ratio":
+            assert hi >= 1, (run, alpha)                # "only the ratio-free control reaches"
+        if "small_drift" in run:
+            assert lo <= 1 <= hi, (run, variant, alpha)  # "hold 1 for every variant"
+    level = {r[2]: r[3].split("→")[1].strip() for r in rows if "large_drift_sampled" in r[0]}
+    top = lambda v: float(level[v].split("–")[-1])  # noqa: E731
+    assert top("tis") > top("grpo") > top("mis")       # "up with TIS, down with MIS"
+    assert "no correction brings α to 1 where α is measured decisively" in doc
+    lm = next(v for k, v in blocks.items() if k.startswith("lm_families"))
+    per_s = {r[0].strip("` "): r[2] for r in
+             ([c.strip() for c in line.split("|")[1:-1]] for line in lm.splitlines()
+              if line.startswith("| `"))}
+    assert per_s["dual_clip"] == per_s["grpo"] == per_s["tis"]   # "the same η_max at every S"
+    eta = lambda s: [float(x) for x in re.findall(r"S=\d+: ([\d.e-]+)", s)]  # noqa: E731
+    for v in ("no_kl", "total_derivative"):                       # "lower η_max at every S"
+        assert all(a < b for a, b in zip(eta(per_s[v]), eta(per_s["grpo"]))), v
+    assert "The α interval lies below 1 for 5 (grpo, dual_clip, no_kl, tis, total_derivative)" \
+        in lm and "Every variant's α interval lies below 1." in doc
