@@ -185,3 +185,18 @@ def test_results_correction_prose_agrees_with_its_tables():
         assert all(a < b for a, b in zip(eta(per_s[v]), eta(per_s["grpo"]))), v
     assert "The α interval lies below 1 for 5 (grpo, dual_clip, no_kl, tis, total_derivative)" \
         in lm and "Every variant's α interval lies below 1." in doc
+
+
+def test_results_controller_map_prose_agrees_with_its_table():
+    doc = _doc("results.md")
+    block = next(v for k, v in _blocks(doc).items() if k.startswith("lr_controller_map"))
+    for line in block.splitlines():
+        if not re.match(r"\| \d+ \|", line):
+            continue
+        c = [x.strip() for x in line.split("|")[1:-1]]
+        if int(c[0]) == 0:
+            continue
+        best = float(c[2].split()[0])
+        assert float(c[3]) == 0 and float(c[5]) == 0, line    # no collapse at S ≥ 1
+        assert abs(float(c[4]) - best) <= 0.05 and abs(float(c[6]) - best) <= 0.05, line
+    assert "stays within 0.05 of the best hand-tuned fixed η" in doc
