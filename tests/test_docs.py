@@ -200,3 +200,32 @@ def test_results_controller_map_prose_agrees_with_its_table():
         assert float(c[3]) == 0 and float(c[5]) == 0, line    # no collapse at S ≥ 1
         assert abs(float(c[4]) - best) <= 0.05 and abs(float(c[6]) - best) <= 0.05, line
     assert "stays within 0.05 of the best hand-tuned fixed η" in doc
+
+
+def test_results_lm_controller_prose_agrees_with_its_table():
+    doc = _doc("results.md")
+    block = next(v for k, v in _blocks(doc).items() if k.startswith("lm_controller "))
+    rows = {}
+    for line in block.splitlines():
+        if re.match(r"\| \d+ \|", line):
+            c = [x.strip() for x in line.split("|")[1:-1]]
+            rows[int(c[0])] = c
+    grid_min = min(float(re.search(r"η = ([\d.e-]+)", c[1]).group(1)) for c in rows.values())
+    for s, c in rows.items():
+        ctrl_collapsed = float(c[4])
+        assert (ctrl_collapsed > 0) == (s == 1), c          # every collapse removed at S ≥ 2
+        first, last = (float(x) for x in re.search(r"([\d.]+) → ([\d.]+)", c[1]).groups())
+        assert first > last, c                              # no fixed η improves the reward
+        best = float(re.search(r": ([\d.]+) \(", c[1]).group(1))
+        assert float(re.search(r"η = ([\d.e-]+)", c[1]).group(1)) == grid_min  # smallest η
+        reward_top, ratio = (float(x) for x in c[6].split(","))
+        assert reward_top < best, c                         # below the best fixed η's
+        if s == 1:
+            assert ratio > 0.5, c                           # "most of the step"
+    # "an effective η above the η at which the on-policy runs of the default grid collapse"
+    lm_grids = _doc("lm_grids.md")
+    s0 = float(re.search(r"^\s+0\s+([\d.e-]+)\s+\[", lm_grids, re.M).group(1))
+    fam = next(v for k, v in _blocks(doc).items() if k.startswith("lm_families"))
+    top_base = float(re.search(r"η from [\d.e-]+ to ([\d.e-]+)", fam).group(1))  # same grid
+    assert float(rows[1][6].split(",")[1]) * top_base > s0
+    assert "the smallest η of the grid is the best at every S" in doc
