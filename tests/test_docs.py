@@ -229,3 +229,28 @@ def test_results_lm_controller_prose_agrees_with_its_table():
     top_base = float(re.search(r"η from [\d.e-]+ to ([\d.e-]+)", fam).group(1))  # same grid
     assert float(rows[1][6].split(",")[1]) * top_base > s0
     assert "the smallest η of the grid is the best at every S" in doc
+
+
+def test_exact_testbed_prose_agrees_with_its_families_table():
+    """docs/exact_testbed.md's "What this shows" against its generated families table: GRPO's
+    α interval below 1 with a fixed lag in every family (and with sync_interval), the ratio-free
+    control's above 1 in the linear, mlp, Adam and sync-interval settings, the pure delayed
+    gradient above 1, tabular's ratio-free α negative."""
+    doc = _doc("exact_testbed.md")
+    block = next(v for k, v in _blocks(doc).items()
+                 if k.startswith("exact_families exact_sweep"))
+    ci = {}
+    for line in block.splitlines():
+        if line.startswith("| `"):
+            c = [x.strip() for x in line.split("|")[1:-1]]
+            m = re.search(r"(-?[\d.]+) \[(-?[\d.]+), (-?[\d.]+)\]", c[4])
+            if m:                                   # rows without an α print "n/a (why)"
+                ci[(c[0].strip("`"), c[2])] = tuple(float(x) for x in m.groups())
+    for run in ("exact_sweep", "exact_sweep_mlp_low", "exact_sweep_tabular_wide",
+                "exact_sweep_adam", "exact_sweep_T2000", "exact_sweep_sync"):
+        assert ci[(run, "grpo")][2] < 1, run
+    for run in ("exact_sweep", "exact_sweep_mlp_low", "exact_sweep_adam", "exact_sweep_sync"):
+        assert ci[(run, "no_ratio")][1] > 1, run
+    assert ci[("exact_sweep_delayed", "grpo")][1] > 1
+    assert ci[("exact_sweep_tabular_wide", "no_ratio")][2] < 0
+    assert "`no_ratio`'s α is above 1" in doc and "still below 1" in doc
