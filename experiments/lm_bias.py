@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 
@@ -227,36 +228,28 @@ def cell_rows(p: dict, lr: float, t: int, m: dict, snaps: dict) -> list[dict]:
     return rows
 
 
-def analyse(rows: list[dict], *, clip_small: float, n_boot: int = 1000) -> dict:
-    """Fits of ‖δ‖ against s·η and against the drift (`scaling.loglog_slope_ci`, on the cells
-    whose ‖δ‖ is resolved above the noise floor), over all stale cells and over the small-drift
-    ones (clip fraction < clip_small), and per η over the small-drift cells (the lag alone
-    varies); the lag-0 control's false resolutions; δ_TD."""
+def analyse(rows: list[dict], *, clip_small: float) -> dict:
+    """Claim 1's anchored fits of ‖δ‖ (against s·η and against the drift) and of ‖δ_PG‖
+    (against s·η), over the small-drift stale cells (clip fraction < clip_small) and over all
+    stale cells (`claims.claim1_bias.anchored_fit`: every cell, resolved or not, a level per
+    anchor, a jackknife over anchors); the lag-0 control's false resolutions; δ_TD."""
+    from experiments.claims import claim1_bias   # pylint: disable=import-outside-toplevel
     col = lambda k, sel: np.asarray([r[k] for r in rows], float)[sel]  # noqa: E731
     lag = np.asarray([r["lag"] for r in rows])
     clip = np.asarray([r["clip_frac"] for r in rows], float)
     stale = lag >= 1
     small = stale & (np.nan_to_num(clip, nan=1.0) < clip_small)
     out = {"n_stale": int(stale.sum()), "n_small": int(small.sum()), "clip_small": clip_small}
-    for name, sel in (("all", stale), ("small", small)):
+    for name, clip_max in (("all", math.inf), ("small", clip_small)):
         for xname in ("s_eta", "drift"):
-            fit = scaling.loglog_slope_ci(col(xname, sel), col("delta_est", sel),
-                                          col("delta_se", sel), n_boot=n_boot)
-            out[f"{name}_vs_{xname}"] = fit
-    for name, sel in (("pg_all", stale), ("pg_small", small)):
-        out[f"{name}_vs_s_eta"] = scaling.loglog_slope_ci(
-            col("s_eta", sel), col("pg_est", sel), col("pg_se", sel), n_boot=n_boot)
+            out[f"{name}_vs_{xname}"] = claim1_bias.anchored_fit(rows, clip_max=clip_max,
+                                                                 x=xname)
+        out[f"pg_{name}_vs_s_eta"] = claim1_bias.anchored_fit(rows, "pg_est", "pg_se",
+                                                              clip_max=clip_max)
     pg_res = np.asarray([r["pg_resolved"] for r in rows])
     out["pg_resolved"] = int((pg_res & stale).sum())
     kl_res = np.asarray([r["kl_resolved"] for r in rows])
     out["kl_resolved"] = int((kl_res & stale).sum())
-    out["per_lr"], out["pg_per_lr"] = {}, {}
-    for lr in sorted({r["lr"] for r in rows}):
-        sel = stale & small & (col("lr", slice(None)) == lr)
-        for key, est, se in (("per_lr", "delta_est", "delta_se"),
-                             ("pg_per_lr", "pg_est", "pg_se")):
-            out[key][f"{lr:g}"] = scaling.loglog_slope_ci(
-                col("s_eta", sel), col(est, sel), col(se, sel), n_boot=n_boot)
     res = np.asarray([r["resolved"] for r in rows])
     td_res = np.asarray([r["td_resolved"] for r in rows])
     out["n_resolved"] = int((res & stale).sum())
@@ -346,7 +339,7 @@ def run(c, workdir: str) -> dict:
                              r["clip_frac"])
         print(f"η = {lr:g}: done ({time.time() - t0:.0f} s)", flush=True)
     res = {"rows": all_rows,
-           "fits": analyse(all_rows, clip_small=c.clip_small, n_boot=c.n_boot),
+           "fits": analyse(all_rows, clip_small=c.clip_small),
            "config": json.loads(c.to_json()), "init_from": config.init_from,
            "num_params": int(_flat(comps.init_params).size),
            "machine": workdir_lib.machine(), "wall_s": time.time() - t0}
@@ -372,20 +365,18 @@ def table(res: dict) -> str:
             f"{r['kl_norm']:>8.3g}{'*' if r['kl_resolved'] else ' '} {r['td_hi']:>9.3g} {r['h_norm']:>8.3g} {r['noise_single']:>8.3g} "
             f"{r['clip_frac']:>6.3f}")
     f = res["fits"]
-    lines.append("* = resolved above the noise floor (2 SE). Fits of log ‖δ‖ (resolved cells):")
-    for k in ("all_vs_s_eta", "all_vs_drift", "small_vs_s_eta", "small_vs_drift"):
+    lines.append("* = resolved above the noise floor (2 SE). Slopes of ‖δ‖, a level per anchor "
+                 "(η, t), every cell, 95 % jackknife over anchors:")
+    for k in ("all_vs_s_eta", "all_vs_drift", "small_vs_s_eta", "small_vs_drift",
+              "pg_all_vs_s_eta", "pg_small_vs_s_eta"):
         fit = f[k]
         ci = fit["ci"]
-        lines.append(f"  {k:>15}: slope {fit['slope']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
-                     f"(n = {fit['n']} of {fit['n_total']}) {fit.get('reason', '')}")
+        lines.append(f"  {k:>17}: slope {fit['slope']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
+                     f"({fit['n']} cells, {fit['n_anchors']} anchors) {fit.get('reason', '')}")
     lines.append(f"  lag-0 control resolved: {f['control_resolved']} of {f['n_control']} "
                  f"(surrogate), {f['control_td_resolved']} (TD); δ_TD resolved in "
                  f"{f['td_resolved']} of {f['n_stale']} stale cells; δ_PG (no KL) in "
                  f"{f['pg_resolved']}, δ_KL in {f['kl_resolved']}")
-    for lr, fit in f["per_lr"].items():
-        ci = fit["ci"]
-        lines.append(f"  η = {lr:>6}, small drift, vs s·η: slope {fit['slope']:.3f} "
-                     f"[{ci[0]:.3f}, {ci[1]:.3f}] (n = {fit['n']} of {fit['n_total']})")
     return "\n".join(lines)
 
 

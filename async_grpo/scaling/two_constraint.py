@@ -171,8 +171,9 @@ def fit_two_constraint(s, t, lo, hi, seed, *, g_upd=None, s_offset: int = 1,
     from printing a zero-width interval), exponentiated. Fewer than two identifying seeds: the
     interval is [NaN, NaN] with ``ci_reason``. Measured coverage of the nominal 95 % interval
     (tests/test_coverage.py: sweeps made by the rule, 3 and 5 seeds, √2 and ×2 grids, σ 0.2 and
-    0.5): 0.95–1.00; the percentile bootstrap over seeds it replaces covered 0.70 at 3 seeds. ``loglik`` treats
-    rows as independent, so use it only to compare models fitted to the same rows.
+    0.5): 0.95–1.00; the percentile bootstrap over seeds it replaces covered 0.70 at 3 seeds.
+    ``loglik`` treats rows as independent, so use it only to compare models fitted to the same
+    rows.
 
     Returns a dict: a, b (or R_batch, R_crit when g_upd is given: the same numbers, in
     parameter-norm units; `names` lists the two keys), log_a, log_b, sigma, ci_a, ci_b (ci_R_batch,
@@ -394,8 +395,9 @@ def format_two_constraint(fit: dict[str, Any]) -> str:
         parts.append(f"{name} = {_fmt(fit[name])} [{_fmt(lo)}, {_fmt(hi)}]")
     line = (f"eta_max = min{{{na}/(S+{fit['s_offset']}), {nb}/T}}"
             f"{'' if fit['units'] == 'eta' else '/G_upd'}: " + ", ".join(parts) +
-            f" ({fit['level']:.0%} t-interval over per-seed fits), sigma = {_fmt(fit['sigma'])}, crossover "
-            f"T = {_fmt(fit['crossover'])}*(S+{fit['s_offset']}); bracketed rows: "
+            f" ({fit['level']:.0%} t-interval over per-seed fits), sigma = "
+            f"{_fmt(fit['sigma'])}, crossover T = {_fmt(fit['crossover'])}*(S+{fit['s_offset']}); "
+            f"bracketed rows: "
             f"{fit['n_stale_bracketed']} stale-, {fit['n_horizon_bracketed']} horizon-limited "
             f"of {fit['n_rows']}")
     return (line + (f" -- {fit['reason']}" if "reason" in fit else "")

@@ -62,8 +62,7 @@ def summary_line(rows: list[dict]) -> str:
     from experiments.claims.base import VERDICTS   # pylint: disable=import-outside-toplevel
     groups: dict[str, list[str]] = {v: [] for v in VERDICTS}
     for r in rows:
-        v = next((v for v in sorted(VERDICTS, key=len, reverse=True)
-                  if str(r["verdict"]).startswith(v)), None)
+        v = next((v for v in VERDICTS if str(r["verdict"]).startswith(v + ":")), None)
         if v is None:
             raise ValueError(f"row verdict {r['verdict']!r} does not start with one of "
                              f"{VERDICTS}")

@@ -72,18 +72,27 @@ def exact_verdict(slopes) -> tuple[str, str]:
                            f"[{LINEAR_SLOPE[0]}, {LINEAR_SLOPE[1]}]")
 
 
-def lm_fit(lmb: dict, est: str = "delta_est", se: str = "delta_se", *,
-           clip_max: float | None = None) -> dict[str, Any]:
-    """`anchored_slope` of ‖δ‖ (or, with est/se = pg_est/pg_se, ‖δ_PG‖) on s·η over the
-    stale cells of an `experiments.lm_bias` result whose clip fraction is below `clip_max`
-    (default: the result's small-drift threshold; math.inf: every stale cell)."""
+def anchored_fit(rows: list[dict], est: str = "delta_est", se: str = "delta_se", *,
+                 clip_max: float, x: str = "s_eta") -> dict[str, Any]:
+    """`anchored_slope` of ‖δ‖ (or, with est/se = pg_est/pg_se, ‖δ_PG‖) on `x` (s·η, or
+    "drift": ‖θ_t − θ_{t−s}‖) over the stale rows of an `experiments.lm_bias` result whose
+    clip fraction is below `clip_max` (math.inf: every stale row), each anchor (η, t) with its
+    own level. The one fit of claim 1 on the LM: the binary prints it and the report and the
+    claims table recompute it from the saved rows."""
     from async_grpo import scaling   # pylint: disable=import-outside-toplevel
-    clip_small = lmb["fits"]["clip_small"] if clip_max is None else clip_max
-    rows = [r for r in lmb["rows"] if r["lag"] >= 1 and r.get(est) is not None and
-            np.nan_to_num(r.get("clip_frac", math.nan), nan=1.0) < clip_small]
+    rows = [r for r in rows if r["lag"] >= 1 and r.get(est) is not None and
+            np.nan_to_num(r.get("clip_frac", math.nan), nan=1.0) < clip_max]
     col = lambda k: np.asarray([r[k] for r in rows], float)  # noqa: E731
     anchor = np.asarray([f"{r['lr']:g}@{r['anchor']}" for r in rows])
-    return scaling.anchored_slope(col("s_eta"), col(est), col(se), anchor)
+    return scaling.anchored_slope(col(x), col(est), col(se), anchor)
+
+
+def lm_fit(lmb: dict, est: str = "delta_est", se: str = "delta_se", *,
+           clip_max: float | None = None) -> dict[str, Any]:
+    """`anchored_fit` of an `experiments.lm_bias` result on s·η, by default over its
+    small-drift rows (clip fraction below the result's threshold)."""
+    return anchored_fit(lmb["rows"], est, se,
+                        clip_max=lmb["fits"]["clip_small"] if clip_max is None else clip_max)
 
 
 def rows(study) -> list[dict]:

@@ -33,7 +33,6 @@ def get_config(arg=None):
     c.couple = True                 # a pair's two batches share their sampling key (CRN)
     c.clip_small = 0.05             # "small drift": under 5 % of stale tokens clipped at θ_t
                                     # (the study's CLIP_BINDING, experiments/study.py)
-    c.n_boot = 1000
     if arg == "tiny":               # seconds: for tests and for trying the binary
         run.sft.steps = 150
         run.sft.batch_size = 32
@@ -44,7 +43,6 @@ def get_config(arg=None):
         c.lags = "1,4"
         c.anchor_steps = "4"
         c.replicates = 4
-        c.n_boot = 50
     elif arg not in (None, ""):
         raise ValueError(f"lm_bias config argument {arg!r}: use nothing or 'tiny'")
     return c
