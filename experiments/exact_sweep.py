@@ -17,7 +17,7 @@ Writes one `async_grpo.results.GridResult` per variant into <workdir>/<variant>/
 axes (S, η, seed, b1), their summaries (J_init, J_final, J_best, collapse_step, collapsed, ...),
 the per-step curves of `--config.keep_metrics` (default J only; block means over
 `--config.trace_every` steps), and the fits: η_max per S and seed with its censoring, the fit
-η_max ∝ S^−α over S ≥ 1 with a bootstrap interval over seeds, the collapse-time law; η_max and
+η_max ∝ S^−α over S ≥ 1 with a t-interval over per-seed slopes, the collapse-time law; η_max and
 α at the shorter horizons T' of `--config.horizons` (a run counting as collapsed at T' iff its
 collapse step is <= T'); with loss/clip_frac (or clip_frac_sampled), update_norm and
 drift/within_cycle among the curves also the regime (`regime_summary`); and phase.png/.pdf.

@@ -93,6 +93,11 @@ def cosine_auc(cos, collapse_step, window: int, leads: Sequence[int], *,
                ) -> dict[str, Any]:
     """How well, and how far ahead, the consecutive-update cosine separates collapsing runs.
 
+    Pooled over every run: where stable and collapsing runs sit at different η, this AUC is
+    confounded by η (issue 20), and picking the best of several leads is not corrected for.
+    Claim 5 uses `cosine_auc_stratified` (within-η AUC, ≥ 10 runs per class, a permutation p
+    adjusted over the leads; its coverage and error rates are in tests/test_coverage.py).
+
     For each lead k in `leads`: the ROC AUC (`auc_mann_whitney`) of the `cosine_scores` of
     collapsing (positive) against stable runs, with a percentile bootstrap CI at `level`
     (collapsing and stable runs resampled separately, with replacement; resamples with one
