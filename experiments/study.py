@@ -175,9 +175,13 @@ def learning_time_rows(learn: dict[str, Any], tm: dict[str, Any]) -> list[dict[s
 
 
 def load_study(d: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
-    """Every stage of a study directory that has results, plus `extra` exact-sweep directories
-    ({label: path}, e.g. more grids of the same testbed) shown and tabulated after them."""
+    """Every stage of a study directory that has results, plus `extra` grid directories
+    ({label: path}, e.g. more grids of the same testbed) shown and tabulated after them: a
+    learning grid (one with in-program held-out evaluations, `load_learn`) joins claim 6's rows
+    ("learn_extra"), any other grid the rows of claims 2–5 ("extra")."""
     learn_time = load_learn_time(os.path.join(d, "lm_learn_time"))
+    learn_extra = {label: g for label, g in ((label, load_learn(path))
+                                             for label, path in (extra or {}).items()) if g}
     return {"exact": load_exact(os.path.join(d, "exact_sweep")),
             "sampled": load_exact(os.path.join(d, "exact_sampled")),
             "bias": load_bias(os.path.join(d, "exact_bias")),
@@ -187,8 +191,9 @@ def load_study(d: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
             "learn_time": learn_time,
             "learn_control": learn_control.compare(os.path.join(d, "lm_learn_control"),
                                                    timing=learn_time),
-            "dir": d,
-            "extra": {label: _load_grid_dir(path) for label, path in (extra or {}).items()}}
+            "dir": d, "learn_extra": learn_extra,
+            "extra": {label: _load_grid_dir(path) for label, path in (extra or {}).items()
+                      if label not in learn_extra}}
 
 
 def _load_grid_dir(path: str) -> dict[str, dict]:

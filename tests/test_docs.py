@@ -152,7 +152,11 @@ def test_results_prose_agrees_with_its_generated_tables():
     assert lm.startswith("not supported: higher before collapse") and "not ≈ 0" in lm
     assert all(verdict(r) == "inconclusive" for r in c5
                if not r[0].startswith(("exact, sampled", "sweep lm")))
-    assert verdict(_row(claims[6], "LM, learning regime")) == "inconclusive"
+    assert verdict(_row(claims[6], "LM, learning regime (")) == "inconclusive"
+    full = _row(claims[6], "LM, learning regime: lm learn")
+    hi = float(re.match(r"\[(-?[\d.]+), (-?[\d.]+)\]", full[2]).group(2))
+    assert verdict(full) == "not supported" and hi < 0.75, full
+    assert "γ's interval\n  lies below the band [0.75, 1.25]" in words
 
 
 def test_results_correction_prose_agrees_with_its_tables():

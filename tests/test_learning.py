@@ -190,3 +190,22 @@ def test_first_crossing_interpolates_between_evaluations():
     assert L.first_crossing(steps, [0.3, 0.5, 0.7, 0.6], 0.3) == 0.0
     assert L.first_crossing(steps, [0.3, 0.5, 0.55, 0.5], 0.6) is None
     assert L.first_crossing(steps, [0.3, np.nan, 0.7, 0.6], 0.6) == pytest.approx(40.0)
+
+
+def test_claim6_rows_include_every_extra_learning_grid():
+    """load_study puts an extra grid with held-out evaluations into "learn_extra": claim 6
+    gives it its own labelled row beside the study's own learning grid."""
+    from experiments.claims import claim6_learning as c6
+    rng = np.random.default_rng(0)
+    lags, lrs, seeds = [0, 1, 4, 16], 2e-6 * 2.0 ** (np.arange(16) / 2), range(3)
+    steps = np.arange(0, 101, 20.0)
+    star = 2e-5 * np.exp(rng.normal(0, 0.1, (len(lags), 1, len(seeds))))
+    a = 0.8 - 0.08 * (np.log(lrs)[None, :, None] - np.log(star)) ** 2
+    acc = 0.15 + (np.clip(a, 0.15, 1) - 0.15)[..., None] * steps / (steps + 60)
+    g = dict(lags=lags, lrs=lrs, seeds=list(seeds), eval_steps=steps, heldout=acc)
+    rows = c6.rows({"learn": g, "learn_extra": {"full grid": g}})
+    assert [r["testbed"] for r in rows] == [
+        "LM, learning regime (held-out accuracy area)",
+        "LM, learning regime: full grid (held-out accuracy area)"]
+    assert rows[0]["verdict"] == rows[1]["verdict"]
+    assert c6.rows({"learn": None, "learn_extra": {}}) == []

@@ -100,11 +100,18 @@ def analyse(lags, lrs, seeds, steps, acc, collapse_step=None) -> dict[str, Any]:
 
 
 def rows(study) -> list[dict]:
-    """Claim 6's row, from the study's learning grid (``study["learn"]``: {"lags", "lrs",
-    "seeds", "eval_steps", "heldout" [lags, lrs, seeds, evals]}); none without one."""
-    g = study.get("learn")
-    if not g:
-        return []
+    """Claim 6's rows: the study's learning grid (``study["learn"]``: {"lags", "lrs", "seeds",
+    "eval_steps", "heldout" [lags, lrs, seeds, evals]}) and each extra learning grid
+    (``study["learn_extra"]``: {label: grid}); none without one."""
+    out = []
+    if study.get("learn"):
+        out.append(_row(study["learn"], "LM, learning regime (held-out accuracy area)"))
+    for label, g in (study.get("learn_extra") or {}).items():
+        out.append(_row(g, f"LM, learning regime: {label} (held-out accuracy area)"))
+    return out
+
+
+def _row(g: dict, testbed: str) -> dict:
     if len(g["lrs"]) < 3:
         raise ValueError(f"claim 6 needs a learning grid with ≥ 3 learning rates (η* is a peak "
                          f"over η); got {list(g['lrs'])}")
@@ -113,8 +120,8 @@ def rows(study) -> list[dict]:
     law = res["law"]
     v, why = verdict(law)
     stars = ", ".join(f"S={s}: {r['eta_star_median']:.2g}" for s, r in res["per_S"].items())
-    return [dict(
-        testbed="LM, learning regime (held-out accuracy area)",
+    return dict(
+        testbed=testbed,
         measured=(f"γ = {law['gamma']:.2f}" if law["gamma"] is not None else "γ n/a")
                  + f"; median η* per S: {stars}",
         interval=(f"[{law['lo']:.2f}, {law['hi']:.2f}], 95% t-interval over "
@@ -123,4 +130,4 @@ def rows(study) -> list[dict]:
         grid=(f"S ∈ {{{','.join(str(int(s)) for s in g['lags'])}}}, {len(g['lrs'])} η in "
               f"[{min(g['lrs']):.2g}, {max(g['lrs']):.2g}], {len(g['seeds'])} seeds, "
               f"T = {int(g['eval_steps'][-1])}"),
-        verdict=f"{v}: {why}")]
+        verdict=f"{v}: {why}")
