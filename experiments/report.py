@@ -104,10 +104,8 @@ def exact_sweep(d: str) -> str:
                   f"from {_g(lrs[0])} to {_g(lrs[-1])}; the "
                   "α is the interval-censored maximum-likelihood fit over S ≥ 1 (each seed's η_max "
                   "enters as the grid interval that brackets it, or as a bound when nothing or "
-                  "everything collapsed); its interval is a 95 % t-interval over the per-seed "
-                  "slopes, floored at the grid's resolution (`scaling.bootstrap_alpha`, coverage "
-                  "in tests/test_coverage.py), and does not cover float precision "
-                  "(docs/reproducibility.md). " +
+                  f"everything collapsed); its interval is {_ALPHA_CI}, and does not cover "
+                  "float precision (docs/reproducibility.md). " +
                   _machine_line(variants[0].machine)]
     return "\n".join(lines)
 
@@ -128,6 +126,11 @@ def _setting(gr) -> str:
     tb, tr = gr.meta["testbed"], gr.meta["train"]
     return (f"{tb['policy']}, {tr['optimizer']}, {tr['staleness']}, T = {tr['num_steps']}, "
             f"KL β = {tb['kl_coef']:g}, {tr['mode']}")
+
+
+# How every α interval the reports print is made (one wording for every table).
+_ALPHA_CI = ("a 95 % t-interval over the per-seed slopes, floored at the grid's resolution "
+             "(`scaling.bootstrap_alpha`, coverage in tests/test_coverage.py)")
 
 
 def _alpha_groups(fits: list[tuple[str, dict]]) -> str:
@@ -163,8 +166,7 @@ def exact_families(*dirs: str) -> str:
                          f"{s0} → {_g(min(pos))}–{_g(max(pos))} | {_alpha(f)} | "
                          f"{_g(f['sigma'], 2)} | {frac:.2f} |")
             fits.append((f"{os.path.basename(d)}/{v.meta['variant']}", f))
-    lines += ["", "α: the interval-censored fit over S ≥ 1 with a 95 % t-interval over the "
-                  "per-seed slopes, floored at the grid's resolution (`scaling.bootstrap_alpha`). "
+    lines += ["", f"α: the interval-censored fit over S ≥ 1 with {_ALPHA_CI}. "
                   + _alpha_groups(fits)]
     return "\n".join(lines)
 
@@ -211,8 +213,7 @@ def lm_families(*dirs: str) -> str:
     lines += ["", f"Grid: S ∈ {{{', '.join(map(str, grid.axis('S')))}}}, {len(lrs)} η from "
                   f"{_g(lrs[0])} to {_g(lrs[-1])} (one per octave), "
                   f"{len(grid.axis('seed'))} seeds, T = {grid.meta['run']['rl']['steps']}; "
-                  f"α's interval is a 95 % t-interval over the per-seed slopes "
-                  f"(`scaling.bootstrap_alpha`). {_alpha_groups(fits)} "
+                  f"α's interval is {_ALPHA_CI}. {_alpha_groups(fits)} "
                   f"{_machine_line(grid.machine)}"]
     return "\n".join(lines)
 
@@ -386,16 +387,16 @@ def lm_bias_words(d: str) -> str:
                      else "from 0")
                 star = "" if a["resolved"] and z["resolved"] else " (an end unresolved)"
                 grow.append(f"η = {lr:g}, t = {t}: {g}{star}")
-            if len(lags) >= 2:
-                p_, q_ = at.get((lr, t, lags[-2])), z
-                if p_ and q_:
-                    (falls if q_["delta_norm"] < p_["delta_norm"] else rises).append(
-                        f"η = {lr:g}, t = {t}")
+            p_ = at.get((lr, t, lags[-2])) if len(lags) >= 2 else None
+            if p_ and z:
+                (falls if z["delta_norm"] < p_["delta_norm"] else rises).append(
+                    f"η = {lr:g}, t = {t}")
+    last = (f" From s = {lags[-2]} to {hi_s} it falls at " + (", ".join(falls) or "no anchor")
+            + " and rises at " + (", ".join(rises) or "no anchor") + "."
+            if len(lags) >= 2 else "")
     out.append(
         f"- **Growth with s at a fixed (η, t).** A bias ∝ s·η would grow {hi_s // lo_s}× from "
-        f"s = {lo_s} to s = {hi_s}; measured: " + "; ".join(grow) + f". From s = {lags[-2]} "
-        f"to {hi_s} it falls at " + (", ".join(falls) or "no anchor") + " and rises at "
-        + (", ".join(rises) or "no anchor") + ".")
+        f"s = {lo_s} to s = {hi_s}; measured: " + "; ".join(grow) + "." + last)
     # 3. the policy-gradient part at small drift
     from experiments.claims import claim1_bias   # pylint: disable=import-outside-toplevel
     pg_share = [r["pg_norm"] / r["delta_norm"] for r in res_small if r["delta_norm"] > 0]

@@ -205,7 +205,7 @@ def test_claim2_null_comparison_rates(gen):
     2 nats): grids made by the power law (α = 1, 0.5, 0.3) are called "null better" in 0–3 %;
     grids made by the null (c = 3, 1) are called "power law better" in 1 %. The price is power:
     the null is recognised in only 30 % (c = 3) and 10 % (c = 1) of its own grids, the rest tie
-    (at margin 1 nat the false "null better" rate was 10–14 %). At this design the two laws are
+    (at margin 1 nat the false "null better" rate was up to 14 %). At this design the two laws are
     rarely told apart, and a tie is what the table says."""
     rates = _null_comparisons(gen, 30)
     wrong = "power law better" if gen[0] == "null" else "null better"

@@ -64,8 +64,8 @@ def test_learning_regime_prose_agrees_with_its_generated_blocks():
 
 
 def _blocks(doc):
-    return {m.group(1).split()[0] + (" " + m.group(1).split()[1] if len(m.group(1).split()) > 1
-                                     else ""): m.group(2)
+    """{spec: body} of a doc's generated report blocks."""
+    return {m.group(1): m.group(2)
             for m in re.finditer(r"<!-- report: (.*?) -->\n(.*?)<!-- end report -->", doc, re.S)}
 
 

@@ -171,7 +171,7 @@ def fit_two_constraint(s, t, lo, hi, seed, *, g_upd=None, s_offset: int = 1,
     from printing a zero-width interval), exponentiated. Fewer than two identifying seeds: the
     interval is [NaN, NaN] with ``ci_reason``. Measured coverage of the nominal 95 % interval
     (tests/test_coverage.py: sweeps made by the rule, 3 and 5 seeds, √2 and ×2 grids, σ 0.2 and
-    0.5): 0.95–1.00; the percentile bootstrap over seeds it replaces covered 0.70 at 3 seeds.
+    0.5): 0.96–1.00; the percentile bootstrap over seeds it replaces covered 0.70 at 3 seeds.
     ``loglik`` treats rows as independent, so use it only to compare models fitted to the same
     rows.
 
